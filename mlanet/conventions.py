@@ -1,0 +1,69 @@
+"""The project's geometric and colour conventions, written once.
+
+Everything here is a constant or a tiny pure function; ``docs/conventions.md`` is the prose
+version of the same facts. Nothing in the library may re-state these numbers elsewhere.
+
+Image pixels
+    Origin at the top-left corner of the top-left pixel, +x right, +y down. The *centre* of
+    pixel (i, j) (column i, row j) is at ``(i + 0.5, j + 0.5)``: ``PIXEL_CENTER_OFFSET``.
+
+Camera frame (OpenCV)
+    +x right, +y down, +z forward (the viewing direction). Lengths in metres, angles in
+    radians. Rotation matrices left-multiply column vectors: ``x_cam = R @ x_model + t``.
+
+Model frame (every face model after loading)
+    Metres. Axes aligned with the camera frame for a face looking straight into the camera:
+    +x towards the subject's *left* (image right for a frontal face), +y towards the chin,
+    +z from the face towards the back of the head. A face with identity rotation and
+    translation ``(0, 0, d)``, ``d > 0``, therefore faces a camera at the origin.
+
+Triangles
+    int32, counter-clockwise front faces as seen from the camera *in a y-up view* (OpenGL
+    NDC after :func:`mlanet.geometry.camera.PinholeCamera.to_clip`), so that
+    ``(v1 - v0) x (v2 - v0)`` is the outward normal. In image pixel coordinates (y down) a
+    front face has *negative* shoelace area (it appears clockwise).
+
+Colour
+    RGB float in [0, 1] inside the library. BGR uint8 exists only at the OpenCV boundary.
+
+Spherical harmonics
+    Second-order real SH, 9 coefficients per colour channel, flat order channel-major
+    ``(R0..R8, G0..G8, B0..B8)``; basis order ``Y00, Y1-1(y), Y10(z), Y11(x), Y2-2(xy),
+    Y2-1(yz), Y20(3z^2-1), Y21(xz), Y22(x^2-y^2)`` evaluated on unit normals in the camera
+    frame.
+
+Tensor shape letters in docstrings: B batch, V vertices, F faces, L landmarks, P params,
+H W image size, K basis modes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Offset from a pixel's integer index to its centre, in pixels.
+PIXEL_CENTER_OFFSET: float = 0.5
+
+#: Metres per centimetre (ICT-FaceKit and MediaPipe's canonical mesh are in centimetres).
+METRES_PER_CM: float = 0.01
+
+#: Proper rotation (det +1) taking a y-up, z-towards-viewer asset frame (OBJ/Maya style, as
+#: used by ICT-FaceKit, MediaPipe's canonical mesh and the Basel Face Model) to the model
+#: frame above: x unchanged, y and z negated (180 degrees about x).
+Y_UP_TO_MODEL_FRAME: np.ndarray = np.diag([1.0, -1.0, -1.0])
+
+#: Number of spherical-harmonics coefficients per colour channel (bands 0..2).
+SH_COEFFS_PER_CHANNEL: int = 9
+
+#: Number of colour channels.
+COLOUR_CHANNELS: int = 3
+
+
+def y_up_to_model_frame(vertices: np.ndarray, metres_per_unit: float) -> np.ndarray:
+    """Convert asset-frame vertices (..., 3) in asset units to model-frame metres (..., 3).
+
+    ``metres_per_unit`` is 0.01 for centimetres, 1e-3 for millimetres.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.shape[-1] != 3:
+        raise ValueError(f"vertices must have a last dimension of 3, got shape {v.shape}")
+    return (v @ Y_UP_TO_MODEL_FRAME.T) * metres_per_unit

@@ -1,0 +1,31 @@
+"""Exception types raised by the library.
+
+Every error a user can cause names the input it is about; CLIs catch :class:`MLANetError`
+and print its message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MLANetError(Exception):
+    """Base class of all errors the project raises on purpose."""
+
+
+class AssetError(MLANetError):
+    """An input asset (archive, OBJ, .mat, face-model file) is missing, corrupt or unsuitable."""
+
+
+class FaceModelNotFoundError(AssetError):
+    """No face-model file where one was expected; the message says how to build one."""
+
+
+class IncompatibleFormatError(AssetError):
+    """A file was written by a different, incompatible format version."""
+
+
+class ChecksumError(AssetError):
+    """A file's content does not match its recorded checksum."""
+
+
+class OfflineError(MLANetError):
+    """A download was needed but the network could not be reached."""

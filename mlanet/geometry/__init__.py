@@ -1,0 +1,1 @@
+"""Batched, differentiable geometry: camera, rotations, spherical harmonics, mesh normals."""

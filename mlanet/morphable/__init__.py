@@ -1,0 +1,1 @@
+"""Face models: file format, loaders (ICT-FaceKit, Basel Face Model), the torch module."""
