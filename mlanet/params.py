@@ -179,9 +179,8 @@ class FaceParams:
         flat = torch.zeros(batch_size, layout.total, **tensor_kwargs)
         s = layout.slices()
         flat[:, s["translation"].start + 2] = depth_m
-        dc = flat[:, s["lighting"]].reshape(batch_size, COLOUR_CHANNELS, SH_COEFFS_PER_CHANNEL)
-        dc[:, :, 0] = UNIT_AMBIENT_SH_DC
-        flat[:, s["lighting"]] = dc.reshape(batch_size, -1)
+        for channel in range(COLOUR_CHANNELS):  # DC coefficient of each channel (channel-major)
+            flat[:, s["lighting"].start + channel * SH_COEFFS_PER_CHANNEL] = UNIT_AMBIENT_SH_DC
         return cls.from_flat(flat, layout)
 
     def replace(self, **changes: torch.Tensor) -> "FaceParams":

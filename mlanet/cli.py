@@ -1,0 +1,48 @@
+"""The ``mlanet`` command: ``mlanet <group> <command> [options]``.
+
+Each group lives in its own module and registers its sub-parser; imports are deferred so
+``mlanet --help`` stays fast. User errors (:class:`~mlanet.errors.MLANetError`) print one
+clear line and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import MLANetError
+
+#: Command groups: name -> module providing ``add_parser(subparsers)``.
+GROUPS = {
+    "assets": "mlanet.morphable.assets_cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlanet", description="MLANet: 3D face reconstruction")
+    parser.add_argument("--version", action="version", version=f"mlanet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="group", required=True)
+    for module in GROUPS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except MLANetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``MorphableModel``: the linear face model as a torch module.
+
+All data lives in registered buffers, so ``.to(device)``, ``.double()`` and ``state_dict``
+work as for any module. The geometry is one GEMM: identity and expression bases are stacked
+into one (K_id + K_exp, 3V) matrix.
+
+Frames and units: :meth:`shape` returns model-frame vertices, :meth:`forward` camera-frame
+vertices (``R @ x + t``), both in metres; see :mod:`mlanet.conventions`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FaceModelNotFoundError
+from ..geometry.mesh import vertex_normals
+from ..geometry.rotations import euler_to_matrix
+from ..geometry.sh import sh_shade
+from ..params import FaceParams, ParamLayout
+from ..paths import HOME_ENV_VAR, default_face_model_path
+from .data import FaceModelData
+
+#: Command that builds the default face model; quoted in every "not found" message.
+BUILD_COMMAND = "mlanet assets build --ict /path/to/FaceXModel.tar.xz   (or: mlanet assets fetch)"
+
+
+class MorphableModel(nn.Module):
+    """Linear 3DMM: ``shape = mean + B_id @ identity + B_exp @ expression``.
+
+    Shapes: V vertices, F triangles, K_* basis sizes, B batch.
+
+    Buffers: ``mean_shape`` (V, 3); ``shape_basis`` (K_id + K_exp, 3V); ``albedo_mean`` (V, 3);
+    ``albedo_basis`` (K_alb, 3V); ``triangles`` (F, 3) long; ``uv`` (U, 2);
+    ``triangles_uv`` (F, 3) long; ``landmark_index`` (68,) long; ``region_labels`` (V,) long;
+    and, when the file has them, ``mediapipe_triangle`` (468,) long and
+    ``mediapipe_barycentric`` (468, 3).
+    """
+
+    def __init__(self, data: FaceModelData) -> None:
+        super().__init__()
+        data = data.normalised()
+        data.validate()
+        self.header: dict[str, Any] = dict(data.header)
+        self.n_identity = data.n_identity
+        self.n_expression = data.n_expression
+        self.n_albedo = data.n_albedo
+        self.n_vertices = data.n_vertices
+        V = data.n_vertices
+
+        def t(a: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.as_tensor(a).to(dtype).clone()
+
+        basis = torch.cat(
+            [t(data.identity_basis).reshape(self.n_identity, 3 * V), t(data.expression_basis).reshape(self.n_expression, 3 * V)]
+        )
+        self.register_buffer("mean_shape", t(data.mean_shape))
+        self.register_buffer("shape_basis", basis)
+        self.register_buffer("albedo_mean", t(data.albedo_mean))
+        self.register_buffer("albedo_basis", t(data.albedo_basis).reshape(self.n_albedo, 3 * V))
+        self.register_buffer("triangles", t(data.triangles, torch.long))
+        self.register_buffer("uv", t(data.uv))
+        self.register_buffer("triangles_uv", t(data.triangles_uv, torch.long))
+        self.register_buffer("landmark_index", t(data.landmarks68, torch.long))
+        self.register_buffer("region_labels", t(data.region_labels, torch.long))
+        self.has_mediapipe = "mediapipe/triangle" in data.extra
+        if self.has_mediapipe:
+            self.register_buffer("mediapipe_triangle", t(data.extra["mediapipe/triangle"], torch.long))
+            self.register_buffer("mediapipe_barycentric", t(data.extra["mediapipe/barycentric"]))
+        self.landmark_sets = {
+            k[len("landmarks/"):]: torch.as_tensor(v).long() for k, v in data.extra.items() if k.startswith("landmarks/")
+        }
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> "MorphableModel":
+        """Load a face-model file; ``None`` loads the default one from the asset home."""
+        return cls(load_face_model_data(path))
+
+    # ------------------------------------------------------------------ description
+    @property
+    def model_id(self) -> str:
+        return str(self.header["model_id"])
+
+    @property
+    def content_sha256(self) -> str | None:
+        return self.header.get("content_sha256")
+
+    @property
+    def expression_names(self) -> list[str]:
+        return list(self.header["expression_names"])
+
+    @property
+    def arkit_names(self) -> dict[str, str | None]:
+        """Expression name -> ARKit blendshape name (``None`` where ARKit has no equivalent)."""
+        return dict(self.header.get("expression_arkit", {}))
+
+    @property
+    def region_names(self) -> list[str]:
+        return list(self.header["region_names"])
+
+    @property
+    def layout(self) -> ParamLayout:
+        """The :class:`ParamLayout` of flat parameter vectors for this model."""
+        return ParamLayout.for_face_model(self)
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the face model for artifacts (model id, content checksum, sizes)."""
+        return {
+            "model_id": self.model_id,
+            "content_sha256": self.content_sha256,
+            "vertices": self.n_vertices,
+            "layout": self.layout.to_dict(),
+        }
+
+    def region_mask(self, *names: str) -> torch.Tensor:
+        """(V,) bool mask of the vertices in any of the regions ``names``."""
+        unknown = [n for n in names if n not in self.region_names]
+        if unknown:
+            raise KeyError(f"unknown region(s) {unknown}; this model has {self.region_names}")
+        ids = torch.tensor([self.region_names.index(n) for n in names], device=self.region_labels.device)
+        return torch.isin(self.region_labels, ids)
+
+    # ------------------------------------------------------------------ geometry
+    def _check(self, name: str, x: torch.Tensor, k: int) -> None:
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ValueError(f"{name} must have shape (B, {k}) for face model {self.model_id}, got {tuple(x.shape)}")
+
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Model-frame vertices (B, V, 3) in metres from identity (B, K_id) and expression (B, K_exp)."""
+        self._check("identity", identity, self.n_identity)
+        self._check("expression", expression, self.n_expression)
+        coeffs = torch.cat([identity, expression], dim=1).to(self.shape_basis.dtype)
+        flat = torch.addmm(self.mean_shape.reshape(1, -1), coeffs, self.shape_basis)
+        return flat.reshape(-1, self.n_vertices, 3)
+
+    def forward(self, params: FaceParams | torch.Tensor) -> torch.Tensor:
+        """Camera-frame vertices (B, V, 3) in metres: ``R(rotation) @ shape + translation``.
+
+        ``params`` is a :class:`FaceParams` or a flat (B, P) tensor in this model's layout.
+        """
+        if isinstance(params, torch.Tensor):
+            params = FaceParams.from_flat(params, self.layout)
+        verts = self.shape(params.identity, params.expression)
+        rot = euler_to_matrix(params.rotation.to(verts.dtype))
+        return verts @ rot.transpose(1, 2) + params.translation.to(verts.dtype)[:, None, :]
+
+    def landmarks(self, vertices: torch.Tensor) -> torch.Tensor:
+        """The 68 landmarks (B, 68, 3) of vertices (B, V, 3)."""
+        return vertices[:, self.landmark_index]
+
+    def normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Unit vertex normals (B, V, 3), outward."""
+        return vertex_normals(vertices, self.triangles)
+
+    def albedo(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Per-vertex albedo (B, V, 3), RGB in [0, 1] for in-distribution coefficients (B, K_alb).
+
+        Not clamped, so gradients stay informative; clamp when displaying.
+        """
+        self._check("albedo coefficients", coeffs, self.n_albedo)
+        flat = torch.addmm(self.albedo_mean.reshape(1, -1), coeffs.to(self.albedo_basis.dtype), self.albedo_basis)
+        return flat.reshape(-1, self.n_vertices, 3)
+
+    def vertex_colors(self, params: FaceParams, vertices: torch.Tensor | None = None) -> torch.Tensor:
+        """Lit per-vertex colour (B, V, 3): albedo shaded by the SH lighting at camera-frame normals."""
+        if vertices is None:
+            vertices = self.forward(params)
+        return sh_shade(self.albedo(params.albedo), self.normals(vertices), params.lighting.to(vertices.dtype))
+
+    def mediapipe_points(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Positions (B, 468, 3) of MediaPipe's canonical-mesh vertices on the model surface."""
+        if not self.has_mediapipe:
+            raise RuntimeError(
+                f"face model {self.model_id} has no MediaPipe correspondence; rebuild it with "
+                "`mlanet assets build --ict ... --mediapipe /path/to/canonical_face_model.obj`"
+            )
+        corners = vertices[:, self.triangles[self.mediapipe_triangle]]  # (B, 468, 3, 3)
+        return (corners * self.mediapipe_barycentric.to(vertices.dtype)[None, :, :, None]).sum(dim=2)
+
+
+def load_face_model_data(path: str | os.PathLike[str] | None = None) -> FaceModelData:
+    """Read a face-model file; ``None`` means the default model in the asset home.
+
+    Raises :class:`FaceModelNotFoundError` with the command that builds it when absent.
+    """
+    if path is None:
+        path = default_face_model_path()
+        if not Path(path).is_file():
+            raise FaceModelNotFoundError(
+                f"no face model at {path} (the asset home; set ${HOME_ENV_VAR} to use another). "
+                f"Build it with: {BUILD_COMMAND}"
+            )
+    elif not Path(path).is_file():
+        raise FaceModelNotFoundError(f"{path}: no such face-model file. Build one with: {BUILD_COMMAND}")
+    return FaceModelData.load(path)

@@ -1,0 +1,113 @@
+"""A tiny synthetic face model generated in code, for tests and examples without any asset.
+
+The surface is a grid on an ellipsoidal cap (about 16 cm wide, 21 cm tall, in the model
+frame: +x subject's left, +y chin, face towards -z), triangulated counter-clockwise-front.
+The 68 landmarks are the grid vertices nearest to a parametric iBUG-68 layout (jaw arc,
+brows, nose, eyes, lips), so region labelling and the default albedo model work on it as on
+a real face. Identity and expression bases are smooth random fields, deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
+from .data import FaceModelData
+from .regions import REGION_NAMES, SKIN_REGIONS, label_regions
+
+_HALF_WIDTH = 0.08  # m
+_HALF_HEIGHT = 0.105  # m
+_DEPTH = 0.06  # m, nose-less cap depth
+
+
+def _ibug68_layout() -> np.ndarray:
+    """Parametric (68, 2) landmark layout in metres (x right = subject's left, y down)."""
+    pts = []
+    for a in np.linspace(np.pi, 0.0, 17):  # jaw: subject's right (x < 0) to left
+        pts.append((0.068 * np.cos(a), 0.010 + 0.075 * np.sin(a)))
+    for side in (-1, 1):  # brows: right brow (x < 0) outer->inner, left brow inner->outer
+        xs = np.linspace(-0.055, -0.015, 5) if side < 0 else np.linspace(0.015, 0.055, 5)
+        for x in xs:
+            pts.append((x, -0.045 - 0.006 * np.cos(np.pi * (abs(x) - 0.035) / 0.04)))
+    for y in np.linspace(-0.030, 0.000, 4):  # nose bridge to tip
+        pts.append((0.0, y))
+    for x in np.linspace(-0.012, 0.012, 5):  # nostrils
+        pts.append((x, 0.012 - 0.003 * np.cos(np.pi * x / 0.024)))
+    for cx in (-0.032, 0.032):  # eyes, iBUG order: from the corner at smaller x, upper lid, lower lid
+        for a in np.deg2rad([180, 120, 60, 0, -60, -120]):
+            pts.append((cx + 0.014 * np.cos(a), -0.024 - 0.005 * np.sin(a)))
+    for a in np.deg2rad(np.linspace(180, -150, 12)):  # outer lips from the right corner
+        pts.append((0.024 * np.cos(a), 0.038 - 0.010 * np.sin(a)))
+    for a in np.deg2rad(np.linspace(180, -135, 8)):  # inner lips
+        pts.append((0.017 * np.cos(a), 0.038 - 0.004 * np.sin(a)))
+    return np.array(pts)
+
+
+def make_synthetic_face_model(
+    n_identity: int = 8,
+    n_expression: int = 6,
+    grid: tuple[int, int] = (33, 41),
+    seed: int = 0,
+) -> FaceModelData:
+    """A small, valid :class:`FaceModelData` (about 1.3k vertices by default).
+
+    Args:
+        n_identity, n_expression: basis sizes (identity ~N(0,1) coefficients, expression
+            weights in [0, 1] named ``expr_00``...).
+        grid: (columns, rows) of the vertex grid.
+        seed: makes the bases deterministic.
+    """
+    nx, ny = grid
+    u, v = np.meshgrid(np.linspace(-1.0, 1.0, nx), np.linspace(-1.0, 1.0, ny))  # v: -1 top (forehead)
+    x, y = _HALF_WIDTH * u, _HALF_HEIGHT * v
+    z = -_DEPTH * np.sqrt(np.clip(1.0 - 0.6 * u**2 - 0.5 * v**2, 0.05, None))
+    z = z - 0.012 * np.exp(-((x / 0.012) ** 2 + ((y - 0.0) / 0.02) ** 2))  # a nose bump towards -z
+    verts = np.stack([x, y, z], -1).reshape(-1, 3)
+    idx = np.arange(nx * ny).reshape(ny, nx)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    # Viewed from the camera (y down on screen => y-up view flips), (a, d, c) is CCW in a y-up view.
+    tris = np.concatenate([np.stack([a, d, c], -1).reshape(-1, 3), np.stack([a, c, b], -1).reshape(-1, 3)])
+    uv = np.stack([(u + 1) / 2, 1.0 - (v + 1) / 2], -1).reshape(-1, 2)
+
+    layout = _ibug68_layout()
+    landmarks = np.argmin(((verts[None, :, :2] - layout[:, None, :]) ** 2).sum(-1), axis=1)
+
+    rng = np.random.default_rng(seed)
+
+    def smooth_field(scale: float) -> np.ndarray:
+        field = np.zeros_like(verts)
+        for _ in range(3):
+            f = rng.normal(size=(2,)) * 2.0
+            phase = rng.uniform(0, 2 * np.pi, size=3)
+            amp = rng.normal(size=3) * scale
+            field += amp * np.sin(f[0] * u.reshape(-1, 1) + f[1] * v.reshape(-1, 1) + phase)
+        return field
+
+    identity = np.stack([smooth_field(0.004 / (1 + k)) for k in range(n_identity)])
+    expression = np.stack([smooth_field(0.006) * np.exp(-(v.reshape(-1, 1) - 0.3) ** 2) for _ in range(n_expression)])
+    regions = label_regions(verts, landmarks)
+    albedo_mean, albedo_basis, components = default_albedo_model(verts, tris, regions, landmarks)
+    header = {
+        "model_id": f"synthetic-{seed}",
+        "name": "MLANet synthetic test face (generated in code)",
+        "expression_names": [f"expr_{k:02d}" for k in range(n_expression)],
+        "expression_kind": "blendshapes",
+        "expression_arkit": {f"expr_{k:02d}": None for k in range(n_expression)},
+        "region_names": list(REGION_NAMES),
+        "skin_regions": list(SKIN_REGIONS),
+        "albedo_model": {"id": DEFAULT_ALBEDO_ID, "components": components},
+        "source": {"kind": "synthetic", "seed": seed, "license": "MIT (generated by MLANet)"},
+    }
+    return FaceModelData(
+        header=header,
+        mean_shape=verts,
+        identity_basis=identity,
+        expression_basis=expression,
+        albedo_mean=albedo_mean,
+        albedo_basis=albedo_basis,
+        triangles=tris,
+        uv=uv,
+        triangles_uv=tris,
+        landmarks68=landmarks,
+        region_labels=regions,
+    ).normalised()

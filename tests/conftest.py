@@ -1,0 +1,129 @@
+"""Shared fixtures and the skip rules for the markers ``gpu``, ``trt``, ``gl``, ``assets``, ``slow``.
+
+The shared data folder is ``$MLANET_SHARED`` if set, else ``<repo>/../shared``. Tests that
+need it carry ``@pytest.mark.assets`` and are skipped with a reason when it is absent.
+``MLANET_HOME`` is pointed at a temporary folder for the whole session, so no test reads or
+writes the user's real asset home.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("MLANET_SHARED")
+    return Path(env) if env else (REPO / ".." / "shared").resolve()
+
+
+ICT_ARCHIVE = "assets/ict-facekit/FaceXModel.tar.xz"
+MEDIAPIPE_OBJ = "assets/mediapipe-canonical/canonical_face_model.obj"
+
+
+@lru_cache(maxsize=None)
+def _gl_unavailable_reason() -> str | None:
+    if importlib.util.find_spec("moderngl") is None:
+        return "moderngl is not installed (pip install -e '.[gl]')"
+    import moderngl
+
+    try:
+        ctx = moderngl.create_standalone_context(backend="egl")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no GL here"
+        return f"no EGL OpenGL context ({type(exc).__name__}: {exc}); install libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri"
+    ctx.release()
+    return None
+
+
+@lru_cache(maxsize=None)
+def _gpu_unavailable_reason() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU visible to PyTorch"
+
+
+def _trt_unavailable_reason() -> str | None:
+    return None if importlib.util.find_spec("tensorrt") is not None else "TensorRT is not installed"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    checks = {
+        "assets": lambda: None if (shared_dir() / ICT_ARCHIVE).is_file() else f"shared data not found at {shared_dir()} (set MLANET_SHARED)",
+        "gl": _gl_unavailable_reason,
+        "gpu": _gpu_unavailable_reason,
+        "trt": _trt_unavailable_reason,
+    }
+    for item in items:
+        for marker, check in checks.items():
+            if marker in item.keywords:
+                reason = check()
+                if reason:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_asset_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("mlanet_home")
+    old = os.environ.get("MLANET_HOME")
+    os.environ["MLANET_HOME"] = str(home)
+    yield
+    if old is None:
+        os.environ.pop("MLANET_HOME", None)
+    else:
+        os.environ["MLANET_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not (path / ICT_ARCHIVE).is_file():
+        pytest.skip(f"shared data not found at {path} (set MLANET_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    from mlanet.morphable.synthetic import make_synthetic_face_model
+
+    return make_synthetic_face_model()
+
+
+@pytest.fixture()
+def synthetic_model(synthetic_data):
+    from mlanet.morphable.model import MorphableModel
+
+    return MorphableModel(synthetic_data)
+
+
+@pytest.fixture(scope="session")
+def ict_model_file(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real ICT face model, built once per session from the shared archive (with MediaPipe)."""
+    from mlanet.morphable.ict import build_ict_face_model
+
+    data = build_ict_face_model(shared / ICT_ARCHIVE, mediapipe_obj=shared / MEDIAPIPE_OBJ)
+    return data.save(tmp_path_factory.mktemp("ict") / "ict_face.mlface.npz")
+
+
+@pytest.fixture(scope="session")
+def ict_data(ict_model_file: Path):
+    from mlanet.morphable.data import FaceModelData
+
+    return FaceModelData.load(ict_model_file)
+
+
+@pytest.fixture(scope="session")
+def ict_unpacked(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared archive unpacked into a temporary FaceXModel/ folder."""
+    import tarfile
+
+    dest = tmp_path_factory.mktemp("ict_src") / "FaceXModel"
+    dest.mkdir()
+    with tarfile.open(shared / ICT_ARCHIVE) as tf:
+        tf.extractall(dest, filter="data")
+    return dest
