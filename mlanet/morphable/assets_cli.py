@@ -133,6 +133,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from .model import load_face_model_data
+    from .preview import render_preview
+
+    data = load_face_model_data(args.path)
+    expression = {}
+    for item in args.expression or []:
+        name, _, weight = item.partition("=")
+        if name not in data.expression_names:
+            print(f"error: unknown expression {name!r}; known: {', '.join(data.expression_names)}", file=sys.stderr)
+            return 2
+        expression[name] = float(weight or 1.0)
+    out = render_preview(data, args.out, size=args.size, expression=expression, yaw_deg=args.yaw)
+    print(f"wrote {out}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("assets", help="build, fetch and inspect face-model files")
     sub = p.add_subparsers(dest="assets_cmd", required=True)
@@ -165,3 +182,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="print a face-model file's header summary")
     i.add_argument("path", nargs="?", help="face-model file (default: the default model)")
     i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("preview", help="write a check image: regions, 68 landmarks, MediaPipe points")
+    v.add_argument("path", nargs="?", help="face-model file (default: the default model)")
+    v.add_argument("--out", required=True, help="PNG file to write")
+    v.add_argument("--size", type=int, default=768, help="image size in pixels")
+    v.add_argument("--yaw", type=float, default=0.0, help="turn the head by this many degrees")
+    v.add_argument("--expression", action="append", metavar="NAME=W", help="expression weight, e.g. jawOpen=1")
+    v.set_defaults(func=cmd_preview)
