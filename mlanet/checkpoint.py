@@ -1,0 +1,161 @@
+"""Checkpoints that describe themselves.
+
+* **Weights** (``*.safetensors``): the model's state dict, plus one metadata entry ``"mlanet"``
+  holding JSON: format and version, model name and resolved model config, the
+  :class:`~mlanet.params.ParamLayout`, the :class:`~mlanet.preprocess.PreprocessCfg`, the face
+  model's id and content checksum, and free-form ``extra`` (training config, step, metrics).
+  No pickle is involved; any user can load any checkpoint safely.
+* **Training state** (``*.state.pt``, only for resuming): optimizer, scheduler, grad scaler,
+  step, RNG states. Written with ``torch.save`` and read back with ``weights_only=True`` (a
+  restricted unpickler that only rebuilds tensors and plain containers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import AssetError, IncompatibleFormatError
+from .params import ParamLayout
+from .preprocess import PreprocessCfg
+
+FORMAT_NAME = "mlanet-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "mlanet"
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself."""
+
+    model_name: str
+    model_config: dict[str, Any]
+    layout: ParamLayout
+    preprocess: PreprocessCfg
+    face_model: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "model_name": self.model_name,
+                "model_config": self.model_config,
+                "layout": self.layout.to_dict(),
+                "preprocess": self.preprocess.to_dict(),
+                "face_model": self.face_model,
+                "extra": self.extra,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "CheckpointMeta":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AssetError(f"{source}: checkpoint metadata is not valid JSON ({exc})") from None
+        if d.get("format") != FORMAT_NAME:
+            raise AssetError(f"{source}: not an MLANet checkpoint (format {d.get('format')!r})")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise IncompatibleFormatError(
+                f"{source}: checkpoint format version {d.get('format_version')} but this MLANet reads {FORMAT_VERSION}"
+            )
+        try:
+            return cls(
+                model_name=d["model_name"],
+                model_config=d["model_config"],
+                layout=ParamLayout.from_dict(d["layout"]),
+                preprocess=PreprocessCfg.from_dict(d["preprocess"]),
+                face_model=d["face_model"],
+                extra=d.get("extra", {}),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AssetError(f"{source}: checkpoint metadata is incomplete or invalid ({exc})") from None
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+
+
+def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
+    """Write weights + metadata atomically as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, tmp, metadata={_META_KEY: meta.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
+    """Only the metadata of a weights file (cheap)."""
+    return _open(Path(path))[1]
+
+
+def _open(path: Path, load_tensors: bool = False) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise AssetError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".pkl", ".ckpt"):
+        raise AssetError(
+            f"{path}: looks like a pickle-based PyTorch file; MLANet loads weights only from .safetensors "
+            "checkpoints (never unpickles user files)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if load_tensors else {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AssetError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if _META_KEY not in metadata:
+        raise AssetError(f"{path}: safetensors file without MLANet metadata (layout, preprocessing, face model)")
+    return tensors, CheckpointMeta.from_json(metadata[_META_KEY], str(path))
+
+
+def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """State dict (CPU tensors) and metadata of a weights file."""
+    return _open(Path(path), load_tensors=True)
+
+
+def save_training_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write resume state (optimizer, scheduler, scaler, step, RNG) atomically."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read resume state with the restricted (``weights_only``) unpickler."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"{path}: no such training-state file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise AssetError(f"{path}: cannot read training state ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,1 @@
+"""Training losses: parameter/vertex supervision, landmarks, photometric, regularisers."""

@@ -1,0 +1,1 @@
+"""Networks: MLANet backbones with coordinate attention and cross-stage attentional fusion, the registry."""

@@ -1,0 +1,1 @@
+"""Differentiable rendering in PyTorch: rasterisation with per-pixel visibility, interpolation, SH shading."""

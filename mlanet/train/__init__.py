@@ -1,0 +1,1 @@
+"""The training loop (`mlanet train`): config, checkpoints, resume, logging, DDP."""
