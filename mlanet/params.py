@@ -183,6 +183,10 @@ class FaceParams:
             flat[:, s["lighting"].start + channel * SH_COEFFS_PER_CHANNEL] = UNIT_AMBIENT_SH_DC
         return cls.from_flat(flat, layout)
 
+    def select(self, index: torch.Tensor | slice) -> "FaceParams":
+        """The samples ``index`` of the batch (a bool mask, index tensor or slice)."""
+        return FaceParams(**{name: getattr(self, name)[index] for name in GROUPS})
+
     def replace(self, **changes: torch.Tensor) -> "FaceParams":
         """Copy with some groups replaced."""
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,103 @@
+"""The training objective: a weighted sum of the terms in :mod:`.terms`, weights from :class:`LossCfg`.
+
+Which terms apply depends on what each sample carries (the sample schema of
+:mod:`mlanet.data`): ``has_params`` -> vertex and colour supervision; ``landmarks_valid`` ->
+68-point landmark loss; ``has_mp468`` -> MediaPipe pseudo-landmark loss; every sample ->
+photometric loss on the rendered skin region and the regularisers. A term whose weight is 0
+is not computed (the photometric term is the only one that needs the renderer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..morphable.model import MorphableModel
+from ..params import FaceParams
+from ..preprocess import PreprocessCfg
+from . import terms
+
+
+@dataclass(frozen=True)
+class LossCfg:
+    """Loss weights (0 disables a term)."""
+
+    landmarks: float = 1.0
+    mediapipe: float = 0.5
+    vertices: float = 0.02
+    vertex_colour: float = 0.5
+    photometric: float = 0.5
+    reg_identity: float = 1e-3
+    reg_expression: float = 1e-3
+    reg_albedo: float = 1e-3
+    albedo_symmetry: float = 0.05
+    albedo_smoothness: float = 0.05
+    lighting: float = 0.05
+
+
+@dataclass
+class LossOutput:
+    """Total loss and its named, weighted terms (scalars), plus what the logger may draw."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    landmarks_px: torch.Tensor  # (B, 68, 2) predicted landmarks in crop pixels
+    render: torch.Tensor | None = None  # (B, S, S, 3) when the photometric term ran
+    render_mask: torch.Tensor | None = None  # (B, S, S)
+
+
+class Objective:
+    """Computes :class:`LossOutput` for a batch; holds per-model constants (masks, mirror map)."""
+
+    def __init__(self, face_model: MorphableModel, preprocess: PreprocessCfg, cfg: LossCfg) -> None:
+        self.face_model = face_model
+        self.preprocess = preprocess
+        self.cfg = cfg
+        self.skin = face_model.region_mask(*face_model.header.get("skin_regions", ["skin"])).float()
+        self.albedo_priors = (
+            terms.AlbedoPriors(face_model) if (cfg.albedo_symmetry or cfg.albedo_smoothness) else None
+        )
+
+    def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor) -> LossOutput:
+        fm, cfg, S = self.face_model, self.cfg, self.preprocess.input_size
+        B = pred_flat.shape[0]
+        pred = FaceParams.from_flat(pred_flat.float(), fm.layout)
+        camera = self.preprocess.camera(B, device=pred_flat.device)
+        verts = fm(pred)
+        lm_px = camera.project(fm.landmarks(verts))
+        out: dict[str, torch.Tensor] = {}
+        if cfg.landmarks:
+            out["landmarks"] = cfg.landmarks * terms.landmark_loss(lm_px, batch["landmarks"], batch["landmarks_valid"], S)
+        if cfg.mediapipe and fm.has_mediapipe and bool(batch["has_mp468"].any()):
+            valid = batch["has_mp468"][:, None].expand(-1, batch["mp468"].shape[1])
+            mp_px = camera.project(fm.mediapipe_points(verts))
+            out["mediapipe"] = cfg.mediapipe * terms.landmark_loss(mp_px, batch["mp468"], valid, S)
+        has_params = batch["has_params"].bool()
+        if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour):
+            target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
+            if cfg.vertices:
+                out["vertices"] = cfg.vertices * terms.vertex_loss(fm, pred, target, has_params)
+            if cfg.vertex_colour:
+                out["vertex_colour"] = cfg.vertex_colour * terms.vertex_colour_loss(fm, pred, target, has_params)
+        render = render_mask = None
+        if cfg.photometric:
+            from ..render.rasterizer import interpolate
+            from ..render.renderer import render_face
+
+            r = render_face(fm, pred, camera, S, S)
+            skin = interpolate(self.skin[None, :, None].expand(B, -1, -1), r.fragments, fm.triangles)[..., 0]
+            render, render_mask = r.image, r.mask * skin
+            image = batch["image"].permute(0, 2, 3, 1).to(render.dtype)
+            out["photometric"] = cfg.photometric * terms.photometric_loss(render, image, render_mask)
+        out["regulariser"] = terms.coefficient_regulariser(pred, cfg.reg_identity, cfg.reg_expression, cfg.reg_albedo)
+        if cfg.lighting:
+            out["lighting"] = cfg.lighting * terms.lighting_prior(pred)
+        if self.albedo_priors is not None:
+            albedo = fm.albedo(pred.albedo)
+            if cfg.albedo_symmetry:
+                out["albedo_symmetry"] = cfg.albedo_symmetry * self.albedo_priors.symmetry(albedo)
+            if cfg.albedo_smoothness:
+                out["albedo_smoothness"] = cfg.albedo_smoothness * self.albedo_priors.smoothness(albedo)
+        total = torch.stack(list(out.values())).sum()
+        return LossOutput(total=total, terms=out, landmarks_px=lm_px, render=render, render_mask=render_mask)

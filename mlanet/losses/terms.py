@@ -1,0 +1,112 @@
+"""Individual loss terms. Each returns a scalar tensor and is zero (with a graph) when no sample applies.
+
+Units: landmark terms are distances in crop pixels divided by the crop size S (so they are
+independent of the input size); vertex terms are in millimetres; colour terms in [0, 1] RGB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..morphable.albedo import vertex_adjacency
+from ..morphable.model import MorphableModel
+from ..params import FaceParams
+
+
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean; 0 (keeping the graph) when all weights are 0."""
+    w = weights.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
+def landmark_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Mean Euclidean distance of valid points, in units of the crop size.
+
+    pred, target: (B, L, 2) crop pixels (NaN allowed in invalid target rows); valid: (B, L) bool.
+    """
+    target = torch.nan_to_num(target)
+    dist = torch.linalg.vector_norm(pred - target, dim=-1) / float(input_size)
+    return _masked_mean(dist, valid)
+
+
+def vertex_loss(
+    face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor,
+    vertex_subset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean per-vertex distance (mm) between predicted and ground-truth camera-frame meshes.
+
+    Parameter supervision in vertex space: errors are weighted by how much they move the
+    surface, not by raw coefficient differences. ``vertex_subset`` (K,) limits the vertices.
+    """
+    if not bool(has_params.any()):
+        return pred.rotation.sum() * 0.0
+    vp, vt = face_model(pred.select(has_params)), face_model(target.select(has_params))
+    if vertex_subset is not None:
+        vp, vt = vp[:, vertex_subset], vt[:, vertex_subset]
+    return torch.linalg.vector_norm(vp - vt, dim=-1).mean() * 1000.0
+
+
+def vertex_colour_loss(face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of lit vertex colours: predicted albedo and light on the true geometry."""
+    if not bool(has_params.any()):
+        return pred.albedo.sum() * 0.0
+    p, t = pred.select(has_params), target.select(has_params)
+    verts = face_model(t)
+    lit_pred = face_model.vertex_colors(t.replace(albedo=p.albedo, lighting=p.lighting), verts)
+    return (lit_pred - face_model.vertex_colors(t, verts)).abs().mean()
+
+
+def photometric_loss(rendered: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel RGB Euclidean distance over the mask (robust L2,1).
+
+    rendered, image: (B, H, W, 3); mask: (B, H, W) in [0, 1].
+    """
+    dist = torch.sqrt(((rendered - image) ** 2).sum(-1) + 1e-8)
+    return _masked_mean(dist, mask)
+
+
+def coefficient_regulariser(params: FaceParams, w_identity: float, w_expression: float, w_albedo: float) -> torch.Tensor:
+    """Weighted mean squares of the identity, expression and albedo coefficients."""
+    return (
+        w_identity * params.identity.pow(2).mean()
+        + w_expression * params.expression.pow(2).mean()
+        + w_albedo * params.albedo.pow(2).mean()
+    )
+
+
+def lighting_prior(params: FaceParams) -> torch.Tensor:
+    """Discourage coloured light: variance of each SH coefficient across the three channels."""
+    return params.lighting.var(dim=1, unbiased=False).mean()
+
+
+class AlbedoPriors:
+    """Albedo smoothness (Laplacian over the mesh) and left/right symmetry of a face model.
+
+    The mirror map pairs each vertex with the vertex nearest to its reflection ``x -> -x`` on
+    the mean shape (pairs further than ``max_mirror_mm`` apart are ignored).
+    """
+
+    def __init__(self, face_model: MorphableModel, max_mirror_mm: float = 3.0) -> None:
+        mean = face_model.mean_shape.detach().cpu().double().numpy()
+        dist, mirror = cKDTree(mean).query(mean * np.array([-1.0, 1.0, 1.0]))
+        keep = dist * 1000.0 < max_mirror_mm
+        device = face_model.mean_shape.device
+        self.src = torch.as_tensor(np.nonzero(keep)[0], device=device)
+        self.dst = torch.as_tensor(mirror[keep], device=device)
+        adj = vertex_adjacency(face_model.triangles.cpu().numpy(), face_model.n_vertices).tocoo()
+        self.adj = torch.sparse_coo_tensor(
+            np.vstack([adj.row, adj.col]), adj.data, size=adj.shape, dtype=torch.float32, device=device
+        ).coalesce()
+
+    def symmetry(self, albedo: torch.Tensor) -> torch.Tensor:
+        """Mean |albedo(v) - albedo(mirror(v))| for albedo (B, V, 3)."""
+        return (albedo[:, self.src] - albedo[:, self.dst]).abs().mean()
+
+    def smoothness(self, albedo: torch.Tensor) -> torch.Tensor:
+        """Mean |albedo - neighbour average| for albedo (B, V, 3)."""
+        B, V, _ = albedo.shape
+        flat = albedo.permute(1, 0, 2).reshape(V, B * 3).float()
+        smooth = torch.sparse.mm(self.adj, flat).reshape(V, B, 3).permute(1, 0, 2)
+        return (albedo - smooth.to(albedo.dtype)).abs().mean()

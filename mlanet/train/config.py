@@ -1,0 +1,75 @@
+"""The training configuration (`mlanet train --config FILE --set a.b=v`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..losses.objective import LossCfg
+from ..preprocess import PreprocessCfg
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which network to train (see ``mlanet models list``) and its ablation switches."""
+
+    name: str = "mlanet_mobile"
+    block_attention: bool = True
+    fusion: bool = True
+    init_torchvision: str | None = None  # a torchvision-layout ResNet-50 state dict (mlanet_r50 only)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Training data sources and their sampling weights (0 or no folder = unused)."""
+
+    synthetic: float = 1.0
+    synthetic_length: int = 1_000_000
+    unlabelled_dir: str | None = None  # images; MediaPipe pseudo-landmarks are computed and cached
+    unlabelled_weight: float = 1.0
+    w300lp_dir: str | None = None
+    w300lp_weight: float = 1.0
+    aflw2000_dir: str | None = None  # an AFLW2000-3D-layout folder used for TRAINING (never evaluate on it)
+    aflw2000_weight: float = 1.0
+    augment: bool = True  # augmentation of real images (synthetic images are random already)
+    num_workers: int = 0
+    val_synthetic: int = 64  # held-back synthetic images (a disjoint seed) for validation
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16  # per process
+    steps: int = 2000
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+
+
+@dataclass(frozen=True)
+class RunCfg:
+    """Where and how the run is executed and logged."""
+
+    out_dir: str = "runs/mlanet"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision (bf16 autocast) on CUDA; ignored on CPU
+    log_every: int = 10
+    image_every: int = 200
+    val_every: int = 200
+    ckpt_every: int = 500
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """Everything a training run needs; saved resolved as ``<out_dir>/config.yaml`` and in checkpoints."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
+    run: RunCfg = field(default_factory=RunCfg)
+    face_model: str | None = None  # face-model file; None = the default model in the asset home

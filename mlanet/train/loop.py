@@ -1,0 +1,367 @@
+"""The training loop behind ``mlanet train``.
+
+One process, or one per device under ``torchrun`` (DistributedDataParallel; NCCL on CUDA,
+gloo on CPU). Rank 0 logs, validates and writes checkpoints. Outputs in ``run.out_dir``:
+
+* ``config.yaml`` — the resolved configuration;
+* ``checkpoints/step_NNNNNNN.safetensors`` (+ ``.state.pt`` for resuming) and ``last.json``
+  naming the newest pair; ``--resume`` continues from it exactly (batches are a function of
+  the step, see :mod:`.sampling`);
+* ``metrics.jsonl`` — one JSON object per log/validation event; ``tb/`` — TensorBoard scalars
+  and image grids (input | render | overlay).
+
+Ctrl-C (or ``run.max_minutes``) stops after the current step with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..checkpoint import load_training_state, load_weights, save_training_state
+from ..config import save_config, to_dict
+from ..losses.objective import Objective
+from ..morphable.model import MorphableModel
+from ..progress import Progress
+from .config import TrainCfg
+from .sampling import MixtureBatchSampler, MixtureDataset, make_collate
+
+log = logging.getLogger(__name__)
+
+VAL_SEED_OFFSET = 10_000_019  # held-back synthetic images use a disjoint seed
+
+
+# --------------------------------------------------------------------------- setup
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={spec} but no CUDA GPU is visible")
+    return torch.device(spec)
+
+
+def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any], list[float], list[Any]]:
+    """Datasets, their weights and augmentations from ``cfg.data``."""
+    from ..data.synthetic import SyntheticFaces
+
+    d, pre = cfg.data, cfg.preprocess
+    sources, weights, augments = [], [], []
+    augment = None
+    if d.augment and (d.unlabelled_dir or d.w300lp_dir or d.aflw2000_dir):
+        from ..data.augment import Augment, AugmentCfg
+
+        augment = Augment(AugmentCfg())
+    if d.synthetic > 0:
+        sources.append(SyntheticFaces(face_model, pre, length=d.synthetic_length, seed=cfg.run.seed))
+        weights.append(d.synthetic)
+        augments.append(None)
+    if d.unlabelled_dir and d.unlabelled_weight > 0:
+        from ..data.mediapipe_labels import UnlabelledFaces
+
+        sources.append(UnlabelledFaces(d.unlabelled_dir, pre))
+        weights.append(d.unlabelled_weight)
+        augments.append(augment)
+    if d.w300lp_dir and d.w300lp_weight > 0:
+        from ..data import w300lp
+
+        sources.append(w300lp.W300LP(d.w300lp_dir, pre))
+        weights.append(d.w300lp_weight)
+        augments.append(augment)
+    if d.aflw2000_dir and d.aflw2000_weight > 0:
+        from ..data.aflw2000 import AFLW2000
+
+        sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout))
+        weights.append(d.aflw2000_weight)
+        augments.append(augment)
+    if not sources:
+        raise ValueError("no training data: enable data.synthetic or give a data folder")
+    return sources, weights, augments
+
+
+def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
+    warm, total = max(cfg.optim.warmup_steps, 1), max(cfg.optim.steps, 1)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min((step - warm) / max(total - warm, 1), 1.0)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+# --------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, device: torch.device) -> dict[str, float]:
+    """Landmark error on held-back synthetic images: NME (% of sqrt(w*h) of the GT box) and pixels."""
+    from ..data.synthetic import SyntheticFaces
+
+    n = cfg.data.val_synthetic
+    if n <= 0:
+        return {}
+    data = SyntheticFaces(face_model, cfg.preprocess, length=n, seed=cfg.run.seed + VAL_SEED_OFFSET)
+    collate = make_collate(face_model.layout.total)
+    was_training = model.training
+    model.eval()
+    errs_px, nmes = [], []
+    for start in range(0, n, 16):
+        batch = collate([{**data[i], "source": torch.tensor(0)} for i in range(start, min(start + 16, n))])
+        pred = model(batch["image"].to(device)).float()
+        from ..params import FaceParams
+
+        p = FaceParams.from_flat(pred, face_model.layout)
+        cam = cfg.preprocess.camera(pred.shape[0], device=device)
+        lm = cam.project(face_model.landmarks(face_model(p))).cpu()
+        gt = batch["landmarks"]
+        d = torch.linalg.vector_norm(lm - gt, dim=-1).mean(dim=1)
+        wh = (gt.amax(1) - gt.amin(1)).clamp_min(1e-6)
+        nmes.append(d / torch.sqrt(wh[:, 0] * wh[:, 1]))
+        errs_px.append(d)
+    model.train(was_training)
+    return {
+        "val_nme_pct": float(torch.cat(nmes).mean() * 100.0),
+        "val_landmark_px": float(torch.cat(errs_px).mean()),
+        "val_n": float(n),
+    }
+
+
+# --------------------------------------------------------------------------- logging helpers
+def _image_grid(batch: dict[str, torch.Tensor], out, gt_lm: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """(3, n*S, 3*S) grid: input | render | overlay with landmarks (GT red, prediction green)."""
+    imgs = batch["image"][:n].detach().float().cpu()
+    S = imgs.shape[-1]
+    render = out.render[:n].detach().float().cpu().permute(0, 3, 1, 2).clamp(0, 1)
+    mask = out.render_mask[:n].detach().float().cpu()[:, None]
+    overlay = imgs * (1 - 0.6 * mask) + render * 0.6 * mask
+
+    def dots(img: torch.Tensor, pts: torch.Tensor, colour: tuple[float, float, float]) -> None:
+        for x, y in pts.tolist():
+            if math.isfinite(x) and math.isfinite(y):
+                xi, yi = int(x), int(y)
+                if 0 <= xi < S and 0 <= yi < S:
+                    img[:, max(yi - 1, 0): yi + 2, max(xi - 1, 0): xi + 2] = torch.tensor(colour)[:, None, None]
+
+    for i in range(imgs.shape[0]):
+        dots(overlay[i], gt_lm[i], (1.0, 0.1, 0.1))
+        dots(overlay[i], out.landmarks_px[i].detach().cpu(), (0.1, 1.0, 0.1))
+    rows = [torch.cat([imgs[i], render[i], overlay[i]], dim=2) for i in range(imgs.shape[0])]
+    return torch.cat(rows, dim=1)
+
+
+class _Writer:
+    """TensorBoard (if installed) plus ``metrics.jsonl``; no-ops on ranks other than 0."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        self.jsonl = out_dir / "metrics.jsonl"
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed (pip install -e '.[train]'): metrics go to %s only", self.jsonl)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def image(self, step: int, tag: str, grid: torch.Tensor) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, grid, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save(out_dir: Path, model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, step: int,
+          optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, metrics: dict[str, float]) -> Path:
+    from ..models.registry import save_model
+
+    ckpt_dir = out_dir / "checkpoints"
+    weights = save_model(model, ckpt_dir / f"step_{step:07d}.safetensors", face_model.describe(),
+                         {"train_config": to_dict(cfg), "step": step, "metrics": metrics})
+    state = save_training_state(ckpt_dir / f"step_{step:07d}.state.pt", {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "torch_rng": torch.get_rng_state(),
+    })
+    last = out_dir / "last.json"
+    tmp = last.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"step": step, "weights": weights.name, "state": state.name, "metrics": metrics}))
+    tmp.replace(last)
+    return weights
+
+
+def _load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    last = out_dir / "last.json"
+    if not last.is_file():
+        raise FileNotFoundError(f"--resume: no {last}; nothing to resume in {out_dir}")
+    info = json.loads(last.read_text())
+    state_dict, _meta = load_weights(out_dir / "checkpoints" / info["weights"])
+    state = load_training_state(out_dir / "checkpoints" / info["state"])
+    return state_dict, state, int(info["step"])
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
+    """Run training; returns a summary (final step, last validation metrics, checkpoint path)."""
+    from ..models.registry import create_model, load_torchvision_resnet50
+
+    rank, world, local_rank = _distributed()
+    device = _device(cfg.run.device, local_rank)
+    torch.manual_seed(cfg.run.seed + rank)
+    out_dir = Path(cfg.run.out_dir)
+    is_main = rank == 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    face_model = MorphableModel.load(cfg.face_model)
+    model = create_model(
+        cfg.model.name, face_model=face_model, preprocess=cfg.preprocess,
+        block_attention=cfg.model.block_attention, fusion=cfg.model.fusion,
+    )
+    if cfg.model.init_torchvision and not resume:
+        report = load_torchvision_resnet50(model, cfg.model.init_torchvision)
+        log.info("initialised the backbone from %s: %s", cfg.model.init_torchvision, {k: len(v) if isinstance(v, list) else v for k, v in report.items()})
+    model.to(device)
+    face_model.to(device)
+    objective = Objective(face_model, cfg.preprocess, cfg.loss)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    use_amp = cfg.run.amp and device.type == "cuda"
+    scaler = None  # bf16 autocast needs no loss scaling
+    start_step = 0
+    if resume:
+        state_dict, state, last_step = _load_last(out_dir)
+        model.load_state_dict(state_dict)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = last_step + 1
+        if is_main:
+            log.info("resuming from step %d", last_step)
+
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    sources, weights, augments = build_sources(cfg, face_model.cpu())
+    face_model.to(device)
+    sampler = MixtureBatchSampler([len(s) for s in sources], weights, cfg.optim.batch_size, cfg.optim.steps,
+                                  seed=cfg.run.seed, rank=rank, start_step=start_step)
+    loader = DataLoader(MixtureDataset(sources, augments), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        collate_fn=make_collate(face_model.layout.total), persistent_workers=False)
+
+    writer = _Writer(out_dir, is_main)
+    progress = Progress(cfg.optim.steps, "train", enabled=is_main, min_interval_s=30.0)
+    t_start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    step = start_step - 1
+    stopped_by = "finished"
+    ckpt_path: Path | None = None
+    model.train()
+    try:
+        t_window, n_window = time.perf_counter(), 0
+        for step, batch in zip(range(start_step, cfg.optim.steps), loader):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+            with autocast:
+                pred = ddp_model(batch["image"])
+            out = objective(batch, pred.float())
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n_window += batch["image"].shape[0] * world
+            if is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps - 1):
+                elapsed = time.perf_counter() - t_window
+                values = {f"loss/{k}": float(v) for k, v in out.terms.items()}
+                values.update({"loss/total": float(out.total), "lr": scheduler.get_last_lr()[0],
+                               "grad_norm": float(grad_norm), "samples_per_s": n_window / max(elapsed, 1e-9)})
+                writer.scalars(step, values)
+                progress.update(step + 1, force=True, loss=float(out.total), lr=scheduler.get_last_lr()[0])
+                t_window, n_window = time.perf_counter(), 0
+            if is_main and cfg.run.image_every and step % cfg.run.image_every == 0 and out.render is not None:
+                writer.image(step, "input|render|overlay", _image_grid(batch, out, batch["landmarks"].cpu()))
+            last_step = step == cfg.optim.steps - 1
+            if is_main and cfg.run.val_every and (step % cfg.run.val_every == 0 or last_step):
+                metrics = validate(model, face_model, cfg, device)
+                writer.scalars(step, metrics)
+            if is_main and cfg.run.ckpt_every and step > start_step and step % cfg.run.ckpt_every == 0:
+                ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+            if cfg.run.max_minutes and (time.perf_counter() - t_start) / 60.0 > cfg.run.max_minutes:
+                stopped_by = "time limit"
+                break
+    except KeyboardInterrupt:
+        stopped_by = "interrupted"
+        if is_main:
+            log.warning("interrupted at step %d; writing a checkpoint", step)
+    finally:
+        progress.close()
+    replicas_in_sync = _check_replicas_in_sync(model) if world > 1 else None
+    if is_main and step >= start_step:
+        if not metrics or stopped_by != "finished":
+            metrics = validate(model, face_model, cfg, device)
+            writer.scalars(step, metrics)
+        ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+    writer.close()
+    summary = {"step": step, "stopped_by": stopped_by, "metrics": metrics, "world_size": world,
+               "replicas_in_sync": replicas_in_sync,
+               "checkpoint": str(ckpt_path) if ckpt_path else None,
+               "seconds": time.perf_counter() - t_start}
+    if is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if stopped_by == "interrupted":
+        raise KeyboardInterrupt
+    return summary
+
+
+def _check_replicas_in_sync(model: torch.nn.Module) -> bool:
+    """All-gather a parameter checksum; DDP replicas must be identical after training."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    values = [float(g) for g in gathered]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums {values}")
+    if dist.get_rank() == 0:
+        log.info("DDP replicas in sync (%d processes, checksum %.6f)", len(values), values[0])
+    return True
