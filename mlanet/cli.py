@@ -18,6 +18,8 @@ from .errors import MLANetError
 #: Command groups: name -> module providing ``add_parser(subparsers)``.
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
+    "eval": "mlanet.eval.cli",
+    "models": "mlanet.models.cli",
     "train": "mlanet.train.cli",
 }
 

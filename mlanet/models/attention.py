@@ -160,7 +160,9 @@ class AttentionalFeatureFusion(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x, y (B, C, H, W) -> fused (B, C, H, W)."""
         if x.shape != y.shape:
-            raise ValueError(f"AttentionalFeatureFusion needs two maps of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"AttentionalFeatureFusion needs two maps of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         w = self.mscam(x + y)
         return y + w * (x - y)
 

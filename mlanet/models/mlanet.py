@@ -78,7 +78,9 @@ class MLANetConfig:
         if not isinstance(self.width_mult, (int, float)) or not self.width_mult > 0:
             raise ValueError(f"MLANetConfig.width_mult must be positive, got {self.width_mult!r}")
         if self.backbone == "resnet50" and self.width_mult != 1.0:
-            raise ValueError(f"MLANetConfig.width_mult applies to the mobile backbone only; resnet50 needs 1.0, got {self.width_mult}")
+            raise ValueError(
+                f"MLANetConfig.width_mult applies to the mobile backbone only; resnet50 needs 1.0, got {self.width_mult}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (what checkpoints store)."""

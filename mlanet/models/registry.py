@@ -1,0 +1,365 @@
+"""Model registry: build MLANets by name, save and load self-describing checkpoints, import ResNet-50 weights.
+
+* :func:`create_model` — a fresh network (``create_model("mlanet_r50", face_model=fm)``) or one
+  restored from a checkpoint written by :func:`save_model` (``create_model("mlanet_r50",
+  checkpoint="run/best.safetensors")``); the checkpoint carries config, layout, preprocessing
+  and the face model's identity, so nothing else is needed to rebuild it.
+* :func:`load_torchvision_resnet50` — copy a torchvision-layout ResNet-50 state dict (``.pth``
+  read with the restricted ``weights_only`` loader, or ``.safetensors``) into an
+  ``mlanet_r50`` backbone. No ImageNet weights ship with MLANet; by default it trains from
+  scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..checkpoint import CheckpointMeta, load_weights, save_weights
+from ..errors import AssetError
+from ..params import ParamLayout
+from ..preprocess import PreprocessCfg
+from .mlanet import MLANet, MLANetConfig
+
+log = logging.getLogger(__name__)
+
+#: name -> (default config, one-line description).
+MODELS: dict[str, tuple[MLANetConfig, str]] = {
+    "mlanet_r50": (
+        MLANetConfig(backbone="resnet50"),
+        "reference: ResNet-50, coordinate attention in every bottleneck, bottom-up AFF over 4 stages, 224x224",
+    ),
+    "mlanet_mobile": (
+        MLANetConfig(backbone="mobilenetv2", width_mult=1.0),
+        "edge: MobileNetV2 inverted residuals with coordinate attention, bottom-up AFF over 4 stages, 224x224",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def _registered(name: str) -> tuple[MLANetConfig, str]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def describe_face_model(face_model: Any) -> dict[str, Any]:
+    """Identity of a face model for checkpoints: model id, content checksum, vertex count, layout.
+
+    Accepts a :class:`~mlanet.morphable.model.MorphableModel`, a
+    :class:`~mlanet.morphable.data.FaceModelData` or an already built description dict.
+    """
+    if isinstance(face_model, Mapping):
+        if "model_id" not in face_model:
+            raise ValueError("a face-model description needs at least a 'model_id'")
+        return dict(face_model)
+    if hasattr(face_model, "describe") and callable(face_model.describe):
+        return dict(face_model.describe())
+    header = getattr(face_model, "header", None)
+    if not isinstance(header, Mapping) or "model_id" not in header:
+        raise ValueError(f"expected a MorphableModel, FaceModelData or description dict, got {type(face_model).__name__}")
+    return {
+        "model_id": str(header["model_id"]),
+        "content_sha256": header.get("content_sha256"),
+        "vertices": int(face_model.n_vertices),
+        "layout": ParamLayout.for_face_model(face_model).to_dict(),
+    }
+
+
+def _resolve_face_model(face_model: Any) -> Any:
+    if isinstance(face_model, (str, os.PathLike)):
+        from ..morphable.model import load_face_model_data
+
+        return load_face_model_data(face_model)
+    return face_model
+
+
+def _apply_overrides(config: MLANetConfig, overrides: Mapping[str, Any]) -> MLANetConfig:
+    valid = MLANetConfig.field_names()
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown MLANetConfig field(s) {unknown}; valid fields: {', '.join(valid)}")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def create_model(
+    name: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    layout: ParamLayout | None = None,
+    face_model: Any = None,
+    preprocess: PreprocessCfg | None = None,
+    **overrides: Any,
+) -> MLANet:
+    """Build a registered MLANet, fresh or from a checkpoint.
+
+    Args:
+        name: a name from :func:`list_models`; may be ``None`` with a checkpoint (its own name).
+        checkpoint: ``.safetensors`` written by :func:`save_model`. Config, layout and
+            preprocessing then come from its metadata and the weights load strictly; the
+            model is returned in eval mode.
+        layout: parameter layout (fresh model); else taken from ``face_model``.
+        face_model: a MorphableModel, FaceModelData or face-model file path. For a fresh model
+            it supplies the layout; with a checkpoint it is checked against the checkpoint's
+            face model (model id, content checksum, layout).
+        preprocess: input size / normalisation of a fresh model (default ``PreprocessCfg()``).
+        **overrides: MLANetConfig fields replacing the registered defaults (fresh model only),
+            e.g. ``block_attention=False``, ``fusion=False``.
+
+    Returns:
+        MLANet; ``forward(images (B, 3, S, S)) -> (B, P)``.
+
+    Raises:
+        ValueError: unknown name or config field, missing layout, invalid config value.
+        AssetError: unreadable checkpoint, checkpoint for another model or face model.
+    """
+    face_model = _resolve_face_model(face_model)
+    if checkpoint is not None:
+        return _from_checkpoint(
+            name, Path(checkpoint), layout=layout, face_model=face_model, preprocess=preprocess, overrides=overrides
+        )
+    if name is None:
+        raise ValueError(f"create_model needs a model name (known models: {', '.join(list_models())}) or a checkpoint")
+    default, _ = _registered(name)
+    config = _apply_overrides(default, overrides)
+    if layout is None:
+        if face_model is None:
+            raise ValueError(
+                f"create_model({name!r}) needs the parameter layout: pass layout=ParamLayout(...) or "
+                "face_model=<MorphableModel or FaceModelData> (the layout follows its basis sizes)"
+            )
+        layout = ParamLayout.for_face_model(face_model)
+    elif face_model is not None and ParamLayout.for_face_model(face_model) != layout:
+        raise ValueError(
+            f"layout {layout.sizes} does not match the face model's {ParamLayout.for_face_model(face_model).sizes}"
+        )
+    return MLANet(config, layout, preprocess or PreprocessCfg(), name=name)
+
+
+def _from_checkpoint(
+    name: str | None,
+    path: Path,
+    *,
+    layout: ParamLayout | None,
+    face_model: Any,
+    preprocess: PreprocessCfg | None,
+    overrides: Mapping[str, Any],
+) -> MLANet:
+    from ..config import ConfigError, from_dict
+
+    if overrides:
+        raise ValueError(
+            f"config overrides {sorted(overrides)} cannot be combined with a checkpoint: "
+            "the architecture comes from the checkpoint's metadata"
+        )
+    state, meta = load_weights(path)
+    if name is not None and meta.model_name != name:
+        raise AssetError(f"{path}: checkpoint holds model {meta.model_name!r}, not {name!r}")
+    try:
+        config = from_dict(MLANetConfig, meta.model_config)
+    except ConfigError as exc:
+        raise AssetError(f"{path}: checkpoint model config is not valid for this MLANet ({exc})") from None
+    if layout is not None and layout != meta.layout:
+        raise AssetError(f"{path}: checkpoint layout {meta.layout.sizes} differs from the requested {layout.sizes}")
+    if preprocess is not None and preprocess != meta.preprocess:
+        raise AssetError(f"{path}: checkpoint preprocessing {meta.preprocess.to_dict()} differs from the requested one")
+    if face_model is not None:
+        _check_face_model(path, meta, describe_face_model(face_model))
+    model = MLANet(config, meta.layout, meta.preprocess, name=meta.model_name)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise AssetError(f"{path}: weights do not match the architecture in its metadata ({exc})") from None
+    return model.eval()
+
+
+def _check_face_model(path: Path, meta: CheckpointMeta, given: dict[str, Any]) -> None:
+    stored = meta.face_model or {}
+    problems = []
+    if stored.get("model_id") != given.get("model_id"):
+        problems.append(f"model id {given.get('model_id')!r} vs the checkpoint's {stored.get('model_id')!r}")
+    a, b = stored.get("content_sha256"), given.get("content_sha256")
+    if a and b and a != b:
+        problems.append(f"content checksum {str(b)[:12]}... vs the checkpoint's {str(a)[:12]}...")
+    if "layout" in given and ParamLayout.from_dict(given["layout"]) != meta.layout:
+        problems.append(f"layout {ParamLayout.from_dict(given['layout']).sizes} vs the checkpoint's {meta.layout.sizes}")
+    if problems:
+        raise AssetError(
+            f"{path}: the checkpoint was trained for another face model ({'; '.join(problems)}); "
+            "load it with the face model it was trained for"
+        )
+
+
+def _unwrap(model: Any) -> Any:
+    """The MLANet inside DistributedDataParallel / DataParallel (``.module``) or torch.compile (``._orig_mod``)."""
+    for _ in range(3):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(model, MLANet) or not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return model
+
+
+def save_model(
+    model: MLANet,
+    path: str | os.PathLike[str],
+    face_model_desc: Mapping[str, Any] | Any,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and self-description to a ``.safetensors`` checkpoint.
+
+    Args:
+        model: the network (a DDP / DataParallel / torch.compile wrapper is unwrapped).
+        path: output file; must end in ``.safetensors``.
+        face_model_desc: the face model's description (``MorphableModel.describe()``), or the face
+            model itself; needs ``model_id``.
+        extra: free-form JSON-serialisable data (training config, step, metrics).
+    """
+    model = _unwrap(model)
+    if not isinstance(model, MLANet):
+        raise ValueError(f"save_model expects an MLANet, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: MLANet checkpoints are .safetensors files")
+    desc = describe_face_model(face_model_desc)
+    if "layout" in desc and ParamLayout.from_dict(desc["layout"]) != model.layout:
+        face_layout = ParamLayout.from_dict(desc["layout"])
+        raise ValueError(f"face model layout {face_layout.sizes} differs from the model's {model.layout.sizes}")
+    meta = CheckpointMeta(
+        model_name=model.name,
+        model_config=model.config.to_dict(),
+        layout=model.layout,
+        preprocess=model.preprocess,
+        face_model=desc,
+        extra=dict(extra or {}),
+    )
+    return save_weights(path, model.state_dict(), meta)
+
+
+# --------------------------------------------------------------------------- torchvision weights
+def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    if isinstance(source, Mapping):
+        state, where = dict(source), "state dict"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise AssetError(f"{path}: no such weights file")
+        if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                state = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise AssetError(f"{path}: not a readable safetensors file ({exc})") from None
+        elif path.suffix in (".pth", ".pt"):
+            try:
+                # Restricted unpickler: only tensors and plain containers, never arbitrary objects.
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+                raise AssetError(
+                    f"{path}: cannot read a state dict with torch.load(weights_only=True) ({type(exc).__name__}: {exc})"
+                ) from None
+        else:
+            raise AssetError(f"{path}: expected a .pth/.pt (torch.save) or .safetensors state dict")
+    # Training scripts often wrap the weights: {"state_dict": ...} or {"model": ...}.
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = dict(state[key])
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AssetError(f"{where}: not a state dict of tensors")
+    state = dict(state)
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, where
+
+
+def load_torchvision_resnet50(
+    model: MLANet, source: str | os.PathLike[str] | Mapping[str, torch.Tensor], *, strict: bool = True
+) -> dict[str, Any]:
+    """Copy a torchvision-layout ResNet-50 state dict into ``model.backbone``.
+
+    Names map one to one (``conv1.weight`` -> ``backbone.conv1.weight``, ``layer1.0.conv1.weight``
+    -> ``backbone.layer1.0.conv1.weight``, ...); ``fc.*`` is ignored. The coordinate-attention
+    modules (``.ca``), fusion and heads keep their initialisation.
+
+    Args:
+        model: an MLANet with the ``resnet50`` backbone.
+        source: a state dict, or a ``.pth``/``.pt`` file (read with ``torch.load(weights_only=True)``)
+            or ``.safetensors`` file.
+        strict: raise when any backbone tensor is missing from the source or has another shape
+            (``num_batches_tracked`` may be absent); with ``strict=False`` load what matches.
+
+    Returns:
+        ``{"loaded", "missing", "unexpected", "skipped_shape_mismatch", "ignored", "not_in_torchvision"}``:
+        lists of names (``skipped_shape_mismatch`` as ``"name: source shape vs model shape"``;
+        ``not_in_torchvision`` are the backbone tensors torchvision has no counterpart for, i.e. CA).
+
+    Raises:
+        ValueError: the model's backbone is not resnet50.
+        AssetError: unreadable source, nothing matched, or (strict) missing / mis-shaped tensors.
+    """
+    model = _unwrap(model)
+    if not isinstance(model, MLANet) or model.config.backbone != "resnet50":
+        got = model.config.backbone if isinstance(model, MLANet) else type(model).__name__
+        raise ValueError(
+            f"torchvision ResNet-50 weights need a model with the resnet50 backbone (e.g. mlanet_r50), got {got}"
+        )
+    state, where = _read_state_dict(source)
+    target = model.backbone.state_dict()
+    torchvision_keys = {k for k in target if ".ca." not in k}
+    report: dict[str, Any] = {
+        "loaded": [],
+        "missing": [],
+        "unexpected": [],
+        "skipped_shape_mismatch": [],
+        "ignored": sorted(k for k in state if k.startswith("fc.")),
+        "not_in_torchvision": sorted(set(target) - torchvision_keys),
+    }
+    updates: dict[str, torch.Tensor] = {}
+    mismatched: set[str] = set()
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        if key not in torchvision_keys:
+            report["unexpected"].append(key)
+        elif tuple(value.shape) != tuple(target[key].shape):
+            report["skipped_shape_mismatch"].append(f"{key}: {tuple(value.shape)} vs {tuple(target[key].shape)}")
+            mismatched.add(key)
+        else:
+            updates[key] = value
+    report["missing"] = sorted(torchvision_keys - set(updates) - mismatched)
+    report["loaded"] = sorted(updates)
+    if not updates:
+        raise AssetError(
+            f"{where}: no tensor matched a ResNet-50 backbone (expected torchvision names such as "
+            f"'conv1.weight', 'layer1.0.conv1.weight'; got e.g. {sorted(state)[:3]})"
+        )
+    if strict:
+        hard_missing = [k for k in report["missing"] if not k.endswith("num_batches_tracked")]
+        if report["skipped_shape_mismatch"] or hard_missing:
+            first = (report["skipped_shape_mismatch"] + hard_missing)[0]
+            raise AssetError(
+                f"{where}: not a torchvision ResNet-50 state dict: {len(report['skipped_shape_mismatch'])} tensor(s) "
+                f"with other shapes and {len(hard_missing)} missing (first: {first}); ResNet-18/34 use basic "
+                "blocks and do not fit. Pass strict=False to load only what matches."
+            )
+    with torch.no_grad():
+        for key, value in updates.items():
+            target[key].copy_(value.to(dtype=target[key].dtype))
+    log.info(
+        "loaded %d torchvision ResNet-50 tensors into %s (%d missing, %d unexpected, %d shape mismatches)",
+        len(report["loaded"]), model.name, len(report["missing"]), len(report["unexpected"]),
+        len(report["skipped_shape_mismatch"]),
+    )
+    return report
