@@ -108,3 +108,11 @@ def test_runs_on_cuda(synthetic_data):
     m = MorphableModel(synthetic_data).cuda()
     p = FaceParams.neutral(m.layout, device="cuda")
     assert m(p).is_cuda and m.vertex_colors(p).is_cuda
+
+
+def test_in_memory_model_has_the_checksum_its_file_would_have(synthetic_data, tmp_path):
+    from mlanet.morphable.data import read_header
+
+    in_memory = MorphableModel(synthetic_data)
+    path = synthetic_data.save(tmp_path / "m.mlface.npz")
+    assert in_memory.content_sha256 == read_header(path)["content_sha256"] == MorphableModel.load(path).content_sha256

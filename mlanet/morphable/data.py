@@ -179,6 +179,10 @@ class FaceModelData:
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(f"{name} contains NaN or infinite values")
 
+    def content_checksum(self) -> str:
+        """The SHA-256 that :meth:`save` records (over the normalised arrays)."""
+        return content_sha256(self.normalised()._arrays())
+
     # ---------------------------------------------------------------- file IO
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("header", "extra")}

@@ -46,6 +46,8 @@ class MorphableModel(nn.Module):
         data = data.normalised()
         data.validate()
         self.header: dict[str, Any] = dict(data.header)
+        if not self.header.get("content_sha256"):  # built in memory, never saved: same checksum save() would write
+            self.header["content_sha256"] = data.content_checksum()
         self.n_identity = data.n_identity
         self.n_expression = data.n_expression
         self.n_albedo = data.n_albedo
