@@ -97,7 +97,8 @@ class AlbedoPriors:
         self.dst = torch.as_tensor(mirror[keep], device=device)
         adj = vertex_adjacency(face_model.triangles.cpu().numpy(), face_model.n_vertices).tocoo()
         self.adj = torch.sparse_coo_tensor(
-            np.vstack([adj.row, adj.col]), adj.data, size=adj.shape, dtype=torch.float32, device=device
+            np.vstack([adj.row, adj.col]), adj.data, size=adj.shape, dtype=torch.float32, device=device,
+            check_invariants=False,  # built from a valid scipy COO matrix
         ).coalesce()
 
     def symmetry(self, albedo: torch.Tensor) -> torch.Tensor:

@@ -290,13 +290,16 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     progress = Progress(cfg.optim.steps, "train", enabled=is_main, min_interval_s=30.0)
     t_start = time.perf_counter()
     metrics: dict[str, float] = {}
-    step = start_step - 1
+    step = start_step - 1  # the last *completed* optimisation step
     stopped_by = "finished"
     ckpt_path: Path | None = None
+    in_progress: dict[str, torch.Tensor] | None = None  # buffers saved at the start of an unfinished step
     model.train()
     try:
         t_window, n_window = time.perf_counter(), 0
-        for step, batch in zip(range(start_step, cfg.optim.steps), loader):
+        for current, batch in zip(range(start_step, cfg.optim.steps), loader):
+            # BatchNorm statistics change in the forward pass: keep them so an interrupted step can be undone
+            in_progress = {k: v.detach().clone() for k, v in model.named_buffers()}
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
@@ -307,14 +310,15 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
+            step, in_progress = current, None
             n_window += batch["image"].shape[0] * world
             if is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps - 1):
                 elapsed = time.perf_counter() - t_window
-                values = {f"loss/{k}": float(v) for k, v in out.terms.items()}
-                values.update({"loss/total": float(out.total), "lr": scheduler.get_last_lr()[0],
+                values = {f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}
+                values.update({"loss/total": float(out.total.detach()), "lr": scheduler.get_last_lr()[0],
                                "grad_norm": float(grad_norm), "samples_per_s": n_window / max(elapsed, 1e-9)})
                 writer.scalars(step, values)
-                progress.update(step + 1, force=True, loss=float(out.total), lr=scheduler.get_last_lr()[0])
+                progress.update(step + 1, force=True, loss=float(out.total.detach()), lr=scheduler.get_last_lr()[0])
                 t_window, n_window = time.perf_counter(), 0
             if is_main and cfg.run.image_every and step % cfg.run.image_every == 0 and out.render is not None:
                 writer.image(step, "input|render|overlay", _image_grid(batch, out, batch["landmarks"].cpu()))
@@ -329,8 +333,12 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
                 break
     except KeyboardInterrupt:
         stopped_by = "interrupted"
+        if in_progress is not None:
+            with torch.no_grad():  # undo the incomplete step's forward-pass side effects
+                for k, v in model.named_buffers():
+                    v.copy_(in_progress[k])
         if is_main:
-            log.warning("interrupted at step %d; writing a checkpoint", step)
+            log.warning("interrupted after step %d; writing a checkpoint", step)
     finally:
         progress.close()
     replicas_in_sync = _check_replicas_in_sync(model) if world > 1 else None

@@ -1,0 +1,105 @@
+"""`mlanet train` end to end on the synthetic face model: run, resume, Ctrl-C, DDP (2 CPU processes, gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mlanet.checkpoint import load_weights
+from mlanet.cli import main
+
+
+def _args(tmp_path, face_path, steps, extra=()):
+    return [
+        "train", "--out", str(tmp_path / "run"),
+        "--set", f"face_model={face_path}",
+        "--set", "preprocess.input_size=64",
+        "--set", f"optim.steps={steps}", "--set", "optim.batch_size=2", "--set", "optim.warmup_steps=1",
+        "--set", "data.val_synthetic=4", "--set", "run.val_every=2", "--set", "run.ckpt_every=2",
+        "--set", "run.log_every=1", "--set", "run.image_every=1", "--set", "run.seed=1",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def face_path(synthetic_data, tmp_path):
+    return synthetic_data.save(tmp_path / "face.mlface.npz")
+
+
+def _interrupt_on_call(monkeypatch, n):
+    from mlanet.losses import objective
+
+    calls = {"n": 0}
+    original = objective.Objective.__call__
+
+    def wrapped(self, batch, pred):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, batch, pred)
+
+    monkeypatch.setattr(objective.Objective, "__call__", wrapped)
+
+
+def _last_weights(run):
+    return load_weights(run / "checkpoints" / json.loads((run / "last.json").read_text())["weights"])
+
+
+def test_train_writes_everything(tmp_path, face_path):
+    assert main(_args(tmp_path, face_path, 3)) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["stopped_by"] == "finished"
+    assert "val_nme_pct" in summary["metrics"]
+    assert (run / "config.yaml").is_file() and "input_size: 64" in (run / "config.yaml").read_text()
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/landmarks" in l and "loss/photometric" in l for l in lines)
+    assert list((run / "tb").iterdir()), "TensorBoard events written"
+    sd, meta = _last_weights(run)
+    assert meta.model_name == "mlanet_mobile" and meta.extra["step"] == 2
+    assert meta.face_model["model_id"] == "synthetic-0" and meta.preprocess.input_size == 64
+    assert meta.extra["train_config"]["optim"]["steps"] == 3
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, face_path, monkeypatch, capsys):
+    _interrupt_on_call(monkeypatch, 3)  # Ctrl-C during step 2: steps 0 and 1 are complete
+    assert main(_args(tmp_path, face_path, 4)) == 130
+    run = tmp_path / "run"
+    last = json.loads((run / "last.json").read_text())
+    assert last["step"] == 1 and (run / "checkpoints" / last["weights"]).is_file()
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(_args(tmp_path, face_path, 4) + ["--resume"]) == 0
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    resumed, _ = _last_weights(run)
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    assert main(_args(straight_dir, face_path, 4)) == 0
+    straight, _ = _last_weights(straight_dir / "run")
+    for k in straight:
+        assert torch.allclose(resumed[k], straight[k], atol=1e-5), k
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, face_path, capsys):
+    assert main(_args(tmp_path, face_path, 2) + ["--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_unknown_config_key_exits_cleanly(tmp_path, face_path, capsys):
+    assert main(_args(tmp_path, face_path, 1, ["--set", "optim.lrr=1"])) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, face_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mlanet.cli", *_args(tmp_path, face_path, 3, ["--set", "run.image_every=0"])]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert summary["step"] == 2
