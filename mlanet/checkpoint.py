@@ -103,6 +103,21 @@ def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tenso
     return path
 
 
+def resolve_weights(path: str | os.PathLike[str]) -> Path:
+    """A weights file, or a training run folder (its ``last.json`` names the newest checkpoint)."""
+    path = Path(path).expanduser()
+    last = path / "last.json"
+    if path.is_dir():
+        if not last.is_file():
+            raise AssetError(f"{path}: a folder without last.json; pass a .safetensors file or a training run folder")
+        try:
+            name = json.loads(last.read_text())["weights"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise AssetError(f"{last}: unreadable ({exc})") from None
+        return path / "checkpoints" / name
+    return path
+
+
 def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     """Only the metadata of a weights file (cheap)."""
     return _open(Path(path))[1]

@@ -53,3 +53,18 @@ def test_training_state_round_trip(tmp_path):
     assert back["step"] == 7 and torch.equal(back["torch_rng"], state["torch_rng"])
     with pytest.raises(AssetError, match="no such training-state"):
         load_training_state(tmp_path / "missing.pt")
+
+
+def test_resolve_weights_from_a_run_folder(tmp_path):
+    import json
+
+    from mlanet.checkpoint import resolve_weights
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "last.json").write_text(json.dumps({"weights": "step_0000007.safetensors"}))
+    assert resolve_weights(tmp_path) == tmp_path / "checkpoints" / "step_0000007.safetensors"
+    assert resolve_weights(tmp_path / "x.safetensors") == tmp_path / "x.safetensors"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AssetError, match="without last.json"):
+        resolve_weights(empty)

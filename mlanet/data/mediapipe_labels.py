@@ -59,7 +59,6 @@ Cache (:class:`PseudoLabelCache`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -74,6 +73,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import AssetError
+from ..fileutil import file_sha256
 from ..params import ParamLayout
 from ..preprocess import CropBox, PreprocessCfg, box_from_points
 from .landmarks import MP468_N_POINTS, make_sample, mirror_permutation, read_image_rgb, warn_skipped
@@ -241,18 +241,6 @@ class PseudoLabel:
     status: int
     image_size: tuple[int, int]
     points: np.ndarray
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 class PseudoLabelCache:

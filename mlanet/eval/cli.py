@@ -14,13 +14,14 @@ ground-truth scans laid out as in :data:`mlanet.eval.micc.FOLDER_LAYOUT`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..fileutil import file_sha256
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
 DEFAULT_MODEL = "mlanet_r50"
@@ -40,14 +41,6 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -77,7 +70,9 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
             )
             return 2
     else:
-        weights = Path(args.weights).expanduser()
+        from ..checkpoint import resolve_weights
+
+        weights = resolve_weights(args.weights)
     if args.batch < 1:
         raise MLANetError(f"--batch must be >= 1, got {args.batch}")
     if args.crop == "detector":
@@ -97,7 +92,7 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
     model = create_model(args.model, checkpoint=weights, face_model=face_model)
     predictor = make_landmark_predictor(model, face_model)
     model_desc = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", model_name)}
-    weights_desc = {"path": str(weights), "sha256": _sha256(Path(weights)), "shipped_default": shipped}
+    weights_desc = {"path": str(weights), "sha256": file_sha256(weights), "shipped_default": shipped}
     result = bench.evaluate(
         predictor,
         model.preprocess,
@@ -187,7 +182,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"registered model name (default: the checkpoint's own; {DEFAULT_MODEL} for shipped weights)",
     )
-    a.add_argument("--weights", default=None, metavar="FILE", help="checkpoint (.safetensors); default: shipped weights")
+    a.add_argument("--weights", default=None, metavar="FILE", help="checkpoint (.safetensors) or a training run folder (uses its last.json); default: shipped weights")
     a.add_argument("--ced", default=None, metavar="PNG", help="CED plot (default: <json stem>_ced.png next to the JSON)")
     a.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     a.add_argument("--face-model", default=None, metavar="FILE", help="face-model file (default: the one in the asset home)")

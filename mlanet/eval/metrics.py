@@ -181,7 +181,7 @@ def plot_ced(
     path: str | os.PathLike[str],
     references: Mapping[str, float] | None = None,
     title: str = "AFLW2000-3D: cumulative error distribution",
-    max_percent: float = 10.0,
+    max_percent: float | None = None,
 ) -> Path:
     """Draw CED curves to a PNG, written atomically (temporary file + rename).
 
@@ -192,7 +192,8 @@ def plot_ced(
         references: optional name -> NME in **percent** (e.g. published mean-of-bins
             numbers), drawn as labelled vertical dashed lines.
         title: figure title.
-        max_percent: x-axis limit in percent.
+        max_percent: x-axis limit in percent; ``None`` = 10 %, widened (up to 100 %) to the
+            largest curve's 90th percentile so a weak model's curve is not cut off.
 
     Returns:
         The written path.
@@ -213,6 +214,9 @@ def plot_ced(
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)  # the Agg canvas, without touching pyplot's global backend
     ax = fig.add_subplot(1, 1, 1)
+    if max_percent is None:
+        p90 = max(float(np.percentile(np.asarray(v, dtype=np.float64), 90)) for v in curves.values()) * 100.0
+        max_percent = float(min(100.0, max(10.0, np.ceil(p90 / 5.0) * 5.0)))
     grid = np.linspace(0.0, max_percent, 1001)
     for name, nme in curves.items():
         e = np.asarray(nme, dtype=np.float64).reshape(-1)

@@ -1,7 +1,7 @@
 """The training objective: a weighted sum of the terms in :mod:`.terms`, weights from :class:`LossCfg`.
 
 Which terms apply depends on what each sample carries (the sample schema of
-:mod:`mlanet.data`): ``has_params`` -> vertex and colour supervision; ``landmarks_valid`` ->
+:mod:`mlanet.data`): ``has_params`` -> vertex, 3D-landmark and colour supervision; ``landmarks_valid`` ->
 68-point landmark loss; ``has_mp468`` -> MediaPipe pseudo-landmark loss; every sample ->
 photometric loss on the rendered skin region and the regularisers. A term whose weight is 0
 is not computed (the photometric term is the only one that needs the renderer).
@@ -25,6 +25,7 @@ class LossCfg:
 
     landmarks: float = 1.0
     mediapipe: float = 0.5
+    landmarks3d: float = 0.0  # mm; the vertex term already covers 3D where parameters exist
     vertices: float = 0.02
     vertex_colour: float = 0.5
     photometric: float = 0.5
@@ -74,10 +75,12 @@ class Objective:
             mp_px = camera.project(fm.mediapipe_points(verts))
             out["mediapipe"] = cfg.mediapipe * terms.landmark_loss(mp_px, batch["mp468"], valid, S)
         has_params = batch["has_params"].bool()
-        if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour):
+        if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
             if cfg.vertices:
                 out["vertices"] = cfg.vertices * terms.vertex_loss(fm, pred, target, has_params)
+            if cfg.landmarks3d:
+                out["landmarks3d"] = cfg.landmarks3d * terms.landmark3d_loss(fm, pred, target, has_params)
             if cfg.vertex_colour:
                 out["vertex_colour"] = cfg.vertex_colour * terms.vertex_colour_loss(fm, pred, target, has_params)
         render = render_mask = None

@@ -48,6 +48,15 @@ def vertex_loss(
     return torch.linalg.vector_norm(vp - vt, dim=-1).mean() * 1000.0
 
 
+def landmark3d_loss(face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor) -> torch.Tensor:
+    """Mean 3D distance (mm) of the 68 landmarks in the camera frame, for samples with parameters."""
+    if not bool(has_params.any()):
+        return pred.rotation.sum() * 0.0
+    lp = face_model.landmarks(face_model(pred.select(has_params)))
+    lt = face_model.landmarks(face_model(target.select(has_params)))
+    return torch.linalg.vector_norm(lp - lt, dim=-1).mean() * 1000.0
+
+
 def vertex_colour_loss(face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of lit vertex colours: predicted albedo and light on the true geometry."""
     if not bool(has_params.any()):

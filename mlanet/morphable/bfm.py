@@ -33,7 +33,6 @@ in the model frame (metres, see :mod:`mlanet.conventions`). The file is read wit
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -44,6 +43,7 @@ import scipy.io
 
 from ..conventions import y_up_to_model_frame
 from ..errors import AssetError
+from ..fileutil import file_sha256
 from .data import FaceModelData
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def load_bfm_front_mat(
         "source": {
             "kind": "bfm09-front-mat",
             "path": src,
-            "sha256": _file_sha256(path),
+            "sha256": file_sha256(path),
             "license": BFM_LICENSE,
         },
         "units_in_source": units,
@@ -263,14 +263,6 @@ def _v73_message(path: Path) -> str:
         "(MATLAB: save(..., '-v7'); Python: scipy.io.savemat) or regenerate it with Deep3DFaceRecon's "
         "transferBFM09"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- validation

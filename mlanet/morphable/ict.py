@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..conventions import METRES_PER_CM, y_up_to_model_frame
 from ..errors import AssetError
+from ..fileutil import file_sha256
 from . import ict_topology as topo
 from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
 from .data import FaceModelData
@@ -30,7 +31,6 @@ from .ict_source import (
     UPSTREAM_REPO,
     IctRelease,
     ProgressFn,
-    file_sha256,
     read_ict_release,
 )
 from .obj import triangulate

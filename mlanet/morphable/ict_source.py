@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import AssetError
+from ..fileutil import file_sha256
 from . import ict_topology as topo
 from .obj import ObjMesh, read_obj, read_obj_vertices
 
@@ -132,15 +133,6 @@ def _resolve_folder(path: Path) -> Path:
         f"{path}: no {NEUTRAL_NAME} here or in {path / 'FaceXModel'}; "
         "pass the ICT-FaceKit FaceXModel/ folder or its archive"
     )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_ict_release(path: str | Path, progress: ProgressFn | None = None) -> IctRelease:

@@ -287,6 +287,10 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
                         collate_fn=make_collate(face_model.layout.total), persistent_workers=False)
 
     writer = _Writer(out_dir, is_main)
+    initial_metrics: dict[str, float] = {}
+    if is_main and start_step == 0 and cfg.run.val_every:
+        initial_metrics = validate(model, face_model, cfg, device)  # before any update: the untrained prior
+        writer.scalars(-1, {f"initial_{k}": v for k, v in initial_metrics.items()})
     progress = Progress(cfg.optim.steps, "train", enabled=is_main, min_interval_s=30.0)
     t_start = time.perf_counter()
     metrics: dict[str, float] = {}
@@ -348,7 +352,8 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
             writer.scalars(step, metrics)
         ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
     writer.close()
-    summary = {"step": step, "stopped_by": stopped_by, "metrics": metrics, "world_size": world,
+    summary = {"step": step, "stopped_by": stopped_by, "metrics": metrics, "initial_metrics": initial_metrics,
+               "world_size": world,
                "replicas_in_sync": replicas_in_sync,
                "checkpoint": str(ckpt_path) if ckpt_path else None,
                "seconds": time.perf_counter() - t_start}
