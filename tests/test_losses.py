@@ -80,6 +80,6 @@ def test_objective_is_near_zero_on_exact_ground_truth(synthetic_data):
     # a wrong prediction costs more, and gradients flow back to the parameters
     wrong = batch["params"].clone().requires_grad_()
     out_wrong = Objective(m, pre, cfg)(batch, wrong + 0.05)
-    assert float(out_wrong.terms["landmarks"]) > 1e-3 and float(out_wrong.total) > float(out.total)
+    assert float(out_wrong.terms["landmarks"].detach()) > 1e-3 and float(out_wrong.total.detach()) > float(out.total)
     out_wrong.total.backward()
     assert torch.isfinite(wrong.grad).all() and wrong.grad.abs().sum() > 0

@@ -15,6 +15,7 @@ Ctrl-C (or ``run.max_minutes``) stops after the current step with a checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -111,14 +112,19 @@ def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
 
 # --------------------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, device: torch.device) -> dict[str, float]:
-    """Landmark error on held-back synthetic images: NME (% of sqrt(w*h) of the GT box) and pixels."""
+def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, device: torch.device,
+             data_face_model: MorphableModel | None = None) -> dict[str, float]:
+    """Landmark error on held-back synthetic images: NME (% of sqrt(w*h) of the GT box) and pixels.
+
+    ``face_model`` (on ``device``) decodes predictions; ``data_face_model`` (CPU) renders the images.
+    """
     from ..data.synthetic import SyntheticFaces
 
     n = cfg.data.val_synthetic
     if n <= 0:
         return {}
-    data = SyntheticFaces(face_model, cfg.preprocess, length=n, seed=cfg.run.seed + VAL_SEED_OFFSET)
+    data_model = data_face_model if data_face_model is not None else copy.deepcopy(face_model).cpu()
+    data = SyntheticFaces(data_model, cfg.preprocess, length=n, seed=cfg.run.seed + VAL_SEED_OFFSET)
     collate = make_collate(face_model.layout.total)
     was_training = model.training
     model.eval()
@@ -247,6 +253,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
         save_config(cfg, out_dir / "config.yaml")
 
     face_model = MorphableModel.load(cfg.face_model)
+    data_face_model = copy.deepcopy(face_model)  # stays on the CPU: data is generated there (also in workers)
     model = create_model(
         cfg.model.name, face_model=face_model, preprocess=cfg.preprocess,
         block_attention=cfg.model.block_attention, fusion=cfg.model.fusion,
@@ -279,8 +286,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    sources, weights, augments = build_sources(cfg, face_model.cpu())
-    face_model.to(device)
+    sources, weights, augments = build_sources(cfg, data_face_model)
     sampler = MixtureBatchSampler([len(s) for s in sources], weights, cfg.optim.batch_size, cfg.optim.steps,
                                   seed=cfg.run.seed, rank=rank, start_step=start_step)
     loader = DataLoader(MixtureDataset(sources, augments), batch_sampler=sampler, num_workers=cfg.data.num_workers,
@@ -289,7 +295,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     writer = _Writer(out_dir, is_main)
     initial_metrics: dict[str, float] = {}
     if is_main and start_step == 0 and cfg.run.val_every:
-        initial_metrics = validate(model, face_model, cfg, device)  # before any update: the untrained prior
+        initial_metrics = validate(model, face_model, cfg, device, data_face_model)  # before any update: the untrained prior
         writer.scalars(-1, {f"initial_{k}": v for k, v in initial_metrics.items()})
     progress = Progress(cfg.optim.steps, "train", enabled=is_main, min_interval_s=30.0)
     t_start = time.perf_counter()
@@ -328,7 +334,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
                 writer.image(step, "input|render|overlay", _image_grid(batch, out, batch["landmarks"].cpu()))
             last_step = step == cfg.optim.steps - 1
             if is_main and cfg.run.val_every and (step % cfg.run.val_every == 0 or last_step):
-                metrics = validate(model, face_model, cfg, device)
+                metrics = validate(model, face_model, cfg, device, data_face_model)
                 writer.scalars(step, metrics)
             if is_main and cfg.run.ckpt_every and step > start_step and step % cfg.run.ckpt_every == 0:
                 ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
@@ -348,7 +354,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     replicas_in_sync = _check_replicas_in_sync(model) if world > 1 else None
     if is_main and step >= start_step:
         if not metrics or stopped_by != "finished":
-            metrics = validate(model, face_model, cfg, device)
+            metrics = validate(model, face_model, cfg, device, data_face_model)
             writer.scalars(step, metrics)
         ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
     writer.close()
