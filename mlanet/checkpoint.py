@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import AssetError, IncompatibleFormatError
+from .fileutil import mkstemp_beside
 from .params import ParamLayout
 from .preprocess import PreprocessCfg
 
@@ -83,7 +83,7 @@ class CheckpointMeta:
 
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    return mkstemp_beside(path)
 
 
 def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:

@@ -19,6 +19,7 @@ from .errors import MLANetError
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
     "eval": "mlanet.eval.cli",
+    "export": "mlanet.export.cli",
     "models": "mlanet.models.cli",
     "train": "mlanet.train.cli",
 }

@@ -28,3 +28,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def mkstemp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file next to ``path`` (same file system, so ``os.replace`` is atomic).
+
+    Unlike :func:`tempfile.mkstemp` (mode 0600) the file gets the usual permissions of a new
+    file (0666 minus the umask), so the final output is readable like any other file.
+    """
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, tmp

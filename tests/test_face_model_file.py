@@ -100,3 +100,15 @@ def test_validate_catches_bad_indices(synthetic_data):
 def test_missing_default_model_names_the_build_command():
     with pytest.raises(FaceModelNotFoundError, match="mlanet assets build --ict"):
         load_face_model_data(None)
+
+
+def test_saved_files_are_readable_like_any_new_file(synthetic_data, tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = synthetic_data.save(tmp_path / "perm.mlface.npz")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600

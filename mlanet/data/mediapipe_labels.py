@@ -63,7 +63,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import AssetError
-from ..fileutil import file_sha256
+from ..fileutil import file_sha256, mkstemp_beside
 from ..params import ParamLayout
 from ..preprocess import CropBox, PreprocessCfg, box_from_points
 from .landmarks import MP468_N_POINTS, make_sample, mirror_permutation, read_image_rgb, warn_skipped
@@ -323,7 +322,7 @@ class PseudoLabelCache:
             if labels
             else np.zeros((0, MP468_N_POINTS, 2), np.float32),
         }
-        fd, tmp = tempfile.mkstemp(prefix=".mediapipe468-", suffix=".tmp", dir=file.parent)
+        fd, tmp = mkstemp_beside(file)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)

@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..fileutil import file_sha256
+from ..fileutil import file_sha256, mkstemp_beside
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
 DEFAULT_MODEL = "mlanet_r50"
@@ -31,7 +30,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON via a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, allow_nan=False)

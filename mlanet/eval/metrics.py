@@ -16,13 +16,13 @@ those are about 29 % lower for the same predictions.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import MLANetError
+from ..fileutil import mkstemp_beside
 
 #: Yaw bin edges in degrees: bin k holds ``YAW_BIN_EDGES_DEG[k] < |yaw| <= YAW_BIN_EDGES_DEG[k + 1]``
 #: (bin 0 includes 0); anything beyond 90 degrees falls into the last bin.
@@ -232,7 +232,7 @@ def plot_ced(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png")

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AssetError, ChecksumError, IncompatibleFormatError
+from ..fileutil import mkstemp_beside
 
 #: ``header["format"]`` of every face-model file.
 FORMAT_NAME = "mlanet-facemodel"
@@ -213,7 +213,7 @@ class FaceModelData:
         header_bytes = np.frombuffer(json.dumps(header, indent=1, sort_keys=True).encode("utf-8"), dtype=np.uint8)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        fd, tmp = mkstemp_beside(path)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, **{_HEADER_KEY: header_bytes}, **arrays)

@@ -1,0 +1,224 @@
+"""Inference backends: one class per runtime, chosen by the artifact's suffix.
+
+Every backend maps preprocessed crops ``images (B, 3, S, S)`` float32 RGB in [0, 1] (numpy or
+torch) to flat parameters ``(B, P)`` as a numpy float32 array, and exposes the artifact's
+``metadata`` (layout, preprocessing, face model identity) so nothing downstream hard-codes
+a crop size or a slice of the parameter vector.
+
+* :class:`TorchBackend` — a ``.safetensors`` checkpoint or a training run folder.
+* :class:`OnnxRuntimeBackend` — an ``.onnx`` file written by ``mlanet export onnx``.
+* :func:`open_backend` — picks the class from :data:`BACKENDS` by suffix.
+
+Heavy runtimes (``onnxruntime``, ``onnx``) are imported inside the classes that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import AssetError
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """``__call__(images (B, 3, S, S) float32) -> (B, P) numpy``; ``metadata``; ``warmup()``; ``close()``."""
+
+    metadata: dict[str, Any]
+
+    def __call__(self, images: Any) -> np.ndarray: ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _as_images(images: Any, size: int, where: str) -> np.ndarray:
+    """``images`` as a contiguous float32 numpy array, checked against (B, 3, size, size)."""
+    if hasattr(images, "detach") and hasattr(images, "cpu"):  # torch.Tensor without importing torch here
+        images = images.detach().cpu().numpy()
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[0] < 1 or arr.shape[1] != 3 or arr.shape[2] != size or arr.shape[3] != size:
+        raise ValueError(
+            f"{where} expects images of shape (B, 3, {size}, {size}) (float32 RGB in [0, 1]), got {tuple(arr.shape)}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_face_model(source: str, meta: dict[str, Any], face_model: Any) -> None:
+    """Refuse an artifact built for another face model than ``face_model``."""
+    from ..params import ParamLayout
+
+    stored = meta.get("face_model") or {}
+    sid, sck = stored.get("model_id"), stored.get("content_sha256")
+    gid, gck = face_model.model_id, face_model.content_sha256
+    if sid != gid or (sck and gck and sck != gck):
+        raise AssetError(
+            f"{source}: built for face model {sid} (checksum {str(sck)[:12]}...), this face model is {gid} "
+            f"(checksum {str(gck)[:12]}...); use the face model it was exported for"
+        )
+    layout = ParamLayout.from_dict(meta["layout"])
+    if layout != face_model.layout:
+        raise AssetError(
+            f"{source}: parameter layout {layout.sizes} differs from face model {gid}'s {face_model.layout.sizes}"
+        )
+
+
+class TorchBackend:
+    """PyTorch backend for a ``.safetensors`` checkpoint or a training run folder (its ``last.json``).
+
+    Args:
+        weights: checkpoint file or run folder.
+        face_model: optional MorphableModel; checked against the checkpoint (id, checksum, layout).
+        device: torch device (default CPU).
+    """
+
+    def __init__(self, weights: str | os.PathLike[str], face_model: Any = None, *, device: str = "cpu") -> None:
+        import torch
+
+        from ..checkpoint import read_meta, resolve_weights
+        from ..models.registry import create_model
+
+        self.path = resolve_weights(weights)
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = create_model(checkpoint=self.path, face_model=face_model).to(self.device).eval()
+        meta = read_meta(self.path)
+        self.metadata: dict[str, Any] = {
+            "kind": "network",
+            "backend": "torch",
+            "source": str(self.path),
+            "model_name": meta.model_name,
+            "model_config": meta.model_config,
+            "layout": meta.layout.to_dict(),
+            "preprocess": meta.preprocess.to_dict(),
+            "face_model": meta.face_model,
+        }
+        self.input_size = int(meta.preprocess.input_size)
+
+    def __call__(self, images: Any) -> np.ndarray:
+        arr = _as_images(images, self.input_size, f"{self.path}")
+        with self._torch.no_grad():
+            out = self.model(self._torch.from_numpy(arr).to(self.device))
+        return out.float().cpu().numpy()
+
+    def warmup(self) -> None:
+        self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime backend for an ``.onnx`` network written by ``mlanet export onnx``.
+
+    The metadata is read and checked before any inference session is created.
+
+    Args:
+        path: the ``.onnx`` file.
+        face_model: optional MorphableModel the file must have been exported for.
+        providers: onnxruntime execution providers (default CPU).
+
+    Raises:
+        AssetError: (naming the file) no/invalid MLANet metadata, not a network (e.g. a face
+            decoder), another face model or layout, graph input size differs from the metadata.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], face_model: Any = None, *, providers: list[str] | None = None
+    ) -> None:
+        from ..export.onnx_export import KIND_NETWORK, load_onnx_proto, metadata_from_proto
+        from ..params import ParamLayout
+        from ..preprocess import PreprocessCfg
+
+        self.path = Path(path)
+        proto = load_onnx_proto(self.path)
+        meta = metadata_from_proto(proto, str(self.path))
+        if meta.get("kind") != KIND_NETWORK:
+            raise AssetError(
+                f"{self.path}: an MLANet ONNX of kind {meta.get('kind')!r}, not a network (images -> params)"
+            )
+        try:
+            layout = ParamLayout.from_dict(meta["layout"])
+            preprocess = PreprocessCfg.from_dict(meta["preprocess"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AssetError(f"{self.path}: MLANet ONNX metadata is incomplete or invalid ({exc})") from None
+        if face_model is not None:
+            _check_face_model(str(self.path), meta, face_model)
+        self.input_size = int(preprocess.input_size)
+        self.layout = layout
+        self._check_graph(proto)
+        del proto
+
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise AssetError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        self.metadata: dict[str, Any] = {**meta, "backend": "onnxruntime", "source": str(self.path)}
+
+    def _check_graph(self, proto: Any) -> None:
+        inputs = [i for i in proto.graph.input if i.name == "images"]
+        outputs = [o for o in proto.graph.output if o.name == "params"]
+        if not inputs or not outputs:
+            raise AssetError(f"{self.path}: the graph needs an input 'images' and an output 'params'")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+        s = self.input_size
+        if len(dims) != 4 or dims[1] not in (3, None) or dims[2] not in (s, None) or dims[3] not in (s, None):
+            raise AssetError(
+                f"{self.path}: graph input 'images' has shape {dims}, but its metadata says preprocess.input_size "
+                f"{s} (expected (B, 3, {s}, {s}))"
+            )
+        out_dims = [d.dim_value if d.HasField("dim_value") else None for d in outputs[0].type.tensor_type.shape.dim]
+        if len(out_dims) != 2 or out_dims[1] not in (self.layout.total, None):
+            raise AssetError(
+                f"{self.path}: graph output 'params' has shape {out_dims}, but the layout has P={self.layout.total}"
+            )
+
+    def __call__(self, images: Any) -> np.ndarray:
+        arr = _as_images(images, self.input_size, f"{self.path}")
+        return self.session.run(["params"], {"images": arr})[0]
+
+    def warmup(self) -> None:
+        self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+
+    def close(self) -> None:
+        self.session = None
+
+
+#: Artifact suffix -> backend class.
+BACKENDS: dict[str, type] = {".onnx": OnnxRuntimeBackend, ".safetensors": TorchBackend}
+
+#: Suffixes that belong to backends this build does not have; suffix -> reason.
+UNAVAILABLE: dict[str, str] = {
+    ".engine": "the TensorRT backend needs TensorRT on an NVIDIA machine and is not built yet",
+    ".plan": "the TensorRT backend needs TensorRT on an NVIDIA machine and is not built yet",
+}
+
+
+def open_backend(path: str | os.PathLike[str], face_model: Any = None) -> InferenceBackend:
+    """Open ``path`` with the backend for its suffix (a folder: a training run, :class:`TorchBackend`).
+
+    Raises:
+        AssetError: TensorRT engines (not built yet), unknown suffixes (the message lists the known ones).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return TorchBackend(path, face_model=face_model)
+    suffix = path.suffix.lower()
+    if suffix in UNAVAILABLE:
+        raise AssetError(f"{path}: {UNAVAILABLE[suffix]}")
+    if suffix not in BACKENDS:
+        raise AssetError(
+            f"{path}: no backend for suffix {suffix or '(none)'!r}; known: {', '.join(sorted(BACKENDS))} "
+            "or a training run folder"
+        )
+    return BACKENDS[suffix](path, face_model=face_model)

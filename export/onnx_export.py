@@ -1,0 +1,325 @@
+"""ONNX export of MLANet networks and face decoders, their metadata, and a parity report.
+
+* :func:`export_onnx` — a network ``images (B, 3, S, S) RGB [0, 1] -> params (B, P)`` with a
+  dynamic batch axis (legacy TorchScript exporter).
+* :func:`export_face_decoder_onnx` — the face model as a graph
+  ``params (B, P) -> vertices (B, V, 3) metres (camera frame), landmarks (B, 68, 3)``.
+* :func:`read_onnx_metadata` — the ``"mlanet"`` JSON entry of ``metadata_props`` that every
+  exported file carries (layout, preprocessing, face model identity, versions, commit).
+* :func:`parity_report` — torch vs onnxruntime on the same random images, measured in vertex
+  space in millimetres.
+
+``onnx`` and ``onnxruntime`` are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AssetError, IncompatibleFormatError
+from ..fileutil import mkstemp_beside
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "mlanet-onnx"
+FORMAT_VERSION = 1
+META_KEY = "mlanet"
+KIND_NETWORK = "network"
+KIND_FACE_DECODER = "face_decoder"
+MM_PER_M = 1000.0
+
+
+# --------------------------------------------------------------------------- helpers
+def _git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the repository holding this file, or ``None``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def _versions(opset: int) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "mlanet_version": __version__,
+        "torch_version": torch.__version__,
+        "opset": int(opset),
+        "commit": _git_commit(),
+    }
+
+
+def _export_with_metadata(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    metadata: dict[str, Any],
+    opset: int,
+) -> Path:
+    """Trace ``module`` to ONNX, attach ``metadata`` as ``metadata_props["mlanet"]``, check, write atomically."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, raw = mkstemp_beside(path, suffix=".raw.tmp")
+    os.close(fd)
+    fd, tmp = mkstemp_beside(path)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks turned into constants
+            torch.onnx.export(
+                module,
+                (example,),
+                raw,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=int(opset),
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(raw)
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key = META_KEY
+        entry.value = json.dumps(metadata, sort_keys=True)
+        proto.producer_name = "mlanet"
+        onnx.checker.check_model(proto, full_check=False)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        Path(raw).unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- network
+def export_onnx(model: Any, face_model: Any, path: str | os.PathLike[str], *, opset: int = 17) -> Path:
+    """Export an MLANet to ONNX with self-describing metadata.
+
+    Args:
+        model: an MLANet (``.layout``, ``.preprocess``, ``.config``, ``.name``); exported in eval
+            mode on CPU in float32 (its training mode is restored afterwards).
+        face_model: the :class:`~mlanet.morphable.model.MorphableModel` the network was trained for.
+        path: output ``.onnx`` file (written via a temporary file and a rename).
+        opset: ONNX opset.
+
+    Returns:
+        ``path``. Input ``"images"`` (B, 3, S, S) float32, output ``"params"`` (B, P); B is dynamic.
+
+    Raises:
+        ValueError: the face model's layout differs from the network's.
+    """
+    if face_model.layout != model.layout:
+        raise ValueError(
+            f"face model {face_model.model_id} has layout {face_model.layout.sizes}, "
+            f"the network {model.layout.sizes}"
+        )
+    s = int(model.preprocess.input_size)
+    desc = dict(face_model.describe())
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": KIND_NETWORK,
+        "model_name": model.name,
+        "model_config": model.config.to_dict(),
+        "layout": model.layout.to_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "face_model": desc,
+        **_versions(opset),
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+        return _export_with_metadata(
+            model,
+            example,
+            path,
+            input_names=["images"],
+            output_names=["params"],
+            dynamic_axes={"images": {0: "batch"}, "params": {0: "batch"}},
+            metadata=metadata,
+            opset=opset,
+        )
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- face decoder
+class FaceDecoder(nn.Module):
+    """``params (B, P) -> (vertices (B, V, 3) metres camera frame, landmarks (B, 68, 3))``."""
+
+    def __init__(self, face_model: Any) -> None:
+        super().__init__()
+        self.face_model = face_model
+
+    def forward(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vertices = self.face_model(params)
+        return vertices, self.face_model.landmarks(vertices)
+
+
+def export_face_decoder_onnx(face_model: Any, path: str | os.PathLike[str], *, opset: int = 17) -> Path:
+    """Export ``face_model`` as an ONNX decoder (input ``"params"``, outputs ``"vertices"``, ``"landmarks"``).
+
+    Metadata kind is ``"face_decoder"`` with the face model's id, checksum and layout.
+    """
+    layout = face_model.layout
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": KIND_FACE_DECODER,
+        "layout": layout.to_dict(),
+        "face_model": dict(face_model.describe()),
+        **_versions(opset),
+    }
+    decoder = FaceDecoder(face_model).eval()
+    example = torch.zeros(2, layout.total)
+    return _export_with_metadata(
+        decoder,
+        example,
+        path,
+        input_names=["params"],
+        output_names=["vertices", "landmarks"],
+        dynamic_axes={"params": {0: "batch"}, "vertices": {0: "batch"}, "landmarks": {0: "batch"}},
+        metadata=metadata,
+        opset=opset,
+    )
+
+
+# --------------------------------------------------------------------------- metadata
+def load_onnx_proto(path: str | os.PathLike[str]) -> Any:
+    """The ``onnx.ModelProto`` of ``path``; :class:`AssetError` naming the file if it is not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for bad bytes
+        raise AssetError(f"{path}: not an ONNX file ({type(exc).__name__}: {exc})") from None
+    if not proto.graph.node and not proto.graph.input:
+        raise AssetError(f"{path}: not an ONNX file (no graph)")
+    return proto
+
+
+def metadata_from_proto(proto: Any, source: str) -> dict[str, Any]:
+    """The validated ``"mlanet"`` metadata dict of an already loaded ``onnx.ModelProto``."""
+    entries = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in entries:
+        raise AssetError(
+            f"{source}: ONNX file without MLANet metadata (layout, preprocessing, face model); "
+            "export it with `mlanet export onnx`"
+        )
+    try:
+        meta = json.loads(entries[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise AssetError(f"{source}: MLANet ONNX metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise AssetError(f"{source}: not MLANet ONNX metadata (format {got!r}, expected {FORMAT_NAME!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise IncompatibleFormatError(
+            f"{source}: MLANet ONNX format version {meta.get('format_version')!r} but this MLANet reads {FORMAT_VERSION}"
+        )
+    if meta.get("kind") not in (KIND_NETWORK, KIND_FACE_DECODER):
+        raise AssetError(f"{source}: unknown MLANet ONNX kind {meta.get('kind')!r}")
+    return meta
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``"mlanet"`` metadata of an exported ONNX file.
+
+    Raises:
+        AssetError: (naming the file) not an ONNX file, no MLANet metadata, another format.
+        IncompatibleFormatError: another format version (a subclass of AssetError).
+    """
+    return metadata_from_proto(load_onnx_proto(path), str(path))
+
+
+# --------------------------------------------------------------------------- parity
+def _ort_session(path: str | os.PathLike[str]) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _stats_mm(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Mean and max Euclidean distance (mm) between point sets a, b (B, N, 3) in metres."""
+    d = torch.linalg.vector_norm(a.double() - b.double(), dim=-1) * MM_PER_M
+    return {"mean": float(d.mean()), "max": float(d.max())}
+
+
+def parity_report(model: Any, face_model: Any, onnx_path: str | os.PathLike[str], *, n: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Compare torch and onnxruntime (CPU) on ``n`` random images, in vertex space.
+
+    The same images (``torch.Generator`` seeded with ``seed``) go through both, at batch sizes 1
+    and ``n``; both flat outputs are decoded with the torch face model.
+
+    Returns:
+        ``{"vertex_mm": {"mean", "max"}, "landmark_mm": {"mean", "max"}, "param_max_abs",
+        "batch_sizes", "n", "seed", "provider", "onnx", "model_name", "face_model_id"}``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    s = int(model.preprocess.input_size)
+    images = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref = model(images).float()
+    finally:
+        model.train(was_training)
+    session = _ort_session(onnx_path)
+    batches = sorted({1, n})
+    outs = []
+    for b in batches:
+        got = session.run(["params"], {"images": images[:b].numpy()})[0]
+        outs.append((ref[:b], torch.from_numpy(got).float()))
+    ref_all = torch.cat([r for r, _ in outs])
+    onnx_all = torch.cat([o for _, o in outs])
+    with torch.no_grad():
+        v_ref = face_model(ref_all)
+        v_onnx = face_model(onnx_all)
+        l_ref, l_onnx = face_model.landmarks(v_ref), face_model.landmarks(v_onnx)
+    return {
+        "onnx": str(onnx_path),
+        "model_name": getattr(model, "name", None),
+        "face_model_id": face_model.model_id,
+        "provider": "CPUExecutionProvider",
+        "n": n,
+        "seed": seed,
+        "batch_sizes": batches,
+        "vertex_mm": _stats_mm(v_ref, v_onnx),
+        "landmark_mm": _stats_mm(l_ref, l_onnx),
+        "param_max_abs": float((ref_all - onnx_all).abs().max()),
+    }
