@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -11,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from mlanet.fileutil import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,7 +77,5 @@ def write_record(name: str, results: dict[str, Any], out_dir: Path | None = None
     out_dir = out_dir or RESULTS / env["device_tag"].split(":")[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"benchmark": name, "environment": env, "results": results}, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, {"benchmark": name, "environment": env, "results": results})
     return path

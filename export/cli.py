@@ -18,7 +18,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         print("no default weights are shipped yet; pass --weights FILE|RUN_DIR", file=sys.stderr)
         return 2
     from ..checkpoint import resolve_weights
-    from ..eval.cli import write_json_atomic
+    from ..fileutil import write_json_atomic
     from ..models.registry import create_model
     from ..morphable.model import MorphableModel
     from .onnx_export import export_face_decoder_onnx, export_onnx, parity_report

@@ -81,17 +81,12 @@ class CheckpointMeta:
             raise AssetError(f"{source}: checkpoint metadata is incomplete or invalid ({exc})") from None
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return mkstemp_beside(path)
-
-
 def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
     """Write weights + metadata atomically as safetensors."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    fd, tmp = _atomic_target(path)
+    fd, tmp = mkstemp_beside(path)
     os.close(fd)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
@@ -154,7 +149,7 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 def save_training_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write resume state (optimizer, scheduler, scaler, step, RNG) atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)

@@ -30,6 +30,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def write_json_atomic(path: str | os.PathLike[str], obj: object, *, allow_nan: bool = True) -> Path:
+    """Write ``obj`` as indented JSON (trailing newline) atomically; see :func:`write_text_atomic`."""
+    import json
+
+    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n")
+
+
 def mkstemp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
     """A temporary file next to ``path`` (same file system, so ``os.replace`` is atomic).
 

@@ -14,32 +14,14 @@ ground-truth scans laid out as in :data:`mlanet.eval.micc.FOLDER_LAYOUT`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..fileutil import file_sha256, mkstemp_beside
+from ..fileutil import file_sha256, write_json_atomic
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
 DEFAULT_MODEL = "mlanet_r50"
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -103,7 +85,7 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
     )
     result["face_model"] = face_model.describe()
 
-    json_path = write_json_atomic(Path(args.json).expanduser(), result)
+    json_path = write_json_atomic(Path(args.json).expanduser(), result, allow_nan=False)
     ced_path = Path(args.ced).expanduser() if args.ced else json_path.with_name(json_path.stem + "_ced.png")
     name = str(model_desc.get("name", model_name))
     try:
@@ -149,7 +131,7 @@ def cmd_micc(args: argparse.Namespace) -> int:
         icp_iterations=args.icp_iterations,
         progress=_progress,
     )
-    json_path = write_json_atomic(Path(args.json).expanduser(), result)
+    json_path = write_json_atomic(Path(args.json).expanduser(), result, allow_nan=False)
     print(f"MICC Florence, {len(result['subjects'])} subject(s), {len(result['records'])} reconstruction(s)")
     print("  setting        RMSE (mm) mean +- std   n")
     for setting, s in [*result["settings"].items(), ("overall", result["overall"])]:

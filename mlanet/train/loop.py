@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import load_training_state, load_weights, save_training_state
 from ..config import save_config, to_dict
+from ..fileutil import write_json_atomic
 from ..losses.objective import Objective
 from ..morphable.model import MorphableModel
 from ..progress import Progress
@@ -221,10 +222,7 @@ def _save(out_dir: Path, model: torch.nn.Module, face_model: MorphableModel, cfg
         "scaler": scaler.state_dict() if scaler is not None else {},
         "torch_rng": torch.get_rng_state(),
     })
-    last = out_dir / "last.json"
-    tmp = last.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"step": step, "weights": weights.name, "state": state.name, "metrics": metrics}))
-    tmp.replace(last)
+    write_json_atomic(out_dir / "last.json", {"step": step, "weights": weights.name, "state": state.name, "metrics": metrics})
     return weights
 
 
@@ -364,7 +362,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
                "checkpoint": str(ckpt_path) if ckpt_path else None,
                "seconds": time.perf_counter() - t_start}
     if is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out_dir / "summary.json", summary)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
