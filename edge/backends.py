@@ -99,6 +99,37 @@ class TorchBackend:
         }
         self.input_size = int(meta.preprocess.input_size)
 
+    @classmethod
+    def untrained(cls, model_name: str, face_model: Any, *, device: str = "cpu", seed: int = 0) -> "TorchBackend":
+        """A freshly initialised ``model_name`` (no checkpoint) for ``face_model``.
+
+        Only for testing the runtime and demos of the plumbing: the regression heads start at
+        the neutral-face prior, so every face is fitted as the mean face looking at the camera.
+        """
+        import torch
+
+        from ..models.registry import create_model
+
+        torch.manual_seed(seed)
+        self = cls.__new__(cls)
+        self.path = Path(f"untrained:{model_name}")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = create_model(model_name, face_model=face_model).to(self.device).eval()
+        self.metadata = {
+            "kind": "network",
+            "backend": "torch",
+            "source": str(self.path),
+            "untrained": True,
+            "model_name": model_name,
+            "model_config": self.model.config.to_dict(),
+            "layout": self.model.layout.to_dict(),
+            "preprocess": self.model.preprocess.to_dict(),
+            "face_model": {"model_id": face_model.model_id, "content_sha256": face_model.content_sha256},
+        }
+        self.input_size = int(self.model.preprocess.input_size)
+        return self
+
     def __call__(self, images: Any) -> np.ndarray:
         arr = _as_images(images, self.input_size, f"{self.path}")
         with self._torch.no_grad():

@@ -1,0 +1,164 @@
+"""Temporal filtering of per-track face parameters, causal (no look-ahead).
+
+* Pose and expression: the One-Euro filter (Casiez, Roussel and Vogel, CHI 2012): an
+  exponential smoother whose cutoff frequency rises with the signal's speed, so slow motion is
+  smoothed strongly (no jitter) and fast motion follows with little lag. Rotation is filtered in
+  the continuous 6D representation (first two matrix columns) and re-orthonormalised, which
+  avoids Euler wrap-around; translation in metres; expression weights as they are; SH lighting
+  with a slower cutoff.
+* Identity and albedo: a running mean per track (the face does not change while it is
+  tracked), with a window cap so an early bad frame is eventually forgotten.
+
+Time comes from the frames' capture timestamps (seconds), so dropped frames in a live stream
+are handled correctly. The first sample of a track passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry.rotations import euler_to_matrix, matrix_to_euler, matrix_to_rotation_6d, rotation_6d_to_matrix
+from ..params import FaceParams, ParamLayout
+
+
+class OneEuroFilter:
+    """Vectorised One-Euro filter over a fixed-size float vector.
+
+    Args:
+        min_cutoff: cutoff frequency (Hz) at zero speed; lower = smoother when still.
+        beta: speed coefficient (1 / signal unit); higher = less lag when moving.
+        d_cutoff: cutoff (Hz) of the derivative estimate.
+    """
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
+        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
+            raise ValueError("min_cutoff and d_cutoff must be positive and beta >= 0")
+        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        self._x: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+        self._t: float | None = None
+
+    @staticmethod
+    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+        tau = 1.0 / (2.0 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
+        """Filter sample ``x`` (D,) taken at time ``t`` seconds; returns the filtered (D,)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self._x is None or self._t is None:
+            self._x, self._dx, self._t = x.copy(), np.zeros_like(x), t
+            return x.copy()
+        if x.shape != self._x.shape:
+            raise ValueError(f"sample shape {x.shape} differs from the filter's {self._x.shape}")
+        dt = t - self._t
+        if dt <= 0:  # a repeated or out-of-order timestamp: keep the state, return the last output
+            return self._x.copy()
+        dx = (x - self._x) / dt
+        a_d = self._alpha(self.d_cutoff, dt)
+        self._dx = a_d * dx + (1.0 - a_d) * self._dx
+        cutoff = self.min_cutoff + self.beta * np.abs(self._dx)
+        a = self._alpha(cutoff, dt)
+        self._x = a * x + (1.0 - a) * self._x
+        self._t = t
+        return self._x.copy()
+
+
+class RunningMean:
+    """Mean of the samples seen so far, over at most ``window`` samples (then exponential)."""
+
+    def __init__(self, window: int = 300) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.window = int(window)
+        self.count = 0
+        self.mean: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        self.count += 1
+        if self.mean is None:
+            self.mean = x.copy()
+        else:
+            self.mean += (x - self.mean) / min(self.count, self.window)
+        return self.mean.copy()
+
+
+@dataclass(frozen=True)
+class FilterCfg:
+    """Settings of :class:`TrackFilter` (frequencies in Hz, ``beta`` per unit of the signal).
+
+    Defaults were chosen for 25-30 fps video: rotation (6D, ~radians) and expression weights
+    (0..1) follow fast motion; translation in metres needs a larger ``beta``.
+    """
+
+    enabled: bool = True
+    rotation_min_cutoff: float = 1.5
+    rotation_beta: float = 0.5
+    translation_min_cutoff: float = 1.0
+    translation_beta: float = 20.0
+    expression_min_cutoff: float = 2.0
+    expression_beta: float = 1.0
+    lighting_min_cutoff: float = 0.3
+    identity_window: int = 300
+
+
+class TrackFilter:
+    """Filters one track's frame-camera parameters (P,) over time (see module docstring)."""
+
+    def __init__(self, layout: ParamLayout, cfg: FilterCfg = FilterCfg()) -> None:
+        self.layout, self.cfg = layout, cfg
+        self.rotation = OneEuroFilter(cfg.rotation_min_cutoff, cfg.rotation_beta)
+        self.translation = OneEuroFilter(cfg.translation_min_cutoff, cfg.translation_beta)
+        self.expression = OneEuroFilter(cfg.expression_min_cutoff, cfg.expression_beta)
+        self.lighting = OneEuroFilter(cfg.lighting_min_cutoff, 0.0)
+        self.identity = RunningMean(cfg.identity_window)
+        self.albedo = RunningMean(cfg.identity_window)
+
+    def __call__(self, flat: np.ndarray, t: float) -> np.ndarray:
+        """Filtered copy of ``flat`` (P,) observed at time ``t`` seconds."""
+        if not self.cfg.enabled:
+            return np.asarray(flat, dtype=np.float32).copy()
+        p = FaceParams.from_flat(torch.as_tensor(np.asarray(flat, np.float64))[None], self.layout)
+        r6 = matrix_to_rotation_6d(euler_to_matrix(p.rotation))[0].numpy()
+        R = rotation_6d_to_matrix(torch.from_numpy(self.rotation(r6, t))[None])
+        out = p.replace(
+            rotation=matrix_to_euler(R),
+            translation=torch.from_numpy(self.translation(p.translation[0].numpy(), t))[None],
+            expression=torch.from_numpy(self.expression(p.expression[0].numpy(), t))[None],
+            lighting=torch.from_numpy(self.lighting(p.lighting[0].reshape(-1).numpy(), t)).reshape(p.lighting.shape),
+            identity=torch.from_numpy(self.identity(p.identity[0].numpy()))[None],
+            albedo=torch.from_numpy(self.albedo(p.albedo[0].numpy()))[None],
+        )
+        return out.to_flat()[0].numpy().astype(np.float32)
+
+
+class TrackFilters:
+    """One :class:`TrackFilter` per track id; tracks that disappear are forgotten by :meth:`retain`."""
+
+    def __init__(self, layout: ParamLayout, cfg: FilterCfg = FilterCfg()) -> None:
+        self.layout, self.cfg = layout, cfg
+        self._filters: dict[int, TrackFilter] = {}
+
+    def __call__(self, track_id: int, flat: np.ndarray, t: float) -> np.ndarray:
+        f = self._filters.get(track_id)
+        if f is None:
+            f = self._filters[track_id] = TrackFilter(self.layout, self.cfg)
+        return f(flat, t)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Switch filtering on or off (the tracks' states restart)."""
+        from dataclasses import replace
+
+        self.cfg = replace(self.cfg, enabled=bool(enabled))
+        self._filters.clear()
+
+    def retain(self, track_ids: set[int]) -> None:
+        """Drop the state of tracks not in ``track_ids``."""
+        for tid in list(self._filters):
+            if tid not in track_ids:
+                del self._filters[tid]

@@ -1,0 +1,215 @@
+"""``mlanet-live --camera 0``: fit and render faces live, in a window with a HUD or headless.
+
+Keys in the window: ``m`` next render mode, ``w`` wireframe, ``l`` landmarks, ``f`` temporal
+filter on/off, ``r`` start/stop recording the overlay (H.264, ``mlanet-live-<time>.mp4`` in
+``--record-dir``), ``q`` or Esc quit. ``--video FILE`` replays a file in real time as if it were a
+camera (stale frames are dropped when the pipeline is slower than the source). ``--no-window``
+runs headless: it prints the stage timing every few seconds and can record with ``--record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .loading import add_model_arguments, open_model, run_cli
+from .video_cli import add_pipeline_arguments, pipeline_cfg_from_args
+
+log = logging.getLogger(__name__)
+
+HUD_STAGES = ("detect_track", "preprocess", "infer", "reconstruct", "render")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlanet-live", description="Live 3D face fitting from a camera (or a video "
+                                "replayed in real time) with a rendered overlay.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="INDEX", help="OpenCV camera index (0 = first camera)")
+    src.add_argument("--video", metavar="FILE", help="replay a video file in real time instead of a camera")
+    p.add_argument("--width", type=int, default=None, help="requested camera width")
+    p.add_argument("--height", type=int, default=None, help="requested camera height")
+    add_model_arguments(p)
+    add_pipeline_arguments(p)
+    o = p.add_argument_group("live")
+    o.add_argument("--no-window", action="store_true", help="run headless (no display needed)")
+    o.add_argument("--record", metavar="FILE", help="record the overlay to this .mp4 from the start")
+    o.add_argument("--record-dir", default=".", help="folder for recordings started with the r key")
+    o.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    o.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON at the end")
+    return p
+
+
+def draw_hud(image: np.ndarray, fps: float, stage_ms: dict[str, float], n_faces: int, mode: str,
+             recording: bool) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 RGB with fps, per-stage ms, faces, mode and REC drawn on it."""
+    import cv2
+
+    out = np.ascontiguousarray(image).copy()
+    lines = [f"{fps:5.1f} fps  faces {n_faces}  mode {mode}"]
+    lines += [f"{s:<12s}{stage_ms.get(s, 0.0):6.1f} ms" for s in HUD_STAGES]
+    scale = max(0.4, out.shape[0] / 1000.0)
+    for i, text in enumerate(lines):
+        y = int((18 + 18 * i) * scale / 0.5)
+        cv2.putText(out, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    if recording:
+        cv2.circle(out, (out.shape[1] - 20, 20), 8, (255, 0, 0), -1)
+    return out
+
+
+class LiveSession:
+    """State of the live loop: render mode, overlays, recording; reacts to key names."""
+
+    def __init__(self, pipeline: Any, fps: float, record_dir: Path) -> None:
+        from .pipeline import RENDER_MODES
+
+        self.pipeline = pipeline
+        self.modes = list(RENDER_MODES)
+        self.mode = pipeline.cfg.render_mode or "shaded"
+        self.overlays = set(pipeline.cfg.overlays)
+        self.fps = fps
+        self.record_dir = record_dir
+        self.recorder: Any = None
+        self.record_path: Path | None = None
+        self.quit = False
+
+    def on_key(self, key: str) -> None:
+        if key in ("q", "escape"):
+            self.quit = True
+        elif key == "m":
+            self.mode = self.modes[(self.modes.index(self.mode) + 1) % len(self.modes)]
+        elif key in ("w", "l"):
+            self.overlays ^= {"wireframe" if key == "w" else "landmarks"}
+        elif key == "f":
+            self.pipeline.filters.set_enabled(not self.pipeline.filters.cfg.enabled)
+        elif key == "r":
+            if self.recorder is None:
+                self.start_recording(self.record_dir / time.strftime("mlanet-live-%Y%m%d-%H%M%S.mp4"))
+            else:
+                self.stop_recording()
+
+    def start_recording(self, path: Path) -> None:
+        self.record_path = Path(path)
+        self.recorder = "pending"  # opened at the next frame, when the size is known
+        log.info("recording to %s", self.record_path)
+
+    def record(self, image: np.ndarray) -> None:
+        if self.recorder is None:
+            return
+        if self.recorder == "pending":
+            from .writers.video import H264VideoWriter
+
+            self.recorder = H264VideoWriter(self.record_path, self.fps, image.shape[1], image.shape[0])
+        self.recorder.write(image)
+
+    def stop_recording(self) -> None:
+        if self.recorder not in (None, "pending"):
+            self.recorder.close()
+            log.info("saved %s", self.record_path)
+        self.recorder = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("mlanet-live", build_parser(), _run, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .frames import CameraSource, LiveReplaySource, VideoFileSource
+    from .pipeline import FacePipeline
+    from .tracking import MediaPipeFaceDetector
+
+    cfg = pipeline_cfg_from_args(args)
+    window = None
+    if not args.no_window:
+        from .window import GlfwWindow
+
+        window = GlfwWindow(1280, 720, "mlanet-live")  # fails early and clearly without a display
+    backend, face_model = open_model(args)
+    if args.camera is not None:
+        source = CameraSource(args.camera, width=args.width, height=args.height)
+    else:
+        source = LiveReplaySource(VideoFileSource(args.video))
+    renderer_factory: Callable[[int, int], Any] | None = None
+    if window is not None:  # render in the window's GL context (one context, no copies between them)
+        from .gl_renderer import FaceRenderer, MeshTopology
+
+        topo = MeshTopology.from_face_model(face_model)
+        ctx = window.ctx
+
+        def window_renderer(w: int, h: int) -> Any:
+            return FaceRenderer(w, h, topo, ctx=ctx)
+
+        renderer_factory = window_renderer
+
+    pipeline = FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector(model=args.detector),
+                            renderer_factory=renderer_factory)
+    session = LiveSession(pipeline, float(getattr(source, "fps", None) or 30.0), Path(args.record_dir))
+    if args.record:
+        session.start_recording(Path(args.record))
+    size = getattr(source, "size", None) or (None, None)
+    pipeline.warmup(*size)
+    t_start = time.perf_counter()
+    last_print = t_start
+    frame_times: list[float] = []
+
+    def show(result: Any) -> None:
+        image = result.rendered if result.rendered is not None else result.frame.image
+        now = time.perf_counter()
+        frame_times.append(now)
+        recent = [t for t in frame_times[-30:] if now - t < 2.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        session.record(image)
+        if window is not None:
+            window.show(draw_hud(image, fps, result.stage_ms, len(result.faces), session.mode, session.recorder is not None))
+
+    def on_frame(result: Any) -> bool:
+        nonlocal last_print
+        if window is not None:
+            for key in window.poll():
+                session.on_key(key)
+            if window.should_close:
+                session.quit = True
+        pipeline.cfg = replace(pipeline.cfg, render_mode=session.mode, overlays=tuple(sorted(session.overlays)))
+        now = time.perf_counter()
+        if window is None and now - last_print > 5.0:
+            last_print = now
+            st = pipeline.stats.summary()["stages"]
+            log.info("%d frames  %s", pipeline.frames_done,
+                     "  ".join(f"{s} {st[s]['p50_ms']}" for s in HUD_STAGES if st[s]["n"]))
+        if args.duration is not None and now - t_start > args.duration:
+            return False
+        return not session.quit
+
+    interrupted = False
+    try:
+        with source:
+            pipeline.run(source, show, max_frames=args.max_frames, on_frame=on_frame)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        session.stop_recording()
+        stats = pipeline.stats.summary()
+        stats["dropped_frames"] = int(getattr(source, "dropped", 0))
+        if args.json_stats:
+            from ..fileutil import write_json_atomic
+
+            write_json_atomic(args.json_stats, {"source": str(args.video if args.video else f"camera:{args.camera}"), **stats})
+        pipeline.close()
+        backend.close()
+        if window is not None:
+            window.close()
+    print(f"mlanet-live: {pipeline.frames_done} frames, {stats['dropped_frames']} stale frames dropped"
+          + (" (interrupted)" if interrupted else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

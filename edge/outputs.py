@@ -1,0 +1,360 @@
+"""Everything ``mlanet-video`` writes for one run, with checkpoints and resume.
+
+Layout of the output folder::
+
+    overlay.mp4                     H.264 overlay video (render mode chosen by --mode)
+    params.npz                      one row per face per frame (see PARAMS_ARRAYS) + frames_done
+    tracks.json                     per track: frames, mean identity/albedo, files
+    blendshapes.csv                 frame, time_s, track_id, ARKit weights (expression shapes with ARKit names)
+    meshes/track_003/frame_000120.obj   per-frame meshes with UVs (y-up, metres; see writers.meshes)
+    tracks/track_003.glb            the track's mesh + ARKit morph targets + head pose, animated over time
+    run.json                        what was run (input, weights metadata, face model, camera, config),
+                                    status ("running", "complete", "interrupted", "input_damaged"),
+                                    frames_done, stage timing
+
+Every file is written atomically (temporary file + rename). ``params.npz`` and ``run.json`` are
+checkpointed every :data:`CHECKPOINT_EVERY` frames; Ctrl-C finalises all files for the frames
+done. ``--resume`` continues from ``frames_done``: rows at or after it are discarded, the overlay
+video's first frames are re-encoded into the new file (an H.264 stream cannot be appended to),
+the CSV is cut back, and track ids continue after the largest one used (tracker state is not
+restored, so a face visible across the break gets a new id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import MLANetError
+from ..fileutil import write_json_atomic
+from ..geometry.rotations import euler_to_matrix
+from ..params import FaceParams, ParamLayout
+from .types import FrameResult
+
+log = logging.getLogger(__name__)
+
+#: Frames between checkpoints of params.npz and run.json.
+CHECKPOINT_EVERY = 25
+
+#: Arrays of params.npz with one row per face per frame.
+PARAMS_ARRAYS = ("frame_index", "time_s", "track_id", "params", "raw_params", "boxes", "landmarks2d")
+
+RUN_FORMAT = "mlanet-video-run"
+RUN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which outputs to write: ``meshes`` "obj" | "ply" | None, every ``mesh_every`` frames;
+    ``video`` overlay; ``glb`` per track; ``texture`` photo texture for the GLBs."""
+
+    meshes: str | None = "obj"
+    mesh_every: int = 1
+    video: bool = True
+    glb: bool = True
+    texture: bool = False
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("mlanet", "torch", "numpy", "av", "mediapipe", "moderngl", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class VideoRunOutputs:
+    """Writes one ``mlanet-video`` run into ``out_dir`` (see the module docstring).
+
+    Args:
+        out_dir: output folder (created).
+        face_model: the MorphableModel the parameters belong to.
+        backend_metadata: the backend's ``metadata`` (recorded in run.json).
+        source: the frame source (name, fps, size).
+        pipeline_cfg: the PipelineCfg (recorded).
+        options: :class:`OutputOptions`.
+        resume: continue a previous run in ``out_dir`` instead of refusing to overwrite it.
+        argv: the command line (recorded).
+        texture_fn: ``(frame_rgb, FaceFit) -> (T, T, 3) uint8`` photo texture (for ``options.texture``).
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        face_model: Any,
+        backend_metadata: dict[str, Any],
+        source: Any,
+        pipeline_cfg: Any,
+        options: OutputOptions = OutputOptions(),
+        resume: bool = False,
+        argv: list[str] | None = None,
+        texture_fn: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.face_model = face_model
+        self.layout: ParamLayout = face_model.layout
+        self.options = options
+        self.texture_fn = texture_fn
+        self.source_name = str(getattr(source, "name", source))
+        self.fps = float(getattr(source, "fps", None) or 25.0)
+        self.rows: dict[str, list[Any]] = {k: [] for k in PARAMS_ARRAYS}
+        self.frames_done = 0
+        self.start_frame = 0
+        self.first_track_id = 0
+        self._video = None
+        self._csv = None
+        self._best_texture: dict[int, tuple[float, np.ndarray]] = {}
+        self._t0_ns: int | None = None
+        run_file = self.out_dir / "run.json"
+        if run_file.exists() and not resume:
+            raise MLANetError(f"{self.out_dir} already holds an mlanet-video run; use --resume to continue it or "
+                              "choose another --out")
+        if resume and not run_file.exists():
+            raise MLANetError(f"--resume: {self.out_dir} holds no mlanet-video run (no run.json)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        from .writers.tables import ArkitMapping
+
+        self.arkit = ArkitMapping.from_model(face_model)  # shapes sharing an ARKit name are merged
+        self.run_info: dict[str, Any] = {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "input": self.source_name,
+            "fps": self.fps,
+            "argv": list(argv) if argv else None,
+            "backend": backend_metadata,
+            "face_model": face_model.describe(),
+            "layout": self.layout.to_dict(),
+            "pipeline": _jsonable(asdict(pipeline_cfg)) if pipeline_cfg is not None else None,
+            "options": asdict(options),
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if resume:
+            self._load_previous(run_file)
+        self._open_streams()
+
+    # ------------------------------------------------------------------ resume
+
+    def _load_previous(self, run_file: Path) -> None:
+        try:
+            prev = json.loads(run_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise MLANetError(f"{run_file}: cannot read the previous run ({exc})") from None
+        if prev.get("format") != RUN_FORMAT:
+            raise MLANetError(f"{run_file}: not an mlanet-video run file")
+        if prev.get("layout") != self.layout.to_dict() or (prev.get("face_model") or {}).get("model_id") != self.face_model.model_id:
+            raise MLANetError(f"{run_file}: the previous run used another face model or parameter layout; "
+                              "resume with the same --face-model and weights")
+        if prev.get("input") != self.source_name:
+            raise MLANetError(f"{run_file}: the previous run read {prev.get('input')}, not {self.source_name}")
+        if prev.get("status") == "complete":
+            raise MLANetError(f"{self.out_dir}: the previous run is complete; nothing to resume")
+        done = 0
+        npz = self.out_dir / "params.npz"
+        if npz.exists():
+            with np.load(npz, allow_pickle=False) as z:
+                done = int(z["frames_done"])
+                keep = z["frame_index"] < done
+                for k in PARAMS_ARRAYS:
+                    self.rows[k] = list(z[k][keep])
+        if self.options.video:
+            done = min(done, self._video_frames(self.out_dir / "overlay.mp4"))
+            for k in PARAMS_ARRAYS:  # the video may hold fewer frames than the checkpoint
+                keep = [i for i, f in enumerate(self.rows["frame_index"]) if f < done]
+                self.rows[k] = [self.rows[k][i] for i in keep]
+        self.start_frame = self.frames_done = done
+        self.first_track_id = int(max(self.rows["track_id"], default=-1)) + 1
+        self.run_info["resumed_at_frame"] = done
+        log.info("resume: %d frames done, track ids continue at %d", done, self.first_track_id)
+
+    @staticmethod
+    def _video_frames(path: Path) -> int:
+        from .writers.video import count_video_frames
+
+        if not path.exists():
+            return 0
+        try:
+            return count_video_frames(path)
+        except MLANetError:  # a damaged overlay is re-done from frame 0
+            log.warning("%s cannot be read; the overlay restarts at frame 0", path)
+            return 0
+
+    def _open_streams(self) -> None:
+        from .writers.tables import BlendshapeCsvWriter
+
+        self._csv = BlendshapeCsvWriter(self.out_dir / "blendshapes.csv", self.arkit.names,
+                                        resume_before_frame=self.start_frame if self.start_frame else None)
+
+    def _open_video(self, width: int, height: int) -> None:
+        from .writers.video import H264VideoWriter
+
+        path = self.out_dir / "overlay.mp4"
+        self._video = H264VideoWriter(path, self.fps, width, height)
+        if self.start_frame:
+            self._video.resume_from(path, self.start_frame)
+
+    # ------------------------------------------------------------------ per frame
+
+    def write(self, result: FrameResult) -> None:
+        """Record one frame's results (rows, CSV, meshes, overlay)."""
+        frame = result.frame
+        if self._t0_ns is None:
+            self._t0_ns = frame.t_capture_ns if frame.index == 0 else frame.t_capture_ns - int(frame.index * 1e9 / self.fps)
+        t = (frame.t_capture_ns - self._t0_ns) * 1e-9
+        for f in result.faces:
+            self.rows["frame_index"].append(frame.index)
+            self.rows["time_s"].append(t)
+            self.rows["track_id"].append(f.track_id)
+            self.rows["params"].append(np.asarray(f.params, np.float32))
+            self.rows["raw_params"].append(np.asarray(f.raw_params, np.float32))
+            self.rows["boxes"].append(np.array([f.box.x0, f.box.y0, f.box.size], np.float32))
+            self.rows["landmarks2d"].append(np.asarray(f.landmarks2d, np.float32))
+            expr = np.asarray(f.params[self.layout.slices()["expression"]])
+            self._csv.write(frame.index, t, f.track_id, self.arkit.weights(expr))
+            if self.options.meshes and frame.index % self.options.mesh_every == 0:
+                self._write_mesh(frame.index, f)
+            if self.options.texture and self.texture_fn is not None:
+                self._maybe_texture(frame.image, f)
+        if self.options.video and result.rendered is not None:
+            if self._video is None:
+                self._open_video(frame.width, frame.height)
+            self._video.write(result.rendered)
+        self.frames_done = frame.index + 1
+        if self.frames_done % CHECKPOINT_EVERY == 0:
+            self.checkpoint()
+
+    def _write_mesh(self, index: int, f: Any) -> None:
+        from .writers.meshes import write_obj, write_ply
+
+        fm = self.face_model
+        folder = self.out_dir / "meshes" / f"track_{f.track_id:03d}"
+        tri, uv, tri_uv = (fm.triangles.cpu().numpy(), fm.uv.cpu().numpy(), fm.triangles_uv.cpu().numpy())
+        if self.options.meshes == "obj":
+            write_obj(folder / f"frame_{index:06d}.obj", f.vertices, tri, uv, tri_uv)
+        else:
+            write_ply(folder / f"frame_{index:06d}.ply", f.vertices, tri, uv, tri_uv)
+
+    def _maybe_texture(self, image: np.ndarray, f: Any) -> None:
+        rot = np.asarray(f.params[self.layout.slices()["rotation"]])
+        frontal = float(abs(rot[0]) + abs(rot[1]))  # pitch + yaw, radians
+        best = self._best_texture.get(f.track_id)
+        if best is None or frontal < best[0] - 0.02:
+            self._best_texture[f.track_id] = (frontal, self.texture_fn(image, f))
+
+    # ------------------------------------------------------------------ finish
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        P = self.layout.total
+        empty = {"frame_index": (0,), "time_s": (0,), "track_id": (0,), "params": (0, P), "raw_params": (0, P),
+                 "boxes": (0, 3), "landmarks2d": (0, 68, 2)}
+        out = {}
+        for k in PARAMS_ARRAYS:
+            out[k] = np.stack(self.rows[k]) if self.rows[k] else np.zeros(empty[k], np.float32)
+        out["frame_index"] = out["frame_index"].astype(np.int64)
+        out["track_id"] = out["track_id"].astype(np.int64)
+        out["time_s"] = out["time_s"].astype(np.float64)
+        out["frames_done"] = np.array(self.frames_done, np.int64)
+        return out
+
+    def checkpoint(self, status: str = "running") -> None:
+        """Write params.npz and run.json for the frames done so far."""
+        from .writers.tables import write_params_npz
+
+        write_params_npz(self.out_dir / "params.npz", **self._arrays())
+        write_json_atomic(self.out_dir / "run.json", {**self.run_info, "status": status, "frames_done": self.frames_done})
+        if self._csv is not None:
+            self._csv.flush()
+
+    def _tracks(self) -> dict[int, dict[str, Any]]:
+        a = self._arrays()
+        s = self.layout.slices()
+        tracks = {}
+        for tid in sorted(set(a["track_id"].tolist())):
+            m = a["track_id"] == tid
+            p = a["params"][m]
+            tracks[tid] = {
+                "track_id": tid,
+                "frames": int(m.sum()),
+                "first_frame": int(a["frame_index"][m].min()),
+                "last_frame": int(a["frame_index"][m].max()),
+                "identity": p[-1, s["identity"]].tolist(),  # the running mean at the track's last frame
+                "albedo": p[-1, s["albedo"]].tolist(),
+                "rows": np.flatnonzero(m),
+            }
+        return tracks
+
+    def _write_glbs(self, tracks: dict[int, dict[str, Any]]) -> None:
+        from .writers.gltf import write_track_glb
+
+        a = self._arrays()
+        fm = self.face_model
+        s = self.layout.slices()
+        with torch.no_grad():
+            K = self.layout.expression
+            zeros_id = torch.zeros(1, self.layout.identity)
+            base = fm.shape(zeros_id, torch.zeros(1, K))
+            onehot = fm.shape(zeros_id.expand(K, -1), torch.eye(K)) - base  # (K, V, 3) per unit weight
+            basis = self.arkit.basis(onehot.numpy())
+            for tid, tr in tracks.items():
+                rows = tr["rows"]
+                p = torch.from_numpy(a["params"][rows])
+                fp = FaceParams.from_flat(p, self.layout)
+                neutral = fm.shape(torch.tensor([tr["identity"]]), torch.zeros(1, K))[0].numpy()
+                texture = self._best_texture.get(tid, (None, None))[1]
+                path = self.out_dir / "tracks" / f"track_{tid:03d}.glb"
+                write_track_glb(
+                    path,
+                    neutral_vertices=neutral,
+                    triangles=fm.triangles.cpu().numpy(),
+                    uv=fm.uv.cpu().numpy(),
+                    triangles_uv=fm.triangles_uv.cpu().numpy(),
+                    expression_basis=basis,
+                    morph_names=self.arkit.names,
+                    times_s=a["time_s"][rows],
+                    weights=self.arkit.weights(a["params"][rows][:, s["expression"]]),
+                    rotations=euler_to_matrix(fp.rotation).numpy(),
+                    translations=fp.translation.numpy(),
+                    texture_png=texture,
+                )
+                tr["glb"] = os.path.relpath(path, self.out_dir)
+
+    def finish(self, *, status: str, message: str | None = None, stats: dict[str, Any] | None = None,
+               elapsed_s: float | None = None) -> None:
+        """Finalise every file for the frames done (also after Ctrl-C or a damaged input)."""
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+        if self._csv is not None:
+            self._csv.close()
+        tracks = self._tracks()
+        if self.options.glb and tracks:
+            self._write_glbs(tracks)
+        for tr in tracks.values():
+            tr.pop("rows")
+        write_json_atomic(self.out_dir / "tracks.json", {"tracks": list(tracks.values())})
+        self.run_info.update({"stats": stats, "message": message, "elapsed_s": elapsed_s})
+        self.checkpoint(status=status)
+        self._csv = None
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x

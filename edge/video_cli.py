@@ -1,0 +1,179 @@
+"""``mlanet-video IN --out DIR``: fit every face of a video (or image folder) and write the results.
+
+Outputs (see :mod:`mlanet.edge.outputs`): the overlay video (H.264), per-frame parameters and
+per-track results (NPZ + JSON), per-frame OBJ/PLY meshes with UVs, one animated GLB per track
+with ARKit-named morph targets, ARKit blendshape weights as CSV, and per-stage timing.
+Ctrl-C finishes the frame in flight and leaves valid files for the frames done; ``--resume``
+continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import MLANetError
+from .loading import add_model_arguments, open_model, run_cli
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlanet-video",
+        description="Fit 3D faces in every frame of a video, image folder or image and write overlay video, "
+        "meshes, animated GLB per track, blendshape CSV and parameters.",
+    )
+    p.add_argument("input", help="video file (H.264, MJPEG, ...), image folder or image")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    add_model_arguments(p)
+    add_pipeline_arguments(p)
+    o = p.add_argument_group("outputs")
+    o.add_argument("--meshes", choices=("obj", "ply", "none"), default="obj", help="per-frame mesh format (default obj)")
+    o.add_argument("--mesh-every", type=int, default=1, metavar="N", help="write a mesh every N frames (default 1)")
+    o.add_argument("--no-video", action="store_true", help="do not render or write the overlay video")
+    o.add_argument("--no-glb", action="store_true", help="do not write the per-track GLB files")
+    o.add_argument("--texture", action="store_true",
+                   help="photo-texture each track's GLB from its most frontal frame (projected UVs)")
+    o.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON here too")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """Tracking, filtering and rendering options shared with mlanet-live."""
+    from .pipeline import RENDER_MODES
+    from .reconstruct import DEFAULT_FOV_DEG
+
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG,
+                   help=f"horizontal field of view of the camera in degrees (default {DEFAULT_FOV_DEG:g})")
+    g.add_argument("--max-faces", type=int, default=4, help="most faces tracked at once (default 4)")
+    g.add_argument("--detect-every", type=int, default=10, metavar="N",
+                   help="re-run the face detector every N frames (also on lost tracks and scene cuts; default 10)")
+    g.add_argument("--detector", choices=("full_range", "short_range"), default="full_range",
+                   help="MediaPipe detector model: full_range finds small faces up to ~5 m (default), "
+                   "short_range is faster for faces within ~2 m")
+    g.add_argument("--no-filter", action="store_true", help="disable temporal filtering (raw per-frame fits)")
+    g.add_argument("--mode", choices=RENDER_MODES, default="shaded", help="render mode of the overlay (default shaded)")
+    g.add_argument("--overlays", default="landmarks",
+                   help="comma-separated overlays: landmarks, wireframe, or none (default landmarks)")
+    g.add_argument("--alpha", type=float, default=1.0, help="opacity of the mesh over the frame (default 1)")
+
+
+def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True):
+    """:class:`PipelineCfg` from the pipeline arguments."""
+    from .filters import FilterCfg
+    from .pipeline import PipelineCfg
+    from .tracking import TrackerCfg
+
+    overlays = tuple(o.strip() for o in args.overlays.split(",") if o.strip() and o.strip() != "none")
+    bad = set(overlays) - {"landmarks", "wireframe"}
+    if bad:
+        raise MLANetError(f"--overlays: unknown {sorted(bad)}; use landmarks, wireframe or none")
+    if args.max_faces < 1 or args.detect_every < 1:
+        raise MLANetError("--max-faces and --detect-every must be >= 1")
+    if not 0.0 < args.alpha <= 1.0:
+        raise MLANetError("--alpha must be in (0, 1]")
+    return PipelineCfg(
+        fov_deg=args.fov,
+        tracker=replace(TrackerCfg(), max_faces=args.max_faces, detect_every=args.detect_every),
+        filter=FilterCfg(enabled=not args.no_filter),
+        render_mode=args.mode if render else None,
+        overlays=overlays,
+        mesh_alpha=args.alpha,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("mlanet-video", build_parser(), _run, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..progress import Progress
+    from .frames import open_source
+    from .outputs import OutputOptions, VideoRunOutputs
+    from .pipeline import FacePipeline
+    from .tracking import MediaPipeFaceDetector
+
+    if args.mesh_every < 1:
+        raise MLANetError("--mesh-every must be >= 1")
+    cfg = pipeline_cfg_from_args(args, render=not args.no_video)
+    backend, face_model = open_model(args)
+    options = OutputOptions(
+        meshes=None if args.meshes == "none" else args.meshes,
+        mesh_every=args.mesh_every,
+        video=not args.no_video,
+        glb=not args.no_glb,
+        texture=args.texture,
+    )
+    source = open_source(args.input)
+    outputs = None
+    pipeline = None
+    status, interrupted = "complete", False
+    t0 = time.perf_counter()
+    try:
+        outputs = VideoRunOutputs(
+            Path(args.out), face_model=face_model, backend_metadata=backend.metadata, source=source,
+            pipeline_cfg=cfg, options=options, resume=args.resume, argv=sys.argv if args is not None else None,
+        )
+        if outputs.start_frame:
+            source.close()
+            source = open_source(args.input, start_frame=outputs.start_frame)
+            log.info("resuming %s at frame %d", args.out, outputs.start_frame)
+        detector = MediaPipeFaceDetector(model=args.detector)
+        pipeline = FacePipeline(backend, face_model, cfg, detector=detector)
+        if outputs.first_track_id:
+            pipeline.tracker.next_id = outputs.first_track_id
+        total = source.n_frames if source.n_frames else 0
+        if args.max_frames is not None:
+            total = min(total, outputs.start_frame + args.max_frames) if total else outputs.start_frame + args.max_frames
+        bar = Progress(total or 1, "mlanet-video", enabled=not args.quiet)
+        wall0 = time.perf_counter()
+
+        def on_frame(result) -> None:
+            done = outputs.frames_done
+            el = time.perf_counter() - wall0
+            bar.update(done, fps=(done - outputs.start_frame) / el if el > 0 else 0.0, faces=len(result.faces))
+
+        try:
+            pipeline.run(source, outputs.write, max_frames=args.max_frames, on_frame=on_frame)
+        except KeyboardInterrupt:
+            interrupted, status = True, "interrupted"
+        bar.close()
+        if not interrupted and getattr(source, "stopped_early", None):
+            status = "input_damaged"
+    finally:
+        if outputs is not None:
+            stats = pipeline.stats.summary() if pipeline is not None else None
+            msg = getattr(source, "stopped_early", None)
+            outputs.finish(status=status if outputs.frames_done or status != "complete" else status,
+                           message=msg, stats=stats, elapsed_s=time.perf_counter() - t0)
+            if args.json_stats and stats is not None:
+                from ..fileutil import write_json_atomic
+
+                write_json_atomic(args.json_stats, {"input": str(args.input), **stats})
+        if pipeline is not None:
+            pipeline.close()
+        source.close()
+        backend.close()
+    n = outputs.frames_done if outputs is not None else 0
+    if interrupted:
+        print(f"mlanet-video: interrupted after {n} frames; outputs in {args.out} are valid for those frames. "
+              f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    if status == "input_damaged":
+        print(f"mlanet-video: {msg}. Outputs in {args.out} cover the {n} frames that could be read.", file=sys.stderr)
+        return 0
+    print(f"mlanet-video: {n} frames -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""mlanet-video and mlanet-live end to end on the shared clips (untrained network, real MediaPipe,
+real GL renderer, real encoders): outputs, Ctrl-C + --resume, damaged inputs, headless live."""
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlanet.edge import live_cli, video_cli
+
+pytestmark = [pytest.mark.assets, pytest.mark.gl]
+
+OBAMA = "data/video/obama_720p.mp4"
+HAMILTON = "data/video/hamilton_360p_multiface.mp4"
+
+
+def _count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    import av
+
+    with av.open(str(path)) as c:
+        frames = [f for f in c.decode(video=0)]
+    return len(frames), (frames[0].width, frames[0].height)
+
+
+def _read_glb_json(path: Path) -> dict:
+    b = path.read_bytes()
+    magic, version, length = struct.unpack("<4sII", b[:12])
+    assert magic == b"glTF" and version == 2 and length == len(b)
+    n, kind = struct.unpack("<I4s", b[12:20])
+    assert kind == b"JSON"
+    return json.loads(b[20:20 + n])
+
+
+def _video(args, out, model_file, *extra):
+    return video_cli.main([str(args), "--out", str(out), "--untrained", "mlanet_mobile", "--face-model",
+                           str(model_file), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def clip_120(shared, tmp_path_factory):
+    """The first 24 frames of the 720p clip at 640x360 (keeps the CLI tests fast), re-encoded with PyAV."""
+    import av
+
+    out = tmp_path_factory.mktemp("clips") / "obama_360p_24.mp4"
+    with av.open(str(shared / OBAMA)) as src, av.open(str(out), "w", options={"movflags": "faststart"}) as dst:
+        st = dst.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 640, 360, "yuv420p"
+        for i, f in enumerate(src.decode(video=0)):
+            if i == 24:
+                break
+            img = f.to_ndarray(format="rgb24")[::2, ::2]
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                dst.mux(pkt)
+        for pkt in st.encode():
+            dst.mux(pkt)
+    return out
+
+
+def test_video_outputs(clip_120, ict_model_file, tmp_path):
+    out = tmp_path / "run"
+    stats = tmp_path / "stats.json"
+    assert _video(clip_120, out, ict_model_file, "--json-stats", str(stats), "--overlays", "landmarks,wireframe") == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["frames_done"] == 24
+    assert run["backend"]["untrained"] is True and run["face_model"]["model_id"]
+    n, size = _count_video_frames(out / "overlay.mp4")
+    assert n == 24 and size == (640, 360)
+    with np.load(out / "params.npz", allow_pickle=False) as z:
+        fi, tid = z["frame_index"], z["track_id"]
+        assert set(fi.tolist()) == set(range(24))  # a face in every frame of the single-face clip
+        assert len(set(tid.tolist())) == 1
+        assert z["params"].shape[1] == z["raw_params"].shape[1] and z["landmarks2d"].shape[1:] == (68, 2)
+    objs = sorted((out / "meshes").rglob("*.obj"))
+    assert len(objs) == 24
+    text = objs[0].read_text()
+    assert text.count("\nv ") > 9000 and "\nvt " in text and "\nf " in text
+    rows = list(csv.reader((out / "blendshapes.csv").open()))
+    assert rows[0][:3] == ["frame", "time_s", "track_id"] and "jawOpen" in rows[0] and len(rows) == 25
+    tracks = json.loads((out / "tracks.json").read_text())["tracks"]
+    glb = _read_glb_json(out / tracks[0]["glb"])
+    names = glb["meshes"][0]["extras"]["targetNames"]
+    assert "jawOpen" in names and len(glb["meshes"][0]["primitives"][0]["targets"]) == len(names)
+    assert {c["target"]["path"] for c in glb["animations"][0]["channels"]} >= {"weights", "rotation", "translation"}
+    st = json.loads(stats.read_text())
+    assert {"decode", "detect_track", "preprocess", "infer", "reconstruct", "render", "encode"} <= set(st["stages"])
+    assert all(st["stages"][s]["p50_ms"] is not None for s in ("decode", "infer", "render", "encode"))
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob("*.tmp"))  # no temporary files left
+    # a second run into the same folder is refused without --resume
+    assert _video(clip_120, out, ict_model_file) == 2
+
+
+def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
+    from mlanet.edge import outputs as outputs_mod
+
+    out = tmp_path / "run"
+    real_write = outputs_mod.VideoRunOutputs.write
+
+    def interrupting_write(self, result):
+        if result.frame.index == 10:
+            raise KeyboardInterrupt
+        real_write(self, result)
+
+    monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", interrupting_write)
+    assert _video(clip_120, out, ict_model_file, "--meshes", "ply") == 130
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["frames_done"] == 10
+    assert _count_video_frames(out / "overlay.mp4")[0] == 10
+    assert len(list(csv.reader((out / "blendshapes.csv").open()))) == 11
+    assert (out / "tracks").is_dir() and list((out / "tracks").glob("*.glb"))
+    monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", real_write)
+    assert _video(clip_120, out, ict_model_file, "--meshes", "ply", "--resume") == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["frames_done"] == 24 and run["resumed_at_frame"] == 10
+    assert _count_video_frames(out / "overlay.mp4")[0] == 24
+    rows = list(csv.reader((out / "blendshapes.csv").open()))
+    assert [int(r[0]) for r in rows[1:]] == list(range(24))
+    with np.load(out / "params.npz", allow_pickle=False) as z:
+        assert sorted(z["frame_index"].tolist()) == list(range(24))
+    assert len(list((out / "meshes").rglob("*.ply"))) == 24
+    # resuming a complete run says so
+    assert _video(clip_120, out, ict_model_file, "--resume") == 2
+
+
+def test_truncated_clip_keeps_the_frames_read(clip_120, ict_model_file, tmp_path, capsys):
+    data = clip_120.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # faststart: the index survives, the tail of the data does not
+    out = tmp_path / "run"
+    assert _video(cut, out, ict_model_file, "--meshes", "none") == 0
+    err = capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "input_damaged" and 0 < run["frames_done"] < 24
+    assert "cut.mp4" in err and str(run["frames_done"]) in err
+    assert _count_video_frames(out / "overlay.mp4")[0] == run["frames_done"]
+
+
+def test_unreadable_inputs_are_clear(shared, ict_model_file, tmp_path, capsys):
+    data = (shared / HAMILTON).read_bytes()
+    cut = tmp_path / "no_index.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # moov atom at the end: nothing can be decoded
+    assert _video(cut, tmp_path / "a", ict_model_file) == 2
+    assert "no_index.mp4" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "overlay.mp4").exists()
+    txt = tmp_path / "notes.mp4"
+    txt.write_text("not a video")
+    assert _video(txt, tmp_path / "b", ict_model_file) == 2
+    assert "notes.mp4" in capsys.readouterr().err
+    assert _video(tmp_path / "missing.mp4", tmp_path / "c", ict_model_file) == 2
+    assert "missing.mp4" in capsys.readouterr().err
+
+
+def test_no_weights_message(clip_120, ict_model_file, tmp_path, capsys):
+    assert video_cli.main([str(clip_120), "--out", str(tmp_path / "r"), "--face-model", str(ict_model_file)]) == 2
+    assert "--untrained" in capsys.readouterr().err
+
+
+def test_live_headless_replay(clip_120, ict_model_file, tmp_path):
+    stats = tmp_path / "live.json"
+    rec = tmp_path / "rec.mp4"
+    rc = live_cli.main(["--video", str(clip_120), "--no-window", "--untrained", "mlanet_mobile", "--face-model",
+                        str(ict_model_file), "--record", str(rec), "--json-stats", str(stats)])
+    assert rc == 0
+    st = json.loads(stats.read_text())
+    assert st["frames"] > 0 and st["frames"] + st["dropped_frames"] <= 24
+    assert st["latency_ms"]["n"] > 0
+    assert _count_video_frames(rec)[0] == st["frames"]
+
+
+def test_live_missing_camera_is_clear(ict_model_file, capsys):
+    rc = live_cli.main(["--camera", "57", "--no-window", "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file)])
+    assert rc == 2 and "camera 57" in capsys.readouterr().err
+
+
+def test_pipeline_multi_face_clip_keeps_ids(shared, ict_model_file):
+    """The whole pipeline (untrained network feeding its own ROIs) on the multi-face clip with cuts."""
+    from mlanet.edge.backends import TorchBackend
+    from mlanet.edge.frames import VideoFileSource
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.morphable.model import MorphableModel
+
+    face_model = MorphableModel.load(ict_model_file)
+    backend = TorchBackend.untrained("mlanet_mobile", face_model)
+    pipeline = FacePipeline(backend, face_model, PipelineCfg(render_mode=None))
+    per_frame, cuts = [], []
+
+    def sink(r):
+        per_frame.append(sorted(f.track_id for f in r.faces))
+        if r.scene_cut:
+            cuts.append(r.frame.index)
+
+    with VideoFileSource(shared / HAMILTON) as src:
+        pipeline.run(src, sink)
+    pipeline.close()
+    assert len(per_frame) == 275
+    assert cuts == [20, 82, 211]
+    shots = [(0, 20), (20, 82), (82, 211), (211, 275)]
+    ids = [sorted({t for ids in per_frame[a:b] for t in ids}) for a, b in shots]
+    # the single-performer shot: one face in every frame, one id
+    assert all(len(x) == 1 for x in per_frame[82:211]) and len(ids[2]) == 1
+    # the last shot: several faces at once, few ids (no churn)
+    assert sum(len(x) >= 2 for x in per_frame[211:]) >= 50 and len(ids[3]) <= 4
+    # no id survives a cut into an unrelated shot, and ids are never reused
+    assert not set(ids[2]) & set(ids[3])
+    first_seen = {}
+    for i, x in enumerate(per_frame):
+        for t in x:
+            first_seen.setdefault(t, i)
+    assert list(first_seen) == sorted(first_seen)
+
+
+def test_live_session_keys(tmp_path):
+    from types import SimpleNamespace
+
+    from mlanet.edge.filters import FilterCfg, TrackFilters
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.params import ParamLayout
+
+    pipe = SimpleNamespace(cfg=PipelineCfg(), filters=TrackFilters(ParamLayout(identity=2, expression=2, albedo=1), FilterCfg()))
+    s = live_cli.LiveSession(pipe, 25.0, tmp_path)
+    s.on_key("m")
+    assert s.mode == "photo"
+    s.on_key("w")
+    s.on_key("l")
+    assert s.overlays == {"wireframe"}
+    s.on_key("f")
+    assert pipe.filters.cfg.enabled is False
+    s.on_key("r")
+    s.record(np.zeros((48, 64, 3), np.uint8))
+    s.record(np.zeros((48, 64, 3), np.uint8))
+    path = s.record_path
+    s.on_key("r")
+    assert s.recorder is None and _count_video_frames(path)[0] == 2
+    s.on_key("q")
+    assert s.quit
+
+
+def test_live_window(clip_120, ict_model_file, tmp_path):
+    import os
+
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("no DISPLAY (CI runs the suite under Xvfb)")
+    stats = tmp_path / "live.json"
+    rc = live_cli.main(["--video", str(clip_120), "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file),
+                        "--max-frames", "5", "--json-stats", str(stats), "--overlays", "wireframe"])
+    assert rc == 0 and json.loads(stats.read_text())["frames"] >= 1

@@ -1,0 +1,182 @@
+"""The edge pipeline with a fake source, tracker, backend and renderer: stage order, statistics,
+stale frames dropped on live sources, clean shutdown."""
+
+import time
+
+import numpy as np
+import pytest
+
+from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+from mlanet.edge.timing import STAGES
+from mlanet.edge.types import Frame, TrackROI
+from mlanet.params import FaceParams
+from mlanet.preprocess import CropBox, PreprocessCfg
+
+W, H = 160, 120
+
+
+class FakeSource:
+    name, fps, is_live, stopped_early = "fake", 30.0, False, None
+
+    def __init__(self, n=10):
+        self.n_frames = n
+        self.closed = False
+
+    @property
+    def size(self):
+        return (W, H)
+
+    def __iter__(self):
+        for i in range(self.n_frames):
+            img = np.full((H, W, 3), (i * 20) % 256, np.uint8)
+            yield Frame(img, i, int(i * 1e9 / self.fps), self.name)
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FakeTracker:
+    def __init__(self, log, n_faces=2):
+        self.log, self.n_faces = log, n_faces
+        self.fits = []
+        self.closed = False
+        self.last_detected = True
+        self.last_scene_cut = False
+
+    def begin(self, frame):
+        self.log.append("detect_track")
+        return [TrackROI(t, CropBox(20.0 + 40 * t, 30.0, 48.0), "detector") for t in range(self.n_faces)]
+
+    def end(self, fits):
+        self.log.append("track_end")
+        self.fits.append(fits)
+
+    def close(self):
+        self.closed = True
+
+
+class FakeBackend:
+    def __init__(self, log, layout, delay_s=0.0):
+        self.log, self.layout, self.delay_s = log, layout, delay_s
+        pre = PreprocessCfg(input_size=32)
+        self.metadata = {"layout": layout.to_dict(), "preprocess": pre.to_dict(), "source": "fake"}
+        self.batches = []
+
+    def __call__(self, images):
+        self.log.append("infer")
+        self.batches.append(images.shape)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return FaceParams.neutral(self.layout, batch_size=images.shape[0], depth_m=1.0).to_flat().numpy()
+
+    def close(self):
+        pass
+
+
+class FakeRenderer:
+    def __init__(self, log, w, h):
+        self.log, self.width, self.height = log, w, h
+        self.calls = []
+
+    def render(self, image, faces, camera, mode, overlays, alpha):
+        self.log.append("render")
+        self.calls.append((len(faces), mode, tuple(overlays)))
+        return 255 - image
+
+
+def _pipeline(model, log, **kw):
+    layout = model.layout
+    backend = FakeBackend(log, layout, kw.pop("delay_s", 0.0))
+    tracker = FakeTracker(log, kw.pop("n_faces", 2))
+    renderers = []
+
+    def factory(w, h):
+        renderers.append(FakeRenderer(log, w, h))
+        return renderers[-1]
+
+    p = FacePipeline(backend, model, PipelineCfg(**kw), tracker=tracker, renderer_factory=factory)
+    return p, backend, tracker, renderers
+
+
+def test_stage_order_results_and_stats(synthetic_model):
+    log = []
+    p, backend, tracker, renderers = _pipeline(synthetic_model, log)
+    sink_log = []
+    n = p.run(FakeSource(6), sink=lambda r: sink_log.append(r))
+    assert n == 6 and p.frames_done == 6
+    assert log[:5] == ["detect_track", "infer", "track_end", "render", "detect_track"]
+    r = sink_log[-1]
+    assert [f.track_id for f in r.faces] == [0, 1]
+    f = r.faces[0]
+    V = synthetic_model.n_vertices
+    assert f.vertices.shape == (V, 3) and f.landmarks2d.shape == (68, 2) and f.params.shape == (synthetic_model.layout.total,)
+    # the untrained prior puts the face in its crop: landmarks lie inside the box in the full frame
+    assert (f.landmarks2d[:, 0] > f.box.x0).all() and (f.landmarks2d[:, 0] < f.box.x0 + f.box.size).all()
+    assert backend.batches[0] == (2, 3, 32, 32)  # all faces of a frame in one batch
+    assert set(tracker.fits[0]) == {0, 1} and tracker.fits[0][0].shape == (68, 2)
+    assert r.rendered is not None and renderers[0].calls[0] == (2, "shaded", ("landmarks",))
+    assert set(r.stage_ms) == set(STAGES)  # decode and encode come from run()
+    stats = p.stats.summary()
+    assert stats["frames"] == 6 and all(stats["stages"][s]["n"] == 4 for s in STAGES)  # 2 warm-up frames excluded
+    assert "latency_ms" not in stats  # file sources have no capture latency
+
+
+def test_no_render_and_no_faces(synthetic_model):
+    log = []
+    p, backend, tracker, renderers = _pipeline(synthetic_model, log, render_mode=None, n_faces=0)
+    out = []
+    p.run(FakeSource(3), sink=out.append)
+    assert not renderers and not backend.batches and all(r.faces == [] and r.rendered is None for r in out)
+    assert "render" not in out[0].stage_ms
+
+
+def test_keyboard_interrupt_leaves_consistent_state(synthetic_model):
+    log = []
+    p, *_ = _pipeline(synthetic_model, log)
+    seen = []
+
+    def sink(r):
+        if r.frame.index == 3:
+            raise KeyboardInterrupt
+        seen.append(r.frame.index)
+
+    src = FakeSource(10)
+    with pytest.raises(KeyboardInterrupt):
+        with src:
+            p.run(src, sink)
+    assert src.closed and seen == [0, 1, 2] and p.frames_done == 3
+    p.close()
+    assert p.tracker.closed
+
+
+def test_on_frame_false_stops(synthetic_model):
+    p, *_ = _pipeline(synthetic_model, [])
+    assert p.run(FakeSource(10), on_frame=lambda r: r.frame.index < 4) == 5
+
+
+def test_layout_mismatch_is_refused(synthetic_model):
+    from mlanet.params import ParamLayout
+
+    log = []
+    backend = FakeBackend(log, ParamLayout(identity=3, expression=2, albedo=1))
+    with pytest.raises(ValueError, match="parameter layout"):
+        FacePipeline(backend, synthetic_model, PipelineCfg(), tracker=FakeTracker(log))
+
+
+def test_live_source_drops_stale_frames_and_records_latency(synthetic_model):
+    from mlanet.edge.frames import LiveReplaySource
+
+    p, *_ = _pipeline(synthetic_model, [], delay_s=0.03, render_mode=None)
+    src = LiveReplaySource(FakeSource(60), fps=200.0)  # the source outruns a ~30 ms pipeline
+    indices = []
+    with src:
+        p.run(src, sink=lambda r: indices.append(r.frame.index))
+    assert len(indices) < 60 and src.dropped > 0
+    assert all(b > a for a, b in zip(indices, indices[1:]))
+    assert p.stats.summary()["latency_ms"]["n"] > 0
