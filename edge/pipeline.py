@@ -177,7 +177,7 @@ class FacePipeline:
         filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
         decoded = self.decoder(filtered, camera)
         # The tracker follows the unfiltered fit (a filtered ROI would lag behind fast motion).
-        raw_lm = self.decoder(flat_frame, camera).landmarks2d if self.filters.cfg.enabled else decoded.landmarks2d
+        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if self.filters.cfg.enabled else decoded.landmarks2d
         return [
             FaceFit(
                 track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i].astype(np.float32),

@@ -133,6 +133,11 @@ class FaceDecoder:
         self.face_model = face_model.to(device).eval()
         self.device = torch.device(device)
         self.layout = face_model.layout
+        # The 68 landmark rows of the shape model, for landmarks without the full mesh (tracking).
+        idx = face_model.landmark_index
+        cols = (3 * idx[:, None] + torch.arange(3, device=idx.device)).reshape(-1)
+        self._lm_mean = face_model.mean_shape[idx].reshape(1, -1)
+        self._lm_basis = face_model.shape_basis[:, cols]
 
     @torch.no_grad()
     def __call__(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> DecodedFaces:
@@ -147,3 +152,15 @@ class FaceDecoder:
         lm2d = camera.to(self.device, torch.float32).project(self.face_model.landmarks(verts))
         albedo = self.face_model.albedo(params.albedo).clamp(0.0, 1.0)
         return DecodedFaces(verts.cpu().numpy(), lm2d.cpu().numpy(), albedo.cpu().numpy())
+
+    @torch.no_grad()
+    def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
+        """(N, 68, 2) float32 image pixels of frame-camera parameters (N, P), without the full mesh."""
+        x = torch.as_tensor(flat, dtype=torch.float32, device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.layout.total:
+            raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")
+        p = FaceParams.from_flat(x, self.layout)
+        coeffs = torch.cat([p.identity, p.expression], dim=1)
+        lm = torch.addmm(self._lm_mean, coeffs, self._lm_basis).reshape(-1, 68, 3)
+        lm = lm @ euler_to_matrix(p.rotation).transpose(1, 2) + p.translation[:, None, :]
+        return camera.to(self.device, torch.float32).project(lm).cpu().numpy()
