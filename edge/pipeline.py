@@ -189,15 +189,25 @@ class FacePipeline:
 
     def render(self, frame: Frame, faces: list[FaceFit], mode: str, overlays: tuple[str, ...]) -> np.ndarray:
         """The overlay image (H, W, 3) uint8 of ``faces`` drawn over ``frame``."""
+        renderer = self.renderer(frame.width, frame.height)
+        items = [self._render_face(f) for f in faces]
+        return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+
+    def _render_face(self, f: FaceFit) -> Any:
         from .gl_renderer import RenderFace
 
-        renderer = self.renderer(frame.width, frame.height)
-        items = []
-        for f in faces:
-            lighting = np.asarray(f.params[self.layout.slices()["lighting"]], np.float32).reshape(3, 9)
-            items.append(RenderFace(vertices=f.vertices, albedo=f.extras["albedo"], lighting=lighting,
-                                    landmarks2d=f.landmarks2d, color_id=f.track_id))
-        return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+        lighting = np.asarray(f.params[self.layout.slices()["lighting"]], np.float32).reshape(3, 9)
+        return RenderFace(vertices=f.vertices, albedo=f.extras["albedo"], lighting=lighting,
+                          landmarks2d=f.landmarks2d, color_id=f.track_id)
+
+    def unwrap_texture(self, image: np.ndarray, fit: FaceFit, size: int = 1024) -> np.ndarray:
+        """The frame projected onto the face's UV layout: (size, size, 3) uint8 (occluded texels black).
+
+        ``image`` must be the frame ``fit`` was made on (the camera of the last processed frame is used).
+        """
+        renderer = self.renderer(image.shape[1], image.shape[0])
+        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit), self.camera, size=size)
+        return texture
 
     def warmup(self, width: int | None = None, height: int | None = None) -> None:
         """Pay start-up costs before frames arrive: the backend's first run, the detector's model

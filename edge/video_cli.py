@@ -129,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
             log.info("resuming %s at frame %d", args.out, outputs.start_frame)
         detector = MediaPipeFaceDetector(model=args.detector)
         pipeline = FacePipeline(backend, face_model, cfg, detector=detector)
+        if options.texture:
+            outputs.texture_fn = pipeline.unwrap_texture
         if outputs.first_track_id:
             pipeline.tracker.next_id = outputs.first_track_id
         total = source.n_frames if source.n_frames else 0

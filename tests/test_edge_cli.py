@@ -62,7 +62,8 @@ def clip_120(shared, tmp_path_factory):
 def test_video_outputs(clip_120, ict_model_file, tmp_path):
     out = tmp_path / "run"
     stats = tmp_path / "stats.json"
-    assert _video(clip_120, out, ict_model_file, "--json-stats", str(stats), "--overlays", "landmarks,wireframe") == 0
+    assert _video(clip_120, out, ict_model_file, "--json-stats", str(stats), "--overlays", "landmarks,wireframe",
+                  "--texture") == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["frames_done"] == 24
     assert run["backend"]["untrained"] is True and run["face_model"]["model_id"]
@@ -84,6 +85,7 @@ def test_video_outputs(clip_120, ict_model_file, tmp_path):
     names = glb["meshes"][0]["extras"]["targetNames"]
     assert "jawOpen" in names and len(glb["meshes"][0]["primitives"][0]["targets"]) == len(names)
     assert {c["target"]["path"] for c in glb["animations"][0]["channels"]} >= {"weights", "rotation", "translation"}
+    assert glb["images"] and glb["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]  # --texture
     st = json.loads(stats.read_text())
     assert {"decode", "detect_track", "preprocess", "infer", "reconstruct", "render", "encode"} <= set(st["stages"])
     assert all(st["stages"][s]["p50_ms"] is not None for s in ("decode", "infer", "render", "encode"))
