@@ -257,6 +257,11 @@ class VideoRunOutputs:
     # ------------------------------------------------------------------ finish
 
     def _arrays(self) -> dict[str, np.ndarray]:
+        # Rows of a frame interrupted half-way through write() (Ctrl-C) are not part of the result.
+        n = sum(1 for f in self.rows["frame_index"] if f < self.frames_done)
+        if n != len(self.rows["frame_index"]):
+            for k in PARAMS_ARRAYS:
+                self.rows[k] = [v for f, v in zip(self.rows["frame_index"], self.rows[k]) if f < self.frames_done]
         P = self.layout.total
         empty = {"frame_index": (0,), "time_s": (0,), "track_id": (0,), "params": (0, P), "raw_params": (0, P),
                  "boxes": (0, 3), "landmarks2d": (0, 68, 2)}

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-glb", action="store_true", help="do not write the per-track GLB files")
     o.add_argument("--texture", action="store_true",
                    help="photo-texture each track's GLB from its most frontal frame (projected UVs)")
-    o.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    o.add_argument("--max-frames", type=int, default=None, metavar="N",
+                   help="stop after the first N frames of the input (also with --resume)")
     o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON here too")
     o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,8 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         if outputs.first_track_id:
             pipeline.tracker.next_id = outputs.first_track_id
         total = source.n_frames if source.n_frames else 0
+        # --max-frames counts from the start of the input, so "the same command + --resume" ends where it would have
+        remaining = None if args.max_frames is None else max(0, args.max_frames - outputs.start_frame)
         if args.max_frames is not None:
-            total = min(total, outputs.start_frame + args.max_frames) if total else outputs.start_frame + args.max_frames
+            total = min(total, args.max_frames) if total else args.max_frames
         bar = Progress(total or 1, "mlanet-video", enabled=not args.quiet)
         wall0 = time.perf_counter()
 
@@ -145,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             bar.update(done, fps=(done - outputs.start_frame) / el if el > 0 else 0.0, faces=len(result.faces))
 
         try:
-            pipeline.run(source, outputs.write, max_frames=args.max_frames, on_frame=on_frame)
+            pipeline.run(source, outputs.write, max_frames=remaining, on_frame=on_frame)
         except KeyboardInterrupt:
             interrupted, status = True, "interrupted"
         bar.close()

@@ -248,3 +248,53 @@ def test_live_window(clip_120, ict_model_file, tmp_path):
     rc = live_cli.main(["--video", str(clip_120), "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file),
                         "--max-frames", "5", "--json-stats", str(stats), "--overlays", "wireframe"])
     assert rc == 0 and json.loads(stats.read_text())["frames"] >= 1
+
+
+def test_sigint_leaves_valid_outputs_and_resume_finishes(shared, ict_model_file, tmp_path):
+    """A real Ctrl-C (SIGINT to the process), then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlanet.edge.video_cli", str(shared / HAMILTON), "--out", str(out), "--untrained",
+           "mlanet_mobile", "--face-model", str(ict_model_file), "--meshes", "none", "--max-frames", "80", "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".overlay.mp4*")):
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    run = json.loads((out / "run.json").read_text())
+    done = run["frames_done"]
+    assert run["status"] == "interrupted" and 0 < done < 80
+    assert _count_video_frames(out / "overlay.mp4")[0] == done
+    with np.load(out / "params.npz", allow_pickle=False) as z:
+        assert z["frame_index"].max() < done
+    assert not list(out.glob(".*.tmp"))
+    done_rc = subprocess.run([*cmd, "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert done_rc.returncode == 0, done_rc.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["frames_done"] == 80 and _count_video_frames(out / "overlay.mp4")[0] == 80
+
+
+def test_onnx_backend_through_the_cli(clip_120, ict_model_file, tmp_path):
+    from mlanet.export.onnx_export import export_onnx
+    from mlanet.models.registry import create_model
+    from mlanet.morphable.model import MorphableModel
+
+    face_model = MorphableModel.load(ict_model_file)
+    onnx_path = export_onnx(create_model("mlanet_mobile", face_model=face_model).eval(), face_model, tmp_path / "m.onnx")
+    out = tmp_path / "run"
+    rc = video_cli.main([str(clip_120), "--out", str(out), "--weights", str(onnx_path), "--face-model",
+                         str(ict_model_file), "--max-frames", "4", "--no-video", "--meshes", "none", "--quiet"])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["backend"]["backend"] == "onnxruntime" and run["frames_done"] == 4
+    assert not (out / "overlay.mp4").exists()
