@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="INDEX", help="OpenCV camera index (0 = first camera)")
     src.add_argument("--video", metavar="FILE", help="replay a video file in real time instead of a camera")
+    p.add_argument("--replay-fps", type=float, default=None,
+                   help="with --video: replay at this rate instead of the file's own (0 = as fast as possible)")
     p.add_argument("--width", type=int, default=None, help="requested camera width")
     p.add_argument("--height", type=int, default=None, help="requested camera height")
     add_model_arguments(p)
@@ -136,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.camera is not None:
         source = CameraSource(args.camera, width=args.width, height=args.height)
     else:
-        source = LiveReplaySource(VideoFileSource(args.video))
+        source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps)
     renderer_factory: Callable[[int, int], Any] | None = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
         from .gl_renderer import FaceRenderer, MeshTopology

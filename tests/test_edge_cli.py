@@ -162,8 +162,8 @@ def test_no_weights_message(clip_120, ict_model_file, tmp_path, capsys):
 def test_live_headless_replay(clip_120, ict_model_file, tmp_path):
     stats = tmp_path / "live.json"
     rec = tmp_path / "rec.mp4"
-    rc = live_cli.main(["--video", str(clip_120), "--no-window", "--untrained", "mlanet_mobile", "--face-model",
-                        str(ict_model_file), "--record", str(rec), "--json-stats", str(stats)])
+    rc = live_cli.main(["--video", str(clip_120), "--replay-fps", "8", "--no-window", "--untrained", "mlanet_mobile",
+                        "--face-model", str(ict_model_file), "--record", str(rec), "--json-stats", str(stats)])
     assert rc == 0
     st = json.loads(stats.read_text())
     assert st["frames"] > 0 and st["frames"] + st["dropped_frames"] <= 24
