@@ -261,7 +261,10 @@ def test_sigint_leaves_valid_outputs_and_resume_finishes(shared, ict_model_file,
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mlanet.edge.video_cli", str(shared / HAMILTON), "--out", str(out), "--untrained",
            "mlanet_mobile", "--face-model", str(ict_model_file), "--meshes", "none", "--max-frames", "80", "--quiet"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: give the child the default disposition so it behaves like a foreground command.
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".overlay.mp4*")):
         time.sleep(0.2)
