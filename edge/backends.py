@@ -188,6 +188,10 @@ class OnnxRuntimeBackend:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # No busy-waiting of idle worker threads after each run: in the runtime, ONNX Runtime shares the cores with
+        # MediaPipe, the GL renderer (llvmpipe on CPU) and the encoder; spinning threads slowed rendering by ~30 %
+        # on 2 cores (measured by `mlanet bench compare`), for ~20 % slower inference in isolation.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]

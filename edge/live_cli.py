@@ -3,8 +3,8 @@
 Keys in the window: ``m`` next render mode, ``w`` wireframe, ``l`` landmarks, ``f`` temporal
 filter on/off, ``r`` start/stop recording the overlay (H.264, ``mlanet-live-<time>.mp4`` in
 ``--record-dir``), ``q`` or Esc quit. ``--video FILE`` replays a file in real time as if it were a
-camera (stale frames are dropped when the pipeline is slower than the source). ``--no-window``
-runs headless: it prints the stage timing every few seconds and can record with ``--record``.
+camera (stale frames are dropped when the pipeline is slower than the source; ``--replay-fps``
+changes the rate). ``--no-window`` runs headless: it prints the stage timing every few seconds and can record with ``--record``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from .errors import MLANetError
 #: Command groups: name -> module providing ``add_parser(subparsers)``.
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
+    "bench": "mlanet.edge.bench.cli",
     "eval": "mlanet.eval.cli",
     "export": "mlanet.export.cli",
     "models": "mlanet.models.cli",

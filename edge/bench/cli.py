@@ -1,0 +1,79 @@
+"""``mlanet bench [model|pipeline|compare|accuracy|soak|report|all]``.
+
+``mlanet bench`` alone (= ``all``) runs the model, pipeline and comparison benchmarks with their
+default settings, writes their records under ``<out>/<device_tag>/`` and regenerates the plots and
+the markdown summary (:mod:`.report`). Each part can be run on its own; ``accuracy`` and ``soak``
+are separate because they need checkpoints / take minutes by design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+#: Sub-command -> module (relative to this package) with ``add_arguments(parser)`` and ``run(args) -> Path``.
+PARTS: dict[str, tuple[str, str]] = {
+    "model": ("model_latency", "network latency and throughput vs batch size, per backend"),
+    "pipeline": ("pipeline", "the edge pipeline on a clip: stages, fps, latency, memory, fps vs faces"),
+    "compare": ("compare", "MediaPipe's face-mesh tracker vs the MLANet pipeline; renderer timings"),
+    "accuracy": ("accuracy", "AFLW2000-3D NME/CED of several checkpoints on one plot"),
+    "soak": ("soak", "loop a clip for N minutes and record memory over time"),
+    "report": ("report", "plots (PNG) and the markdown summary from the records"),
+}
+#: What ``mlanet bench`` / ``mlanet bench all`` runs, in order (report last).
+ALL = ("model", "pipeline", "compare", "report")
+
+
+def _module(part: str) -> Any:
+    return importlib.import_module(f"{__package__}.{PARTS[part][0]}")
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    from .record import RESULTS
+
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help=f"results folder; records go to OUT/<device_tag>/ (default {RESULTS})")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="latency, throughput, memory and accuracy benchmarks (records + plots)",
+                              description=__doc__.split("\n\n")[1].replace("\n", " "))
+    sub = p.add_subparsers(dest="bench_part")
+    p.set_defaults(func=_run_all, bench_part=None)
+    add_common_arguments(p)
+    a = sub.add_parser("all", help="model + pipeline + compare, then the report")
+    add_common_arguments(a)
+    a.add_argument("--quick", action="store_true", help="fewer repeats and frames (a smoke run, ~3 min on 2 cores)")
+    a.set_defaults(func=_run_all)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and frames (a smoke run)")
+    for part, (_, help_text) in PARTS.items():
+        sp = sub.add_parser(part, help=help_text)
+        add_common_arguments(sp)
+        _module(part).add_arguments(sp)
+        sp.set_defaults(func=_run_part(part))
+
+
+def _run_part(part: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        path = _module(part).run(args)
+        if path is not None:
+            print(path)
+        return 0
+
+    return run
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    for part in ALL:
+        parser = argparse.ArgumentParser()
+        add_common_arguments(parser)
+        _module(part).add_arguments(parser)
+        argv = ["--out", str(args.out)] + (["--quick"] if getattr(args, "quick", False) and part != "report" else [])
+        part_args = parser.parse_args(argv)
+        print(f"== mlanet bench {part}", flush=True)
+        path = _module(part).run(part_args)
+        if path is not None:
+            print(path, flush=True)
+    return 0

@@ -1,0 +1,631 @@
+"""The network alone: latency (median, p95) and throughput against batch size, per backend and model.
+
+``mlanet bench model`` times ``images (B, 3, S, S) -> params (B, P)`` for every requested model
+(default ``mlanet_mobile`` and ``mlanet_r50``) on every requested backend (default: all of
+:data:`BACKENDS`; those absent on this machine are recorded as skipped with the reason) at each
+batch size (default 1, 2, 4, ..., 64), after warm-up, and writes ``model_latency.json`` under
+``<out>/<device_tag>/``.
+
+Backends
+    ``torch-cpu``: float32 eager PyTorch on the CPU, called like :class:`~mlanet.edge.backends.TorchBackend`
+    (``torch.no_grad()``, numpy in, numpy out). ``onnxruntime-cpu``: the same weights exported with
+    :func:`~mlanet.export.onnx_export.export_onnx` and run by
+    :class:`~mlanet.edge.backends.OnnxRuntimeBackend` (CPU provider, default session options).
+    ``torch-cuda-fp16``: ``model.half()`` on the GPU in channels-last, inputs already on the device,
+    two modes -- ``eager`` and ``cuda-graph`` (one captured :class:`torch.cuda.CUDAGraph` per batch
+    size, replayed) -- timed device-side with CUDA events, cuDNN benchmark mode on while it runs,
+    peak GPU memory per batch size (``torch.cuda.max_memory_allocated``); this path was written
+    on a machine without a GPU and has not been run yet. ``tensorrt``: recorded as skipped until
+    the repository has a TensorRT engine builder and backend.
+
+Timing
+    CPU backends: wall clock (``time.perf_counter``) around each call. GPU: ``torch.cuda.Event``
+    pairs around each call, synchronised after each call (latency, not pipelined throughput).
+    Per (model, backend, batch): ``warmup`` calls (default 2), then repeats until at least
+    ``min_repeats`` and at least ``min_time_s`` of samples, at most ``max_repeats``, all within the
+    per-(model, backend) ``time_budget_s``. Before a batch size starts, its call time is
+    extrapolated linearly from the previous batch size; when warm-up plus ``floor_repeats`` calls
+    would not fit in what is left of the budget, the batch size is recorded as
+    ``{"status": "skipped", "reason": "budget: ..."}`` (and so are the larger ones). When the budget
+    cuts the repeats below the target, the entry says ``"budget_limited": true`` (never fewer than
+    ``floor_repeats`` samples). Model building and ONNX export are outside the budget (``setup_s``).
+
+Weights are untrained (random initialisation, seed 0): latency does not depend on the values.
+The face model sets only the size P of the output heads (a few hundred outputs; negligible
+next to the backbone): the asset home's ICT-FaceKit model when present (or ``--face-model``),
+else the small synthetic one, and the record says which.
+
+Record ``results`` (times in ms, rates per second, memory in MiB)::
+
+    {
+      "weights": "...", "face_model": {"source", "path", "model_id", "params_P"},
+      "input_size": S, "batch_sizes": [...], "quick": bool, "policy": {...},
+      "threads": {"torch_intra_op", "torch_inter_op", "cpu_count"},
+      "models": {name: {"parameters", "gmacs", "input_size", "output_size"}},
+      "backends": {name: {"available": bool, "reason"?: str}},
+      "runs": [
+        {"model", "backend", "mode", "status": "ok" | "skipped" | "error", "reason"?,
+         "info": {...backend details: threads, dtype, timing method...},
+         "setup_s", "wall_s", "time_budget_s",
+         "batches": [
+           {"batch", "status": "ok", "median_ms", "p95_ms", "min_ms", "max_ms", "ms_per_face",
+            "throughput_faces_per_s" (= batch / median seconds), "repeats", "warmup",
+            "budget_limited", "peak_gpu_mib"? (GPU)},
+           {"batch", "status": "skipped", "reason": "budget: ..."}, ...
+         ]}
+      ],
+      "wall_s": float
+    }
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import MLANetError
+from .record import record_dir, write_record
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "model_latency"
+
+#: Every backend this benchmark knows, in table order.
+BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda-fp16", "tensorrt")
+#: Models timed by default.
+DEFAULT_MODELS = ("mlanet_mobile", "mlanet_r50")
+FULL_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+QUICK_BATCH_SIZES = (1, 8, 32)
+
+WEIGHTS_NOTE = "untrained (random initialisation, seed 0): latency and throughput do not depend on the weight values"
+
+
+@dataclass(frozen=True)
+class RepeatPolicy:
+    """How many calls each (model, backend, batch) gets; see the module docstring."""
+
+    warmup: int = 2
+    min_repeats: int = 5
+    min_time_s: float = 1.0
+    max_repeats: int = 200
+    floor_repeats: int = 3
+    time_budget_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1 or self.floor_repeats < 1 or self.min_repeats < self.floor_repeats:
+            raise MLANetError(
+                f"repeat policy needs warmup >= 1 and min_repeats >= floor_repeats >= 1, got {self}"
+            )
+        if self.max_repeats < self.min_repeats or self.time_budget_s <= 0:
+            raise MLANetError(f"repeat policy needs max_repeats >= min_repeats and time_budget_s > 0, got {self}")
+
+
+#: Defaults of a full run (``mlanet bench model``): about 10 minutes on a 2-core CPU.
+FULL_POLICY = RepeatPolicy()
+#: Defaults of ``--quick``.
+QUICK_POLICY = RepeatPolicy(warmup=2, min_repeats=3, min_time_s=0.3, max_repeats=50, floor_repeats=3, time_budget_s=40.0)
+
+
+# --------------------------------------------------------------------------------------------- arguments
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated model names (default {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated backends out of {','.join(BACKENDS)} (default: all; those absent on "
+                        "this machine are recorded as skipped with the reason)")
+    p.add_argument("--batch-sizes", default=None,
+                   help=f"comma-separated batch sizes (default {','.join(map(str, FULL_BATCH_SIZES))}; "
+                        f"--quick: {','.join(map(str, QUICK_BATCH_SIZES))})")
+    p.add_argument("--face-model", default=None,
+                   help="face-model file (sets the output size P only; default: the asset home's, else the "
+                        "synthetic test model -- the record says which)")
+    p.add_argument("--input-size", type=int, default=None, help="input size S (default: PreprocessCfg's, 224)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help=f"seconds of timed calls per (model, backend) (default {FULL_POLICY.time_budget_s:g}; "
+                        f"--quick {QUICK_POLICY.time_budget_s:g}); batch sizes that no longer fit are recorded as "
+                        "skipped")
+    p.add_argument("--min-repeats", type=int, default=None,
+                   help=f"timed calls per batch size at least (default {FULL_POLICY.min_repeats}; "
+                        f"--quick {QUICK_POLICY.min_repeats}), more until {FULL_POLICY.min_time_s:g} s of samples")
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up calls per batch size (default {FULL_POLICY.warmup})")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="PyTorch intra-op threads for torch-cpu (default: PyTorch's, one per core); restored afterwards")
+    p.add_argument("--quick", action="store_true",
+                   help="batch sizes 1,8,32, fewer repeats, a smaller budget (a smoke run)")
+
+
+# --------------------------------------------------------------------------------------------- availability
+def backend_unavailable_reason(name: str) -> str | None:
+    """``None`` when ``name`` can run here, else why not (one line)."""
+    if name == "torch-cpu":
+        return None
+    if name == "onnxruntime-cpu":
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        return f"{' and '.join(missing)} not installed (pip install -e '.[export]')" if missing else None
+    if name == "torch-cuda-fp16":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+        return f"no CUDA GPU visible to PyTorch (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+    if name == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken install (missing libnvinfer)
+            return f"TensorRT is not importable ({type(exc).__name__}: {exc})"
+        from ..backends import BACKENDS as RUNTIME_BACKENDS, UNAVAILABLE
+
+        version = getattr(tensorrt, "__version__", "?")
+        if ".engine" in UNAVAILABLE or ".engine" not in RUNTIME_BACKENDS:
+            why = UNAVAILABLE.get(".engine", "no .engine backend is registered in mlanet.edge.backends")
+            return f"TensorRT {version} imports, but this build has no engine builder/backend yet ({why})"
+        return f"TensorRT {version} and an engine backend exist, but this benchmark does not build engines yet"
+    raise MLANetError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+
+
+# --------------------------------------------------------------------------------------------- runners
+class _Runner:
+    """One backend for one model: ``prepare(batch)`` then ``timed_call() -> ms`` repeatedly."""
+
+    mode = "eager"
+    timing = "wall clock (time.perf_counter) around each call"
+
+    def info(self) -> dict[str, Any]:
+        return {"timing": self.timing}
+
+    def prepare(self, batch: int) -> None:
+        raise NotImplementedError
+
+    def timed_call(self) -> float:
+        raise NotImplementedError
+
+    def batch_extra(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _random_images(batch: int, size: int) -> np.ndarray:
+    return np.random.default_rng(batch).random((batch, 3, size, size), dtype=np.float32)
+
+
+class _CpuRunner(_Runner):
+    """Wall-clock timing of ``fn(images)`` for numpy inputs."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], input_size: int) -> None:
+        self.fn = fn
+        self.input_size = input_size
+        self.images: np.ndarray | None = None
+
+    def prepare(self, batch: int) -> None:
+        self.images = _random_images(batch, self.input_size)
+
+    def timed_call(self) -> float:
+        t0 = time.perf_counter()
+        self.fn(self.images)
+        return (time.perf_counter() - t0) * 1e3
+
+
+class TorchCpuRunner(_CpuRunner):
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = model
+        super().__init__(self._call, int(model.input_size))
+
+    def _call(self, images: np.ndarray) -> np.ndarray:
+        # exactly what edge.backends.TorchBackend.__call__ does
+        with self._torch.no_grad():
+            out = self.model(self._torch.from_numpy(images))
+        return out.float().cpu().numpy()
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        return {**super().info(), "dtype": "float32", "torch_threads": torch.get_num_threads(),
+                "torch_interop_threads": torch.get_num_interop_threads(),
+                "call": "model(torch.from_numpy(images)) under torch.no_grad(), output to numpy (as TorchBackend)"}
+
+
+class OnnxRuntimeCpuRunner(_CpuRunner):
+    def __init__(self, model: Any, face_model: Any, tmp: Path) -> None:
+        from ...export.onnx_export import export_onnx
+        from ..backends import OnnxRuntimeBackend
+
+        path = export_onnx(model, face_model, tmp / f"{model.name}.onnx")
+        self.onnx_mib = path.stat().st_size / 2**20
+        self.backend = OnnxRuntimeBackend(path, face_model=face_model)
+        super().__init__(self.backend, int(model.input_size))
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        opts = self.backend.session.get_session_options()
+        return {**super().info(), "dtype": "float32", "onnxruntime": ort.__version__,
+                "providers": self.backend.session.get_providers(),
+                "intra_op_num_threads": opts.intra_op_num_threads,
+                "inter_op_num_threads": opts.inter_op_num_threads,
+                "threads_note": "0 = onnxruntime's default (intra-op: one thread per physical core)",
+                "graph_optimization_level": str(opts.graph_optimization_level),
+                "onnx_file_mib": round(self.onnx_mib, 2),
+                "call": "OnnxRuntimeBackend(images) (session.run, numpy in and out)"}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class TorchCudaFp16Runner(_Runner):
+    """FP16 channels-last PyTorch on the GPU, timed with CUDA events; ``mode`` ``eager`` or ``cuda-graph``.
+
+    UNTESTED: written against the documented PyTorch API (torch.cuda.Event, torch.cuda.graph,
+    CUDAGraph.replay, max_memory_allocated) on a machine without a GPU; check on the first GPU run.
+    """
+
+    timing = "CUDA events around each call (device-side), synchronised after each call"
+
+    def __init__(self, model: Any, mode: str) -> None:
+        import torch
+
+        if mode not in ("eager", "cuda-graph"):
+            raise ValueError(f"mode must be 'eager' or 'cuda-graph', got {mode!r}")
+        self._torch = torch
+        self.mode = mode
+        self.device = torch.device("cuda")
+        # fixed shapes per batch size: let cuDNN pick its fastest kernels (during warm-up); restored in close()
+        self._old_cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        self.model = copy.deepcopy(model).eval().half().to(self.device).to(memory_format=torch.channels_last)
+        self.input_size = int(model.input_size)
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._fn: Callable[[], Any] | None = None
+        self._graph: Any = None
+        self._static: tuple[Any, Any] | None = None
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        return {**super().info(), "dtype": "float16", "memory_format": "channels_last", "mode": self.mode,
+                "gpu": torch.cuda.get_device_name(self.device), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+                "call": "model(images) under torch.no_grad(), images float16 already on the device (no copies)"
+                        if self.mode == "eager" else
+                        "CUDAGraph.replay() of one model(images) call captured per batch size (static input)"}
+
+    def _release(self) -> None:
+        self._fn = self._graph = self._static = None
+        self._torch.cuda.empty_cache()
+
+    def prepare(self, batch: int) -> None:
+        torch = self._torch
+        self._release()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        s = self.input_size
+        gen = torch.Generator(device=self.device).manual_seed(batch)
+        images = torch.rand((batch, 3, s, s), generator=gen, device=self.device, dtype=torch.float16)
+        images = images.contiguous(memory_format=torch.channels_last)
+        model = self.model
+        if self.mode == "eager":
+            def call() -> Any:
+                with torch.no_grad():
+                    return model(images)
+
+            self._fn = call
+            return
+        # CUDA graph: warm up on a side stream (as the PyTorch docs require), then capture one call.
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):
+                model(images)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            out = model(images)
+        torch.cuda.synchronize(self.device)
+        self._graph, self._static = graph, (images, out)
+        self._fn = graph.replay
+
+    def timed_call(self) -> float:
+        assert self._fn is not None, "prepare(batch) first"
+        self._start.record()
+        self._fn()
+        self._end.record()
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+    def batch_extra(self) -> dict[str, Any]:
+        return {"peak_gpu_mib": round(self._torch.cuda.max_memory_allocated(self.device) / 2**20, 1)}
+
+    def close(self) -> None:
+        self._release()
+        self.model = None
+        self._torch.backends.cudnn.benchmark = self._old_cudnn_benchmark
+
+
+# --------------------------------------------------------------------------------------------- measurement
+def summarise(samples_ms: list[float]) -> dict[str, float]:
+    """Median, p95 (nearest rank, as :func:`.record.time_call`), min and max of ``samples_ms``."""
+    s = sorted(samples_ms)
+    n = len(s)
+    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return {"median_ms": median, "p95_ms": s[min(n - 1, int(round(0.95 * (n - 1))))], "min_ms": s[0], "max_ms": s[-1]}
+
+
+def measure_batch(
+    timed_call: Callable[[], float], batch: int, policy: RepeatPolicy, deadline: float, est_call_s: float | None,
+    prepare: Callable[[], None] | None = None,
+) -> tuple[dict[str, Any], float | None]:
+    """Warm-up and adaptive repeats of ``timed_call`` for one batch size, within ``deadline`` (perf_counter).
+
+    ``est_call_s`` (seconds per call, extrapolated) decides whether the batch size still fits the
+    budget; ``prepare`` (inputs, CUDA graph capture) runs only when it does.
+    Returns (entry, median wall seconds of one call, or None when skipped).
+    """
+    left = deadline - time.perf_counter()
+    calls = policy.warmup + policy.floor_repeats
+    if est_call_s is not None and est_call_s * calls > left:
+        return {"batch": batch, "status": "skipped",
+                "reason": f"budget: about {est_call_s:.2f} s per call x {calls} calls (warm-up + minimum repeats) "
+                          f"> {max(left, 0.0):.1f} s left of the {policy.time_budget_s:g} s budget"}, None
+    if prepare is not None:
+        prepare()
+    wall = 0.0
+    for _ in range(policy.warmup):
+        t0 = time.perf_counter()
+        timed_call()
+        wall = time.perf_counter() - t0  # the last warm-up call is the most representative
+    wall = max(wall, 1e-6)
+    target = min(policy.max_repeats, max(policy.min_repeats, math.ceil(policy.min_time_s / wall)))
+    fit = int((deadline - time.perf_counter()) / wall)
+    planned = max(policy.floor_repeats, min(target, fit))
+    samples: list[float] = []
+    walls: list[float] = []
+    for i in range(planned):
+        t0 = time.perf_counter()
+        samples.append(timed_call())
+        walls.append(time.perf_counter() - t0)
+        if i + 1 >= policy.floor_repeats and time.perf_counter() > deadline:
+            break
+    stats = summarise(samples)
+    entry = {
+        "batch": batch,
+        "status": "ok",
+        **{k: round(v, 4) for k, v in stats.items()},
+        "ms_per_face": round(stats["median_ms"] / batch, 4),
+        "throughput_faces_per_s": round(batch / (stats["median_ms"] / 1e3), 3),
+        "repeats": len(samples),
+        "warmup": policy.warmup,
+        "budget_limited": len(samples) < target,
+    }
+    return entry, float(np.median(walls))
+
+
+def _run_backend(runner: _Runner, batch_sizes: list[int], policy: RepeatPolicy,
+                 on_entry: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    deadline = time.perf_counter() + policy.time_budget_s
+    entries: list[dict[str, Any]] = []
+    prev: tuple[int, float] | None = None
+    for b in batch_sizes:
+        est = prev[1] * b / prev[0] if prev else None
+        try:
+            entry, wall = measure_batch(runner.timed_call, b, policy, deadline, est,
+                                        prepare=lambda b=b: runner.prepare(b))
+            if entry["status"] == "ok":
+                entry.update(runner.batch_extra())
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large batch; record and go on
+            log.warning("batch %d failed: %s: %s", b, type(exc).__name__, exc)
+            entry, wall = {"batch": b, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}, None
+        entries.append(entry)
+        on_entry(entry)
+        if wall is not None:
+            prev = (b, wall)
+    return entries
+
+
+# --------------------------------------------------------------------------------------------- setup helpers
+def _load_face_model(path: str | None) -> tuple[Any, dict[str, Any]]:
+    from ...morphable.model import MorphableModel
+    from ...paths import default_face_model_path
+
+    if path is not None:
+        fm = MorphableModel.load(Path(path).expanduser())
+        return fm, {"source": "file", "path": str(Path(path).expanduser())}
+    default = default_face_model_path()
+    if default.is_file():
+        return MorphableModel.load(default), {"source": "asset home", "path": str(default)}
+    from ...morphable.synthetic import make_synthetic_face_model
+
+    log.warning("no face model at %s: using the synthetic test model (only the output size P differs)", default)
+    return MorphableModel(make_synthetic_face_model()), {
+        "source": "synthetic", "path": None,
+        "note": f"no face model at {default}; the synthetic test model has fewer basis vectors, so the heads are "
+                "slightly smaller than with ICT-FaceKit (negligible next to the backbone)",
+    }
+
+
+def _build_model(name: str, face_model: Any, input_size: int | None) -> Any:
+    import torch
+
+    from ...models.registry import create_model
+    from ...preprocess import PreprocessCfg
+
+    preprocess = PreprocessCfg(input_size=input_size) if input_size else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_model(name, face_model=face_model, preprocess=preprocess).eval()
+
+
+def _runners(backend: str, model: Any, face_model: Any, tmp: Path) -> list[Callable[[], _Runner]]:
+    """Factories of the runners (modes) of ``backend``; built lazily so setup time is measured per mode."""
+    if backend == "torch-cpu":
+        return [lambda: TorchCpuRunner(model)]
+    if backend == "onnxruntime-cpu":
+        return [lambda: OnnxRuntimeCpuRunner(model, face_model, tmp)]
+    if backend == "torch-cuda-fp16":
+        return [lambda: TorchCudaFp16Runner(model, "eager"), lambda: TorchCudaFp16Runner(model, "cuda-graph")]
+    raise MLANetError(f"backend {backend!r} has no runner")  # tensorrt: reported unavailable before this
+
+
+def _resolve_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], RepeatPolicy]:
+    from ...models.registry import list_models
+
+    quick = bool(getattr(args, "quick", False))
+    models = _csv(args.models) if getattr(args, "models", None) else list(DEFAULT_MODELS)
+    unknown = [m for m in models if m not in list_models()]
+    if unknown or not models:
+        raise MLANetError(f"unknown model(s) {unknown or models}; known models: {', '.join(list_models())}")
+    backends = _csv(args.backends) if getattr(args, "backends", None) else list(BACKENDS)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise MLANetError(f"unknown backend(s) {unknown or backends}; known backends: {', '.join(BACKENDS)}")
+    raw = getattr(args, "batch_sizes", None)
+    try:
+        batches = [int(b) for b in _csv(raw)] if raw else list(QUICK_BATCH_SIZES if quick else FULL_BATCH_SIZES)
+    except ValueError:
+        raise MLANetError(f"--batch-sizes must be comma-separated positive integers, got {raw!r}") from None
+    if not batches or min(batches) < 1:
+        raise MLANetError(f"--batch-sizes must be comma-separated positive integers, got {raw!r}")
+    policy = QUICK_POLICY if quick else FULL_POLICY
+    overrides = {k: v for k, v in (("time_budget_s", getattr(args, "time_budget_s", None)),
+                                   ("min_repeats", getattr(args, "min_repeats", None)),
+                                   ("warmup", getattr(args, "warmup", None))) if v is not None}
+    if "min_repeats" in overrides:
+        overrides["floor_repeats"] = min(policy.floor_repeats, overrides["min_repeats"])
+    policy = replace(policy, **overrides)
+    return models, list(dict.fromkeys(backends)), sorted(set(batches)), policy
+
+
+# --------------------------------------------------------------------------------------------- run
+_ROW = "{:<14} {:<16} {:<10} {:>5} {:>10} {:>10} {:>10} {:>7}"
+
+
+def _print_row(model: str, backend: str, mode: str, e: dict[str, Any]) -> None:
+    if e["status"] == "ok":
+        print(_ROW.format(model, backend, mode, e["batch"], f"{e['median_ms']:.2f}", f"{e['p95_ms']:.2f}",
+                          f"{e['throughput_faces_per_s']:.1f}", e["repeats"]), flush=True)
+    else:
+        print(_ROW.format(model, backend, mode, e["batch"], e["status"], "", "", "") + f"  {e['reason']}", flush=True)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Time every (model, backend, batch size); write ``model_latency.json``; return its path."""
+    import torch
+
+    models, backends, batch_sizes, policy = _resolve_args(args)
+    threads = getattr(args, "torch_threads", None)
+    if threads is not None and threads < 1:
+        raise MLANetError(f"--torch-threads must be >= 1, got {threads}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(args, models, backends, batch_sizes, policy)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _load_average() -> list[float] | None:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch_sizes: list[int],
+         policy: RepeatPolicy) -> Path:
+    import os
+
+    import torch
+
+    from ...models.flops import count_flops
+
+    t_start = time.perf_counter()
+    load_start = _load_average()
+    face_model, fm_info = _load_face_model(getattr(args, "face_model", None))
+    fm_info.update({"model_id": face_model.model_id, "params_P": face_model.layout.total})
+    availability = {b: backend_unavailable_reason(b) for b in BACKENDS}
+    results: dict[str, Any] = {
+        "weights": WEIGHTS_NOTE,
+        "face_model": fm_info,
+        "input_size": None,
+        "batch_sizes": batch_sizes,
+        "quick": bool(getattr(args, "quick", False)),
+        "policy": asdict(policy),
+        "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
+                    "cpu_count": os.cpu_count()},
+        "models": {},
+        "backends": {b: ({"available": True} if r is None else {"available": False, "reason": r})
+                     for b, r in availability.items()},
+        "runs": [],
+    }
+    print(_ROW.format("model", "backend", "mode", "batch", "median_ms", "p95_ms", "faces/s", "repeats"), flush=True)
+    with tempfile.TemporaryDirectory(prefix="mlanet-bench-model-") as tmp_dir:
+        for name in models:
+            model = _build_model(name, face_model, getattr(args, "input_size", None))
+            flops = count_flops(model)
+            results["input_size"] = int(model.input_size)
+            results["models"][name] = {"parameters": int(flops["parameters"]), "gmacs": round(flops["gmacs"], 4),
+                                       "input_size": int(model.input_size), "output_size": int(model.layout.total)}
+            for backend in backends:
+                if availability[backend] is not None:
+                    run_entry = {"model": name, "backend": backend, "mode": None, "status": "skipped",
+                                 "reason": availability[backend], "batches": []}
+                    results["runs"].append(run_entry)
+                    print(_ROW.format(name, backend, "-", "-", "skipped", "", "", "") + f"  {availability[backend]}",
+                          flush=True)
+                    continue
+                for factory in _runners(backend, model, face_model, Path(tmp_dir)):
+                    results["runs"].append(_run_one(name, backend, factory, batch_sizes, policy))
+            del model
+    results["wall_s"] = round(time.perf_counter() - t_start, 2)
+    results["load_average"] = {
+        "start": load_start, "end": _load_average(),
+        "note": "1/5/15-minute load averages (os.getloadavg); well above the CPU count means other work "
+                "competed for the cores and CPU timings are not representative",
+    }
+    path = write_record(RECORD_NAME, results, out_dir=record_dir(getattr(args, "out", None)))
+    log.info("model latency: %d runs in %.0f s -> %s", len(results["runs"]), results["wall_s"], path)
+    return path
+
+
+def _run_one(name: str, backend: str, factory: Callable[[], _Runner], batch_sizes: list[int],
+             policy: RepeatPolicy) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"model": name, "backend": backend, "mode": None, "status": "ok",
+                             "time_budget_s": policy.time_budget_s}
+    try:
+        runner = factory()
+    except Exception as exc:  # noqa: BLE001 - an export or session failure is a result, not a crash
+        log.warning("%s on %s: setup failed: %s: %s", name, backend, type(exc).__name__, exc)
+        entry.update(status="error", reason=f"setup failed: {type(exc).__name__}: {exc}", batches=[],
+                     setup_s=round(time.perf_counter() - t0, 2))
+        print(_ROW.format(name, backend, "-", "-", "error", "", "", "") + f"  {entry['reason']}", flush=True)
+        return entry
+    entry["mode"] = runner.mode
+    entry["setup_s"] = round(time.perf_counter() - t0, 2)
+    try:
+        entry["info"] = runner.info()
+        t1 = time.perf_counter()
+        entry["batches"] = _run_backend(runner, batch_sizes, policy,
+                                        lambda e: _print_row(name, backend, runner.mode, e))
+        entry["wall_s"] = round(time.perf_counter() - t1, 2)
+    finally:
+        runner.close()
+    return entry

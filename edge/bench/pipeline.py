@@ -1,0 +1,235 @@
+"""The edge pipeline on a real clip: per-stage ms, fps, capture-to-render latency, memory, fps vs faces.
+
+Three measurements, one record (``pipeline.json``):
+
+* ``runs``: the clip decoded from its file, frame after frame as fast as possible, through the
+  whole ``mlanet-video`` pipeline (MediaPipe detection/tracking, crops, inference, reconstruction
+  with temporal filtering) with and without the GL render + H.264 encode of the overlay. Per-stage
+  p50/p95 (warm-up frames excluded), fps from wall time and from the p50 frame time.
+* ``live``: the same clip replayed in real time as a live source (``LiveReplaySource`` at the
+  clip's fps): capture-to-render latency (capture timestamp to the end of rendering) and the
+  number of stale frames dropped.
+* ``faces``: fps against the number of faces — frames built by tiling the clip's frames into a
+  ``k``-face grid at the clip's resolution (``k`` = 1, 2, 4, 8), tracked with ``max_faces = k``.
+
+Memory: resident set size sampled every frame (``/proc/self/statm``) and the process peak
+(``ru_maxrss``); on CUDA also ``torch.cuda.max_memory_allocated``. The network is ``mlanet_mobile``
+(``--model``) with untrained weights — speed does not depend on the weight values — exported to
+ONNX and run on ONNX Runtime CPU (``--backend torch`` for PyTorch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import MLANetError
+from .record import record_dir, write_record
+
+log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux ``/proc/self/statm``)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def gpu_peak_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def default_clip() -> Path:
+    shared = os.environ.get("MLANET_SHARED")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / ".." / "shared"
+    return (root / "data" / "video" / "obama_720p.mp4").resolve()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", type=Path, default=None, help="video file (default: the shared obama_720p.mp4)")
+    p.add_argument("--face-model", default=None, help="face-model file (default: the asset home's)")
+    p.add_argument("--model", default="mlanet_mobile", help="network (untrained weights; speed only)")
+    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--max-frames", type=int, default=None, help="frames per run (default: the whole clip)")
+    p.add_argument("--faces", default="1,2,4,8", help="face counts for fps vs faces (comma-separated; '' to skip)")
+    p.add_argument("--no-live", action="store_true", help="skip the real-time replay (latency) run")
+    p.add_argument("--quick", action="store_true", help="30 frames per run, faces 1,4")
+
+
+def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: Path) -> Any:
+    """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend."""
+    from ..backends import OnnxRuntimeBackend, TorchBackend
+
+    if backend == "torch":
+        return TorchBackend.untrained(model_name, face_model)
+    from ...export.onnx_export import export_onnx
+    from ...models.registry import create_model
+
+    path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model, tmp / f"{model_name}.onnx")
+    return OnnxRuntimeBackend(path, face_model=face_model)
+
+
+def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -> Any:
+    from dataclasses import replace
+
+    from ..pipeline import FacePipeline, PipelineCfg
+    from ..tracking import MediaPipeFaceDetector, TrackerCfg
+
+    cfg = PipelineCfg(render_mode="shaded" if render else None, tracker=replace(TrackerCfg(), max_faces=max_faces))
+    return FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector())
+
+
+def run_file(backend: Any, face_model: Any, source: Any, *, render: bool, max_frames: int | None, tmp: Path,
+             max_faces: int = 4) -> dict[str, Any]:
+    """One pass over ``source`` as fast as possible; with ``render`` also H.264-encodes the overlay."""
+    from ..writers.video import H264VideoWriter
+
+    pipeline = _pipeline(backend, face_model, render, max_faces)
+    writer = None
+    rss: list[float] = []
+
+    def sink(result: Any) -> None:
+        nonlocal writer
+        if result.rendered is not None:
+            if writer is None:
+                fps = float(getattr(source, "fps", None) or 25.0)
+                writer = H264VideoWriter(tmp / "overlay.mp4", fps, result.frame.width, result.frame.height)
+            writer.write(result.rendered)
+        rss.append(rss_mib())
+
+    t0 = time.perf_counter()
+    with source:
+        n = pipeline.run(source, sink, max_frames=max_frames)
+    if writer is not None:
+        writer.close()
+    wall = time.perf_counter() - t0
+    stats = pipeline.stats.summary()
+    faces = pipeline.face_counts
+    pipeline.close()
+    return {
+        "render_and_encode": render,
+        "frames": n,
+        "wall_s": round(wall, 3),
+        "fps_wall": round(n / wall, 2) if wall > 0 else None,
+        "fps_p50": stats["fps_from_p50_total"],
+        "faces_per_frame_mean": round(float(np.mean(faces)), 3) if faces else 0.0,
+        "frames_with_face": int(sum(1 for f in faces if f)),
+        "stages": stats["stages"],
+        "total": stats["total"],
+        "rss_mib_max_during_run": round(max(rss), 1) if rss else None,
+    }
+
+
+def run_live(backend: Any, face_model: Any, clip: Path, max_frames: int | None) -> dict[str, Any]:
+    """Real-time replay of ``clip``: capture-to-render latency and dropped frames."""
+    from ..frames import LiveReplaySource, VideoFileSource
+
+    pipeline = _pipeline(backend, face_model, render=True)
+    source = LiveReplaySource(VideoFileSource(clip))
+    pipeline.warmup(*(source.size or (None, None)))
+    with source:
+        n = pipeline.run(source, None, max_frames=max_frames)
+    stats = pipeline.stats.summary()
+    pipeline.close()
+    return {
+        "replay_fps": source.fps,
+        "frames_processed": n,
+        "frames_dropped": int(source.dropped),
+        "capture_to_render_ms": stats.get("latency_ms"),
+        "note": "latency = frame capture (emitted by the replay thread) to the end of the GL render",
+    }
+
+
+def tiled_frames(clip: Path, k: int, max_frames: int | None) -> list[np.ndarray]:
+    """The clip's frames tiled ``k`` times into a grid, at the clip's resolution: (H, W, 3) uint8 each."""
+    import cv2
+
+    from ..frames import VideoFileSource
+
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    out = []
+    with VideoFileSource(clip) as src:
+        for frame in src:
+            if max_frames is not None and len(out) >= max_frames:
+                break
+            H, W = frame.image.shape[:2]
+            th, tw = H // rows, W // cols
+            tile = cv2.resize(frame.image, (tw, th), interpolation=cv2.INTER_AREA)
+            canvas = np.zeros_like(frame.image)
+            for i in range(k):
+                r, c = divmod(i, cols)
+                canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
+            out.append(canvas)
+    return out
+
+
+def run(args: argparse.Namespace) -> Path:
+    from ...morphable.model import MorphableModel
+    from ..frames import ArraySource, VideoFileSource
+
+    clip = Path(args.clip) if args.clip else default_clip()
+    if not clip.is_file():
+        raise MLANetError(f"{clip}: clip not found (pass --clip FILE)")
+    max_frames = 30 if args.quick and args.max_frames is None else args.max_frames
+    face_counts = [1, 4] if args.quick else [int(x) for x in str(args.faces).split(",") if x.strip()]
+    face_model = MorphableModel.load(args.face_model)
+    rss_start = rss_mib()
+    results: dict[str, Any] = {
+        "clip": clip.name,
+        "model": args.model,
+        "backend": f"{args.backend}-cpu",
+        "weights": "untrained (speed only)",
+        "warmup_frames_excluded": 2,
+        "runs": [],
+        "faces": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        backend = open_backend_for_bench(args.model, args.backend, face_model, tmp)
+        backend.warmup()
+        for render in (True, False):
+            src = VideoFileSource(clip)
+            results["resolution"] = f"{src.size[0]}x{src.size[1]}"
+            r = run_file(backend, face_model, src, render=render, max_frames=max_frames, tmp=tmp)
+            results["runs"].append(r)
+            log.info("%s render=%s: %.1f fps wall, p50 frame %s ms", clip.name, render, r["fps_wall"], r["total"]["p50_ms"])
+        if not args.no_live:
+            results["live"] = run_live(backend, face_model, clip, max_frames)
+        for k in face_counts:
+            frames = tiled_frames(clip, k, max_frames)
+            src = ArraySource(frames, fps=25.0, name=f"{clip.stem}_x{k}")
+            r = run_file(backend, face_model, src, render=False, max_frames=None, tmp=tmp, max_faces=k)
+            results["faces"].append({"faces": k, **{key: r[key] for key in ("frames", "fps_wall", "fps_p50",
+                                                                              "faces_per_frame_mean", "stages", "total")}})
+            log.info("%d faces: %.1f fps (%.2f found per frame)", k, r["fps_wall"], r["faces_per_frame_mean"])
+        backend.close()
+    results["memory"] = {
+        "rss_mib_at_start": round(rss_start, 1),
+        "rss_mib_at_end": round(rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "gpu_peak_mib": gpu_peak_mib(),
+        "note": "peak_rss_mib is the whole process (includes importing torch, MediaPipe, ONNX Runtime and GL)",
+    }
+    return write_record("pipeline", results, out_dir=record_dir(args.out))

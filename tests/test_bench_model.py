@@ -1,0 +1,195 @@
+"""`mlanet bench model`: record schema, skipped backends, budget handling, argument errors (tiny settings, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mlanet.cli import main as mlanet_main
+from mlanet.edge.bench import model_latency as ml
+from mlanet.edge.bench.record import SCHEMA
+from mlanet.errors import MLANetError
+
+# 64 px input, one thread (stable on a loaded 2-core CI machine), small repeats.
+TINY = ["--models", "mlanet_mobile", "--batch-sizes", "1,2", "--input-size", "64", "--torch-threads", "1",
+        "--min-repeats", "3", "--time-budget-s", "30", "--quick"]
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path)
+    ml.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    out = tmp_path_factory.mktemp("bench") / "results"
+    path = ml.run(_args(["--out", str(out), *TINY]))
+    return out, path, json.loads(path.read_text())
+
+
+def test_record_location_and_schema(record):
+    out, path, rec = record
+    assert path.name == "model_latency.json"
+    assert path.parent.parent == out and path.parent.name == rec["environment"]["device_tag"].split(":")[0]
+    assert rec["schema"] == SCHEMA and rec["benchmark"] == "model_latency"
+    env = rec["environment"]
+    assert {"device", "device_tag", "versions", "commit", "dirty_tree", "command", "time_utc", "torch_threads",
+            "cpu_count"} <= set(env)
+    assert "torch" in env["versions"]
+    r = rec["results"]
+    assert {"weights", "face_model", "input_size", "batch_sizes", "policy", "threads", "models", "backends", "runs",
+            "wall_s", "load_average"} <= set(r)
+    assert "untrained" in r["weights"]
+    assert r["input_size"] == 64 and r["batch_sizes"] == [1, 2]
+    assert r["face_model"]["source"] == "synthetic"  # conftest points MLANET_HOME at an empty folder
+    assert r["threads"]["torch_intra_op"] == 1
+    info = r["models"]["mlanet_mobile"]
+    assert info["parameters"] > 1e5 and info["gmacs"] > 0 and info["input_size"] == 64
+    assert info["output_size"] == r["face_model"]["params_P"]
+    assert set(r["backends"]) == set(ml.BACKENDS)
+
+
+def test_results_per_batch(record):
+    _, _, rec = record
+    runs = {(x["backend"], x["mode"]): x for x in rec["results"]["runs"] if x["status"] == "ok"}
+    assert ("torch-cpu", "eager") in runs and ("onnxruntime-cpu", "eager") in runs
+    assert runs[("onnxruntime-cpu", "eager")]["info"]["providers"] == ["CPUExecutionProvider"]
+    assert "intra_op_num_threads" in runs[("onnxruntime-cpu", "eager")]["info"]
+    assert runs[("torch-cpu", "eager")]["info"]["torch_threads"] == 1
+    for run in runs.values():
+        assert run["model"] == "mlanet_mobile" and run["setup_s"] >= 0 and run["wall_s"] > 0
+        assert [b["batch"] for b in run["batches"]] == [1, 2]
+        for b in run["batches"]:
+            assert b["status"] == "ok", b
+            assert 0 < b["min_ms"] <= b["median_ms"] <= b["p95_ms"] <= b["max_ms"]
+            assert b["repeats"] >= 3 and b["warmup"] >= 2
+            assert b["throughput_faces_per_s"] == pytest.approx(b["batch"] / (b["median_ms"] / 1e3), rel=1e-3)
+            assert b["ms_per_face"] == pytest.approx(b["median_ms"] / b["batch"], rel=1e-3)
+
+
+def test_absent_backends_are_skipped_with_a_reason(record):
+    _, _, rec = record
+    r = rec["results"]
+    absent = [b for b in ml.BACKENDS if ml.backend_unavailable_reason(b) is not None]
+    assert "tensorrt" in absent  # no TensorRT engine builder in this repository yet
+    for b in absent:
+        assert r["backends"][b]["available"] is False and r["backends"][b]["reason"]
+        [run] = [x for x in r["runs"] if x["backend"] == b]
+        assert run["status"] == "skipped" and run["reason"] == r["backends"][b]["reason"] and run["batches"] == []
+
+
+def test_a_backend_reported_absent_is_skipped(tmp_path, monkeypatch):
+    real = ml.backend_unavailable_reason
+    monkeypatch.setattr(ml, "backend_unavailable_reason",
+                        lambda b: "pretend it is not installed" if b == "onnxruntime-cpu" else real(b))
+    path = ml.run(_args(["--out", str(tmp_path), *TINY, "--backends", "torch-cpu,onnxruntime-cpu",
+                         "--batch-sizes", "1"]))
+    r = json.loads(path.read_text())["results"]
+    assert r["backends"]["onnxruntime-cpu"] == {"available": False, "reason": "pretend it is not installed"}
+    assert [(x["backend"], x["status"]) for x in r["runs"]] == [("torch-cpu", "ok"), ("onnxruntime-cpu", "skipped")]
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--backends", "torch-cpu,tensor-rt", ["tensor-rt", "known backends", "tensorrt"]),
+    ("--models", "mlanet_tiny", ["mlanet_tiny", "known models", "mlanet_mobile"]),
+    ("--batch-sizes", "1,x", ["--batch-sizes"]),
+    ("--batch-sizes", "0", ["--batch-sizes"]),
+])
+def test_bad_arguments_give_a_clear_error(tmp_path, flag, value, words):
+    with pytest.raises(MLANetError) as info:
+        ml.run(_args(["--out", str(tmp_path), flag, value]))
+    assert all(w in str(info.value) for w in words)
+    assert not any(tmp_path.iterdir())  # rejected before anything ran or was written
+
+
+def test_unknown_backend_through_the_cli(tmp_path, capsys):
+    assert mlanet_main(["bench", "model", "--out", str(tmp_path), "--backends", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backend" in err and "torch-cuda-fp16" in err
+
+
+def test_help_through_the_cli(capsys):
+    with pytest.raises(SystemExit) as info:
+        mlanet_main(["bench", "model", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--models", "--backends", "--batch-sizes", "--face-model", "--quick", "--time-budget-s", "--out"):
+        assert flag in out
+
+
+def test_all_passes_only_out_and_quick():
+    args = _args(["--out", "x", "--quick"])
+    models, backends, batches, policy = ml._resolve_args(args)
+    assert models == list(ml.DEFAULT_MODELS) and backends == list(ml.BACKENDS)
+    assert batches == list(ml.QUICK_BATCH_SIZES) and policy == ml.QUICK_POLICY
+    models, backends, batches, policy = ml._resolve_args(_args(["--out", "x"]))
+    assert batches == list(ml.FULL_BATCH_SIZES) and policy == ml.FULL_POLICY
+
+
+def test_summarise_known_values():
+    s = ml.summarise([4.0, 1.0, 100.0, 3.0, 2.0])
+    assert s == {"median_ms": 3.0, "p95_ms": 100.0, "min_ms": 1.0, "max_ms": 100.0}
+    assert ml.summarise([1.0, 3.0])["median_ms"] == 2.0
+
+
+class _SleepRunner(ml._Runner):
+    """A fake backend whose call takes ``per_face_s * batch`` seconds."""
+
+    def __init__(self, per_face_s: float) -> None:
+        self.per_face_s = per_face_s
+        self.batch = 0
+        self.calls: list[int] = []
+
+    def prepare(self, batch: int) -> None:
+        self.batch = batch
+
+    def timed_call(self) -> float:
+        t0 = time.perf_counter()
+        time.sleep(self.per_face_s * self.batch)
+        self.calls.append(self.batch)
+        return (time.perf_counter() - t0) * 1e3
+
+
+def test_budget_skips_batch_sizes_that_no_longer_fit():
+    policy = ml.RepeatPolicy(warmup=2, min_repeats=3, min_time_s=0.0, max_repeats=10, floor_repeats=3,
+                             time_budget_s=2.0)
+    runner = _SleepRunner(0.005)
+    entries = ml._run_backend(runner, [1, 2, 256], policy, lambda e: None)
+    assert [e["status"] for e in entries] == ["ok", "ok", "skipped"]
+    assert entries[2]["reason"].startswith("budget:") and "2 s budget" in entries[2]["reason"]
+    assert 256 not in runner.calls  # skipped without a single call
+    assert all(e["repeats"] == 3 and e["warmup"] == 2 and not e["budget_limited"] for e in entries[:2])
+
+
+def test_repeats_until_min_time_and_never_below_the_floor():
+    runner = _SleepRunner(0.002)
+    runner.prepare(1)
+    policy = ml.RepeatPolicy(warmup=2, min_repeats=3, min_time_s=0.05, max_repeats=100, floor_repeats=3,
+                             time_budget_s=10.0)
+    entry, wall = ml.measure_batch(runner.timed_call, 1, policy, time.perf_counter() + 10.0, None)
+    assert entry["status"] == "ok" and entry["repeats"] > 3 and wall > 0  # ~0.05 s / ~2 ms per call
+    # a deadline already passed: the floor still gives a median, and the entry says the budget cut it
+    entry, _ = ml.measure_batch(runner.timed_call, 1, policy, time.perf_counter() - 1.0, None)
+    assert entry["repeats"] == 3 and entry["budget_limited"]
+
+
+def test_tensorrt_that_imports_is_still_skipped_without_an_engine_builder(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.9"))
+    reason = ml.backend_unavailable_reason("tensorrt")
+    assert reason and "TensorRT 10.9.9 imports" in reason and "no engine builder" in reason
+
+
+def test_tensorrt_reason_names_the_missing_piece():
+    reason = ml.backend_unavailable_reason("tensorrt")
+    assert reason and ("not importable" in reason or "no engine builder" in reason)
+    with pytest.raises(MLANetError, match="known backends"):
+        ml.backend_unavailable_reason("tpu")
