@@ -34,12 +34,14 @@ def test_pipeline_soak_and_report(shared, ict_model_file, tmp_path):
     env = rec["environment"]
     assert {"device", "versions", "commit", "command", "time_utc"} <= set(env)
     r = rec["results"]
-    assert [x["render_and_encode"] for x in r["runs"]] == [True, False]
-    assert all(x["frames"] == 6 for x in r["runs"])
-    assert r["runs"][0]["stages"]["render"]["n"] == 4 and r["runs"][1]["stages"]["render"]["n"] == 0
+    assert [c["clip"] for c in r["clips"]] == ["obama_720p.mp4"] and r["clips"][0]["resolution"] == "1280x720"
+    runs = r["clips"][0]["runs"]
+    assert [x["render_and_encode"] for x in runs] == [True, False]
+    assert all(x["frames"] == 6 for x in runs)
+    assert runs[0]["stages"]["render"]["n"] == 4 and runs[1]["stages"]["render"]["n"] == 0
     assert [f["faces"] for f in r["faces"]] == [1, 2]
     assert r["faces"][1]["faces_per_frame_mean"] > 1.0  # the tiled frame holds two faces and both are tracked
-    assert r["live"]["frames_processed"] >= 1 and r["memory"]["peak_rss_mib"] > 100
+    assert r["clips"][0]["live"]["frames_processed"] >= 1 and r["memory"]["peak_rss_mib"] > 100
 
     assert mlanet_main(["bench", "soak", *common, "--clip", str(clip), "--face-model", str(ict_model_file),
                         "--minutes", "0.1", "--warmup-min", "0.02", "--sample-s", "0.5"]) == 0

@@ -52,8 +52,8 @@ def _plt() -> Any:
 def plot_pipeline_stages(rec: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     r = rec["results"]
-    runs = [(f"{r.get('resolution', '')} {'render+encode' if x['render_and_encode'] else 'no render'}", x["stages"])
-            for x in r.get("runs", [])]
+    runs = [(f"{c['clip']} {c['resolution']} {'render+encode' if x['render_and_encode'] else 'no render'}", x["stages"])
+            for c in r.get("clips", []) for x in c["runs"]]
     runs += [(f"{f['faces']} face{'s' if f['faces'] > 1 else ''} (tiled)", f["stages"]) for f in r.get("faces", [])]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(runs) + 1.5))
     left = [0.0] * len(runs)
@@ -65,8 +65,7 @@ def plot_pipeline_stages(rec: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(runs)), [name for name, _ in runs])
     ax.invert_yaxis()
     ax.set_xlabel("ms per frame (p50 per stage)")
-    ax.set_title(f"{r.get('clip', '')} - {r.get('model', '')} on {r.get('backend', '')}\n{rec['environment']['device']}",
-                 fontsize=9)
+    ax.set_title(f"{r.get('model', '')} on {r.get('backend', '')} - {rec['environment']['device']}", fontsize=9)
     ax.legend(fontsize=7, ncol=4, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -169,17 +168,19 @@ def summarise_device(device_dir: Path, recs: dict[str, dict[str, Any]], images: 
              f"Python {env.get('python')}; folder `{device_dir.relative_to(root)}`", ""]
     if "pipeline" in recs:
         r = recs["pipeline"]["results"]
-        lines += [f"### Pipeline: {r['clip']} ({r.get('resolution')}), {r['model']} on {r['backend']}", "",
-                  "| run | fps (wall) | frame p50 ms | " + " | ".join(STAGE_ORDER) + " |",
-                  "|---|---|---|" + "---|" * len(STAGE_ORDER)]
-        for x in r["runs"]:
-            name = "render + encode" if x["render_and_encode"] else "track + fit + reconstruct"
-            lines.append(f"| {name} | {x['fps_wall']} | {_ms(x['total'])} | "
-                         + " | ".join(_ms(x["stages"].get(s)) for s in STAGE_ORDER) + " |")
+        lines += [f"### Pipeline: {r['model']} on {r['backend']} ({r.get('weights')})", "",
+                  "Per-stage p50 ms; fps from wall time over the whole clip (warm-up included).", "",
+                  "| clip | run | fps (wall) | frame p50 ms | " + " | ".join(STAGE_ORDER) + " |",
+                  "|---|---|---|---|" + "---|" * len(STAGE_ORDER)]
+        for c in r.get("clips", []):
+            for x in c["runs"]:
+                name = "render + encode" if x["render_and_encode"] else "track + fit + reconstruct"
+                lines.append(f"| {c['clip']} {c['resolution']} | {name} | {x['fps_wall']} | {_ms(x['total'])} | "
+                             + " | ".join(_ms(x["stages"].get(s)) for s in STAGE_ORDER) + " |")
         for f in r.get("faces", []):
-            lines.append(f"| {f['faces']} faces (tiled, no render) | {f['fps_wall']} | {_ms(f['total'])} | "
-                         + " | ".join(_ms(f["stages"].get(s)) for s in STAGE_ORDER) + " |")
-        live = r.get("live")
+            lines.append(f"| {f.get('clip', '')} tiled | {f['faces']} faces, no render | {f['fps_wall']} | "
+                         f"{_ms(f['total'])} | " + " | ".join(_ms(f["stages"].get(s)) for s in STAGE_ORDER) + " |")
+        live = next((c["live"] for c in r.get("clips", []) if c.get("live")), None)
         if live and live.get("capture_to_render_ms"):
             lat = live["capture_to_render_ms"]
             lines += ["", f"Real-time replay at {live['replay_fps']} fps: capture-to-render latency p50 "
