@@ -7,9 +7,10 @@ a crop size or a slice of the parameter vector.
 
 * :class:`TorchBackend` — a ``.safetensors`` checkpoint or a training run folder.
 * :class:`OnnxRuntimeBackend` — an ``.onnx`` file written by ``mlanet export onnx``.
+* :class:`TensorRTBackend` — an ``.engine``/``.plan`` file written by ``mlanet export tensorrt``.
 * :func:`open_backend` — picks the class from :data:`BACKENDS` by suffix.
 
-Heavy runtimes (``onnxruntime``, ``onnx``) are imported inside the classes that need them.
+Heavy runtimes (``onnxruntime``, ``onnx``, ``tensorrt``, ``pycuda``) are imported inside the classes that need them.
 """
 
 from __future__ import annotations
@@ -229,21 +230,83 @@ class OnnxRuntimeBackend:
         self.session = None
 
 
+class TensorRTBackend:
+    """TensorRT backend for an MLANet engine (``.engine`` / ``.plan``) written by ``mlanet export tensorrt``.
+
+    The engine file's header is read and checked first — MLANet container, format version,
+    size (truncation), engine SHA-256 (tampering), input size vs preprocessing, and the face
+    model — so a bad or mismatched engine is refused before TensorRT or CUDA is imported. Then
+    :class:`~mlanet.export.tensorrt_engine.TensorRTRunner` imports TensorRT (a clear error with
+    install instructions if missing), compares the TensorRT version and the GPU with the header,
+    and deserializes the engine.
+
+    Args:
+        path: the engine file.
+        face_model: optional MorphableModel the engine must have been built for.
+        device: CUDA device ordinal.
+        cuda_graphs: replay one captured CUDA graph per batch size.
+
+    Raises:
+        AssetError: (naming the file) not an MLANet engine, truncated, tampered, another format
+            version, face model, layout, TensorRT version or GPU architecture.
+        TensorRTUnavailableError: TensorRT or pycuda missing (an MLANetError naming the file).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], face_model: Any = None, *, device: int = 0, cuda_graphs: bool = False
+    ) -> None:
+        from ..export.engine_file import read_engine_file
+        from ..params import ParamLayout
+
+        self.path = Path(path)
+        header, engine_bytes = read_engine_file(self.path)  # validated: network kind, layout, input size
+        meta = header["onnx_metadata"]
+        if face_model is not None:
+            _check_face_model(str(self.path), meta, face_model)
+        self.layout = ParamLayout.from_dict(meta["layout"])
+        self.input_size = int(meta["preprocess"]["input_size"])
+        self.header = header
+
+        from ..export.tensorrt_engine import TensorRTRunner
+
+        self._runner = TensorRTRunner(engine_bytes, header, source=str(self.path), device=device, cuda_graphs=cuda_graphs)
+        self.metadata: dict[str, Any] = {
+            **meta,
+            "backend": "tensorrt",
+            "source": str(self.path),
+            "engine": {k: header.get(k) for k in ("tensorrt_version", "device", "precision", "profile", "built_at")},
+        }
+
+    def __call__(self, images: Any) -> np.ndarray:
+        return self._runner(_as_images(images, self.input_size, f"{self.path}"))
+
+    def warmup(self) -> None:
+        self._runner.warmup()
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None  # type: ignore[assignment]
+
+
 #: Artifact suffix -> backend class.
-BACKENDS: dict[str, type] = {".onnx": OnnxRuntimeBackend, ".safetensors": TorchBackend}
+BACKENDS: dict[str, type] = {
+    ".onnx": OnnxRuntimeBackend,
+    ".safetensors": TorchBackend,
+    ".engine": TensorRTBackend,
+    ".plan": TensorRTBackend,
+}
 
 #: Suffixes that belong to backends this build does not have; suffix -> reason.
-UNAVAILABLE: dict[str, str] = {
-    ".engine": "the TensorRT backend needs TensorRT on an NVIDIA machine and is not built yet",
-    ".plan": "the TensorRT backend needs TensorRT on an NVIDIA machine and is not built yet",
-}
+UNAVAILABLE: dict[str, str] = {}
 
 
 def open_backend(path: str | os.PathLike[str], face_model: Any = None) -> InferenceBackend:
     """Open ``path`` with the backend for its suffix (a folder: a training run, :class:`TorchBackend`).
 
     Raises:
-        AssetError: TensorRT engines (not built yet), unknown suffixes (the message lists the known ones).
+        AssetError: unknown suffixes (the message lists the known ones), or whatever the backend refuses.
+        TensorRTUnavailableError: an engine file with a valid header, but no TensorRT/pycuda here.
     """
     path = Path(path)
     if path.is_dir():

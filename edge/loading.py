@@ -17,7 +17,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--weights``, ``--untrained`` and ``--face-model`` (shared by mlanet-video and mlanet-live)."""
     g = parser.add_argument_group("model")
     g.add_argument("--weights", help="a .safetensors checkpoint or training run folder (mlanet train), or an "
-                   ".onnx file (mlanet export onnx); default: the shipped weights of " + DEFAULT_MODEL)
+                   ".onnx file (mlanet export onnx), or a TensorRT .engine (mlanet export tensorrt); default: the "
+                   "shipped weights of " + DEFAULT_MODEL)
     g.add_argument("--untrained", metavar="MODEL",
                    help="run an untrained network (e.g. mlanet_mobile) to exercise the pipeline; every face is "
                    "fitted as the mean face")

@@ -1,5 +1,7 @@
-"""Deployment export (installed as ``mlanet.export``): ONNX and TensorRT engines.
+"""Deployment export (installed as ``mlanet.export``).
 
-The exporters arrive with the export issue; this package exists so the layout and the
-namespace mapping (``export/`` -> ``mlanet.export``) are fixed and tested from the start.
+* :mod:`.onnx_export` -- self-describing ONNX of the network and the face decoder, parity in mm.
+* :mod:`.engine_file` -- the MLANet TensorRT engine container (JSON header + plan), no TensorRT needed.
+* :mod:`.tensorrt_engine` -- the only module that calls TensorRT: engine build and runner.
+* :mod:`.cli` -- ``mlanet export onnx|tensorrt``.
 """

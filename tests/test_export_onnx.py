@@ -202,7 +202,7 @@ def test_backend_rejects_wrong_image_shape(exported):
 
 
 def test_open_backend_by_suffix(tmp_path, exported, checkpoint, face_model):
-    assert set(BACKENDS) == {".onnx", ".safetensors"}
+    assert set(BACKENDS) == {".onnx", ".safetensors", ".engine", ".plan"}
     b = open_backend(exported["net"], face_model=face_model)
     assert isinstance(b, OnnxRuntimeBackend) and isinstance(b, InferenceBackend)
     t = open_backend(checkpoint, face_model=face_model)

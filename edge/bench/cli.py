@@ -66,14 +66,17 @@ def _run_part(part: str) -> Any:
 
 
 def _run_all(args: argparse.Namespace) -> int:
+    """Each part in its own process, so peak memory and thread pools of one part do not leak into the next."""
+    import subprocess
+    import sys
+
     for part in ALL:
-        parser = argparse.ArgumentParser()
-        add_common_arguments(parser)
-        _module(part).add_arguments(parser)
-        argv = ["--out", str(args.out)] + (["--quick"] if getattr(args, "quick", False) and part != "report" else [])
-        part_args = parser.parse_args(argv)
+        cmd = [sys.executable, "-m", "mlanet.cli", "bench", part, "--out", str(args.out)]
+        if getattr(args, "quick", False) and part != "report":
+            cmd.append("--quick")
         print(f"== mlanet bench {part}", flush=True)
-        path = _module(part).run(part_args)
-        if path is not None:
-            print(path, flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"mlanet bench {part} failed (exit {rc}); stopping", file=sys.stderr)
+            return rc
     return 0

@@ -15,8 +15,10 @@ Backends
     two modes -- ``eager`` and ``cuda-graph`` (one captured :class:`torch.cuda.CUDAGraph` per batch
     size, replayed) -- timed device-side with CUDA events, cuDNN benchmark mode on while it runs,
     peak GPU memory per batch size (``torch.cuda.max_memory_allocated``); this path was written
-    on a machine without a GPU and has not been run yet. ``tensorrt``: recorded as skipped until
-    the repository has a TensorRT engine builder and backend.
+    on a machine without a GPU and has not been run yet. ``tensorrt``: recorded as not measured
+    (with the reason) -- the engine builder and backend exist (``mlanet export tensorrt``,
+    :class:`~mlanet.edge.backends.TensorRTBackend`) but have not run on a GPU yet, and this
+    benchmark does not build engines yet.
 
 Timing
     CPU backends: wall clock (``time.perf_counter``) around each call. GPU: ``torch.cuda.Event``

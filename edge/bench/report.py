@@ -210,8 +210,21 @@ def summarise_device(device_dir: Path, recs: dict[str, dict[str, Any]], images: 
                 lines.append(f"\n{name}: not measured ({avail.get('reason')})")
         lines += ["", _provenance(recs["model_latency"]), ""]
     if "compare" in recs:
-        lines += ["### Side by side with MediaPipe", "", "```", json.dumps(recs["compare"]["results"].get("summary",
-                  recs["compare"]["results"]), indent=1)[:3000], "```", "", _provenance(recs["compare"]), ""]
+        c = recs["compare"]["results"].get("summary") or {}
+        lines += ["### Side by side with MediaPipe (same frames, decoded once)", "",
+                  f"Clip {c.get('clip')}, {c.get('frames_x_passes')}. {c.get('ratio_definition', '')}", "",
+                  "| pipeline | median ms/frame | p95 ms | fps | frames with a face | fps ratio vs MediaPipe |",
+                  "|---|---|---|---|---|---|"]
+        ratios = c.get("fps_ratio_mlanet_over_mediapipe") or {}
+        for side, d in (c.get("per_frame_ms") or {}).items():
+            ratio = ratios.get(f"{side}_over_mediapipe")
+            lines.append(f"| {side} | {d['median']:.2f} | {d['p95']:.2f} | {d['fps']:.1f} | {d['frames_with_face']} | "
+                         f"{'1 (reference)' if side.startswith('mediapipe') else ratio} |")
+        gl = c.get("gl_renderer_ms") or {}
+        dr = c.get("differentiable_renderer_ms_b8_224px") or {}
+        lines += ["", "GL renderer per frame (ms): " + ", ".join(f"{k} {v}" for k, v in gl.items()),
+                  "", "Differentiable renderer, 8 faces at 224 (ms): " + ", ".join(f"{k} {v}" for k, v in dr.items()),
+                  "", _provenance(recs["compare"]), ""]
     if "accuracy" in recs:
         lines += ["### Accuracy (AFLW2000-3D)", ""]
         acc = recs["accuracy"]["results"]
