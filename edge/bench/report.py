@@ -55,7 +55,7 @@ def plot_pipeline_stages(rec: dict[str, Any], path: Path) -> Path:
     runs = [(f"{c['clip']} {c['resolution']} {'render+encode' if x['render_and_encode'] else 'no render'}", x["stages"])
             for c in r.get("clips", []) for x in c["runs"]]
     runs += [(f"{f['faces']} face{'s' if f['faces'] > 1 else ''} (tiled)", f["stages"]) for f in r.get("faces", [])]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(runs) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(runs) + 2.2))
     left = [0.0] * len(runs)
     colours = plt.get_cmap("tab10")
     for si, stage in enumerate(STAGE_ORDER):
@@ -66,7 +66,7 @@ def plot_pipeline_stages(rec: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("ms per frame (p50 per stage)")
     ax.set_title(f"{r.get('model', '')} on {r.get('backend', '')} - {rec['environment']['device']}", fontsize=9)
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    ax.legend(fontsize=7, ncol=len(STAGE_ORDER), loc="upper center", bbox_to_anchor=(0.5, -0.12 * 8 / max(len(runs), 4)))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
