@@ -52,3 +52,17 @@ def mkstemp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[
     os.umask(mask)
     os.fchmod(fd, 0o666 & ~mask)
     return fd, tmp
+
+
+def save_figure_atomic(fig: object, path: str | os.PathLike[str], **savefig_kwargs: object) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` through a temporary file beside it and a rename."""
+    path = Path(path)
+    fd, tmp = mkstemp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

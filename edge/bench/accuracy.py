@@ -434,7 +434,7 @@ def plot_accuracy(
         raise MissingExtraError(
             f"the CED plot needs matplotlib ({exc}); install the extra: pip install -e '.[train]'"
         ) from None
-    from mlanet.fileutil import mkstemp_beside
+    from mlanet.fileutil import save_figure_atomic
 
     if not entries:
         raise ValueError("plot_accuracy needs at least one model")
@@ -480,14 +480,7 @@ def plot_accuracy(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure_atomic(fig, path)
     return path
 
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...fileutil import write_text_atomic
+from ...fileutil import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def plot_pipeline_stages(rec: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{r.get('model', '')} on {r.get('backend', '')} - {rec['environment']['device']}", fontsize=9)
     ax.legend(fontsize=7, ncol=len(STAGE_ORDER), loc="upper center", bbox_to_anchor=(0.5, -0.12 * 8 / max(len(runs), 4)))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -86,7 +86,7 @@ def plot_fps_vs_faces(rec: dict[str, Any], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.set_title(rec["environment"]["device"], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -120,7 +120,7 @@ def plot_model_throughput(rec: dict[str, Any], path: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.set_title(rec["environment"]["device"], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -139,7 +139,7 @@ def plot_soak(rec: dict[str, Any], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.set_title(f"soak: growth after warm-up {rec['results']['rss_growth_after_warmup_pct']} %", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 

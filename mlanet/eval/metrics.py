@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import MLANetError
-from ..fileutil import mkstemp_beside
+from ..fileutil import save_figure_atomic
 
 #: Yaw bin edges in degrees: bin k holds ``YAW_BIN_EDGES_DEG[k] < |yaw| <= YAW_BIN_EDGES_DEG[k + 1]``
 #: (bin 0 includes 0); anything beyond 90 degrees falls into the last bin.
@@ -232,12 +232,5 @@ def plot_ced(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure_atomic(fig, path)
     return path
