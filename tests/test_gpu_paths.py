@@ -40,6 +40,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import informative_untrained_model
 import pytest
 import torch
 
@@ -47,7 +48,7 @@ from mlanet.edge.backends import TorchBackend
 from mlanet.edge.crops import crop_faces
 from mlanet.edge.gpu_crops import KERNEL_NAME, KERNEL_SOURCE, NVRTC_OPTIONS, GpuUnavailableError, box_table, reference_crop
 from mlanet.errors import MLANetError
-from mlanet.preprocess import CropBox, PreprocessCfg, crop_image
+from mlanet.preprocess import CropBox, crop_image
 
 CROP_TOL = 1e-5
 F64_TOL = 1e-6
@@ -92,27 +93,8 @@ def _float64_convention(frame: np.ndarray, boxes: list[CropBox], s: int) -> np.n
 
 
 def _calibrated_model(face_model, s: int = S_NET):
-    """Untrained mlanet_mobile with calibrated BatchNorm statistics and small head weights.
-
-    Same recipe as ``tests/test_tensorrt_engine.py``'s ``model`` fixture: freshly initialised,
-    every image gives nearly the prior, and a parity check could not tell a broken backend from
-    a working one; calibrated, random images move the vertices by tens of mm.
-    """
-    from mlanet.models.registry import create_model
-
-    m = create_model("mlanet_mobile", face_model=face_model, preprocess=PreprocessCfg(input_size=s))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.momentum = None  # cumulative average over the calibration batches
-        m.train()
-        for _ in range(4):
-            m(torch.rand(16, 3, s, s, generator=gen))
-        for head in m.heads.values():
-            head[-1].weight.normal_(0.0, 0.002, generator=gen)
-            head[-1].bias.normal_(0.0, 0.01, generator=gen)
-    return m.eval()
+    """Untrained mlanet_mobile whose output depends on the image (see conftest.informative_untrained_model)."""
+    return informative_untrained_model(face_model, s)
 
 
 def _vertex_mm(face_model, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> dict[str, float]:

@@ -30,6 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from conftest import informative_untrained_model
 import pytest
 import torch
 
@@ -49,10 +50,8 @@ from mlanet.export.engine_file import (  # noqa: E402
 )
 from mlanet.export.onnx_export import export_face_decoder_onnx, export_onnx, read_onnx_metadata  # noqa: E402
 from mlanet.export.tensorrt_engine import INSTALL_HINT, TensorRTUnavailableError, build_engine  # noqa: E402
-from mlanet.models.registry import create_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 from mlanet.morphable.synthetic import make_synthetic_face_model  # noqa: E402
-from mlanet.preprocess import PreprocessCfg  # noqa: E402
 
 S = 64
 FAKE_TRT = "10.7.0"
@@ -78,19 +77,7 @@ def model(face_model):
     N(0, 0.002) then move the vertices by ~30 mm between random images while the pose stays
     plausible (depth ~1.0-1.05 m, angles < 0.1 rad). See test_parity_model_is_informative.
     """
-    m = create_model("mlanet_mobile", face_model=face_model, preprocess=PreprocessCfg(input_size=S))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.momentum = None  # cumulative average over the calibration batches
-        m.train()
-        for _ in range(4):
-            m(torch.rand(16, 3, S, S, generator=gen))
-        for head in m.heads.values():
-            head[-1].weight.normal_(0.0, 0.002, generator=gen)
-            head[-1].bias.normal_(0.0, 0.01, generator=gen)
-    return m.eval()
+    return informative_untrained_model(face_model, S)
 
 
 @pytest.fixture(scope="module")
