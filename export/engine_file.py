@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from ..fileutil import mkstemp_beside
+from ..fileutil import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -172,18 +172,12 @@ def write_engine_file(path: str | os.PathLike[str], engine_bytes: bytes, header:
     blob = json.dumps(full, sort_keys=True, allow_nan=False).encode("utf-8")
     if len(blob) > MAX_HEADER_BYTES:
         raise ValueError(f"engine header is {len(blob)} bytes, more than {MAX_HEADER_BYTES}")
-    fd, tmp = mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(_PREFIX.pack(MAGIC, len(blob)))
-            fh.write(blob)
-            fh.write(engine_bytes)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(_PREFIX.pack(MAGIC, len(blob)))
+        fh.write(blob)
+        fh.write(engine_bytes)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AssetError, MLANetError
-from ..fileutil import mkstemp_beside
+from ..fileutil import write_bytes_atomic
 from .engine_file import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -117,17 +117,6 @@ def _device_info() -> dict[str, Any]:
 
 def _dims(shape: Any) -> list[int]:
     return [int(d) for d in shape]
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- build
@@ -244,7 +233,7 @@ def build_engine(
     build_s = time.perf_counter() - t0
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
     from .. import __version__
     from ..fileutil import file_sha256

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import IO, Iterator
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -54,15 +56,33 @@ def mkstemp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[
     return fd, tmp
 
 
-def save_figure_atomic(fig: object, path: str | os.PathLike[str], **savefig_kwargs: object) -> Path:
-    """Save a matplotlib figure as PNG at ``path`` through a temporary file beside it and a rename."""
-    path = Path(path)
-    fd, tmp = mkstemp_beside(path)
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``path`` for binary writing; rename it onto ``path`` on success.
+
+    On any exception (``KeyboardInterrupt`` included) the temporary file is removed and
+    ``path`` is left as it was. The parent folder is created if needed.
+    """
+    fd, tmp = mkstemp_beside(path, suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`); returns the path."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def save_figure_atomic(fig: object, path: str | os.PathLike[str], **savefig_kwargs: object) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
+    return Path(path)

@@ -21,41 +21,12 @@ line may be incomplete after a hard kill (``BlendshapeCsvWriter`` drops it on re
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
-from typing import IO, Iterator
-
 from ...errors import MLANetError
-from ...fileutil import mkstemp_beside
+from ...fileutil import atomic_file, write_bytes_atomic  # re-exported: the writers' atomic file helpers
 
 
 class WriterError(MLANetError):
     """An output file cannot be written, resumed or read back; the message names the file."""
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """Open a temporary file beside ``path`` for binary writing; rename it onto ``path`` on success.
-
-    On any exception (``KeyboardInterrupt`` included) the temporary file is removed and
-    ``path`` is left as it was. The parent folder is created if needed.
-    """
-    fd, tmp = mkstemp_beside(path, suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`); returns the path."""
-    with atomic_file(path) as fh:
-        fh.write(data)
-    return Path(path)
 
 
 __all__ = ["WriterError", "atomic_file", "write_bytes_atomic"]
