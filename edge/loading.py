@@ -33,7 +33,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
         MLANetError: no weights given and none shipped; unreadable or mismatched artifacts
             (messages name the file and say what to do).
     """
-    from ..eval.weights import default_weights_path
+    from ..weights import default_weights_path
     from ..morphable.model import MorphableModel
     from .backends import TorchBackend, open_backend
 
@@ -49,11 +49,21 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
     weights = args.weights or default_weights_path(DEFAULT_MODEL)
     if weights is None:
         raise MLANetError(
-            "no trained MLANet weights are shipped with this version yet. Pass --weights FILE (a checkpoint or "
-            "run folder from `mlanet train`, or an .onnx from `mlanet export onnx`), or --untrained "
+            f"this install has no shipped {DEFAULT_MODEL} weights (mlanet/weights/). Pass --weights FILE (a checkpoint "
+            "or run folder from `mlanet train`, or an .onnx from `mlanet export onnx`), or --untrained "
             f"{DEFAULT_MODEL} to run the pipeline with an untrained network (faces are fitted as the mean face)"
         )
+    if not args.weights:
+        announce_shipped_weights(weights)
     return open_backend(weights, face_model=face_model), face_model
+
+
+def announce_shipped_weights(path: Any) -> None:
+    """Say on stderr which shipped weights run and their terms (once per command)."""
+    from ..weights.pack import release_info
+
+    notice = (release_info(path) or {}).get("notice")
+    print(f"using the shipped weights {path}" + (f" ({notice})" if notice else ""), file=sys.stderr)
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],

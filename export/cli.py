@@ -4,7 +4,7 @@
 [--face-model FILE] [--opset 17] [--report JSON]`` exports a checkpoint to ONNX (with its
 metadata), optionally the face decoder too, checks torch vs onnxruntime parity in vertex space
 and prints the mean/max vertex difference in millimetres (written as JSON with ``--report``).
-Without ``--weights`` it exits with status 2: no default weights are shipped yet.
+Without ``--weights`` it exports the shipped weights of ``--model`` (default ``mlanet_mobile``).
 
 ``mlanet export tensorrt --onnx FILE.onnx --out FILE.engine [--max-batch 32] [--opt-batch 1]
 [--no-fp16] [--workspace-mib 1024] [--timing-cache FILE] [--parity [--face-model FILE]
@@ -23,10 +23,16 @@ import sys
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
-    if args.weights is None:
-        print("no default weights are shipped yet; pass --weights FILE|RUN_DIR", file=sys.stderr)
-        return 2
     from ..checkpoint import resolve_weights
+    from ..weights import default_weights_path
+
+    if args.weights is None:
+        shipped = default_weights_path(args.model)
+        if shipped is None:
+            print(f"this install has no shipped {args.model} weights; pass --weights FILE|RUN_DIR", file=sys.stderr)
+            return 2
+        print(f"exporting the shipped {args.model} weights {shipped}", file=sys.stderr)
+        args.weights = str(shipped)
     from ..fileutil import write_json_atomic
     from ..models.registry import create_model
     from ..morphable.model import MorphableModel
@@ -106,7 +112,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export a checkpoint to ONNX and check parity in vertex space (mm)",
         description="Export a checkpoint to ONNX (dynamic batch, metadata inside) and compare with torch.",
     )
-    o.add_argument("--weights", default=None, metavar="FILE|RUN_DIR", help="checkpoint (.safetensors) or training run folder")
+    o.add_argument("--weights", default=None, metavar="FILE|RUN_DIR",
+                   help="checkpoint (.safetensors) or training run folder (default: the shipped weights of --model)")
+    o.add_argument("--model", default="mlanet_mobile", choices=["mlanet_mobile", "mlanet_r50"],
+                   help="which shipped weights to export when --weights is not given (default mlanet_mobile)")
     o.add_argument("--out", required=True, metavar="FILE.onnx", help="network ONNX to write")
     o.add_argument("--decoder", default=None, metavar="FILE.onnx", help="also export the face decoder (params -> vertices, landmarks)")
     o.add_argument("--face-model", default=None, metavar="FILE", help="face-model file (default: the one in the asset home)")

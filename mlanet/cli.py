@@ -23,6 +23,7 @@ GROUPS = {
     "export": "mlanet.export.cli",
     "models": "mlanet.models.cli",
     "train": "mlanet.train.cli",
+    "weights": "mlanet.weights.cli",
 }
 
 

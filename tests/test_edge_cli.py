@@ -154,7 +154,10 @@ def test_unreadable_inputs_are_clear(shared, ict_model_file, tmp_path, capsys):
     assert "missing.mp4" in capsys.readouterr().err
 
 
-def test_no_weights_message(clip_120, ict_model_file, tmp_path, capsys):
+def test_no_weights_message(clip_120, ict_model_file, tmp_path, capsys, monkeypatch):
+    import mlanet.weights
+
+    monkeypatch.setattr(mlanet.weights, "default_weights_path", lambda name: None)  # an install without weights
     assert video_cli.main([str(clip_120), "--out", str(tmp_path / "r"), "--face-model", str(ict_model_file)]) == 2
     assert "--untrained" in capsys.readouterr().err
 

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -168,6 +168,8 @@ class AFLW2000(Dataset):
             that carry parameters.
         extras: add the extras below to each sample (turn off to concatenate with other
             datasets under ``default_collate``, which needs identical keys).
+        names: keep only these image stems (e.g. a split from :mod:`mlanet.data.splits`); a
+            listed stem missing from the folder raises :class:`AssetError`.
 
     An image without its ``.mat`` (or the reverse) is skipped with a logged warning and
     counted in :attr:`n_skipped` / :attr:`skipped`. A folder with no pair raises
@@ -189,6 +191,7 @@ class AFLW2000(Dataset):
         preprocess: PreprocessCfg,
         layout: ParamLayout | None = None,
         extras: bool = True,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.preprocess = preprocess
@@ -198,6 +201,15 @@ class AFLW2000(Dataset):
         if not pairs:
             raise AssetError(f"{self.root}: no image/.mat pairs found (expected imageXXXXX.jpg + imageXXXXX.mat)")
         warn_skipped(logger, f"AFLW2000-3D {self.root}", skipped)
+        if names is not None:
+            by_stem = {img.stem: (img, mat) for img, mat in pairs}
+            missing = [n for n in names if n not in by_stem]
+            if missing:
+                raise AssetError(
+                    f"{self.root}: {len(missing)} listed image(s) not in the folder, e.g. {missing[:3]} "
+                    "(is this the folder the list was made for?)"
+                )
+            pairs = [by_stem[n] for n in sorted(set(names))]
         self.skipped: list[str] = skipped
         self._records = [read_aflw2000_mat(mat, image_path=img) for img, mat in pairs]
         logger.info("AFLW2000-3D %s: %d images (%d files skipped)", self.root, len(self._records), len(skipped))

@@ -16,6 +16,9 @@ class ModelSection:
     block_attention: bool = True
     fusion: bool = True
     init_torchvision: str | None = None  # a torchvision-layout ResNet-50 state dict (mlanet_r50 only)
+    # start from another run's weights (checkpoint or run folder): same network and parameter layout,
+    # the face model may differ in content (e.g. stage 2 after a new albedo model). Not used with --resume.
+    init_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,15 @@ class DataCfg:
     synthetic_length: int = 1_000_000
     unlabelled_dir: str | None = None  # images; MediaPipe pseudo-landmarks are computed and cached
     unlabelled_weight: float = 1.0
+    # videos whose frames (every unlabelled_video_every-th) are extracted once into
+    # unlabelled_video_cache and used as unlabelled images (MediaPipe pseudo-landmarks)
+    unlabelled_videos: tuple[str, ...] = ()
+    unlabelled_video_every: int = 5
+    unlabelled_video_cache: str = "runs/cache/video_frames"
     w300lp_dir: str | None = None
     w300lp_weight: float = 1.0
     aflw2000_dir: str | None = None  # an AFLW2000-3D-layout folder used for TRAINING (never evaluate on it)
+    aflw2000_list: str | None = None  # only these image stems (file, or a name in mlanet.data.splits)
     aflw2000_weight: float = 1.0
     augment: bool = True  # augmentation of real images (synthetic images are random already)
     num_workers: int = 0

@@ -68,7 +68,7 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
     d, pre = cfg.data, cfg.preprocess
     sources, weights, augments = [], [], []
     augment = None
-    if d.augment and (d.unlabelled_dir or d.w300lp_dir or d.aflw2000_dir):
+    if d.augment and (d.unlabelled_dir or d.unlabelled_videos or d.w300lp_dir or d.aflw2000_dir):
         from ..data.augment import Augment, AugmentCfg
 
         augment = Augment(AugmentCfg())
@@ -76,10 +76,18 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         sources.append(SyntheticFaces(face_model, pre, length=d.synthetic_length, seed=cfg.run.seed))
         weights.append(d.synthetic)
         augments.append(None)
-    if d.unlabelled_dir and d.unlabelled_weight > 0:
+    unlabelled_dirs = [d.unlabelled_dir] if d.unlabelled_dir else []
+    if d.unlabelled_videos and d.unlabelled_weight > 0:
+        from ..data.video_frames import extract_frames
+
+        unlabelled_dirs += [extract_frames(v, d.unlabelled_video_cache, d.unlabelled_video_every) for v in d.unlabelled_videos]
+    if unlabelled_dirs and d.unlabelled_weight > 0:
+        from torch.utils.data import ConcatDataset
+
         from ..data.mediapipe_labels import UnlabelledFaces
 
-        sources.append(UnlabelledFaces(d.unlabelled_dir, pre))
+        parts = [UnlabelledFaces(u, pre) for u in unlabelled_dirs]
+        sources.append(parts[0] if len(parts) == 1 else ConcatDataset(parts))
         weights.append(d.unlabelled_weight)
         augments.append(augment)
     if d.w300lp_dir and d.w300lp_weight > 0:
@@ -91,7 +99,10 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
     if d.aflw2000_dir and d.aflw2000_weight > 0:
         from ..data.aflw2000 import AFLW2000
 
-        sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout))
+        from ..data.splits import read_name_list
+
+        names = read_name_list(d.aflw2000_list) if d.aflw2000_list else None
+        sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names))
         weights.append(d.aflw2000_weight)
         augments.append(augment)
     if not sources:
@@ -109,6 +120,29 @@ def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
+    """Load another run's weights into ``model`` (same network and parameter layout; the face
+    model's content may differ, e.g. a new albedo basis). Returns the checkpoint file used."""
+    from ..checkpoint import resolve_weights
+    from ..errors import AssetError
+
+    path = resolve_weights(weights)
+    state, meta = load_weights(path)
+    if meta.model_name != getattr(model, "name", meta.model_name) or meta.layout != model.layout:
+        raise AssetError(
+            f"{path}: model.init_weights holds {meta.model_name} with layout {meta.layout.sizes}; "
+            f"this run trains {getattr(model, 'name', '?')} with layout {model.layout.sizes}"
+        )
+    if meta.preprocess != model.preprocess:
+        raise AssetError(f"{path}: model.init_weights was trained with preprocessing {meta.preprocess.to_dict()}, "
+                         f"this run uses {model.preprocess.to_dict()}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise AssetError(f"{path}: model.init_weights does not fit this network ({exc})") from None
+    return path
 
 
 # --------------------------------------------------------------------------- validation
@@ -259,6 +293,9 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     if cfg.model.init_torchvision and not resume:
         report = load_torchvision_resnet50(model, cfg.model.init_torchvision)
         log.info("initialised the backbone from %s: %s", cfg.model.init_torchvision, {k: len(v) if isinstance(v, list) else v for k, v in report.items()})
+    if cfg.model.init_weights and not resume:
+        init_from = init_from_weights(model, cfg.model.init_weights)
+        log.info("initialised from %s", init_from)
     model.to(device)
     face_model.to(device)
     objective = Objective(face_model, cfg.preprocess, cfg.loss)
