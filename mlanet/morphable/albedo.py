@@ -1,8 +1,10 @@
-"""The default albedo model for face models that ship none (ICT-FaceKit Light).
+"""The regional albedo model: hand-made, MIT, no image data (``--albedo regional``).
 
-A principled stand-in until a data-driven basis exists (it plugs into the same arrays,
-``albedo_mean`` (V,3) and ``albedo_basis`` (K,V,3), so a PCA model replaces it without any
-code change):
+ICT-FaceKit Light ships no albedo. For the ICT ``face`` crop the default is now the
+data-driven PCA model built by :mod:`.albedo_fit` (research use only, see
+:mod:`.albedo_file`); this regional model is the fallback for other crops and topologies and
+the choice for MIT-only builds. Both fill the same arrays, ``albedo_mean`` (V,3) and
+``albedo_basis`` (K,V,3):
 
 * **Mean**: a reflectance per region (skin, nose, brows, eyes, lips, neck/head), in the
   library's RGB [0, 1], blended across region borders by diffusion over the mesh so there

@@ -67,7 +67,9 @@ def _build_ict(source: Path | str, args: argparse.Namespace) -> Path:
     if not Path(source).expanduser().exists():
         raise AssetError(f"{source}: no such file or folder (expected ICT-FaceKit's FaceXModel/ folder or archive)")
     t0 = time.perf_counter()
-    data = build_ict_face_model(source, crop=args.crop, mediapipe_obj=_resolve_mediapipe(args), progress=_say)
+    data = build_ict_face_model(
+        source, crop=args.crop, mediapipe_obj=_resolve_mediapipe(args), progress=_say, albedo=getattr(args, "albedo", None)
+    )
     out = data.save(_output_path(args, _ict_file_name(args.crop)))
     _report(out, data, time.perf_counter() - t0)
     return out
@@ -113,6 +115,40 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_albedo(args: argparse.Namespace) -> int:
+    from .albedo_fit import FitSettings, build_albedo_model
+    from .albedo_sources import AFLW_TERMS, aflw_samples
+    from .model import load_face_model_data
+
+    t0 = time.perf_counter()
+    face = load_face_model_data(args.face_model)
+    root = Path(args.aflw).expanduser()
+    _say(f"reading AFLW2000-3D images of list {args.list} from {root}")
+    samples = aflw_samples(root, args.list)
+    sources = [{
+        "name": "AFLW2000-3D (dev subset, training half)",
+        "path": str(root),
+        "list": str(args.list),
+        "images": [s.name for s in samples],
+        "landmarks": "pt3d_68 ground truth (x, y)",
+        "terms": AFLW_TERMS,
+    }]
+    build = build_albedo_model(
+        face, samples, sources, albedo_id=args.id,
+        fit=FitSettings(max_residual_px=args.max_residual_px), progress=_say,
+    )
+    out = build.model.save(Path(args.out).expanduser(), dtype=args.dtype)
+    h = build.model.header
+    print(
+        f"wrote albedo model {h['id']} to {out}\n"
+        f"  images used {h['images']['used']}, rejected {h['images']['rejected']} (> {args.max_residual_px} px); "
+        f"median fit residual {h['fit']['residual_median_px']:.2f} px; "
+        f"{build.model.n_components} components explain {h['explained_variance_total']:.1%}; "
+        f"terms: {h['terms']}; built in {time.perf_counter() - t0:.0f} s"
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .model import load_face_model_data
 
@@ -124,6 +160,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "counts": h.get("counts"),
         "crop": h.get("crop"),
         "albedo_model": h.get("albedo_model", {}).get("id"),
+        "albedo_terms": h.get("albedo_model", {}).get("terms"),
+        "terms": h.get("terms"),
         "mediapipe": (h.get("mediapipe") or {}).get("stats", {}).get("final"),
         "source": {k: v for k, v in h.get("source", {}).items() if k != "license"},
         "content_sha256": h.get("content_sha256"),
@@ -163,6 +201,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="face region to keep (default: %(default)s)")
         q.add_argument("--mediapipe", help=f"MediaPipe {MEDIAPIPE_OBJ_NAME} for the 468-point correspondence")
         q.add_argument("--no-mediapipe", action="store_true", help="build without the MediaPipe correspondence")
+        q.add_argument("--albedo", default="auto", metavar="auto|regional|FILE",
+                       help="albedo model to embed: 'auto' (default: the shipped data-driven model for the 'face' "
+                            "crop, research use only; the regional default elsewhere, with a notice), 'regional' "
+                            "(hand-made, MIT, no image data) or an albedo file from `mlanet assets albedo`")
 
     b = sub.add_parser("build", help="build a face-model file from ICT-FaceKit (default) or the Basel Face Model")
     b.add_argument("--ict", help="ICT-FaceKit FaceXModel/ folder, or its .tar.xz/.tar.gz/.zip archive")
@@ -178,6 +220,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ict_options(f)
     outputs(f)
     f.set_defaults(func=cmd_fetch)
+
+    a = sub.add_parser("albedo", help="build a data-driven albedo model file from face photos (AFLW2000-3D)")
+    a.add_argument("--aflw", required=True, help="AFLW2000-3D folder (imageXXXXX.jpg + .mat)")
+    a.add_argument("--list", default="aflw2000_dev_train",
+                   help="image list (a file or a named list; default: %(default)s; never the held-out list)")
+    a.add_argument("--face-model", help="face model to build on (default: the default model)")
+    a.add_argument("--out", required=True, help="albedo file to write (.npz)")
+    a.add_argument("--id", default="mlanet-albedo-ict-v1", help="albedo model id (default: %(default)s)")
+    a.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="array dtype in the file")
+    a.add_argument("--max-residual-px", type=float, default=6.0,
+                   help="reject images whose mean landmark fit residual (224 px crop) exceeds this")
+    a.set_defaults(func=cmd_albedo)
 
     i = sub.add_parser("info", help="print a face-model file's header summary")
     i.add_argument("path", nargs="?", help="face-model file (default: the default model)")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from ..fileutil import mkstemp_beside
+from ..fileutil import atomic_file
 
 #: ``header["format"]`` of every face-model file.
 FORMAT_NAME = "mlanet-facemodel"
@@ -210,17 +210,7 @@ class FaceModelData:
             },
             content_sha256=content_sha256(arrays),
         )
-        header_bytes = np.frombuffer(json.dumps(header, indent=1, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = mkstemp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **{_HEADER_KEY: header_bytes}, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = write_npz_with_header(path, header, arrays)
         data.header = header
         return path
 
@@ -239,16 +229,7 @@ class FaceModelData:
             )
         if magic != _ZIP_MAGIC:
             raise AssetError(f"{path}: not an MLANet face-model file (expected a .mlface.npz zip archive)")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if _HEADER_KEY not in npz.files:
-                    raise AssetError(f"{path}: no '{_HEADER_KEY}' member; not an MLANet face-model file")
-                header = json.loads(bytes(npz[_HEADER_KEY]).decode("utf-8"))
-                arrays = {k: npz[k] for k in npz.files if k != _HEADER_KEY}
-        except AssetError:
-            raise
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zipfile.LargeZipFile) as exc:
-            raise AssetError(f"{path}: corrupt or truncated face-model file ({exc})") from None
+        header, arrays = read_npz_with_header(path, "face-model")
         if header.get("format") != FORMAT_NAME:
             raise AssetError(f"{path}: header format is {header.get('format')!r}, expected {FORMAT_NAME!r}")
         version = header.get("format_version")
@@ -272,6 +253,36 @@ class FaceModelData:
         data = cls(header=header, extra=extra, **{k: arrays[k] for k in names})
         data.validate(source=str(path))
         return data
+
+
+def write_npz_with_header(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` plus the JSON ``header`` (member ``header``) as a compressed npz, atomically."""
+    header_bytes = np.frombuffer(json.dumps(header, indent=1, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    path = Path(path)
+    with atomic_file(path) as fh:
+        np.savez_compressed(fh, **{_HEADER_KEY: header_bytes}, **arrays)
+    return path
+
+
+def read_npz_with_header(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a file written by :func:`write_npz_with_header` (no pickles).
+
+    Raises :class:`AssetError` naming ``path`` and ``kind`` (e.g. ``"face-model"``) for a
+    missing header or a corrupt / truncated archive. Checksums are the caller's job.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files") or _HEADER_KEY not in npz.files:
+                raise AssetError(f"{path}: no '{_HEADER_KEY}' member; not an MLANet {kind} file")
+            header = json.loads(bytes(npz[_HEADER_KEY]).decode("utf-8"))
+            arrays = {k: npz[k] for k in npz.files if k != _HEADER_KEY}
+    except AssetError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, UnicodeDecodeError, zipfile.LargeZipFile) as exc:
+        raise AssetError(f"{path}: corrupt or truncated {kind} file ({exc})") from None
+    if not isinstance(header, dict):
+        raise AssetError(f"{path}: header is not a JSON object; not an MLANet {kind} file")
+    return header, arrays
 
 
 def content_sha256(arrays: dict[str, np.ndarray]) -> str:

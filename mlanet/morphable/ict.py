@@ -24,6 +24,7 @@ from ..errors import AssetError
 from ..fileutil import file_sha256
 from . import ict_topology as topo
 from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
+from .albedo_file import resolve_albedo
 from .data import FaceModelData
 from .ict_source import (
     PINNED_COMMIT,
@@ -105,6 +106,7 @@ def build_ict_face_model(
     crop: str = topo.DEFAULT_CROP,
     mediapipe_obj: str | Path | None = None,
     progress: ProgressFn | None = None,
+    albedo: str | Path | None = "auto",
 ) -> FaceModelData:
     """Build :class:`FaceModelData` from an ICT-FaceKit release (folder or archive).
 
@@ -114,6 +116,9 @@ def build_ict_face_model(
         mediapipe_obj: MediaPipe ``canonical_face_model.obj``; when given, the 468-vertex
             correspondence is registered and stored (``extra["mediapipe/..."]``).
         progress: optional callback receiving short status lines.
+        albedo: ``"auto"`` (the shipped data-driven albedo for crops that have one, else the
+            regional default with a notice through ``progress``), ``"regional"``, or an
+            albedo-model file (:mod:`.albedo_file`; refused for another topology).
     """
     if crop not in topo.CROP_PRESETS:
         raise AssetError(f"unknown crop {crop!r}; choose one of {sorted(topo.CROP_PRESETS)}")
@@ -159,6 +164,20 @@ def build_ict_face_model(
     albedo_mean, albedo_basis, albedo_components = default_albedo_model(
         neutral, mesh.triangles, regions, landmarks
     )
+    albedo_header = {
+        "id": DEFAULT_ALBEDO_ID,
+        "kind": "regional mean + smooth components (ICT-FaceKit Light has no albedo basis)",
+        "components": albedo_components,
+        "terms": "MIT (hand-made by MLANet, no image data)",
+    }
+    albedo_file, albedo_path = resolve_albedo(albedo, crop, say)
+    if albedo_file is not None:
+        albedo_file.check_topology(mesh.triangles, len(neutral), source=str(albedo_path))
+        if albedo_file.n_components != albedo_basis.shape[0]:
+            log.warning("%s: %d albedo components (the regional default has %d); the parameter layout changes",
+                        albedo_path, albedo_file.n_components, albedo_basis.shape[0])
+        albedo_mean, albedo_basis = albedo_file.mean, albedo_file.basis
+        albedo_header = albedo_file.header_entry(albedo_path)
     uv = release.neutral.uv[mesh.uv_index]
 
     mediapipe_header = None
@@ -195,11 +214,12 @@ def build_ict_face_model(
         "identity_kind": "pca-scaled (coefficients ~N(0,1))",
         "region_names": list(REGION_NAMES),
         "skin_regions": list(SKIN_REGIONS),
-        "albedo_model": {
-            "id": DEFAULT_ALBEDO_ID,
-            "kind": "regional mean + smooth components (ICT-FaceKit Light has no albedo basis)",
-            "components": albedo_components,
-        },
+        "albedo_model": albedo_header,
+        "terms": (
+            "MIT (ICT-FaceKit geometry; MLANet's hand-made regional albedo, no image data)" if albedo_file is None else
+            f"{albedo_header['terms']}: the albedo model {albedo_header['id']} was built from such images; "
+            "geometry MIT (ICT-FaceKit)"
+        ),
         "landmarks68": "iBUG / Multi-PIE 68 points (ICT vertex_indices.json idx_to_landmark_verts)",
         "landmark_sets": landmark_sets,
         "uv": "per-corner (triangles_uv), OBJ convention: origin bottom-left",
