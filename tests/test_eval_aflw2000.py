@@ -270,13 +270,104 @@ def test_predictor_output_shape_is_checked(tmp_path: Path) -> None:
         bench.evaluate(lambda x: np.zeros((len(x), 5, 2)), PreprocessCfg(input_size=32))
 
 
+# ------------------------------------------------------------------------ image lists
+def test_name_lists_select_and_are_recorded(tmp_path: Path) -> None:
+    import hashlib
+
+    from mlanet.eval.aflw2000 import NameList
+
+    _blob_folder(tmp_path / "f", n_images=3)
+    lst = tmp_path / "pick.txt"
+    lst.write_text("# two of three\nimage00002\nimage00000  # trailing comment\n")
+    picked = NameList.load(lst)
+    assert picked.names == ("image00002", "image00000")
+    bench = AFLW2000Eval(tmp_path / "f", include=picked)
+    assert [s.name for s in bench.samples] == ["image00000", "image00002"]  # folder order
+    sel = bench.selection
+    assert sel["n_in_folder"] == 3 and sel["n_selected"] == 2 and sel["exclude_list"] is None
+    assert sel["list"] == {"spec": str(lst), "path": str(lst), "sha256": hashlib.sha256(lst.read_bytes()).hexdigest(), "n_names": 2}
+    assert sel["selected_names_sha256"] == hashlib.sha256(b"image00000\nimage00002\n").hexdigest()
+    drop = tmp_path / "drop.txt"
+    drop.write_text("image00000\n")
+    both = AFLW2000Eval(tmp_path / "f", include=picked, exclude=NameList.load(drop))
+    assert [s.name for s in both.samples] == ["image00002"] and both.selection["exclude_list"]["n_names"] == 1
+    cfg = PreprocessCfg(input_size=32)
+    res = both.evaluate(GroundTruthPredictor(both, cfg), cfg)
+    assert res["n"] == 1 and res["data"]["selection"] == both.selection and res["images"][0]["name"] == "image00002"
+    assert [s.name for s in AFLW2000Eval(tmp_path / "f", exclude=["image00001"]).samples] == ["image00000", "image00002"]
+
+
+def test_name_list_errors_name_the_missing_images(tmp_path: Path) -> None:
+    from mlanet.eval.aflw2000 import NameList
+
+    _blob_folder(tmp_path / "f", n_images=2)
+    lst = tmp_path / "other.txt"
+    lst.write_text("image00001\nimage01234\n")
+    with pytest.raises(AssetError, match=r"1 image\(s\) named by --list \(list .*other\.txt\).*image01234"):
+        AFLW2000Eval(tmp_path / "f", include=NameList.load(lst))
+    with pytest.raises(AssetError, match=r"--exclude-list.*image09999"):
+        AFLW2000Eval(tmp_path / "f", exclude=["image09999"])
+    with pytest.raises(AssetError, match="leave no image"):
+        AFLW2000Eval(tmp_path / "f", include=["image00000"], exclude=["image00000"])
+    with pytest.raises(AssetError, match="missing_list.txt.*not found"):
+        NameList.load(tmp_path / "missing_list.txt")
+    named = NameList.load("aflw2000_dev_heldout")
+    assert named.spec == "aflw2000_dev_heldout" and len(named.names) == 100 and named.path.is_file()
+
+
+def test_cli_list_naming_a_missing_image_fails_before_the_model(tmp_path: Path, capsys) -> None:
+    _blob_folder(tmp_path / "f", n_images=1)
+    lst = tmp_path / "l.txt"
+    lst.write_text("image00000\nimage00077\n")
+    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json"),
+               "--weights", str(tmp_path / "w.safetensors"), "--list", str(lst)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "image00077" in err and str(lst) in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_list_and_untrained_end_to_end(tmp_path: Path, synthetic_data, capsys) -> None:
+    _blob_folder(tmp_path / "f", n_images=3)
+    fm = synthetic_data.save(tmp_path / "synthetic.mlface.npz")
+    lst = tmp_path / "l.txt"
+    lst.write_text("image00001\nimage00002\n")
+    out = tmp_path / "r.json"
+    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(out), "--untrained", "mlanet_mobile",
+               "--face-model", str(fm), "--list", str(lst), "--exclude-list", str(lst)])
+    assert rc == 2 and "leave no image" in capsys.readouterr().err
+    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(out), "--untrained", "mlanet_mobile",
+               "--face-model", str(fm), "--list", str(lst)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and [r["name"] for r in res["images"]] == ["image00001", "image00002"]
+    assert res["data"]["selection"]["list"]["path"] == str(lst) and res["weights"]["untrained"] is True
+    assert f"--list {lst} (2 names, sha256" in printed.out
+
+
+@pytest.mark.assets
+def test_dev_heldout_list_on_the_dev_split(shared: Path) -> None:
+    from mlanet.eval.aflw2000 import NameList
+    from mlanet.eval.metrics import yaw_bins
+
+    held, train = NameList.load("aflw2000_dev_heldout"), NameList.load("aflw2000_dev_train")
+    bench = AFLW2000Eval(shared / DEV, include=held)
+    assert len(bench) == 100 and np.bincount(yaw_bins(bench.yaw_deg)).tolist() == [66, 19, 15]
+    rest = AFLW2000Eval(shared / DEV, exclude=train)
+    assert [s.name for s in rest.samples] == [s.name for s in bench.samples]  # the two lists partition the split
+    assert set(held.names).isdisjoint(train.names)
+
+
 # ------------------------------------------------------------------------ CLI
-def test_cli_without_weights_says_so(tmp_path: Path, capsys) -> None:
+def test_cli_without_weights_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    import mlanet.weights
+
+    monkeypatch.setattr(mlanet.weights, "default_weights_path", lambda name: None)  # an install without weights
     _blob_folder(tmp_path / "f", n_images=1)
     rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "no default weights are shipped for mlanet_r50 yet" in err and "--weights FILE" in err
+    assert "no shipped weights for mlanet_r50" in err and "--weights FILE" in err
     rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json"), "--model", "mlanet_mobile"])
     assert rc == 2 and "mlanet_mobile" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()

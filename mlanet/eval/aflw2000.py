@@ -14,9 +14,14 @@ Standard (comparable) protocol, ``crop="gt"``: the crop is the square of side
 ``roi_scale * max(w, h)`` (``roi_scale = sqrt(2)``) centred on the axis-aligned box of the
 ground-truth 68 points, zero-padded where it leaves the image, never clipped, resized to the
 model input with bilinear sampling (:func:`mlanet.preprocess.box_from_points`,
-:func:`mlanet.preprocess.crop_image`). The model predicts 68 points in crop pixels; they go
-back to image pixels with :meth:`mlanet.preprocess.CropBox.crop_to_image` and are scored
-with :func:`mlanet.eval.metrics.nme_per_image`.
+:func:`mlanet.preprocess.crop_image` via :func:`mlanet.data.landmarks.crop_uint8`). The model
+predicts 68 points in crop pixels; they go back to image pixels with
+:meth:`mlanet.preprocess.CropBox.crop_to_image` (both steps: :func:`mlanet.eval.predict.predict_in_boxes`,
+shared with the other 2D benchmarks) and are scored with :func:`mlanet.eval.metrics.nme_per_image`.
+
+Image lists: ``AFLW2000Eval(folder, include=NameList.load("aflw2000_dev_heldout"))`` evaluates
+only the listed stems (``exclude=`` leaves some out); the result's ``data.selection`` records
+the list files with their SHA-256, so a report can show which images it was computed on.
 
 Realistic variant, ``crop="detector"``: the crop comes from a detector (landmarks or a box
 per image), labelled as such in the result; images where it finds no face are listed and
@@ -25,17 +30,20 @@ left out of the NME.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import AssetError, MLANetError
-from ..preprocess import CropBox, PreprocessCfg, box_from_points, box_from_rect, crop_image, image_to_tensor
+from ..fileutil import file_sha256
+from ..preprocess import CropBox, PreprocessCfg, box_from_points, box_from_rect
 from .metrics import nme_per_image, summarise, yaw_bins
+from .predict import PredictFn, predict_in_boxes
 
 #: Image suffixes searched for, in order of preference, for each ``.mat`` file.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
@@ -92,8 +100,6 @@ DEV_SPLIT_NOTE = (
     "dev split (or any subset) are indicative, not directly comparable with the full-set references."
 )
 
-#: ``predict_fn(images (B, 3, S, S) float [0, 1]) -> landmarks (B, 68, 2)`` in crop pixels.
-PredictFn = Callable[[torch.Tensor], Any]
 #: ``detector_fn(image (H, W, 3) uint8 RGB) -> (68, 2) landmarks, (4,) box x0 y0 x1 y1, or None``.
 DetectorFn = Callable[[np.ndarray], Any]
 
@@ -149,18 +155,6 @@ def read_aflw_mat(path: str | Path) -> tuple[np.ndarray, float]:
     return xy, yaw
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise AssetError(f"{path}: cannot read image ({exc})") from None
-
-
 def discover_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
     """``(name, image, mat)`` for every ``<name>.mat`` with an image of the same stem, sorted by name."""
     folder = Path(folder).expanduser()
@@ -179,21 +173,103 @@ def discover_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
+@dataclass(frozen=True)
+class NameList:
+    """An image list (one stem per line, :func:`mlanet.data.splits.read_name_list`) and where it came from.
+
+    Attributes:
+        spec: what the user gave (a named list such as ``aflw2000_dev_heldout`` or a path).
+        path: the list file. sha256: hex digest of its bytes. names: the stems, in file order.
+    """
+
+    spec: str
+    path: Path
+    sha256: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def load(cls, spec: str | Path) -> "NameList":
+        """Read a named list or a list file (:class:`AssetError` naming it on any problem)."""
+        from ..data.splits import NAMED_LISTS, read_name_list, resolve_list
+
+        names = read_name_list(spec)
+        path = resolve_list(spec)
+        return cls(spec=str(spec) if str(spec) in NAMED_LISTS else str(Path(spec).expanduser()), path=path,
+                   sha256=file_sha256(path), names=tuple(names))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record: ``spec``, ``path``, ``sha256`` (of the file's bytes), ``n_names``."""
+        return {"spec": self.spec, "path": str(self.path), "sha256": self.sha256, "n_names": len(self.names)}
+
+
 class AFLW2000Eval:
     """The AFLW2000-3D benchmark on one folder (see the module docstring for layout and protocol).
+
+    Args:
+        folder: the data folder.
+        include: evaluate only these image stems (a :class:`NameList` or a sequence of stems);
+            None = every pair in the folder.
+        exclude: leave these stems out (applied after ``include``).
+
+    Every name in ``include`` and ``exclude`` must be an image/.mat pair of the folder, else
+    :class:`AssetError` names the missing ones (a list meant for another folder must not
+    silently evaluate a different set).
 
     Attributes:
         folder: the data folder.
         samples: list of :class:`AFLWSample`, sorted by name; :meth:`evaluate` processes them
             in this order.
+        selection: JSON-ready record of the folder size, the lists used (with their SHA-256)
+            and the number of images selected; recorded in the result's ``data``.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        include: NameList | Sequence[str] | None = None,
+        exclude: NameList | Sequence[str] | None = None,
+    ) -> None:
         self.folder = Path(folder).expanduser()
+        pairs = discover_pairs(self.folder)
+        in_folder = {name for name, _, _ in pairs}
+        wanted = None if include is None else set(self._check_listed(include, in_folder, "--list"))
+        unwanted = set() if exclude is None else set(self._check_listed(exclude, in_folder, "--exclude-list"))
+        selected = [p for p in pairs if (wanted is None or p[0] in wanted) and p[0] not in unwanted]
+        if not selected:
+            raise AssetError(f"{self.folder}: the image lists leave no image to evaluate")
         self.samples: list[AFLWSample] = []
-        for name, image, mat in discover_pairs(self.folder):
+        for name, image, mat in selected:
             landmarks, yaw = read_aflw_mat(mat)
             self.samples.append(AFLWSample(name=name, image_path=image, mat_path=mat, landmarks=landmarks, yaw_deg=yaw))
+        names = "\n".join(s.name for s in self.samples) + "\n"
+        self.selection: dict[str, Any] = {
+            "n_in_folder": len(pairs),
+            "n_selected": len(self.samples),
+            "list": self._describe_list(include),
+            "exclude_list": self._describe_list(exclude),
+            "selected_names_sha256": hashlib.sha256(names.encode()).hexdigest(),
+            "selected_names_sha256_of": "the evaluated stems, sorted, one per line, each followed by a newline",
+        }
+
+    def _check_listed(self, listed: NameList | Sequence[str], in_folder: set[str], what: str) -> tuple[str, ...]:
+        names = listed.names if isinstance(listed, NameList) else tuple(listed)
+        missing = [n for n in names if n not in in_folder]
+        if missing:
+            src = f" (list {listed.path})" if isinstance(listed, NameList) else ""
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise AssetError(
+                f"{self.folder}: {len(missing)} image(s) named by {what}{src} are not image/.mat pairs of this folder: "
+                f"{', '.join(missing[:10])}{more}"
+            )
+        return names
+
+    @staticmethod
+    def _describe_list(listed: NameList | Sequence[str] | None) -> dict[str, Any] | None:
+        if listed is None:
+            return None
+        if isinstance(listed, NameList):
+            return listed.describe()
+        return {"spec": None, "path": None, "sha256": None, "n_names": len(tuple(listed))}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -208,10 +284,8 @@ class AFLW2000Eval:
         """(N,) signed yaw in degrees."""
         return np.array([s.yaw_deg for s in self.samples])
 
-    def _box(self, sample: AFLWSample, image: np.ndarray, crop: str, roi_scale: float, detector_fn: DetectorFn | None) -> CropBox | None:
-        if crop == "gt":
-            return sample.crop_box(roi_scale)
-        assert detector_fn is not None
+    @staticmethod
+    def _detected_box(image: np.ndarray, detector_fn: DetectorFn, roi_scale: float) -> CropBox | None:
         found = detector_fn(image)
         if found is None:
             return None
@@ -263,44 +337,22 @@ class AFLW2000Eval:
                 "crop='detector' (the realistic variant) needs a face detector; the project's detector arrives with "
                 "the edge runtime. Use crop='gt' for the standard, comparable protocol"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         S = preprocess.input_size
         total = len(self.samples)
-        names: list[str] = []
-        preds: list[np.ndarray] = []
-        gts: list[np.ndarray] = []
-        yaws: list[float] = []
-        failures: list[str] = []
-        done = 0
-        for start in range(0, total, batch_size):
-            batch = self.samples[start : start + batch_size]
-            crops, boxes, kept = [], [], []
-            for sample in batch:
-                image = read_image(sample.image_path)
-                box = self._box(sample, image, crop, preprocess.roi_scale, detector_fn)
-                if box is None:
-                    failures.append(sample.name)
-                    continue
-                crops.append(crop_image(image_to_tensor(image), box, S))
-                boxes.append(box)
-                kept.append(sample)
-            if kept:
-                with torch.no_grad():
-                    out = predict_fn(torch.cat(crops))
-                pred = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
-                if pred.ndim != 3 or pred.shape[0] != len(kept) or pred.shape[1] != N_LANDMARKS or pred.shape[2] < 2:
-                    raise ValueError(f"predict_fn must return ({len(kept)}, 68, 2) landmarks, got {pred.shape}")
-                for sample, box, p in zip(kept, boxes, pred):
-                    preds.append(box.crop_to_image(p[:, :2], S))
-                    gts.append(sample.landmarks)
-                    names.append(sample.name)
-                    yaws.append(sample.yaw_deg)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-        if not names:
+        roi = preprocess.roi_scale
+        jobs = [
+            (s.image_path, s.crop_box(roi) if crop == "gt" else partial(self._detected_box, detector_fn=detector_fn, roi_scale=roi))
+            for s in self.samples
+        ]
+        found = predict_in_boxes(jobs, predict_fn, S, batch_size=batch_size, progress=progress, n_landmarks=N_LANDMARKS)
+        kept = [(s, p) for s, p in zip(self.samples, found) if p is not None]
+        failures = [s.name for s, p in zip(self.samples, found) if p is None]
+        if not kept:
             raise MLANetError(f"{self.folder}: no image could be evaluated (the detector found no face in any)")
+        names = [s.name for s, _ in kept]
+        preds = [p for _, p in kept]
+        gts = [s.landmarks for s, _ in kept]
+        yaws = [s.yaw_deg for s, _ in kept]
         nme = nme_per_image(np.stack(preds), np.stack(gts))
         yaw = np.array(yaws)
         bins = yaw_bins(yaw)
@@ -313,7 +365,7 @@ class AFLW2000Eval:
             "roi_scale": float(preprocess.roi_scale),
             "input_size": int(S),
             "preprocess": preprocess.to_dict(),
-            "data": {"folder": str(self.folder), "n_images": total},
+            "data": {"folder": str(self.folder), "n_images": total, "selection": self.selection},
             "model": model,
             "weights": weights,
             "references": REFERENCES,

@@ -1,11 +1,20 @@
-"""``mlanet eval``: benchmark a checkpoint on AFLW2000-3D (68-point NME) or MICC Florence (dense RMSE).
+"""``mlanet eval``: benchmark a checkpoint on 2D landmarks, video stability or dense reconstruction.
 
-``mlanet eval aflw2000 --data DIR --json OUT [--model NAME] [--weights FILE] [--ced PNG]
-[--batch N] [--face-model FILE]`` runs the standard AFLW2000-3D protocol
-(``shared/PROTOCOLS.md``) on any folder of ``<name>.jpg`` + ``<name>.mat`` pairs, writes the
-result JSON and the CED plot (default: next to the JSON, ``<stem>_ced.png``) and prints a
-short table. Without ``--weights`` it uses the shipped default weights of ``--model``; none
-are shipped yet, so it says so and exits with status 2.
+``mlanet eval aflw2000 --data DIR --json OUT [--model NAME] [--weights FILE | --untrained NAME]
+[--list NAME_OR_FILE] [--exclude-list NAME_OR_FILE] [--ced PNG] [--batch N] [--face-model FILE]``
+runs the standard AFLW2000-3D protocol (``shared/PROTOCOLS.md``) on any folder of
+``<name>.jpg`` + ``<name>.mat`` pairs (or only the stems of an image list, recorded with its
+SHA-256), writes the result JSON and the CED plot (default: next to the JSON,
+``<stem>_ced.png``) and prints a short table. Without ``--weights`` it uses the shipped default
+weights of ``--model`` (an install without them says so and exits with status 2).
+
+``mlanet eval landmarks68 --data DIR_OR_FILE [--data ...] --json OUT [same model options]``:
+68-point NME on in-the-wild photos annotated in dlib imglab XML or iBUG ``.pts``, with the
+same ground-truth crops and prediction path (:mod:`mlanet.eval.landmarks68`).
+
+``mlanet eval jitter VIDEO [VIDEO ...] --json OUT [--weights FILE | --untrained NAME]``: landmark
+jitter of the edge pipeline on near-static frames, temporal filter on and off, against
+MediaPipe face mesh (:mod:`mlanet.eval.jitter`); the model is opened as ``mlanet-video`` opens it.
 
 ``mlanet eval micc --pred DIR --gt DIR --json OUT`` evaluates predicted meshes against
 ground-truth scans laid out as in :data:`mlanet.eval.micc.FOLDER_LAYOUT`.
@@ -33,50 +42,96 @@ def _progress(done: int, total: int, *_: Any) -> None:
         print(f"\r  {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def cmd_aflw2000(args: argparse.Namespace) -> int:
-    from ..errors import AssetError, MLANetError
-    from .aflw2000 import REFERENCES, AFLW2000Eval
-    from .metrics import MissingExtraError, plot_ced
-    from .weights import default_weights_path
+def _resolve_weights(args: argparse.Namespace) -> Path | None:
+    """The checkpoint to evaluate: ``--weights`` (file or run folder), else the shipped default of
+    ``--model``; None with ``--untrained``. Raises :class:`MLANetError` when none is shipped."""
+    from ..errors import MLANetError
 
-    model_name = args.model or DEFAULT_MODEL
-    shipped = args.weights is None
-    if shipped:
-        weights = default_weights_path(model_name)
-        if weights is None:
-            print(
-                f"no default weights are shipped for {model_name} yet (they arrive with the training issue); "
-                "pass --weights FILE",
-                file=sys.stderr,
-            )
-            return 2
-    else:
+    if getattr(args, "untrained", None):
+        return None
+    if args.weights is not None:
         from ..checkpoint import resolve_weights
 
-        weights = resolve_weights(args.weights)
+        return resolve_weights(args.weights)
+    from .. import weights as shipped
+
+    model_name = args.model or DEFAULT_MODEL
+    weights = shipped.default_weights_path(model_name)
+    if weights is None:
+        raise MLANetError(
+            f"this install has no shipped weights for {model_name} (mlanet/weights/); "
+            "pass --weights FILE (or --untrained MODEL to exercise the benchmark with an untrained network)"
+        )
+    return weights
+
+
+def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any, Any, Any, dict, dict]:
+    """``(predict_fn, preprocess, face_model, model descriptor, weights descriptor)`` for the 2D benchmarks."""
+    from ..errors import AssetError, MLANetError
+    from ..models.registry import create_model, list_models
+    from ..morphable.model import MorphableModel
+    from .predict import make_landmark_predictor
+
+    if weights is None and args.untrained not in list_models():
+        raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
+    if weights is not None and not Path(weights).is_file():
+        raise AssetError(f"{weights}: no such checkpoint file")
+    face_model = MorphableModel.load(args.face_model)
+    if weights is None:  # --untrained
+        import torch
+
+        torch.manual_seed(0)
+        model = create_model(args.untrained, face_model=face_model).eval()
+        weights_desc: dict[str, Any] = {"untrained": True, "model": args.untrained, "seed": 0}
+    else:
+        model = create_model(args.model, checkpoint=weights, face_model=face_model)
+        weights_desc = {"path": str(weights), "sha256": file_sha256(weights), "shipped_default": args.weights is None}
+    predictor = make_landmark_predictor(model, face_model)
+    model_desc = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", args.model)}
+    return predictor, model.preprocess, face_model, model_desc, weights_desc
+
+
+def _write_ced(curves: dict[str, Any], path: Path, title: str, references: dict[str, float] | None = None) -> Path | None:
+    """The CED plot, or None (with a warning) when matplotlib is missing."""
+    from .metrics import MissingExtraError, plot_ced
+
+    try:
+        return plot_ced(curves, path, references=references, title=title)
+    except MissingExtraError as exc:
+        print(f"warning: CED plot skipped: {exc}", file=sys.stderr)
+        return None
+
+
+def _ced_path(args: argparse.Namespace, json_path: Path) -> Path:
+    return Path(args.ced).expanduser() if args.ced else json_path.with_name(json_path.stem + "_ced.png")
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    from ..errors import MLANetError
+
     if args.batch < 1:
         raise MLANetError(f"--batch must be >= 1, got {args.batch}")
+
+
+def cmd_aflw2000(args: argparse.Namespace) -> int:
+    from ..errors import MLANetError
+    from .aflw2000 import REFERENCES, AFLW2000Eval, NameList
+
+    _check_batch(args)
     if args.crop == "detector":
         raise MLANetError(
             "--crop detector (the realistic variant) needs the project's face detector, which arrives with the edge "
             "runtime; use --crop gt (the standard, comparable protocol)"
         )
-    bench = AFLW2000Eval(args.data)  # fails early, naming the folder, before any model is loaded
-    if not Path(weights).is_file():
-        raise AssetError(f"{weights}: no such checkpoint file")
-
-    from ..morphable.model import MorphableModel
-    from ..models.registry import create_model
-    from .predict import make_landmark_predictor
-
-    face_model = MorphableModel.load(args.face_model)
-    model = create_model(args.model, checkpoint=weights, face_model=face_model)
-    predictor = make_landmark_predictor(model, face_model)
-    model_desc = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", model_name)}
-    weights_desc = {"path": str(weights), "sha256": file_sha256(weights), "shipped_default": shipped}
+    weights = _resolve_weights(args)
+    include = NameList.load(args.list) if args.list else None
+    exclude = NameList.load(args.exclude_list) if args.exclude_list else None
+    # fails early, naming the folder or the missing listed images, before any model is loaded
+    bench = AFLW2000Eval(args.data, include=include, exclude=exclude)
+    predictor, preprocess, face_model, model_desc, weights_desc = _load_predictor(args, weights)
     result = bench.evaluate(
         predictor,
-        model.preprocess,
+        preprocess,
         batch_size=args.batch,
         crop=args.crop,
         progress=_progress,
@@ -86,22 +141,21 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
     result["face_model"] = face_model.describe()
 
     json_path = write_json_atomic(Path(args.json).expanduser(), result, allow_nan=False)
-    ced_path = Path(args.ced).expanduser() if args.ced else json_path.with_name(json_path.stem + "_ced.png")
-    name = str(model_desc.get("name", model_name))
-    try:
-        plot_ced(
-            {name: [r["nme"] / 100.0 for r in result["images"]]},
-            ced_path,
-            references={f"{k} (published, mean of bins)": v for k, v in REFERENCES["published_mean_of_bins"].items()},
-            title=f"AFLW2000-3D CED, {result['n']} images ({'ground-truth crops' if args.crop == 'gt' else 'detector crops'})",
-        )
-    except MissingExtraError as exc:
-        print(f"warning: CED plot skipped: {exc}", file=sys.stderr)
-        ced_path = None
+    name = str(model_desc.get("name", args.model or DEFAULT_MODEL))
+    ced_path = _write_ced(
+        {name: [r["nme"] / 100.0 for r in result["images"]]},
+        _ced_path(args, json_path),
+        references={f"{k} (published, mean of bins)": v for k, v in REFERENCES["published_mean_of_bins"].items()},
+        title=f"AFLW2000-3D CED, {result['n']} images ({'ground-truth crops' if args.crop == 'gt' else 'detector crops'})",
+    )
 
     b = result["nme_bins"]
     n = result["n_bins"]
     print(f"AFLW2000-3D, {result['n']} images from {bench.folder}, model {name}, crop {args.crop}")
+    for key, flag in (("list", "--list"), ("exclude_list", "--exclude-list")):
+        listed = bench.selection[key]
+        if listed is not None:
+            print(f"  {flag} {listed['spec']} ({listed['n_names']} names, sha256 {listed['sha256'][:12]}...)")
     print("  NME (%)    [0,30]   (30,60]  (60,90]  | mean of bins | all images (mean over images) | AUC@7%")
     print(
         f"             {_fmt(b[0]):>6}   {_fmt(b[1]):>6}   {_fmt(b[2]):>6}   | {_fmt(result['nme_mean_bins']):>12} |"
@@ -115,6 +169,133 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
     print(f"json: {json_path}")
     if ced_path is not None:
         print(f"ced:  {ced_path}")
+    return 0
+
+
+def cmd_landmarks68(args: argparse.Namespace) -> int:
+    from .landmarks68 import Landmarks68Eval
+
+    _check_batch(args)
+    weights = _resolve_weights(args)
+    bench = Landmarks68Eval(args.data)  # fails early, naming the bad input, before any model is loaded
+    predictor, preprocess, face_model, model_desc, weights_desc = _load_predictor(args, weights)
+    result = bench.evaluate(predictor, preprocess, batch_size=args.batch, progress=_progress,
+                            model=model_desc, weights=weights_desc)
+    result["face_model"] = face_model.describe()
+    json_path = write_json_atomic(Path(args.json).expanduser(), result, allow_nan=False)
+    name = str(model_desc.get("name", args.model or DEFAULT_MODEL))
+    ced_path = _write_ced(
+        {name: [r["nme"] / 100.0 for r in result["faces"]]},
+        _ced_path(args, json_path),
+        title=f"68-point alignment, {result['n']} in-the-wild faces (ground-truth crops)",
+    )
+    data = result["data"]
+    print(f"68-point 2D alignment (ground-truth crops, detector-free), {result['n']} faces in {data['n_images']} images "
+          f"from {len(data['sources'])} annotation file(s), model {name}")
+    print(f"  NME (%)  mean {_fmt(result['nme_mean'])} | median {_fmt(result['nme_median'])} | "
+          f"AUC@7% {_fmt(result['auc_7'], 3)} | failure rate (NME > 10%) {100 * result['failure_rate_10']:.1f}%")
+    for src, s in result["by_annotation"].items():
+        print(f"  {Path(src).name:<40} {s['n']:>4} faces  mean {_fmt(s['nme_mean'])}  median {_fmt(s['nme_median'])}")
+    skipped = result["skipped"]["counts"]
+    print("  skipped: " + (", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "none"))
+    print(f"json: {json_path}")
+    if ced_path is not None:
+        print(f"ced:  {ced_path}")
+    return 0
+
+
+def cmd_jitter(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..edge.filters import FilterCfg
+    from ..edge.loading import open_model
+    from ..edge.pipeline import PipelineCfg
+    from ..edge.reconstruct import DEFAULT_FOV_DEG
+    from ..edge.tracking import MediaPipeFaceDetector, TrackerCfg
+    from ..errors import MLANetError
+    from .jitter import PROTOCOL, SKIP_REASONS, WindowReference, evaluate_clip, pipeline_description
+
+    for video in args.video:
+        if not Path(video).expanduser().exists():
+            raise MLANetError(f"{video}: no such video file or folder")
+    if not args.static_speed > 0:
+        raise MLANetError(f"--static-speed must be > 0, got {args.static_speed}")
+    if args.max_faces < 1 or args.detect_every < 1:
+        raise MLANetError("--max-faces and --detect-every must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise MLANetError("--max-frames must be >= 1")
+    backend, face_model = open_model(args)
+    cfg = PipelineCfg(
+        fov_deg=DEFAULT_FOV_DEG if args.fov is None else args.fov,
+        tracker=replace(TrackerCfg(), max_faces=args.max_faces, detect_every=args.detect_every),
+        filter=FilterCfg(enabled=True),
+        render_mode=None,
+        overlays=(),
+    )
+    clips = []
+    reference = None
+    try:
+        from ..preprocess import PreprocessCfg
+
+        roi_scale = PreprocessCfg.from_dict(backend.metadata["preprocess"]).roi_scale
+        reference = WindowReference(roi_scale=roi_scale)
+        for video in args.video:
+            clips.append(evaluate_clip(video, backend, face_model, cfg, detector=MediaPipeFaceDetector(model=args.detector),
+                                       reference=reference, static_speed_percent=args.static_speed,
+                                       max_frames=args.max_frames, progress=_progress))
+    finally:
+        if reference is not None:
+            reference.close()
+        backend.close()
+    meta = dict(backend.metadata)
+    source = Path(str(meta.get("source", "")))
+    weights = {"source": str(source), "sha256": file_sha256(source) if source.is_file() else None,
+               "untrained": bool(meta.get("untrained", False))}
+    result = {
+        "benchmark": "video landmark jitter",
+        "protocol": PROTOCOL.format(thr=args.static_speed),
+        "static_speed_percent": args.static_speed,
+        "definitions": {
+            "jitter": "sqrt(mean over landmarks of |x(t-1) - 2 x(t) + x(t+1)|^2) / 2, frame pixels; white noise of "
+            "std sigma per coordinate gives sqrt(3)*sigma, constant-velocity motion gives 0",
+            "jitter_percent": "jitter / face size * 100",
+            "face_size": "sqrt(w*h) of the box of the reference's 468 points at t (pixels)",
+            "head_speed_percent": "RMS displacement of the reference's 468 points at t-2 under the least-squares "
+            "similarity onto those at t+2, divided by 4 (per frame), in percent of the face size; null where frames "
+            "t-2..t+2 are not one stretch of the track with references (such frames are never near-static)",
+            "near_static": f"head_speed_percent < {args.static_speed:g}",
+            "unfiltered": "68 landmarks of the per-frame fit (FaceFit.raw_params) before the temporal filter",
+            "filtered": "68 landmarks after the temporal filter (FaceFit.params), as mlanet-video shows them",
+            "mediapipe468": "the reference's own 468 points (MediaPipe face mesh, per frame, no smoothing); near-static "
+            "frames are selected with the same reference, which favours it slightly",
+            "one_pass": "filtered and unfiltered landmarks come from one pass with the filter on: the tracker follows "
+            "the unfiltered fit in both modes, so a pass with the filter off gives the same unfiltered fits",
+            "skipped": SKIP_REASONS,
+        },
+        "reference": reference.describe(),
+        "pipeline": {**pipeline_description(cfg), "detector": args.detector},
+        "model": {k: meta[k] for k in ("model_name", "backend", "untrained", "preprocess") if k in meta},
+        "weights": weights,
+        "face_model": face_model.describe(),
+        "clips": clips,
+    }
+    json_path = write_json_atomic(Path(args.json).expanduser(), result, allow_nan=False)
+    print(f"Landmark jitter (px, median over near-static frames: head speed < {args.static_speed:g}% of the face size "
+          "per frame, MediaPipe 468 reference)")
+    print(f"  {'clip':<32} {'frames':>6} {'tracks':>6} {'valid':>6} {'static':>6} | {'unfiltered':>16} | "
+          f"{'filtered':>16} | {'MediaPipe 468':>16}")
+    for clip in clips:
+        j = clip["near_static"]
+
+        def cell(v: str) -> str:
+            px, pc = j["jitter_px"][v]["median"], j["jitter_percent"][v]["median"]
+            return "n/a" if px is None else f"{px:.2f} ({pc:.2f}%)"
+
+        print(f"  {Path(clip['video']).name[:32]:<32} {clip['frames']:>6} {clip['n_tracks']:>6} {clip['valid_frames']:>6} "
+              f"{clip['near_static_frames']:>6} | {cell('unfiltered'):>16} | {cell('filtered'):>16} | {cell('mediapipe468'):>16}")
+        for warning in clip["warnings"]:
+            print(f"    warning: {warning}")
+    print(f"json: {json_path}")
     return 0
 
 
@@ -140,10 +321,31 @@ def cmd_micc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_2d_arguments(a: argparse.ArgumentParser) -> None:
+    """Output and model options shared by the 2D landmark benchmarks."""
+    a.add_argument("--json", required=True, metavar="OUT", help="result JSON to write")
+    a.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help=f"registered model name (default: the checkpoint's own; {DEFAULT_MODEL} for shipped weights)",
+    )
+    w = a.add_mutually_exclusive_group()
+    w.add_argument("--weights", default=None, metavar="FILE",
+                   help="checkpoint (.safetensors) or a training run folder (uses its last.json); default: shipped weights")
+    w.add_argument("--untrained", default=None, metavar="MODEL",
+                   help="an untrained network (e.g. mlanet_mobile, seed 0) to exercise the benchmark; numbers are meaningless")
+    a.add_argument("--ced", default=None, metavar="PNG", help="CED plot (default: <json stem>_ced.png next to the JSON)")
+    a.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    a.add_argument("--face-model", default=None, metavar="FILE", help="face-model file (default: the one in the asset home)")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .micc import FOLDER_LAYOUT, MICC_RADIUS_M, MM_PER_M, UNITS
 
-    p = subparsers.add_parser("eval", help="benchmarks: AFLW2000-3D 68-point NME, MICC Florence dense RMSE")
+    p = subparsers.add_parser(
+        "eval", help="benchmarks: AFLW2000-3D and in-the-wild 68-point NME, video landmark jitter, MICC Florence dense RMSE"
+    )
     sub = p.add_subparsers(dest="eval_cmd", required=True)
 
     a = sub.add_parser(
@@ -156,17 +358,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     a.add_argument("--data", required=True, metavar="DIR", help="folder of AFLW2000-3D image/.mat pairs")
-    a.add_argument("--json", required=True, metavar="OUT", help="result JSON to write")
+    _add_2d_arguments(a)
     a.add_argument(
-        "--model",
+        "--list",
         default=None,
-        metavar="NAME",
-        help=f"registered model name (default: the checkpoint's own; {DEFAULT_MODEL} for shipped weights)",
+        metavar="NAME_OR_FILE",
+        help="evaluate only the image stems of this list: a named list (aflw2000_dev_heldout, aflw2000_dev_train) "
+        "or a file with one stem per line; recorded with its SHA-256 in the result",
     )
-    a.add_argument("--weights", default=None, metavar="FILE", help="checkpoint (.safetensors) or a training run folder (uses its last.json); default: shipped weights")
-    a.add_argument("--ced", default=None, metavar="PNG", help="CED plot (default: <json stem>_ced.png next to the JSON)")
-    a.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
-    a.add_argument("--face-model", default=None, metavar="FILE", help="face-model file (default: the one in the asset home)")
+    a.add_argument("--exclude-list", default=None, metavar="NAME_OR_FILE", help="leave out the image stems of this list")
     a.add_argument(
         "--crop",
         choices=("gt", "detector"),
@@ -174,6 +374,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="gt: the standard, comparable protocol (default); detector: the realistic variant (needs the edge runtime)",
     )
     a.set_defaults(func=cmd_aflw2000)
+
+    lm = sub.add_parser(
+        "landmarks68",
+        help="68-point 2D NME on in-the-wild photos (dlib imglab XML, iBUG .pts), ground-truth crops",
+        description=(
+            "Detector-free protocol mirroring AFLW2000-3D: ground-truth crops (roi_scale * max(w, h), zero padded), NME "
+            "normalised by sqrt(w*h) of the ground-truth 68-point box; mean, median, AUC@7%%, failure rate (NME > 10%%), "
+            "CED, per-face records. --data takes folders (every *.xml and *.pts in them) or annotation files."
+        ),
+    )
+    lm.add_argument("--data", required=True, action="append", metavar="DIR_OR_FILE",
+                    help="dlib imglab .xml, iBUG .pts (image of the same stem next to it) or a folder of them; repeatable")
+    _add_2d_arguments(lm)
+    lm.set_defaults(func=cmd_landmarks68)
+
+    j = sub.add_parser(
+        "jitter",
+        help="video landmark stability: jitter of the edge pipeline's 68 landmarks on near-static frames, filter on/off",
+        description=(
+            "Runs the edge pipeline (as mlanet-video, no rendering) over each clip and measures per track the jitter "
+            "sqrt(mean |x(t-1) - 2x(t) + x(t+1)|^2) / 2 of the 68 landmarks with and without the temporal filter, on "
+            "near-static frames (head speed measured by MediaPipe face mesh), and MediaPipe's own 468-point jitter "
+            "on the same frames. Frames whose triple crosses a scene cut or a track gap are skipped."
+        ),
+    )
+    j.add_argument("video", nargs="+", help="video file(s) (or image folders)")
+    j.add_argument("--json", required=True, metavar="OUT", help="result JSON to write")
+    from ..edge.loading import add_model_arguments
+    from .jitter import STATIC_SPEED_PERCENT
+
+    add_model_arguments(j)
+    g = j.add_argument_group("pipeline")
+    g.add_argument("--static-speed", type=float, default=STATIC_SPEED_PERCENT, metavar="PCT",
+                   help=f"near-static: head speed below PCT %% of the face size per frame (default {STATIC_SPEED_PERCENT:g})")
+    g.add_argument("--max-faces", type=int, default=4, help="most faces tracked at once (default 4)")
+    g.add_argument("--detect-every", type=int, default=10, metavar="N", help="re-run the face detector every N frames (default 10)")
+    g.add_argument("--detector", choices=("full_range", "short_range"), default="full_range",
+                   help="MediaPipe detector model of the tracker (default full_range)")
+    g.add_argument("--fov", type=float, default=None, metavar="DEG",
+                   help="horizontal field of view of the frame camera (default: mlanet-video's default)")
+    g.add_argument("--max-frames", type=int, default=None, metavar="N", help="only the first N frames of each clip")
+    j.set_defaults(func=cmd_jitter)
 
     m = sub.add_parser(
         "micc",

@@ -34,6 +34,9 @@ YAW_BIN_LABELS: tuple[str, str, str] = ("[0, 30]", "(30, 60]", "(60, 90]")
 #: Upper NME limit (percent) of the AUC integral.
 AUC_LIMIT_PERCENT = 7.0
 
+#: NME (percent) above which an image counts as a failure (the failure rate of 2D alignment reports).
+FAILURE_THRESHOLD_PERCENT = 10.0
+
 #: Thresholds (percent) at which the CED curve is tabulated in the summary.
 CED_THRESHOLDS_PERCENT: np.ndarray = np.round(np.arange(0.0, 10.0 + 1e-9, 0.1), 10)
 
@@ -42,6 +45,9 @@ NME_ALL_LABEL = "nme_all (mean over images)"
 
 #: Label of the headline number.
 NME_MEAN_BINS_LABEL = "nme_mean_bins (mean of the three yaw-bin means; the headline)"
+
+#: Label of ``auc_7`` in every summary.
+AUC_LABEL = f"area under the CED curve from 0 to {AUC_LIMIT_PERCENT:g}% NME, normalised to [0, 1]"
 
 
 class MissingExtraError(MLANetError, ImportError):
@@ -141,10 +147,7 @@ def summarise(nme: Any, yaw_deg: Any) -> dict[str, Any]:
     yaw = np.asarray(yaw_deg, dtype=np.float64).reshape(-1)
     if e.shape != yaw.shape:
         raise ValueError(f"nme and yaw_deg must have the same length, got {e.shape} and {yaw.shape}")
-    if e.size == 0:
-        raise ValueError("no images to summarise")
-    if not np.all(np.isfinite(e)):
-        raise ValueError("nme contains non-finite values")
+    _check_nme(e, "images")
     bins = yaw_bins(yaw)
     n_bins = [int((bins == k).sum()) for k in range(3)]
     nme_bins: list[float | None] = [float(100.0 * e[bins == k].mean()) if n_bins[k] else None for k in range(3)]
@@ -161,18 +164,60 @@ def summarise(nme: Any, yaw_deg: Any) -> dict[str, Any]:
         "n": int(e.size),
         "n_bins": n_bins,
         "bin_labels": list(YAW_BIN_LABELS),
+        **_ced_summary(e),
+        "labels": {
+            "nme_bins": "mean NME (%) per |yaw| bin " + ", ".join(YAW_BIN_LABELS) + " degrees",
+            "nme_mean_bins": NME_MEAN_BINS_LABEL,
+            "nme_all": NME_ALL_LABEL,
+            "auc_7": AUC_LABEL,
+        },
+        "warnings": warnings,
+    }
+
+
+def _check_nme(e: np.ndarray, what: str) -> np.ndarray:
+    if e.size == 0:
+        raise ValueError(f"no {what} to summarise")
+    if not np.all(np.isfinite(e)):
+        raise ValueError("nme contains non-finite values")
+    return e
+
+
+def _ced_summary(e: np.ndarray) -> dict[str, Any]:
+    """``auc_7`` and the tabulated ``ced`` of per-image NMEs ``e`` (fractions)."""
+    return {
         "auc_7": auc(e),
         "ced": {
             "thresholds_percent": [float(t) for t in CED_THRESHOLDS_PERCENT],
             "fraction": [float(f) for f in ced_curve(e)],
         },
+    }
+
+
+def summarise_nme(nme: Any) -> dict[str, Any]:
+    """Summary of per-face NMEs without yaw bins (in-the-wild 68-point sets).
+
+    Args:
+        nme: (N,) per-face NME as fractions (:func:`nme_per_image`).
+
+    Returns:
+        JSON-ready dict, NMEs in **percent**: ``n``, ``nme_mean``, ``nme_median``, ``auc_7``,
+        ``failure_rate_10`` (fraction of faces with NME > :data:`FAILURE_THRESHOLD_PERCENT`),
+        ``ced`` (as in :func:`summarise`) and ``labels``.
+    """
+    e = _check_nme(np.asarray(nme, dtype=np.float64).reshape(-1), "faces")
+    return {
+        "n": int(e.size),
+        "nme_mean": float(100.0 * e.mean()),
+        "nme_median": float(100.0 * np.median(e)),
+        **_ced_summary(e),
+        "failure_rate_10": float(np.mean(100.0 * e > FAILURE_THRESHOLD_PERCENT)),
         "labels": {
-            "nme_bins": "mean NME (%) per |yaw| bin " + ", ".join(YAW_BIN_LABELS) + " degrees",
-            "nme_mean_bins": NME_MEAN_BINS_LABEL,
-            "nme_all": NME_ALL_LABEL,
-            "auc_7": f"area under the CED curve from 0 to {AUC_LIMIT_PERCENT:g}% NME, normalised to [0, 1]",
+            "nme_mean": "mean NME (%) over faces",
+            "nme_median": "median NME (%) over faces",
+            "auc_7": AUC_LABEL,
+            "failure_rate_10": f"fraction of faces with NME > {FAILURE_THRESHOLD_PERCENT:g}%",
         },
-        "warnings": warnings,
     }
 
 

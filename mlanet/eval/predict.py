@@ -1,19 +1,35 @@
-"""Turn a parameter-regression network into the 68-landmark predictor the benchmarks call.
+"""The prediction path every 2D benchmark shares.
 
-``images (B, 3, S, S) [0, 1] -> flat params (B, P) -> FaceParams -> vertices (B, V, 3) m
--> 68 landmarks (B, 68, 3) -> projected by the crop camera -> (B, 68, 2) crop pixels``.
+* :func:`make_landmark_predictor` turns a parameter-regression network into the predictor
+  the benchmarks call: ``images (B, 3, S, S) [0, 1] -> flat params (B, P) -> FaceParams ->
+  vertices (B, V, 3) m -> 68 landmarks (B, 68, 3) -> projected by the crop camera -> (B, 68, 2)
+  crop pixels``.
+* :func:`predict_in_boxes` runs any such predictor on crops of image files: decode, crop
+  (:func:`mlanet.data.landmarks.crop_uint8`, bilinear, zero padding, never clipped), batch,
+  predict, and map the crop-pixel landmarks back to image pixels
+  (:meth:`mlanet.preprocess.CropBox.crop_to_image`). AFLW2000-3D and the in-the-wild
+  68-point benchmark both go through it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..morphable.model import MorphableModel
 from ..params import FaceParams, ParamLayout
-from ..preprocess import PreprocessCfg
+from ..preprocess import CropBox, PreprocessCfg
+
+#: ``predict_fn(images (B, 3, S, S) float [0, 1]) -> landmarks (B, L, 2+)`` in crop pixels.
+PredictFn = Callable[[torch.Tensor], Any]
+
+#: Where to crop an image: a box, or ``box_fn(image (H, W, 3) uint8 RGB) -> CropBox | None``
+#: (None: no face, nothing predicted).
+BoxSpec = Union[CropBox, Callable[[np.ndarray], "CropBox | None"]]
 
 
 def make_landmark_predictor(
@@ -63,3 +79,64 @@ def make_landmark_predictor(
             return camera.project(landmarks).cpu()
 
     return predict
+
+
+def predict_in_boxes(
+    jobs: Sequence[tuple[Path, BoxSpec]],
+    predict_fn: PredictFn,
+    input_size: int,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    n_landmarks: int = 68,
+) -> list[np.ndarray | None]:
+    """Predict landmarks in crops of image files, returned in image pixels.
+
+    Args:
+        jobs: ``(image path, box)`` pairs; the box is a :class:`CropBox` in image pixels or a
+            callable ``box_fn(image) -> CropBox | None`` (a detector). Consecutive jobs on the
+            same file decode it once (several faces of one photo).
+        predict_fn: crops (B, 3, S, S) float32 RGB in [0, 1] -> (B, L, 2+) landmarks in crop
+            pixels (tensor or array; trailing coordinates beyond x, y ignored). Called under
+            ``torch.no_grad()``, at most ``batch_size`` crops at a time, in job order.
+        input_size: S.
+        batch_size: crops per ``predict_fn`` call.
+        progress: ``progress(done, total)`` after each batch of jobs.
+        n_landmarks: L, checked against the predictor's output.
+
+    Returns:
+        One entry per job: (L, 2) float64 image pixels, or None where ``box_fn`` returned None.
+
+    Raises:
+        AssetError: an image cannot be read (the message names it).
+        ValueError: ``batch_size < 1`` or a predictor output of the wrong shape.
+    """
+    from ..data.landmarks import crop_uint8, read_image_rgb
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total = len(jobs)
+    out: list[np.ndarray | None] = [None] * total
+    cached: tuple[Path | None, np.ndarray | None] = (None, None)
+    for start in range(0, total, batch_size):
+        crops, boxes, where = [], [], []
+        for k in range(start, min(start + batch_size, total)):
+            path, spec = jobs[k]
+            if cached[0] != path:
+                cached = (path, read_image_rgb(path))
+            box = spec(cached[1]) if callable(spec) else spec
+            if box is None:
+                continue
+            crops.append(crop_uint8(cached[1], box, input_size))
+            boxes.append(box)
+            where.append(k)
+        if crops:
+            with torch.no_grad():
+                res = predict_fn(torch.stack(crops))
+            pred = np.asarray(res.detach().cpu().numpy() if hasattr(res, "detach") else res, dtype=np.float64)
+            if pred.ndim != 3 or pred.shape[0] != len(crops) or pred.shape[1] != n_landmarks or pred.shape[2] < 2:
+                raise ValueError(f"predict_fn must return ({len(crops)}, {n_landmarks}, 2) landmarks, got {pred.shape}")
+            for k, box, p in zip(where, boxes, pred):
+                out[k] = np.asarray(box.crop_to_image(p[:, :2], input_size), dtype=np.float64)
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    return out
