@@ -198,3 +198,17 @@ def test_bad_folder_through_the_mlanet_command(tmp_path: Path, capsys: pytest.Ca
     assert rc == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "AFLW2000-3D" in err
+
+
+@pytest.mark.assets
+def test_held_out_list_is_evaluated_and_recorded(shared: Path, ict_model_file: Path, tmp_path: Path) -> None:
+    from mlanet.data.splits import read_name_list
+
+    out = tmp_path / "results"
+    args = _args("--out", str(out), "--data", str(shared / DEV), "--untrained", "mlanet_mobile",
+                 "--list", "aflw2000_dev_heldout", "--limit", "3", "--face-model", str(ict_model_file))
+    res = json.loads(accuracy.run(args).read_text())["results"]
+    held = sorted(read_name_list("aflw2000_dev_heldout"))
+    assert res["data"]["image_names"] == held[:3]
+    assert res["data"]["selection"]["n_selected"] == 100 and res["data"]["selection"]["list"]["spec"] == "aflw2000_dev_heldout"
+    assert res["data"]["n_images_in_folder"] == 199 and "list aflw2000_dev_heldout: first 3 of 100" in res["data"]["subset"]

@@ -113,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--face-model", default=None, metavar="FILE",
                         help="face-model file (default: the one in the asset home)")
+    parser.add_argument("--list", default=None, metavar="NAME_OR_FILE",
+                        help="evaluate only the image stems of this list (e.g. aflw2000_dev_heldout: the images the "
+                        "shipped weights were not trained on); recorded with its SHA-256")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N images (by file name); recorded")
     parser.add_argument("--quick", action="store_true",
@@ -505,8 +508,11 @@ def run(args: argparse.Namespace) -> Path:
     untrained = list(args.untrained) or ([] if args.weights else [DEFAULT_UNTRAINED])
     specs = model_specs(list(args.weights), untrained, args.labels)
 
-    bench = AFLW2000Eval(data)  # fails early, naming the folder, before any model is loaded
-    n_folder = len(bench)
+    from mlanet.eval.aflw2000 import NameList
+
+    include = NameList.load(args.list) if getattr(args, "list", None) else None
+    bench = AFLW2000Eval(data, include=include)  # fails early, naming the folder or list, before any model is loaded
+    n_folder = bench.selection["n_in_folder"]
     if limit is not None:
         bench.samples = bench.samples[:limit]
 
@@ -524,8 +530,13 @@ def run(args: argparse.Namespace) -> Path:
 
     out_dir = record_dir(Path(args.out).expanduser())
     n = len(bench)
-    subset = f"first {n} of {n_folder} images by file name" if n < n_folder else f"all {n_folder} images"
-    data_desc = f"{bench.folder.name}, {n} images" + (f" (first {n} of {n_folder})" if n < n_folder else "")
+    n_listed = bench.selection["n_selected"]
+    listed = f"list {include.spec}: " if include is not None else ""
+    subset = listed + (f"first {n} of {n_listed} images by file name" if n < n_listed else f"all {n_listed} images")
+    if include is not None:
+        subset += f" of the {n_folder} in the folder"
+    data_desc = f"{bench.folder.name}" + (f" [{include.spec}]" if include is not None else "") + f", {n} images" + (
+        f" (first {n} of {n_listed})" if n < n_listed else "")
     references = published_references()
     plot_path: Path | None = out_dir / PLOT_NAME
     plot_error = None
@@ -548,6 +559,7 @@ def run(args: argparse.Namespace) -> Path:
             "quick": bool(getattr(args, "quick", False)),
             "subset": subset,
             "image_names": [s.name for s in bench.samples],
+            "selection": bench.selection,
         },
         "note": DEV_SPLIT_NOTE,
         "face_model": face_model.describe(),

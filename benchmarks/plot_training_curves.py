@@ -1,0 +1,89 @@
+"""Plot training curves of one or more ``mlanet train`` runs from their ``metrics.jsonl``.
+
+    python benchmarks/plot_training_curves.py --out curves.png RUN_DIR_OR_JSONL [...]
+
+Stages of one model are drawn end to end (the step axis of each run continues where the
+previous one stopped) when they are given in order with ``--chain``. Panels: total loss and the
+landmark term (per logged step, with a running median), learning rate, and the held-back
+synthetic validation NME (%). Reads only the files; writes one PNG atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The JSON objects of a ``metrics.jsonl`` (or the one inside a run folder)."""
+    f = path / "metrics.jsonl" if path.is_dir() else path
+    if not f.is_file():
+        raise SystemExit(f"error: {f}: no metrics.jsonl")
+    rows = []
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"error: {f}:{n}: not JSON ({exc})") from None
+    return rows
+
+
+def running_median(values: list[float], k: int = 9) -> list[float]:
+    half = k // 2
+    return [statistics.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (or metrics.jsonl files)")
+    ap.add_argument("--out", required=True, type=Path, help="PNG to write")
+    ap.add_argument("--chain", action="store_true", help="the runs are consecutive stages of one model")
+    ap.add_argument("--title", default="training curves")
+    args = ap.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mlanet.fileutil import save_figure_atomic
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    offset = 0
+    for run in args.runs:
+        rows = read_metrics(run)
+        label = run.name if run.is_dir() else run.parent.name
+        train = [r for r in rows if "loss/total" in r and r["step"] >= 0]
+        val = [r for r in rows if "val_nme_pct" in r]
+        init = [r for r in rows if "initial_val_nme_pct" in r]
+        steps = [offset + r["step"] for r in train]
+        for ax, key in ((axes[0], "loss/total"), (axes[1], "loss/landmarks")):
+            vals = [r[key] for r in train]
+            ax.plot(steps, vals, alpha=0.25)
+            ax.plot(steps, running_median(vals), label=label)
+        axes[2].plot(steps, [r["lr"] for r in train], label=label)
+        vsteps = [offset + max(r["step"], 0) for r in init + val]
+        axes[3].plot(vsteps, [r.get("val_nme_pct", r.get("initial_val_nme_pct")) for r in init + val], "o-", label=label)
+        if args.chain and train:
+            offset = steps[-1] + 1
+    for ax, t in zip(axes, ("total loss", "landmark loss", "learning rate", "synthetic val NME (%)")):
+        ax.set_title(t)
+        ax.set_xlabel("step" + (" (stages chained)" if args.chain else ""))
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[3].legend(fontsize=8)
+    fig.suptitle(args.title)
+    fig.tight_layout()
+    save_figure_atomic(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
