@@ -116,8 +116,14 @@ def test_gradients_reach_the_first_conv(layout):
     model(x).square().sum().backward()
     grad = model.backbone.conv1.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
-    assert model.backbone.layer1[0].ca.reduce.weight.grad.abs().sum() > 0
+    # residual blocks start as the identity (zero gamma on bn3): that gamma gets a gradient, so they open
+    assert model.backbone.layer1[0].bn3.weight.grad.abs().sum() > 0
     assert model.fusion.aff[0].mscam.local_att[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():  # once open, the coordinate attention inside the block is trained too
+        model.backbone.layer1[0].bn3.weight.fill_(1.0)
+    model.zero_grad()
+    model(x).square().sum().backward()
+    assert model.backbone.layer1[0].ca.reduce.weight.grad.abs().sum() > 0
 
 
 def test_head_options_and_fusion_channels(layout):

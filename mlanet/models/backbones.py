@@ -116,6 +116,12 @@ class ResNet50Backbone(nn.Module):
         self.layer4 = self._make_layer(512, self.layers[3], stride=2)
         self.stage_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
         _init_weights(self)
+        # every residual block starts as the identity (zero gamma on its last BN, Goyal et al. 2017):
+        # from scratch with batch 16, the default init diverged in spikes and its eval-mode output drifted
+        # far from its train-mode output (synthetic val NME 24 -> 70 % after 125 steps)
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
