@@ -77,7 +77,7 @@ def test_shipped_files_size_card_and_release():
         assert meta.model_name == name
         assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
         rel = release_info(path)
-        assert rel and rel["data"] and rel["notice"] and len(rel["stages"]) == 2
+        assert rel and rel["data"] and rel["notice"] and len(rel["stages"]) >= 2
         assert name in card
     assert "research" in card.lower() and "AFLW2000" in card
     assert not list(WEIGHTS_DIR.glob("*.pt")) and not list(WEIGHTS_DIR.glob("*.pth")), "no pickles shipped"
