@@ -297,8 +297,9 @@ class RenderFace:
             :mod:`mlanet.geometry.sh`; ``None``: unit ambient light (shading = albedo).
         landmarks2d: optional (L, 2) image pixels for the ``"landmarks"`` overlay; ``None``: the
             topology's ``landmark_index`` vertices projected with the camera.
-        color_id: optional track id; tints the mesh, wireframe and landmarks with
-            ``TRACK_COLOURS[color_id % len(TRACK_COLOURS)]``.
+        color_id: optional track id; colours the wireframe and landmarks (and tints the
+            ``"normals"`` view) with ``TRACK_COLOURS[color_id % len(TRACK_COLOURS)]``; shaded,
+            albedo and photo surfaces keep their own colours.
         normals: optional (V, 3) unit camera-frame normals; ``None``: computed from the vertices.
     """
 
@@ -620,7 +621,10 @@ class FaceRenderer:
             program = self._face_programs[mode]
             _set(program, "u_sh", self._sh_uniform(face, index))
             _set(program, "u_alpha", alpha)
-            _set(program, "u_tint", (*colour, TINT_STRENGTH) if colour else (0.0, 0.0, 0.0, 0.0))
+            # the surface keeps its own colours (a user must see their skin tone and the fitted light);
+            # the track colour marks the wireframe and landmarks, and tints only the "normals" debug view
+            tint = (*colour, TINT_STRENGTH) if colour and mode == "normals" else (0.0, 0.0, 0.0, 0.0)
+            _set(program, "u_tint", tint)
             _set(program, "u_photo_shading", photo_shading)
             if alpha < 1.0:
                 ctx.enable(mgl.BLEND)
