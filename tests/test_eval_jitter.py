@@ -252,10 +252,13 @@ def test_cli_missing_video_is_named_before_the_model(tmp_path: Path, capsys) -> 
     assert rc == 2 and "gone.mp4" in capsys.readouterr().err
 
 
-def test_cli_without_weights_says_so(tmp_path: Path, synthetic_data, capsys) -> None:
+def test_cli_without_weights_says_so(tmp_path: Path, synthetic_data, capsys, monkeypatch) -> None:
+    import mlanet.weights
+
     fm = synthetic_data.save(tmp_path / "synthetic.mlface.npz")
     video = tmp_path / "frames"
     video.mkdir()
+    monkeypatch.setattr(mlanet.weights, "default_weights_path", lambda name: None)  # an install without weights
     rc = main(["eval", "jitter", str(video), "--json", str(tmp_path / "j.json"), "--face-model", str(fm)])
     assert rc == 2 and "--weights FILE" in capsys.readouterr().err
     rc = main(["eval", "jitter", str(video), "--json", str(tmp_path / "j.json"), "--untrained", "mlanet_mobile",

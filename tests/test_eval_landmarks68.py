@@ -170,7 +170,10 @@ def test_unreadable_photo_is_named(wild: Path) -> None:
 
 
 # ------------------------------------------------------------------------ CLI
-def test_cli_without_weights_says_so(wild: Path, tmp_path: Path, capsys) -> None:
+def test_cli_without_weights_says_so(wild: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import mlanet.weights
+
+    monkeypatch.setattr(mlanet.weights, "default_weights_path", lambda name: None)  # an install without weights
     rc = main(["eval", "landmarks68", "--data", str(wild), "--json", str(tmp_path / "r.json")])
     assert rc == 2 and "--weights FILE" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
