@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = [offset + r["step"] for r in train]
         for ax, key in ((axes[0], "loss/total"), (axes[1], "loss/landmarks")):
             vals = [r[key] for r in train]
-            ax.plot(steps, vals, alpha=0.25)
-            ax.plot(steps, running_median(vals), label=label)
+            (line,) = ax.plot(steps, running_median(vals), label=label)
+            ax.plot(steps, vals, alpha=0.25, color=line.get_color())
         axes[2].plot(steps, [r["lr"] for r in train], label=label)
         vsteps = [offset + max(r["step"], 0) for r in init + val]
         axes[3].plot(vsteps, [r.get("val_nme_pct", r.get("initial_val_nme_pct")) for r in init + val], "o-", label=label)
