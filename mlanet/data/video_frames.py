@@ -9,7 +9,6 @@ folder that a later run would mistake for a finished one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,16 +16,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AssetError
+from ..fileutil import file_sha256
 
 logger = logging.getLogger(__name__)
-
-
-def _content_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 def extract_frames(video: str | os.PathLike[str], cache_root: str | os.PathLike[str], every: int = 5) -> Path:
@@ -49,7 +41,7 @@ def extract_frames(video: str | os.PathLike[str], cache_root: str | os.PathLike[
     video = Path(video)
     if not video.is_file():
         raise AssetError(f"{video}: video file not found")
-    out = Path(cache_root) / f"{video.stem}-{_content_id(video)}-every{every}"
+    out = Path(cache_root) / f"{video.stem}-{file_sha256(video)[:12]}-every{every}"
     if out.is_dir():
         return out
     try:

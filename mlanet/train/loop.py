@@ -130,10 +130,10 @@ def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
 
     path = resolve_weights(weights)
     state, meta = load_weights(path)
-    if meta.model_name != getattr(model, "name", meta.model_name) or meta.layout != model.layout:
+    if meta.model_name != model.name or meta.layout != model.layout:
         raise AssetError(
             f"{path}: model.init_weights holds {meta.model_name} with layout {meta.layout.sizes}; "
-            f"this run trains {getattr(model, 'name', '?')} with layout {model.layout.sizes}"
+            f"this run trains {model.name} with layout {model.layout.sizes}"
         )
     if meta.preprocess != model.preprocess:
         raise AssetError(f"{path}: model.init_weights was trained with preprocessing {meta.preprocess.to_dict()}, "

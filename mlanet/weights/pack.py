@@ -11,7 +11,6 @@ steps, final validation metrics), the data and its terms, the commit and the pac
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import CheckpointMeta, load_weights, resolve_weights, save_weights
+from ..fileutil import file_sha256
 
 #: The data the default weights saw, with terms (see ../shared/README.md and the model card).
 DEFAULT_DATA_TERMS = [
@@ -35,14 +35,6 @@ RESEARCH_ONLY_NOTICE = (
     "research use only: trained on research-only images (AFLW2000-3D, a research/demo video); "
     "see mlanet/weights/MODEL_CARD.md"
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _commit() -> str | None:
@@ -85,7 +77,7 @@ def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
     state, meta = load_weights(src)
     half = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in state.items()}
     release = {
-        "packed_from": {"file": src.name, "sha256": _sha256(src)},
+        "packed_from": {"file": src.name, "sha256": file_sha256(src)},
         "packed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
         "dtype": "float16",
