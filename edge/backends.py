@@ -289,7 +289,7 @@ class TensorRTBackend:
             self._runner = None  # type: ignore[assignment]
 
 
-#: Artifact suffix -> backend class.
+#: Artifact suffix -> backend class (on the CPU; see :func:`open_backend` for ``device="cuda"``).
 BACKENDS: dict[str, type] = {
     ".onnx": OnnxRuntimeBackend,
     ".safetensors": TorchBackend,
@@ -300,18 +300,63 @@ BACKENDS: dict[str, type] = {
 #: Suffixes that belong to backends this build does not have; suffix -> reason.
 UNAVAILABLE: dict[str, str] = {}
 
+#: What ``device=`` accepts (``cuda:N`` picks GPU N).
+DEVICE_CHOICES = ("cpu", "cuda", "cuda:N")
 
-def open_backend(path: str | os.PathLike[str], face_model: Any = None) -> InferenceBackend:
-    """Open ``path`` with the backend for its suffix (a folder: a training run, :class:`TorchBackend`).
+
+def parse_device(device: Any) -> tuple[str, int | None]:
+    """``"cpu"`` -> ``("cpu", None)``; ``"cuda"`` -> ``("cuda", None)``; ``"cuda:1"`` or ``1`` -> ``("cuda", 1)``.
 
     Raises:
-        AssetError: unknown suffixes (the message lists the known ones), or whatever the backend refuses.
+        AssetError: anything else (the message lists :data:`DEVICE_CHOICES`).
+    """
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        return "cuda", device
+    text = str(getattr(device, "type", device) if not isinstance(device, str) else device).strip().lower()
+    index = getattr(device, "index", None) if not isinstance(device, str) else None
+    if text == "cpu":
+        return "cpu", None
+    if text == "cuda":
+        return "cuda", index
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise AssetError(f"device {device!r} is not one of {', '.join(DEVICE_CHOICES)}")
+
+
+def _onnx_cuda_providers(path: Path, index: int | None) -> list[Any]:
+    """ONNX Runtime's CUDA execution provider (first) for ``device="cuda"``, or a clear error."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise AssetError(
+            f"{path}: device cuda needs onnxruntime's CUDAExecutionProvider, which this onnxruntime "
+            f"{ort.__version__} does not have (providers: {', '.join(ort.get_available_providers())}); install "
+            "onnxruntime-gpu, or run a .safetensors checkpoint on the GPU with PyTorch (TorchCudaBackend), or "
+            "use --device cpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
+
+
+def open_backend(path: str | os.PathLike[str], face_model: Any = None, *, device: Any = "cpu",
+                 cuda_graphs: bool = True) -> InferenceBackend:
+    """Open ``path`` with the backend for its suffix (a folder: a training run) on ``device``.
+
+    ``device="cpu"`` (default): :class:`TorchBackend` (FP32), :class:`OnnxRuntimeBackend` (CPU
+    provider); an engine file still needs a GPU. ``device="cuda"`` / ``"cuda:N"``: a checkpoint or
+    run folder opens as :class:`~mlanet.edge.torch_cuda_backend.TorchCudaBackend` (FP16,
+    channels-last, CUDA-graph replay per batch size when ``cuda_graphs``); an ``.onnx`` file on ONNX
+    Runtime's CUDA execution provider (refused, not silently run on the CPU, when this onnxruntime
+    lacks it or the session does not use it); an engine on GPU ``N`` with :class:`TensorRTBackend`.
+
+    Raises:
+        AssetError: unknown suffixes (the message lists the known ones), an unknown device, or
+            whatever the backend refuses.
+        GpuUnavailableError: ``device="cuda"`` with no CUDA GPU visible to PyTorch.
         TensorRTUnavailableError: an engine file with a valid header, but no TensorRT/pycuda here.
     """
     path = Path(path)
-    if path.is_dir():
-        return TorchBackend(path, face_model=face_model)
-    suffix = path.suffix.lower()
+    kind, index = parse_device(device)
+    suffix = ".safetensors" if path.is_dir() else path.suffix.lower()
     if suffix in UNAVAILABLE:
         raise AssetError(f"{path}: {UNAVAILABLE[suffix]}")
     if suffix not in BACKENDS:
@@ -319,4 +364,25 @@ def open_backend(path: str | os.PathLike[str], face_model: Any = None) -> Infere
             f"{path}: no backend for suffix {suffix or '(none)'!r}; known: {', '.join(sorted(BACKENDS))} "
             "or a training run folder"
         )
-    return BACKENDS[suffix](path, face_model=face_model)
+    cls = BACKENDS[suffix]
+    if kind == "cpu":
+        return cls(path, face_model=face_model)
+    if cls is TorchBackend:
+        from .torch_cuda_backend import TorchCudaBackend
+
+        return TorchCudaBackend(path, face_model=face_model, device="cuda" if index is None else index,
+                                cuda_graphs=cuda_graphs)
+    if cls is OnnxRuntimeBackend:
+        from .gpu_crops import require_cuda
+
+        require_cuda(f"{path} on device cuda")
+        backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index))
+        active = backend.session.get_providers()
+        if "CUDAExecutionProvider" not in active:  # onnxruntime falls back to the CPU with only a log line
+            raise AssetError(f"{path}: onnxruntime did not enable CUDAExecutionProvider (active: {', '.join(active)}); "
+                             "check that its CUDA and cuDNN libraries match this onnxruntime-gpu build")
+        backend.metadata["device"] = f"cuda:{index or 0}"
+        return backend
+    if cls is TensorRTBackend:
+        return TensorRTBackend(path, face_model=face_model, device=index or 0, cuda_graphs=cuda_graphs)
+    raise AssetError(f"{path}: backend {cls.__name__} has no GPU variant; use device cpu")

@@ -6,7 +6,10 @@ crop convention; the kernel's own source text, compiled for the CPU by a C++ shi
 :func:`reference_crop` bit for bit (float32/float16, NCHW/NHWC, strided frames); and, where nvcc
 is installed, that it compiles for sm_90 with no fused multiply-add. Not yet run: NVRTC
 compilation through CuPy, the launch, the pinned upload and the torch <-> CuPy interop (the
-``gpu`` tests of ``tests/test_gpu_paths.py``).
+``gpu`` tests of ``tests/test_gpu_paths.py``), and :meth:`GpuCropper.crop_table` (a box table
+already on the GPU, used by :mod:`mlanet.edge.gpu_stream`; its ``gpu`` test is in
+``tests/test_gpu_stream.py``, against :func:`mlanet.edge.gpu_stream.crop_from_table`, the same
+arithmetic in torch, tested bit for bit against :func:`reference_crop` on the CPU).
 
 What the kernel computes
     The project's one crop convention (:func:`mlanet.preprocess.crop_image`, i.e. PyTorch's
@@ -359,19 +362,12 @@ class GpuCropper:
             queued on PyTorch's current stream (no host synchronisation).
         """
         torch = self._torch
-        S = self.input_size
-        table = box_table(boxes, S)
+        table = box_table(boxes, self.input_size)
         dev_frame, host_frame = self._device_frame(frame)
         n = len(table)
-        if out is not None:
-            self._check_out(out, n)
-        else:
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            out = torch.empty((n, 3, S, S), dtype=self.dtype, device=self.device, memory_format=fmt)
+        out = self._output(n, out)
         if n == 0:
             return out
-        if n * 3 * S * S >= 2**62:
-            raise ValueError(f"GpuCropper: {n} boxes of {S}x{S} are too many for one launch")
         with torch.cuda.device(self.device):
             stream = torch.cuda.current_stream(self.device)
             uploaded, dev_boxes = self._upload(host_frame, table, stream)
@@ -379,6 +375,58 @@ class GpuCropper:
                 dev_frame = uploaded
             self._launch(dev_frame, dev_boxes, out, stream)
         return out
+
+    def crop_table(self, frame: Any, table: Any, out: Any = None) -> Any:
+        """Crops for a box table that is already on the GPU: no host data, no upload, one launch.
+
+        What :class:`~mlanet.edge.gpu_stream.StreamingLoop` uses: the table comes from the
+        previous frame's landmarks (computed on the device) or from an asynchronous upload.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB CUDA tensor on this cropper's device (non-negative strides).
+            table: (N, 3) float64 CUDA tensor on this device, rows ``[x0 - 0.5, y0 - 0.5, size / S]``
+                (:func:`box_table`'s layout); made contiguous if it is not (a device copy).
+            out: optional preallocated output, as in :meth:`__call__`.
+
+        Returns:
+            (N, 3, S, S) ``self.dtype`` tensor, written by work queued on PyTorch's current stream.
+
+        Raises:
+            ValueError: ``frame`` or ``table`` of the wrong type, shape, dtype or device.
+        """
+        torch = self._torch
+        if not isinstance(frame, torch.Tensor) or not frame.is_cuda:
+            raise ValueError(f"GpuCropper.crop_table: frame must be a CUDA tensor on {self.device}, "
+                             f"got {type(frame).__name__}{'' if not isinstance(frame, torch.Tensor) else ' on ' + str(frame.device)}")
+        _check_frame_shape(tuple(frame.shape), frame.dtype, "GpuCropper.crop_table")
+        if frame.device != self.device:
+            raise ValueError(f"GpuCropper on {self.device} got a frame on {frame.device}")
+        if min(frame.stride()) < 0:
+            raise ValueError("GpuCropper.crop_table: frame strides must be non-negative")
+        if (not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[1] != 3
+                or table.dtype != torch.float64 or table.device != self.device):
+            desc = (f"{tuple(table.shape)} {table.dtype} {table.device}" if isinstance(table, torch.Tensor)
+                    else type(table).__name__)
+            raise ValueError(f"GpuCropper.crop_table: table must be an (N, 3) float64 tensor on {self.device}, got {desc}")
+        n = int(table.shape[0])
+        out = self._output(n, out)
+        if n == 0:
+            return out
+        with torch.cuda.device(self.device):
+            self._launch(frame, table.contiguous(), out, torch.cuda.current_stream(self.device))
+        return out
+
+    def _output(self, n: int, out: Any) -> Any:
+        """``out`` checked, or a new (N, 3, S, S) output in this cropper's dtype and memory format."""
+        torch = self._torch
+        S = self.input_size
+        if n * 3 * S * S >= 2**62:
+            raise ValueError(f"GpuCropper: {n} boxes of {S}x{S} are too many for one launch")
+        if out is not None:
+            self._check_out(out, n)
+            return out
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return torch.empty((n, 3, S, S), dtype=self.dtype, device=self.device, memory_format=fmt)
 
     def _launch(self, frame: Any, boxes: Any, out: Any, stream: Any) -> None:
         """The one kernel launch: all faces, all pixels, all channels."""

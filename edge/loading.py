@@ -24,6 +24,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "fitted as the mean face")
     g.add_argument("--face-model", metavar="FILE",
                    help="face-model file (default: the asset home's, built by `mlanet assets build`)")
+    g.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
+                   help="where the network runs (default: cpu). cuda: a checkpoint runs in PyTorch FP16 with "
+                   "CUDA-graph replay, an .onnx on ONNX Runtime's CUDA provider (onnxruntime-gpu), an .engine with "
+                   "TensorRT; without a CUDA GPU this is an error, never a silent CPU run")
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -35,16 +39,23 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """
     from ..weights import default_weights_path
     from ..morphable.model import MorphableModel
-    from .backends import TorchBackend, open_backend
+    from .backends import TorchBackend, open_backend, parse_device
 
     if args.weights and args.untrained:
         raise MLANetError("give either --weights or --untrained, not both")
+    device = getattr(args, "device", "cpu") or "cpu"
+    kind, index = parse_device(device)  # an unknown device fails before the face model is read
     face_model = MorphableModel.load(args.face_model)
     if args.untrained:
         from ..models.registry import list_models
 
         if args.untrained not in list_models():
             raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
+        if kind == "cuda":
+            from .torch_cuda_backend import TorchCudaBackend
+
+            return TorchCudaBackend.untrained(args.untrained, face_model, device="cuda" if index is None else index,
+                                              cuda_graphs=True), face_model
         return TorchBackend.untrained(args.untrained, face_model), face_model
     weights = args.weights or default_weights_path(DEFAULT_MODEL)
     if weights is None:
@@ -55,7 +66,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
         )
     if not args.weights:
         announce_shipped_weights(weights)
-    return open_backend(weights, face_model=face_model), face_model
+    return open_backend(weights, face_model=face_model, device=device), face_model
 
 
 def announce_shipped_weights(path: Any) -> None:

@@ -87,15 +87,55 @@ def crop_pose_to_frame(
 
     Returns:
         (N, P) float32 tensor: the same parameters with rotation and translation in the frame
-        camera (see the module docstring). Computed in float64.
+        camera (see the module docstring). Computed in float64 by :func:`crop_pose_to_frame_tensor`.
     """
     x = torch.as_tensor(np.asarray(flat) if not isinstance(flat, torch.Tensor) else flat).double()
     if x.ndim != 2 or x.shape[1] != layout.total or x.shape[0] != len(boxes):
         raise ValueError(f"flat must be (N={len(boxes)}, P={layout.total}), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         return x.float()
+    b = torch.tensor([[bx.x0, bx.y0, bx.size] for bx in boxes], dtype=torch.float64, device=x.device)
+    return crop_pose_to_frame_tensor(x, b, layout, preprocess, camera)
+
+
+def crop_pose_to_frame_tensor(
+    flat: torch.Tensor,
+    boxes: torch.Tensor,
+    layout: ParamLayout,
+    preprocess: PreprocessCfg,
+    camera: PinholeCamera,
+) -> torch.Tensor:
+    """:func:`crop_pose_to_frame` for a box table already in a tensor, on any device, no host sync.
+
+    The one implementation of the crop -> frame maths (:func:`crop_pose_to_frame` builds the
+    table from its :class:`~mlanet.preprocess.CropBox` list and calls this).
+
+    Args:
+        flat: (N, P) float tensor (crop camera), on the device that does the work.
+        boxes: (N, 3) float64 tensor ``[x0, y0, size]`` per crop (image pixels), same device.
+        layout: the parameter layout of ``flat``.
+        preprocess: the crop convention the network was trained with.
+        camera: the frame camera (batch 1). Its intrinsics are read as Python numbers: keep it
+            on the CPU (a CUDA camera would cost a host synchronisation per read).
+
+    Returns:
+        (N, P) float32 tensor on ``flat``'s device, computed in float64.
+    """
+    if not isinstance(flat, torch.Tensor) or flat.ndim != 2 or flat.shape[1] != layout.total:
+        desc = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+        raise ValueError(f"flat must be an (N, P={layout.total}) tensor, got {desc}")
+    n = flat.shape[0]
+    if not isinstance(boxes, torch.Tensor) or tuple(boxes.shape) != (n, 3) or boxes.dtype != torch.float64:
+        desc = f"{tuple(boxes.shape)} {boxes.dtype}" if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be an (N={n}, 3) float64 tensor [x0, y0, size], got {desc}")
+    if boxes.device != flat.device:
+        raise ValueError(f"boxes are on {boxes.device}, flat on {flat.device}")
+    x = flat.double()
+    if n == 0:
+        return x.float()
     p = FaceParams.from_flat(x, layout)
-    b = torch.tensor([[bx.x0 + 0.5 * bx.size, bx.y0 + 0.5 * bx.size, bx.size] for bx in boxes], dtype=torch.float64)
+    size = boxes[:, 2]
+    b = torch.stack([boxes[:, 0] + 0.5 * size, boxes[:, 1] + 0.5 * size, size], -1)  # centre u, v and side
     F = float(camera.fx[0])
     cx, cy = float(camera.cx[0]), float(camera.cy[0])
     g = preprocess.focal_ratio * b[:, 2]  # crop focal in image pixels: f_c * size / S with f_c = ratio * S
@@ -147,11 +187,33 @@ class FaceDecoder:
         if x.shape[0] == 0:
             V = self.face_model.n_vertices
             return DecodedFaces(np.zeros((0, V, 3), np.float32), np.zeros((0, 68, 2), np.float32), np.zeros((0, V, 3), np.float32))
+        verts, lm2d, albedo = self.decode_tensors(x, camera)
+        return DecodedFaces(verts.cpu().numpy(), lm2d.cpu().numpy(), albedo.cpu().numpy())
+
+    @torch.no_grad()
+    def decode_tensors(self, flat: torch.Tensor, camera: PinholeCamera, *,
+                       albedo: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`__call__` without leaving the device (no host synchronisation).
+
+        Args:
+            flat: (N, P) frame-camera parameters (any float dtype; used as float32 on this
+                decoder's device).
+            camera: the frame camera; already on this device as float32 avoids a copy (a CPU
+                camera is copied, which synchronises with a CUDA device).
+            albedo: also compute the albedo (else None is returned for it).
+
+        Returns:
+            (vertices (N, V, 3) float32 metres, landmarks2d (N, 68, 2) float32 pixels,
+            albedo (N, V, 3) float32 clamped to [0, 1] or None), tensors on this device.
+        """
+        x = torch.as_tensor(flat, dtype=torch.float32, device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.layout.total:
+            raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")
         params = FaceParams.from_flat(x, self.layout)
         verts = self.face_model(params)
         lm2d = camera.to(self.device, torch.float32).project(self.face_model.landmarks(verts))
-        albedo = self.face_model.albedo(params.albedo).clamp(0.0, 1.0)
-        return DecodedFaces(verts.cpu().numpy(), lm2d.cpu().numpy(), albedo.cpu().numpy())
+        alb = self.face_model.albedo(params.albedo).clamp(0.0, 1.0) if albedo else None
+        return verts, lm2d, alb
 
     @torch.no_grad()
     def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:

@@ -429,6 +429,44 @@ class TensorRTRunner:
     def warmup(self) -> None:
         self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
 
+    def load_device_input(self, images: np.ndarray) -> int:
+        """Copy ``images (B <= max_batch, 3, S, S)`` into the engine's device input buffer and wait; returns B.
+
+        With :meth:`time_enqueue` this times the engine alone, inputs already on the GPU (what a
+        device-side pipeline that crops into the engine's input buffer sees).
+        """
+        cuda = self._cuda
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        s, n = self.input_size, int(images.shape[0]) if images.ndim == 4 else 0
+        if images.ndim != 4 or images.shape[1:] != (3, s, s) or not 1 <= n <= self.max_batch:
+            raise ValueError(f"{self.source}: device input must be (1..{self.max_batch}, 3, {s}, {s}), "
+                             f"got {tuple(images.shape)}")
+        self._ctx.push()
+        try:
+            np.copyto(self._in_host[:n], images)
+            cuda.memcpy_htod_async(self._in_dev, self._in_host[:n], self.stream)
+            self.stream.synchronize()
+        finally:
+            cuda.Context.pop()
+        return n
+
+    def time_enqueue(self, n: int) -> float:
+        """Milliseconds (CUDA events on the runner's stream) of one engine run on the first ``n`` device
+        input rows (see :meth:`load_device_input`): no host copies, CUDA-graph replay when enabled."""
+        cuda = self._cuda
+        if not 1 <= int(n) <= self.max_batch:
+            raise ValueError(f"{self.source}: batch {n} outside 1..{self.max_batch}")
+        self._ctx.push()
+        try:
+            start, end = cuda.Event(), cuda.Event()
+            start.record(self.stream)
+            self._enqueue(int(n))
+            end.record(self.stream)
+            end.synchronize()
+            return float(end.time_since(start))
+        finally:
+            cuda.Context.pop()
+
     def close(self) -> None:
         """Free the buffers, graphs, context, engine and runtime, and release the primary context."""
         if getattr(self, "_ctx", None) is None:

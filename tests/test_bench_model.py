@@ -7,7 +7,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from mlanet.cli import main as mlanet_main
 from mlanet.edge.bench import model_latency as ml
@@ -77,7 +79,7 @@ def test_absent_backends_are_skipped_with_a_reason(record):
     _, _, rec = record
     r = rec["results"]
     absent = [b for b in ml.BACKENDS if ml.backend_unavailable_reason(b) is not None]
-    assert "tensorrt" in absent  # no TensorRT engine builder in this repository yet
+    assert "tensorrt" in absent  # TensorRT cannot be installed on this machine (DESIGN.md §6)
     for b in absent:
         assert r["backends"][b]["available"] is False and r["backends"][b]["reason"]
         [run] = [x for x in r["runs"] if x["backend"] == b]
@@ -179,17 +181,80 @@ def test_repeats_until_min_time_and_never_below_the_floor():
     assert entry["repeats"] == 3 and entry["budget_limited"]
 
 
-def test_tensorrt_that_imports_is_reported_as_not_benchmarked_yet(monkeypatch):
+def test_tensorrt_that_imports_needs_pycuda_and_a_gpu(monkeypatch):
+    import importlib.util
     import sys
     import types
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.9"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycuda" else real_find_spec(name, *a))
     reason = ml.backend_unavailable_reason("tensorrt")
-    assert reason and "TensorRT 10.9.9" in reason and "does not build engines yet" in reason
+    assert reason and "TensorRT 10.9.9" in reason and "pycuda" in reason
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "pycuda" else real_find_spec(name, *a))
+    reason = ml.backend_unavailable_reason("tensorrt")
+    if not torch.cuda.is_available():
+        assert reason and "no CUDA GPU" in reason
+    else:  # pragma: no cover - GPU hosts
+        assert reason is None
+
+
+def test_tensorrt_runner_builds_once_and_times_both_modes(monkeypatch, tmp_path):
+    """The bench's TensorRT wiring with a stand-in engine (no TensorRT here): one build per model, the
+    profile covering the largest batch, device mode timed by the runner's events, host mode by wall clock."""
+    import mlanet.edge.backends as backends
+    import mlanet.export.tensorrt_engine as te
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.morphable.synthetic import make_synthetic_face_model
+
+    builds, opened = [], []
+
+    def fake_build(onnx_path, engine_path, **kw):
+        builds.append((Path(onnx_path).name, kw))
+        Path(engine_path).write_bytes(b"engine")
+        return Path(engine_path)
+
+    class FakeRunner:
+        def __init__(self):
+            self.loaded = None
+
+        def load_device_input(self, images):
+            self.loaded = images.shape[0]
+            return self.loaded
+
+        def time_enqueue(self, n):
+            assert n == self.loaded
+            return 0.5 * n
+
+    class FakeBackend:
+        def __init__(self, path, face_model=None, cuda_graphs=False):
+            opened.append(cuda_graphs)
+            self._runner = FakeRunner()
+            self.metadata = {"engine": {"precision": "fp16"}}
+
+        def __call__(self, images):
+            return np.zeros((images.shape[0], 5), np.float32)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(te, "build_engine", fake_build)
+    monkeypatch.setattr(backends, "TensorRTBackend", FakeBackend)
+    fm = MorphableModel(make_synthetic_face_model())
+    model = ml._build_model("mlanet_mobile", fm, 32)
+    policy = ml.RepeatPolicy(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3, floor_repeats=3, time_budget_s=30)
+    factories = ml._runners("tensorrt", model, fm, tmp_path, batch_sizes=[1, 4], trt_opt_batch=4)
+    runs = [ml._run_one("mlanet_mobile", "tensorrt", f, [1, 4], policy) for f in factories]
+    assert [r["mode"] for r in runs] == ["device", "host-to-host"] and opened == [True, False]
+    assert len(builds) == 1 and builds[0][1]["max_batch"] == 4 and builds[0][1]["opt_batch"] == 4
+    assert builds[0][1]["fp16"] is True
+    dev = runs[0]["batches"]
+    assert [b["median_ms"] for b in dev] == [0.5, 2.0]  # what the runner's events said
+    assert all(b["status"] == "ok" for r in runs for b in r["batches"])
 
 
 def test_tensorrt_reason_names_the_missing_piece():
     reason = ml.backend_unavailable_reason("tensorrt")
-    assert reason and ("not importable" in reason or "does not build engines yet" in reason)
+    assert reason and ("not importable" in reason or "pycuda" in reason or "no CUDA GPU" in reason)
     with pytest.raises(MLANetError, match="known backends"):
         ml.backend_unavailable_reason("tpu")

@@ -3,7 +3,7 @@
 ``mlanet bench`` alone (= ``all``) runs the model, pipeline and comparison benchmarks with their
 default settings, writes their records under ``<out>/<device_tag>/`` and regenerates the plots and
 the markdown summary (:mod:`.report`). Each part can be run on its own; ``accuracy`` and ``soak``
-are separate because they need checkpoints / take minutes by design.
+are separate because they need checkpoints / take minutes by design; ``gpu`` needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "MediaPipe's face-mesh tracker vs the MLANet pipeline; renderer timings"),
     "accuracy": ("accuracy", "AFLW2000-3D NME/CED of several checkpoints on one plot"),
     "soak": ("soak", "loop a clip for N minutes and record memory over time"),
+    "gpu": ("gpu_targets", "the GPU targets: FP16 network latency/throughput, crop kernel, per-frame GPU path"),
     "report": ("report", "plots (PNG) and the markdown summary from the records"),
 }
 #: What ``mlanet bench`` / ``mlanet bench all`` runs, in order (report last).

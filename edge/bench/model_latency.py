@@ -15,10 +15,14 @@ Backends
     two modes -- ``eager`` and ``cuda-graph`` (one captured :class:`torch.cuda.CUDAGraph` per batch
     size, replayed) -- timed device-side with CUDA events, cuDNN benchmark mode on while it runs,
     peak GPU memory per batch size (``torch.cuda.max_memory_allocated``); this path was written
-    on a machine without a GPU and has not been run yet. ``tensorrt``: recorded as not measured
-    (with the reason) -- the engine builder and backend exist (``mlanet export tensorrt``,
-    :class:`~mlanet.edge.backends.TensorRTBackend`) but have not run on a GPU yet, and this
-    benchmark does not build engines yet.
+    on a machine without a GPU and has not been run yet. ``tensorrt``: the same weights exported
+    to ONNX and built into an FP16 engine once per model (:func:`~mlanet.export.tensorrt_engine.build_engine`,
+    one profile 1..max(batch sizes), tuned at ``--trt-opt-batch``, a timing cache in the temporary
+    folder; the build time is the run's ``setup_s``), then two modes of
+    :class:`~mlanet.edge.backends.TensorRTBackend`: ``device`` (inputs already in the engine's
+    device buffer, CUDA-graph replay, timed with CUDA events on the runner's stream: the engine
+    alone) and ``host-to-host`` (numpy in, numpy out through pinned buffers, wall clock: what a
+    caller of the backend sees). Written without TensorRT or a GPU; not yet run.
 
 Timing
     CPU backends: wall clock (``time.perf_counter``) around each call. GPU: ``torch.cuda.Event``
@@ -148,6 +152,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PyTorch intra-op threads for torch-cpu (default: PyTorch's, one per core); restored afterwards")
     p.add_argument("--quick", action="store_true",
                    help="batch sizes 1,8,32, fewer repeats, a smaller budget (a smoke run)")
+    p.add_argument("--trt-opt-batch", type=int, default=None,
+                   help="batch size the TensorRT engine's profile is tuned for (default 1: latency; the profile "
+                        "covers 1..max of --batch-sizes)")
 
 
 # --------------------------------------------------------------------------------------------- availability
@@ -174,8 +181,14 @@ def backend_unavailable_reason(name: str) -> str | None:
         version = getattr(tensorrt, "__version__", "?")
         if ".engine" in UNAVAILABLE or ".engine" not in RUNTIME_BACKENDS:
             why = UNAVAILABLE.get(".engine", "no .engine backend is registered in mlanet.edge.backends")
-            return f"TensorRT {version} imports, but this build has no engine builder/backend yet ({why})"
-        return f"TensorRT {version} and an engine backend exist, but this benchmark does not build engines yet"
+            return f"TensorRT {version} imports, but this build has no engine backend ({why})"
+        if importlib.util.find_spec("pycuda") is None:
+            return f"TensorRT {version} imports, but pycuda (which runs engines) is not installed (pip install pycuda)"
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"TensorRT {version} imports, but no CUDA GPU is visible (torch {torch.__version__})"
+        return None
     raise MLANetError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
 
 
@@ -359,6 +372,68 @@ class TorchCudaFp16Runner(_Runner):
         self._torch.backends.cudnn.benchmark = self._old_cudnn_benchmark
 
 
+class TensorRTBenchRunner(_Runner):
+    """An FP16 TensorRT engine of ``model`` (built once per model, shared by both modes).
+
+    ``mode="device"``: the engine alone, inputs already on the GPU, CUDA-graph replay, CUDA events.
+    ``mode="host-to-host"``: :class:`~mlanet.edge.backends.TensorRTBackend` called with numpy
+    (pinned upload, engine, download, synchronise), wall clock.
+
+    UNTESTED: written without TensorRT or a GPU; check on the first GPU run.
+    """
+
+    MODES = ("device", "host-to-host")
+
+    def __init__(self, model: Any, face_model: Any, tmp: Path, mode: str, *, max_batch: int, opt_batch: int,
+                 engines: dict[str, Path]) -> None:
+        from ...export.onnx_export import export_onnx
+        from ...export.tensorrt_engine import build_engine
+        from ..backends import TensorRTBackend
+
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        self.timing = ("CUDA events around one engine run (execute_async_v3 or its CUDA-graph replay), inputs "
+                       "already on the device" if mode == "device" else
+                       "wall clock (time.perf_counter) around TensorRTBackend(images): pinned upload, engine, "
+                       "download, synchronise")
+        key = f"{model.name}:{max_batch}:{opt_batch}"
+        if key not in engines:  # the build (minutes for the r50) is paid once per model
+            onnx_path = export_onnx(model, face_model, tmp / f"{model.name}.onnx")
+            engines[key] = build_engine(onnx_path, tmp / f"{model.name}.engine", fp16=True, max_batch=max_batch,
+                                        opt_batch=min(opt_batch, max_batch), timing_cache_path=tmp / "timing.cache")
+        self.engine_path = engines[key]
+        self.backend = TensorRTBackend(self.engine_path, face_model=face_model, cuda_graphs=(mode == "device"))
+        self.input_size = int(model.input_size)
+        self.max_batch = max_batch
+        self._images: np.ndarray | None = None
+        self._batch = 0
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "dtype": "float16 kernels, float32 I/O", "mode": self.mode,
+                "engine": self.backend.metadata.get("engine"), "engine_mib": round(self.engine_path.stat().st_size / 2**20, 2),
+                "call": "TensorRTRunner.time_enqueue(B) after load_device_input" if self.mode == "device"
+                        else "TensorRTBackend(images) (numpy in and out)"}
+
+    def prepare(self, batch: int) -> None:
+        if batch > self.max_batch:
+            raise MLANetError(f"batch {batch} exceeds the engine profile's max batch {self.max_batch}")
+        self._images = _random_images(batch, self.input_size)
+        self._batch = batch
+        if self.mode == "device":
+            self.backend._runner.load_device_input(self._images)
+
+    def timed_call(self) -> float:
+        if self.mode == "device":
+            return self.backend._runner.time_enqueue(self._batch)
+        t0 = time.perf_counter()
+        self.backend(self._images)
+        return (time.perf_counter() - t0) * 1e3
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 # --------------------------------------------------------------------------------------------- measurement
 def summarise(samples_ms: list[float]) -> dict[str, float]:
     """Median, p95 (nearest rank, as :func:`.record.time_call`), min and max of ``samples_ms``."""
@@ -472,7 +547,8 @@ def _build_model(name: str, face_model: Any, input_size: int | None) -> Any:
         return create_model(name, face_model=face_model, preprocess=preprocess).eval()
 
 
-def _runners(backend: str, model: Any, face_model: Any, tmp: Path) -> list[Callable[[], _Runner]]:
+def _runners(backend: str, model: Any, face_model: Any, tmp: Path, *, batch_sizes: list[int] = (1,),
+             trt_opt_batch: int = 1) -> list[Callable[[], _Runner]]:
     """Factories of the runners (modes) of ``backend``; built lazily so setup time is measured per mode."""
     if backend == "torch-cpu":
         return [lambda: TorchCpuRunner(model)]
@@ -480,7 +556,11 @@ def _runners(backend: str, model: Any, face_model: Any, tmp: Path) -> list[Calla
         return [lambda: OnnxRuntimeCpuRunner(model, face_model, tmp)]
     if backend == "torch-cuda-fp16":
         return [lambda: TorchCudaFp16Runner(model, "eager"), lambda: TorchCudaFp16Runner(model, "cuda-graph")]
-    raise MLANetError(f"backend {backend!r} has no runner")  # tensorrt: reported unavailable before this
+    if backend == "tensorrt":
+        engines: dict[str, Path] = {}
+        kw = {"max_batch": max(batch_sizes), "opt_batch": trt_opt_batch, "engines": engines}
+        return [lambda m=m: TensorRTBenchRunner(model, face_model, tmp, m, **kw) for m in TensorRTBenchRunner.MODES]
+    raise MLANetError(f"backend {backend!r} has no runner")
 
 
 def _resolve_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], RepeatPolicy]:
@@ -593,7 +673,8 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
                     print(_ROW.format(name, backend, "-", "-", "skipped", "", "", "") + f"  {availability[backend]}",
                           flush=True)
                     continue
-                for factory in _runners(backend, model, face_model, Path(tmp_dir)):
+                for factory in _runners(backend, model, face_model, Path(tmp_dir), batch_sizes=batch_sizes,
+                                        trt_opt_batch=int(getattr(args, "trt_opt_batch", None) or 1)):
                     results["runs"].append(_run_one(name, backend, factory, batch_sizes, policy))
             del model
     results["wall_s"] = round(time.perf_counter() - t_start, 2)
