@@ -217,14 +217,14 @@ def reference_crop(frame: np.ndarray, boxes: Sequence[CropBox], input_size: int,
 
 
 # ----------------------------------------------------------------------------------------- GPU
-def require_cuda(what: str) -> Any:
-    """``torch`` when a CUDA GPU is visible to it, else :class:`GpuUnavailableError`."""
+def require_cuda(what: str, hint: str = "run on the CPU instead (--device cpu)") -> Any:
+    """``torch`` when a CUDA GPU is visible to it, else :class:`GpuUnavailableError` ending with ``hint``."""
     import torch
 
     if not torch.cuda.is_available():
         raise GpuUnavailableError(
             f"{what} needs a CUDA GPU visible to PyTorch (torch {torch.__version__}, CUDA build "
-            f"{torch.version.cuda or 'none: a CPU-only wheel'}); use the CPU path (mlanet.edge.crops.crop_faces) here"
+            f"{torch.version.cuda or 'none: a CPU-only wheel'}); {hint}"
         )
     return torch
 
@@ -261,7 +261,7 @@ class GpuCropper:
 
     def __init__(self, input_size: int, device: Any = 0, *, dtype: Any = None, channels_last: bool = False) -> None:
         self.input_size = _check_size(input_size)
-        torch = require_cuda("GpuCropper")
+        torch = require_cuda("GpuCropper", "use the CPU crop (mlanet.edge.crops.crop_faces) here")
         cupy = _import_cupy("GpuCropper")
         self._torch, self._cupy = torch, cupy
         dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)

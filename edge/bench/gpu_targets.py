@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> Path:
     from ..gpu_crops import require_cuda
     from . import model_latency as ml
 
-    require_cuda("mlanet bench gpu")
+    require_cuda("mlanet bench gpu", "run it on a GPU host (bash benchmarks/gpu_session.sh); `mlanet bench model` measures the CPU backends")
     if args.repeats < 1 or args.warmup < 0:
         raise MLANetError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
     device = torch.device(args.device)
