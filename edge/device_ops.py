@@ -22,15 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import MLANetError
-from .gpu_crops import require_cuda
-
-
-def _norm_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` with an explicit CUDA index (``cuda`` -> ``cuda:<current>``)."""
-    dev = torch.device("cuda", device) if isinstance(device, int) and not isinstance(device, bool) else torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
+from .gpu_crops import normalize_device, require_cuda
 
 
 # ========================================================================================= device operations
@@ -200,7 +192,7 @@ class TorchCudaOps:
 
     def __init__(self, device: Any = "cuda", *, timing: bool = True) -> None:
         require_cuda("TorchCudaOps")
-        dev = _norm_device(device)
+        dev = normalize_device(device)
         if dev.type != "cuda":
             raise ValueError(f"TorchCudaOps needs a CUDA device, got {device!r}")
         self.device = dev

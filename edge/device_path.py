@@ -4,8 +4,8 @@
   (:func:`boxes_to_table`, :func:`table_to_boxes`, :func:`crop_boxes_from_table`).
 * :func:`roi_table_from_landmarks` -- the next frame's table from this frame's landmarks, on the
   device (the :class:`~mlanet.edge.tracking.FaceTracker` rule), with a plausibility flag.
-* :func:`crop_from_table` / :class:`TorchTableCropper` -- the crop kernel's exact arithmetic in
-  torch (any device); :class:`~mlanet.edge.gpu_crops.GpuCropper` is the CUDA kernel.
+* :class:`TorchTableCropper` -- :func:`~mlanet.edge.gpu_crops.crop_from_table` (the crop kernel's
+  exact arithmetic in torch, any device) behind :class:`~mlanet.edge.gpu_crops.GpuCropper`'s interface.
 * :class:`DeviceFacePath` -- crop -> network -> crop-to-frame pose -> vertices and 2D landmarks,
   all queued on the current stream with no host synchronisation (:class:`DeviceFaces`).
 
@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from ..preprocess import CropBox, PreprocessCfg
-from .gpu_crops import _check_size, box_table
+from .gpu_crops import _check_frame_tensor, _check_size, _check_table, box_table, crop_from_table, normalize_device
 from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_tensor, frame_camera
-from .device_ops import _norm_device
 
 #: Landmarks per face (the 68-point set of every face model).
 N_LANDMARKS = 68
@@ -38,16 +37,6 @@ def boxes_to_table(boxes: Sequence[CropBox], input_size: int, device: Any = "cpu
     A synchronous copy on a GPU; :class:`StreamingLoop` uploads tables through pinned memory instead.
     """
     return torch.from_numpy(box_table(boxes, input_size)).to(device)
-
-
-def _check_table(table: Any, where: str, n: int | None = None, device: torch.device | None = None) -> None:
-    if (not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[1] != 3 or table.dtype != torch.float64
-            or (n is not None and table.shape[0] != n)):
-        desc = f"{tuple(table.shape)} {table.dtype}" if isinstance(table, torch.Tensor) else type(table).__name__
-        rows = "N" if n is None else str(n)
-        raise ValueError(f"{where}: table must be an ({rows}, 3) float64 tensor [x0 - 0.5, y0 - 0.5, size / S], got {desc}")
-    if device is not None and table.device != device:
-        raise ValueError(f"{where}: table is on {table.device}, expected {device}")
 
 
 def table_to_boxes(table: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -132,66 +121,8 @@ def roi_table_from_landmarks(
 
 
 # ========================================================================================= crops in torch
-def crop_from_table(frame: torch.Tensor, table: torch.Tensor, input_size: int,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The crop kernel's arithmetic in torch, on the frame's device (CPU or GPU), from a box table.
-
-    Exactly the operations of :func:`~mlanet.edge.gpu_crops.reference_crop` (float64 sample
-    positions clamped to ``[-2, W + 1]``, floor, float32 fractions and bilinear weights on the
-    uint8 values, ``/ 255``, zero outside the image, round-to-nearest-even for float16), with
-    gathers instead of a kernel: the CPU stand-in for
-    :meth:`~mlanet.edge.gpu_crops.GpuCropper.crop_table`.
-
-    Args:
-        frame: (H, W, 3) uint8 RGB tensor.
-        table: (N, 3) float64 kernel table on the frame's device; rows must be finite (not
-            checked: that would synchronise a GPU).
-        input_size: S.
-        dtype: ``torch.float32`` or ``torch.float16``.
-
-    Returns:
-        (N, 3, S, S) contiguous ``dtype`` tensor on the frame's device, RGB in [0, 1].
-    """
-    if (not isinstance(frame, torch.Tensor) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8
-            or frame.shape[0] < 1 or frame.shape[1] < 1):
-        desc = f"{tuple(frame.shape)} {frame.dtype}" if isinstance(frame, torch.Tensor) else type(frame).__name__
-        raise ValueError(f"crop_from_table: frame must be an (H, W, 3) uint8 RGB tensor, got {desc}")
-    _check_table(table, "crop_from_table", device=frame.device)
-    S = _check_size(input_size)
-    if dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"crop_from_table: dtype must be torch.float32 or torch.float16, got {dtype}")
-    dev = frame.device
-    H, W = int(frame.shape[0]), int(frame.shape[1])
-    n = int(table.shape[0])
-    if n == 0:
-        return torch.zeros((0, 3, S, S), dtype=dtype, device=dev)
-    idx = torch.arange(S, dtype=torch.float64, device=dev) + 0.5
-    ox, oy, step = table[:, 0:1], table[:, 1:2], table[:, 2:3]
-    fx = (ox + idx[None, :] * step).clamp(-2.0, W + 1.0)  # (N, S): columns i
-    fy = (oy + idx[None, :] * step).clamp(-2.0, H + 1.0)  # (N, S): rows j
-    flx, fly = fx.floor(), fy.floor()
-    x0, y0 = flx.long(), fly.long()
-    tx, ty = (fx - flx).float(), (fy - fly).float()
-    ux, uy = 1.0 - tx, 1.0 - ty
-
-    def gather(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        """(N, S) rows, (N, S) columns -> (N, S, S, 3) float32 pixel values, zero outside."""
-        inside = ((yy >= 0) & (yy < H))[:, :, None] & ((xx >= 0) & (xx < W))[:, None, :]
-        vals = frame[yy.clamp(0, H - 1)[:, :, None], xx.clamp(0, W - 1)[:, None, :]]  # (N, S, S, 3) uint8
-        return torch.where(inside[..., None], vals.float(), 0.0)
-
-    p00, p01 = gather(y0, x0), gather(y0, x0 + 1)
-    p10, p11 = gather(y0 + 1, x0), gather(y0 + 1, x0 + 1)
-    txb, uxb = tx[:, None, :, None], ux[:, None, :, None]
-    tyb, uyb = ty[:, :, None, None], uy[:, :, None, None]
-    top = p00 * uxb + p01 * txb
-    bot = p10 * uxb + p11 * txb
-    v = (top * uyb + bot * tyb) / 255.0  # (N, S, S, 3) float32
-    return v.permute(0, 3, 1, 2).contiguous().to(dtype)
-
-
 class TorchTableCropper:
-    """:func:`crop_from_table` with the interface of :meth:`~mlanet.edge.gpu_crops.GpuCropper.crop_table`.
+    """:func:`~mlanet.edge.gpu_crops.crop_from_table` with the interface of :meth:`~mlanet.edge.gpu_crops.GpuCropper.crop_table`.
 
     Args:
         input_size: S.
@@ -288,7 +219,7 @@ class DeviceFacePath:
         self.input_size = int(preprocess.input_size)
         self.cropper = cropper
         self.fov_deg = float(fov_deg)
-        self.device = _norm_device(device if device is not None else getattr(cropper, "device", "cpu"))
+        self.device = normalize_device(device if device is not None else getattr(cropper, "device", "cpu"))
         self.decoder = FaceDecoder(face_model, device=self.device)
         self.face_model = self.decoder.face_model
         self.layout = face_model.layout
@@ -364,10 +295,7 @@ class DeviceFacePath:
         Returns:
             :class:`DeviceFaces`, written by work queued on the current stream.
         """
-        if (not isinstance(frame, torch.Tensor) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8
-                or frame.shape[0] < 1 or frame.shape[1] < 1):
-            desc = f"{tuple(frame.shape)} {frame.dtype}" if isinstance(frame, torch.Tensor) else type(frame).__name__
-            raise ValueError(f"DeviceFacePath: frame must be an (H, W, 3) uint8 RGB tensor, got {desc}")
+        _check_frame_tensor(frame, "DeviceFacePath")
         if frame.device != self.device:
             raise ValueError(f"DeviceFacePath on {self.device} got a frame on {frame.device}")
         _check_table(table, "DeviceFacePath", device=self.device)

@@ -1,15 +1,14 @@
 """CUDA preprocessing: crop, warp, resize and convert the faces of one frame in ONE kernel launch.
 
 UNTESTED ON A GPU: this module was written on a machine without one. What is tested on the CPU:
-:func:`reference_crop`, a numpy re-implementation of the kernel's exact operations, against the
+:func:`reference_crop` (:func:`crop_from_table`, the kernel's exact operations in torch), against the
 crop convention; the kernel's own source text, compiled for the CPU by a C++ shim, against
 :func:`reference_crop` bit for bit (float32/float16, NCHW/NHWC, strided frames); and, where nvcc
 is installed, that it compiles for sm_90 with no fused multiply-add. Not yet run: NVRTC
 compilation through CuPy, the launch, the pinned upload and the torch <-> CuPy interop (the
 ``gpu`` tests of ``tests/test_gpu_paths.py``), and :meth:`GpuCropper.crop_table` (a box table
 already on the GPU, used by :mod:`mlanet.edge.gpu_stream`; its ``gpu`` test is in
-``tests/test_gpu_stream.py``, against :func:`mlanet.edge.gpu_stream.crop_from_table`, the same
-arithmetic in torch, tested bit for bit against :func:`reference_crop` on the CPU).
+``tests/test_gpu_stream.py``, against :func:`crop_from_table`).
 
 What the kernel computes
     The project's one crop convention (:func:`mlanet.preprocess.crop_image`, i.e. PyTorch's
@@ -21,7 +20,7 @@ What the kernel computes
     bilinear weights of the four neighbours ``floor(fx) + {0, 1}``; a neighbour outside the
     image contributes zero (zero padding, never clamping).
 
-Arithmetic (mirrored exactly by :func:`reference_crop`)
+Arithmetic (mirrored exactly by :func:`crop_from_table` / :func:`reference_crop`)
     One thread per output pixel ``(n, j, i)``, all three channels. Sample coordinates in float64
     (``ox + (i + 0.5) * step`` with ``ox = x0 - 0.5``, ``step = size / S``, computed on the host in
     float64), clamped to ``[-2, W + 1]`` (only changes points whose four neighbours are all
@@ -56,6 +55,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import MLANetError
 from ..preprocess import CropBox
@@ -165,7 +165,8 @@ def _check_frame_shape(shape: tuple[int, ...], dtype: Any, where: str) -> tuple[
 
 # ----------------------------------------------------------------------------------------- CPU reference
 def reference_crop(frame: np.ndarray, boxes: Sequence[CropBox], input_size: int, *, dtype: Any = np.float32) -> np.ndarray:
-    """The kernel's arithmetic in numpy (CPU): crops of ``boxes`` from ``frame``.
+    """The kernel's arithmetic on the CPU for numpy inputs: crops of ``boxes`` from ``frame``
+    (:func:`crop_from_table` on :func:`box_table`).
 
     Args:
         frame: (H, W, 3) uint8 RGB.
@@ -178,33 +179,80 @@ def reference_crop(frame: np.ndarray, boxes: Sequence[CropBox], input_size: int,
         up to float32 rounding (see the module docstring for the bound).
     """
     a = np.asarray(frame)
-    H, W = _check_frame_shape(a.shape, a.dtype, "reference_crop")
+    _check_frame_shape(a.shape, a.dtype, "reference_crop")
     S = _check_size(input_size)
     out_dtype = np.dtype(dtype)
     if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"dtype must be float32 or float16, got {out_dtype}")
     table = box_table(boxes, S)
-    N = len(table)
-    if N == 0:
-        return np.zeros((0, 3, S, S), out_dtype)
-    idx = np.arange(S, dtype=np.float64) + 0.5
+    torch_dtype = torch.float16 if out_dtype == np.dtype(np.float16) else torch.float32
+    crops = crop_from_table(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(table), S, torch_dtype)
+    return np.ascontiguousarray(crops.numpy())
+
+
+def _check_frame_tensor(frame: Any, where: str) -> None:
+    """Refuse anything but an (H, W, 3) uint8 RGB torch tensor."""
+    if (not isinstance(frame, torch.Tensor) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8
+            or frame.shape[0] < 1 or frame.shape[1] < 1):
+        desc = f"{tuple(frame.shape)} {frame.dtype}" if isinstance(frame, torch.Tensor) else type(frame).__name__
+        raise ValueError(f"{where}: frame must be an (H, W, 3) uint8 RGB tensor, got {desc}")
+
+
+def _check_table(table: Any, where: str, n: int | None = None, device: Any = None) -> None:
+    """Refuse anything but an (N, 3) float64 kernel table tensor (``n`` rows, on ``device`` when given)."""
+    if (not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[1] != 3 or table.dtype != torch.float64
+            or (n is not None and table.shape[0] != n)):
+        desc = f"{tuple(table.shape)} {table.dtype}" if isinstance(table, torch.Tensor) else type(table).__name__
+        rows = "N" if n is None else str(n)
+        raise ValueError(f"{where}: table must be an ({rows}, 3) float64 tensor [x0 - 0.5, y0 - 0.5, size / S], got {desc}")
+    if device is not None and table.device != device:
+        raise ValueError(f"{where}: table is on {table.device}, expected {device}")
+
+
+def crop_from_table(frame: Any, table: Any, input_size: int, dtype: Any = None) -> Any:
+    """The kernel's arithmetic in torch, on the frame's device (CPU or GPU), from a box table.
+
+    The host implementation of what the kernel computes (see the module docstring):
+    :func:`reference_crop` is this on numpy arrays, and the CPU stand-in for
+    :meth:`GpuCropper.crop_table` (:class:`~mlanet.edge.device_path.TorchTableCropper`) calls it.
+    float64 sample positions clamped to ``[-2, W + 1]``, floor, float32 fractions and bilinear
+    weights on the uint8 values, ``/ 255``, zero outside the image, round-to-nearest-even for float16.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB tensor.
+        table: (N, 3) float64 kernel table (:func:`box_table`'s layout) on the frame's device;
+            rows must be finite (not checked: that would synchronise a GPU).
+        input_size: S.
+        dtype: ``torch.float32`` (default) or ``torch.float16``.
+
+    Returns:
+        (N, 3, S, S) contiguous ``dtype`` tensor on the frame's device, RGB in [0, 1].
+    """
+    dtype = torch.float32 if dtype is None else dtype
+    _check_frame_tensor(frame, "crop_from_table")
+    _check_table(table, "crop_from_table", device=frame.device)
+    S = _check_size(input_size)
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"crop_from_table: dtype must be torch.float32 or torch.float16, got {dtype}")
+    dev = frame.device
+    H, W = int(frame.shape[0]), int(frame.shape[1])
+    n = int(table.shape[0])
+    if n == 0:
+        return torch.zeros((0, 3, S, S), dtype=dtype, device=dev)
+    idx = torch.arange(S, dtype=torch.float64, device=dev) + 0.5
     ox, oy, step = table[:, 0:1], table[:, 1:2], table[:, 2:3]
-    fx = np.clip(ox + idx[None, :] * step, -2.0, W + 1.0)  # (N, S): columns i
-    fy = np.clip(oy + idx[None, :] * step, -2.0, H + 1.0)  # (N, S): rows j
-    flx, fly = np.floor(fx), np.floor(fy)
-    x0, y0 = flx.astype(np.int64), fly.astype(np.int64)
-    tx, ty = (fx - flx).astype(np.float32), (fy - fly).astype(np.float32)
-    one = np.float32(1.0)
-    ux, uy = one - tx, one - ty
+    fx = (ox + idx[None, :] * step).clamp(-2.0, W + 1.0)  # (N, S): columns i
+    fy = (oy + idx[None, :] * step).clamp(-2.0, H + 1.0)  # (N, S): rows j
+    flx, fly = fx.floor(), fy.floor()
+    x0, y0 = flx.long(), fly.long()
+    tx, ty = (fx - flx).float(), (fy - fly).float()
+    ux, uy = 1.0 - tx, 1.0 - ty
 
-    img = a.astype(np.float32)
-
-    def gather(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    def gather(yy: Any, xx: Any) -> Any:
         """(N, S) rows, (N, S) columns -> (N, S, S, 3) float32 pixel values, zero outside."""
         inside = ((yy >= 0) & (yy < H))[:, :, None] & ((xx >= 0) & (xx < W))[:, None, :]
-        yc, xc = np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)
-        vals = img[yc[:, :, None], xc[:, None, :]]  # (N, S, S, 3)
-        return np.where(inside[..., None], vals, np.float32(0.0))
+        vals = frame[yy.clamp(0, H - 1)[:, :, None], xx.clamp(0, W - 1)[:, None, :]]  # (N, S, S, 3) uint8
+        return torch.where(inside[..., None], vals.float(), 0.0)
 
     p00, p01 = gather(y0, x0), gather(y0, x0 + 1)
     p10, p11 = gather(y0 + 1, x0), gather(y0 + 1, x0 + 1)
@@ -212,8 +260,16 @@ def reference_crop(frame: np.ndarray, boxes: Sequence[CropBox], input_size: int,
     tyb, uyb = ty[:, :, None, None], uy[:, :, None, None]
     top = p00 * uxb + p01 * txb
     bot = p10 * uxb + p11 * txb
-    v = (top * uyb + bot * tyb) / np.float32(255.0)  # (N, S, S, 3) float32
-    return np.ascontiguousarray(v.transpose(0, 3, 1, 2).astype(out_dtype))
+    v = (top * uyb + bot * tyb) / 255.0  # (N, S, S, 3) float32
+    return v.permute(0, 3, 1, 2).contiguous().to(dtype)
+
+
+def normalize_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` with an explicit CUDA index (``cuda`` -> ``cuda:<current>``; an int -> ``cuda:N``)."""
+    dev = torch.device("cuda", device) if isinstance(device, int) and not isinstance(device, bool) else torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 # ----------------------------------------------------------------------------------------- GPU
@@ -264,10 +320,9 @@ class GpuCropper:
         torch = require_cuda("GpuCropper", "use the CPU crop (mlanet.edge.crops.crop_faces) here")
         cupy = _import_cupy("GpuCropper")
         self._torch, self._cupy = torch, cupy
-        dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
-        if dev.type != "cuda":
+        self.device = normalize_device(device)
+        if self.device.type != "cuda":
             raise ValueError(f"GpuCropper needs a CUDA device, got {device!r}")
-        self.device = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
         dtype = torch.float32 if dtype is None else dtype
         if dtype not in (torch.float32, torch.float16):
             raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
@@ -398,16 +453,12 @@ class GpuCropper:
         if not isinstance(frame, torch.Tensor) or not frame.is_cuda:
             raise ValueError(f"GpuCropper.crop_table: frame must be a CUDA tensor on {self.device}, "
                              f"got {type(frame).__name__}{'' if not isinstance(frame, torch.Tensor) else ' on ' + str(frame.device)}")
-        _check_frame_shape(tuple(frame.shape), frame.dtype, "GpuCropper.crop_table")
+        _check_frame_tensor(frame, "GpuCropper.crop_table")
         if frame.device != self.device:
             raise ValueError(f"GpuCropper on {self.device} got a frame on {frame.device}")
         if min(frame.stride()) < 0:
             raise ValueError("GpuCropper.crop_table: frame strides must be non-negative")
-        if (not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[1] != 3
-                or table.dtype != torch.float64 or table.device != self.device):
-            desc = (f"{tuple(table.shape)} {table.dtype} {table.device}" if isinstance(table, torch.Tensor)
-                    else type(table).__name__)
-            raise ValueError(f"GpuCropper.crop_table: table must be an (N, 3) float64 tensor on {self.device}, got {desc}")
+        _check_table(table, "GpuCropper.crop_table", device=self.device)
         n = int(table.shape[0])
         out = self._output(n, out)
         if n == 0:

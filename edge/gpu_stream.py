@@ -93,10 +93,10 @@ import torch
 
 from ..errors import MLANetError
 from ..preprocess import CropBox
-from .gpu_crops import box_table
+from .gpu_crops import box_table, crop_from_table, normalize_device
 from .tracking import FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, crop_box_from_detection
 from .types import Frame
-from .device_ops import DeviceOps, SyncCpuOps, TorchCudaOps, _norm_device
+from .device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
 from .device_path import (
     N_LANDMARKS,
     DeviceFacePath,
@@ -105,7 +105,6 @@ from .device_path import (
     TorchTableCropper,
     boxes_to_table,
     crop_boxes_from_table,
-    crop_from_table,
     roi_table_from_landmarks,
     table_to_boxes,
 )
@@ -228,7 +227,7 @@ class StreamingLoop:
                  roi_scale: float | None = None, max_size_ratio: float = 1.5, min_fit_iou: float = 0.3) -> None:
         if not isinstance(ops, DeviceOps):
             raise ValueError(f"ops must implement DeviceOps (TorchCudaOps, SyncCpuOps), got {type(ops).__name__}")
-        if _norm_device(ops.device) != path.device:
+        if normalize_device(ops.device) != path.device:
             raise ValueError(f"the path runs on {path.device}, the ops on {ops.device}")
         self.path = path
         self.ops = ops

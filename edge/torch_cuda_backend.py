@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends import TorchBackend, _as_images
-from .gpu_crops import require_cuda
+from .gpu_crops import normalize_device, require_cuda
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,9 @@ class TorchCudaBackend:
         import torch
 
         self._torch = torch
-        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-        if dev.type != "cuda":
+        self.device = normalize_device(device)
+        if self.device.type != "cuda":
             raise ValueError(f"TorchCudaBackend needs a CUDA device, got {device!r}")
-        self.device = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if max_graph_batch < 1:

@@ -160,13 +160,14 @@ def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp:
 
     measured: dict[str, dict[str, float]] = {}
     plan = {"mlanet_r50": [1, 32], "mlanet_mobile": [1]}
+    models = {name: ml._build_model(name, face_model, INPUT_SIZE) for name in plan}  # each runner copies its own
     for backend in ("tensorrt", "torch-cuda-fp16"):
         reason = ml.backend_unavailable_reason(backend)
         if reason is not None:
             details.setdefault("skipped_backends", {})[backend] = reason
             continue
         for name, batches in plan.items():
-            model = ml._build_model(name, face_model, INPUT_SIZE)
+            model = models[name]
             factories = ml._runners(backend, model, face_model, tmp, batch_sizes=batches, trt_opt_batch=1)
             factory = factories[0] if backend == "tensorrt" else factories[1]  # device / cuda-graph mode
             run = ml._run_one(name, backend, factory, batches, policy)
