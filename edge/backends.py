@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import AssetError
+from ..params import require_finite_params
 
 
 @runtime_checkable
@@ -50,21 +51,16 @@ def _as_images(images: Any, size: int, where: str) -> np.ndarray:
 
 
 def _check_face_model(source: str, meta: dict[str, Any], face_model: Any) -> None:
-    """Refuse an artifact built for another face model than ``face_model``."""
+    """Refuse an artifact made for another face model than ``face_model`` (decoder signature, layout)."""
+    from ..morphable.decoder_identity import check_binding
     from ..params import ParamLayout
 
-    stored = meta.get("face_model") or {}
-    sid, sck = stored.get("model_id"), stored.get("content_sha256")
-    gid, gck = face_model.model_id, face_model.content_sha256
-    if sid != gid or (sck and gck and sck != gck):
-        raise AssetError(
-            f"{source}: built for face model {sid} (checksum {str(sck)[:12]}...), this face model is {gid} "
-            f"(checksum {str(gck)[:12]}...); use the face model it was exported for"
-        )
+    check_binding(source, meta.get("face_model"), face_model.describe())
     layout = ParamLayout.from_dict(meta["layout"])
     if layout != face_model.layout:
         raise AssetError(
-            f"{source}: parameter layout {layout.sizes} differs from face model {gid}'s {face_model.layout.sizes}"
+            f"{source}: parameter layout {layout.sizes} differs from face model {face_model.model_id}'s "
+            f"{face_model.layout.sizes}"
         )
 
 
@@ -126,7 +122,7 @@ class TorchBackend:
             "model_config": self.model.config.to_dict(),
             "layout": self.model.layout.to_dict(),
             "preprocess": self.model.preprocess.to_dict(),
-            "face_model": {"model_id": face_model.model_id, "content_sha256": face_model.content_sha256},
+            "face_model": face_model.describe(),
         }
         self.input_size = int(self.model.preprocess.input_size)
         return self
@@ -135,7 +131,7 @@ class TorchBackend:
         arr = _as_images(images, self.input_size, f"{self.path}")
         with self._torch.no_grad():
             out = self.model(self._torch.from_numpy(arr).to(self.device))
-        return out.float().cpu().numpy()
+        return require_finite_params(out.float().cpu().numpy(), str(self.path))
 
     def warmup(self) -> None:
         self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
@@ -221,7 +217,7 @@ class OnnxRuntimeBackend:
 
     def __call__(self, images: Any) -> np.ndarray:
         arr = _as_images(images, self.input_size, f"{self.path}")
-        return self.session.run(["params"], {"images": arr})[0]
+        return require_finite_params(self.session.run(["params"], {"images": arr})[0], str(self.path))
 
     def warmup(self) -> None:
         self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
@@ -278,7 +274,7 @@ class TensorRTBackend:
         }
 
     def __call__(self, images: Any) -> np.ndarray:
-        return self._runner(_as_images(images, self.input_size, f"{self.path}"))
+        return require_finite_params(self._runner(_as_images(images, self.input_size, f"{self.path}")), str(self.path))
 
     def warmup(self) -> None:
         self._runner.warmup()

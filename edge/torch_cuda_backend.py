@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends import TorchBackend, _as_images
+from ..params import require_finite_params
 from .gpu_crops import normalize_device, require_cuda
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class TorchCudaBackend:
 
     def __call__(self, images: Any) -> np.ndarray:
         """``images (B, 3, S, S)`` -> params ``(B, P)`` numpy float32 (waits for the GPU)."""
-        return self.run_device(images).cpu().numpy()
+        return require_finite_params(self.run_device(images).float().cpu().numpy(), str(self.path))
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run (and with ``cuda_graphs``, capture) each batch size once: cuDNN benchmarking, allocator."""

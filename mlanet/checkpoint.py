@@ -3,8 +3,10 @@
 * **Weights** (``*.safetensors``): the model's state dict, plus one metadata entry ``"mlanet"``
   holding JSON: format and version, model name and resolved model config, the
   :class:`~mlanet.params.ParamLayout`, the :class:`~mlanet.preprocess.PreprocessCfg`, the face
-  model's id and content checksum, and free-form ``extra`` (training config, step, metrics).
-  No pickle is involved; any user can load any checkpoint safely.
+  model's description (id, decoder signature; see :mod:`mlanet.morphable.decoder_identity`),
+  ``tensors_sha256`` (a SHA-256 over every tensor's name, dtype, shape and bytes, verified on
+  load, so a flipped bit in any tensor is refused) and free-form ``extra`` (training config,
+  step, metrics). No pickle is involved; any user can load any checkpoint safely.
 * **Training state** (``*.state.pt``, only for resuming): optimizer, scheduler, grad scaler,
   step, RNG states. Written with ``torch.save`` and read back with ``weights_only=True`` (a
   restricted unpickler that only rebuilds tensors and plain containers).
@@ -12,7 +14,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import AssetError, IncompatibleFormatError
+from .errors import AssetError, ChecksumError, IncompatibleFormatError
 from .fileutil import mkstemp_beside
 from .params import ParamLayout
 from .preprocess import PreprocessCfg
@@ -28,6 +32,8 @@ from .preprocess import PreprocessCfg
 FORMAT_NAME = "mlanet-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "mlanet"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class CheckpointMeta:
     preprocess: PreprocessCfg
     face_model: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: :func:`tensors_sha256` of the state dict (``None``: written before checksums existed).
+    tensors_sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -52,6 +60,7 @@ class CheckpointMeta:
                 "preprocess": self.preprocess.to_dict(),
                 "face_model": self.face_model,
                 "extra": self.extra,
+                "tensors_sha256": self.tensors_sha256,
             },
             sort_keys=True,
         )
@@ -76,13 +85,28 @@ class CheckpointMeta:
                 preprocess=PreprocessCfg.from_dict(d["preprocess"]),
                 face_model=d["face_model"],
                 extra=d.get("extra", {}),
+                tensors_sha256=d.get("tensors_sha256"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise AssetError(f"{source}: checkpoint metadata is incomplete or invalid ({exc})") from None
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, raw bytes) of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode("utf-8"))
+        h.update(str(t.dtype).encode("ascii"))
+        h.update(str(tuple(t.shape)).encode("ascii"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
-    """Write weights + metadata atomically as safetensors."""
+    """Write weights + metadata atomically as safetensors; records :func:`tensors_sha256` in ``meta``."""
+    from dataclasses import replace
+
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -90,7 +114,11 @@ def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tenso
     os.close(fd)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        meta = replace(meta, tensors_sha256=tensors_sha256(tensors))
         save_file(tensors, tmp, metadata={_META_KEY: meta.to_json()})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # safetensors re-creates the file with mode 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -138,7 +166,26 @@ def _open(path: Path, load_tensors: bool = False) -> tuple[dict[str, torch.Tenso
         raise AssetError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if _META_KEY not in metadata:
         raise AssetError(f"{path}: safetensors file without MLANet metadata (layout, preprocessing, face model)")
-    return tensors, CheckpointMeta.from_json(metadata[_META_KEY], str(path))
+    meta = CheckpointMeta.from_json(metadata[_META_KEY], str(path))
+    if load_tensors:
+        verify_tensors(path, tensors, meta)
+    return tensors, meta
+
+
+def verify_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    """Refuse tensors whose :func:`tensors_sha256` differs from the one the checkpoint records.
+
+    A checkpoint written before checksums existed loads with a warning (its integrity cannot be checked).
+    """
+    if meta.tensors_sha256 is None:
+        log.warning("%s: no tensor checksum (written by an older MLANet); its integrity cannot be verified", path)
+        return
+    actual = tensors_sha256(tensors)
+    if actual != meta.tensors_sha256:
+        raise ChecksumError(
+            f"{path}: tensor checksum mismatch (recorded {meta.tensors_sha256[:12]}..., data {actual[:12]}...); "
+            "the weights file is damaged or was modified; use an intact copy"
+        )
 
 
 def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:

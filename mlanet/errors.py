@@ -29,3 +29,7 @@ class ChecksumError(AssetError):
 
 class OfflineError(MLANetError):
     """A download was needed but the network could not be reached."""
+
+
+class NonFiniteOutputError(MLANetError):
+    """A network produced NaN or infinite parameters (damaged weights or a broken export)."""

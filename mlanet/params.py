@@ -190,3 +190,32 @@ class FaceParams:
     def replace(self, **changes: torch.Tensor) -> "FaceParams":
         """Copy with some groups replaced."""
         return dataclasses.replace(self, **changes)
+
+
+def require_finite_params(params: Any, source: str) -> Any:
+    """Return ``params`` (B, P) (numpy array or tensor) unchanged, or raise if any value is NaN/inf.
+
+    The one check at the network boundary (every inference backend and evaluation calls it), so
+    damaged weights stop with a clear error instead of NaN meshes deep in a writer.
+
+    Raises:
+        NonFiniteOutputError: naming ``source`` and how many of the B faces are affected.
+    """
+    from .errors import NonFiniteOutputError
+
+    finite = torch.isfinite(params) if isinstance(params, torch.Tensor) else _np_isfinite(params)
+    if finite.all():
+        return params
+    rows = finite.reshape(finite.shape[0], -1).all(1) if finite.ndim else finite
+    n_bad = int((~rows).sum()) if finite.ndim else 1
+    total = int(finite.shape[0]) if finite.ndim else 1
+    raise NonFiniteOutputError(
+        f"{source}: the network produced NaN or infinite parameters for {n_bad} of {total} faces; "
+        "its weights are damaged or were trained into divergence; use intact weights"
+    )
+
+
+def _np_isfinite(a: Any) -> Any:
+    import numpy as np
+
+    return np.isfinite(np.asarray(a))

@@ -349,11 +349,17 @@ def test_checkpoint_round_trip_and_face_model_check(tmp_path, face_data, layout)
     with pytest.raises(ValueError, match="safetensors"):
         save_model(model, tmp_path / "ckpt.pt", face.describe())
 
-    # Same id, other content checksum: also another face model. A DataParallel wrapper is unwrapped.
+    # Same decoder, other whole-file checksum (e.g. another MediaPipe registration): accepted.
+    # A DataParallel wrapper is unwrapped.
     desc = face.describe() | {"content_sha256": "a" * 64}
     path2 = save_model(nn.DataParallel(model), tmp_path / "ckpt2.safetensors", desc)
-    with pytest.raises(AssetError, match="content checksum"):
-        create_model(checkpoint=path2, face_model=desc | {"content_sha256": "b" * 64})
+    assert create_model(checkpoint=path2, face_model=desc | {"content_sha256": "b" * 64}).layout == layout
+    # A checkpoint from before decoder signatures matches only the very same file.
+    legacy = {k: v for k, v in desc.items() if k not in ("decoder", "build")}
+    path3 = save_model(model, tmp_path / "ckpt3.safetensors", legacy)
+    assert create_model(checkpoint=path3, face_model=desc | {"content_sha256": "a" * 64}).layout == layout
+    with pytest.raises(AssetError, match="content checksum.*predates decoder signatures"):
+        create_model(checkpoint=path3, face_model=desc | {"content_sha256": "b" * 64})
 
 
 # --------------------------------------------------------------------------------------- registry

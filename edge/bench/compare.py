@@ -103,20 +103,20 @@ def resolve_clip(clip: str | os.PathLike[str] | None) -> Path:
 
 
 def resolve_face_model(path: str | os.PathLike[str] | None) -> Path:
-    from ...morphable.model import BUILD_COMMAND
+    from ...morphable.model import build_command
     from ...paths import default_face_model_path
 
     if path is None:
         p = default_face_model_path()
         if not p.is_file():
             raise FaceModelNotFoundError(
-                f"no face model at {p} (the asset home); build it with `{BUILD_COMMAND}` "
+                f"no face model at {p} (the asset home); build it with `{build_command()}` "
                 "or pass --face-model FILE"
             )
         return p
     p = Path(path)
     if not p.is_file():
-        raise FaceModelNotFoundError(f"{p}: no such face-model file; build one with `{BUILD_COMMAND}`")
+        raise FaceModelNotFoundError(f"{p}: no such face-model file; build one with `{build_command()}`")
     return p
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..morphable.model import MorphableModel
-from ..params import FaceParams, ParamLayout
+from ..params import FaceParams, ParamLayout, require_finite_params
 from ..preprocess import CropBox, PreprocessCfg
 
 #: ``predict_fn(images (B, 3, S, S) float [0, 1]) -> landmarks (B, L, 2+)`` in crop pixels.
@@ -67,12 +67,13 @@ def make_landmark_predictor(
         device, dtype = torch.device("cpu"), torch.float32
     face_model = face_model.to(device)
     size = preprocess.input_size
+    source = str(getattr(model, "name", None) or type(model).__name__)
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
             raise ValueError(f"images must be (B, 3, {size}, {size}), got {tuple(images.shape)}")
         with torch.no_grad():
-            flat = model(images.to(device=device, dtype=dtype))
+            flat = require_finite_params(model(images.to(device=device, dtype=dtype)), source)
             params = FaceParams.from_flat(flat, layout)
             landmarks = face_model.landmarks(face_model(params))
             camera = preprocess.camera(landmarks.shape[0], dtype=landmarks.dtype, device=landmarks.device)

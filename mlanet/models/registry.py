@@ -67,11 +67,15 @@ def describe_face_model(face_model: Any) -> dict[str, Any]:
     header = getattr(face_model, "header", None)
     if not isinstance(header, Mapping) or "model_id" not in header:
         raise ValueError(f"expected a MorphableModel, FaceModelData or description dict, got {type(face_model).__name__}")
+    from ..morphable.decoder_identity import build_recipe, decoder_signature
+
     return {
         "model_id": str(header["model_id"]),
-        "content_sha256": header.get("content_sha256"),
+        "content_sha256": header.get("content_sha256") or face_model.content_checksum(),
         "vertices": int(face_model.n_vertices),
         "layout": ParamLayout.for_face_model(face_model).to_dict(),
+        "decoder": decoder_signature(face_model),
+        "build": build_recipe(header),
     }
 
 
@@ -110,7 +114,8 @@ def create_model(
         layout: parameter layout (fresh model); else taken from ``face_model``.
         face_model: a MorphableModel, FaceModelData or face-model file path. For a fresh model
             it supplies the layout; with a checkpoint it is checked against the checkpoint's
-            face model (model id, content checksum, layout).
+            face model (model id, decoder signature within tolerance, layout; see
+            :mod:`mlanet.morphable.decoder_identity`).
         preprocess: input size / normalisation of a fresh model (default ``PreprocessCfg()``).
         **overrides: MLANetConfig fields replacing the registered defaults (fresh model only),
             e.g. ``block_attention=False``, ``fusion=False``.
@@ -183,19 +188,13 @@ def _from_checkpoint(
 
 
 def _check_face_model(path: Path, meta: CheckpointMeta, given: dict[str, Any]) -> None:
-    stored = meta.face_model or {}
-    problems = []
-    if stored.get("model_id") != given.get("model_id"):
-        problems.append(f"model id {given.get('model_id')!r} vs the checkpoint's {stored.get('model_id')!r}")
-    a, b = stored.get("content_sha256"), given.get("content_sha256")
-    if a and b and a != b:
-        problems.append(f"content checksum {str(b)[:12]}... vs the checkpoint's {str(a)[:12]}...")
+    from ..morphable.decoder_identity import check_binding
+
+    check_binding(str(path), meta.face_model, given)
     if "layout" in given and ParamLayout.from_dict(given["layout"]) != meta.layout:
-        problems.append(f"layout {ParamLayout.from_dict(given['layout']).sizes} vs the checkpoint's {meta.layout.sizes}")
-    if problems:
         raise AssetError(
-            f"{path}: the checkpoint was trained for another face model ({'; '.join(problems)}); "
-            "load it with the face model it was trained for"
+            f"{path}: parameter layout {meta.layout.sizes} differs from the face model's "
+            f"{ParamLayout.from_dict(given['layout']).sizes}"
         )
 
 

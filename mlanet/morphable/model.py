@@ -23,10 +23,36 @@ from ..geometry.rotations import euler_to_matrix
 from ..geometry.sh import sh_shade
 from ..params import FaceParams, ParamLayout
 from ..paths import HOME_ENV_VAR, default_face_model_path
+from .decoder_identity import build_recipe, decoder_signature
 from .data import FaceModelData
 
-#: Command that builds the default face model; quoted in every "not found" message.
-BUILD_COMMAND = "mlanet assets build --ict /path/to/FaceXModel.tar.xz   (or: mlanet assets fetch)"
+#: Where a checkout or a user keeps ICT-FaceKit and MediaPipe's canonical mesh, under a shared folder.
+_SHARED_ICT = Path("assets/ict-facekit/FaceXModel.tar.xz")
+_SHARED_MEDIAPIPE = Path("assets/mediapipe-canonical/canonical_face_model.obj")
+
+
+def build_command() -> str:
+    """A command that builds the default face model on this machine, as it can be typed.
+
+    With a local ICT-FaceKit archive in a shared-assets folder (``$MLANET_SHARED``, ``../shared``
+    or ``./shared`` from the working directory, or ``shared/`` beside this checkout) the
+    ``mlanet assets build --ict ... --mediapipe ...`` line with its absolute paths; otherwise
+    ``mlanet assets fetch`` (downloads and verifies the pinned release; offline it fails at once
+    and names the local-path form).
+    """
+    import shlex
+
+    roots = [os.environ.get("MLANET_SHARED"), Path.cwd() / ".." / "shared", Path.cwd() / "shared",
+             Path(__file__).resolve().parents[2] / ".." / "shared"]
+    for root in roots:
+        if not root:
+            continue
+        ict = (Path(root) / _SHARED_ICT).resolve()
+        if ict.is_file():
+            mp = (Path(root) / _SHARED_MEDIAPIPE).resolve()
+            line = f"mlanet assets build --ict {shlex.quote(str(ict))}"
+            return line + (f" --mediapipe {shlex.quote(str(mp))}" if mp.is_file() else "")
+    return "mlanet assets fetch"
 
 
 class MorphableModel(nn.Module):
@@ -48,6 +74,8 @@ class MorphableModel(nn.Module):
         self.header: dict[str, Any] = dict(data.header)
         if not self.header.get("content_sha256"):  # built in memory, never saved: same checksum save() would write
             self.header["content_sha256"] = data.content_checksum()
+        #: What the network's outputs mean with this model (see :mod:`.decoder_identity`).
+        self.decoder_signature: dict[str, Any] = decoder_signature(data)
         self.n_identity = data.n_identity
         self.n_expression = data.n_expression
         self.n_albedo = data.n_albedo
@@ -111,12 +139,19 @@ class MorphableModel(nn.Module):
         return ParamLayout.for_face_model(self)
 
     def describe(self) -> dict[str, Any]:
-        """Identity of the face model for artifacts (model id, content checksum, sizes)."""
+        """Identity of the face model for artifacts.
+
+        ``model_id``, ``content_sha256`` (the whole file, informative only), ``vertices``,
+        ``layout``, ``decoder`` (:func:`~.decoder_identity.decoder_signature`: what artifacts are
+        checked against) and ``build`` (how it was built, for the hint when it does not match).
+        """
         return {
             "model_id": self.model_id,
             "content_sha256": self.content_sha256,
             "vertices": self.n_vertices,
             "layout": self.layout.to_dict(),
+            "decoder": self.decoder_signature,
+            "build": build_recipe(self.header),
         }
 
     def region_mask(self, *names: str) -> torch.Tensor:
@@ -195,8 +230,8 @@ def load_face_model_data(path: str | os.PathLike[str] | None = None) -> FaceMode
         if not Path(path).is_file():
             raise FaceModelNotFoundError(
                 f"no face model at {path} (the asset home; set ${HOME_ENV_VAR} to use another). "
-                f"Build it with: {BUILD_COMMAND}"
+                f"Build it with: {build_command()}"
             )
     elif not Path(path).is_file():
-        raise FaceModelNotFoundError(f"{path}: no such face-model file. Build one with: {BUILD_COMMAND}")
+        raise FaceModelNotFoundError(f"{path}: no such face-model file. Build the default one with: {build_command()}")
     return FaceModelData.load(path)

@@ -1,4 +1,4 @@
-"""``mlanet weights``: list the shipped weights, show their release block, pack new ones."""
+"""``mlanet weights``: list the shipped weights, show their release block, pack new ones, rebind old ones."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         meta = read_meta(path)
         rel = meta.extra.get("release", {})
         print(f"{name}: {path} ({path.stat().st_size / 2**20:.1f} MiB, {rel.get('dtype', '?')}, "
-              f"{meta.preprocess.input_size} px input, face model {meta.face_model.get('model_id')} "
-              f"{str(meta.face_model.get('content_sha256'))[:12]}...)")
+              f"{meta.preprocess.input_size} px input, face model {meta.face_model.get('model_id')}, "
+              f"{'decoder signature' if meta.face_model.get('decoder') else 'no decoder signature'}, "
+              f"{'tensor checksum' if meta.tensors_sha256 else 'no tensor checksum'})")
         if rel.get("notice"):
             print(f"  {rel['notice']}")
     print(f"model card: {MODEL_CARD}")
@@ -51,6 +52,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebind(args: argparse.Namespace) -> int:
+    from .pack import rebind_weights
+
+    out = rebind_weights(args.weights, args.face_model, args.out or args.weights)
+    print(f"wrote {out}: bound to the decoder of {args.face_model}, tensor checksum recorded")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("weights", help="shipped default weights: list, info, pack")
     sub = p.add_subparsers(dest="weights_cmd", required=True)
@@ -64,3 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
     pk.add_argument("--stage", action="append", metavar="RUN_DIR", help="training run folders in order (repeatable)")
     pk.set_defaults(func=cmd_pack)
+    rb = sub.add_parser("rebind", help="upgrade a checkpoint from before decoder signatures, given the face-model "
+                        "file it was made with (its checksum must match)")
+    rb.add_argument("weights", metavar="FILE", help="the .safetensors checkpoint")
+    rb.add_argument("--face-model", required=True, metavar="FILE", help="the face-model file it was trained with")
+    rb.add_argument("--out", metavar="FILE", help="where to write (default: replace the checkpoint, atomically)")
+    rb.set_defaults(func=cmd_rebind)

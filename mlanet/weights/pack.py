@@ -98,3 +98,46 @@ def release_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     from ..checkpoint import read_meta
 
     return read_meta(path).extra.get("release")
+
+
+def rebind_weights(weights: str | os.PathLike[str], face_model: str | os.PathLike[str],
+                   out: str | os.PathLike[str]) -> Path:
+    """Record the decoder signature and tensor checksum in a checkpoint written before they existed.
+
+    Older checkpoints name their face model only by the whole file's SHA-256, which changes with
+    derived extras (the MediaPipe correspondence) from machine to machine. Given the very file the
+    checkpoint was made with (its content checksum must match the recorded one), this writes the
+    same tensors to ``out`` with that model's :meth:`~mlanet.morphable.model.MorphableModel.describe`
+    (decoder signature, build recipe) and a tensor checksum; the ``extra`` block is kept and gets a
+    ``rebound`` entry. A checkpoint that already has a decoder signature is checked against
+    ``face_model`` and rewritten with a tensor checksum.
+
+    Raises:
+        AssetError: ``face_model`` is not the file the checkpoint was made with.
+    """
+    from ..errors import AssetError
+    from ..morphable.decoder_identity import check_binding
+    from ..morphable.model import MorphableModel
+
+    src = resolve_weights(weights)
+    state, meta = load_weights(src)
+    face = MorphableModel.load(face_model)
+    given = face.describe()
+    stored = meta.face_model or {}
+    if stored.get("decoder"):
+        check_binding(str(src), stored, given)
+    elif stored.get("model_id") != given["model_id"] or stored.get("content_sha256") != given["content_sha256"]:
+        raise AssetError(
+            f"{face_model}: not the face-model file {src} was made with (model {given['model_id']}, checksum "
+            f"{str(given['content_sha256'])[:12]}... vs the checkpoint's {stored.get('model_id')}, "
+            f"{str(stored.get('content_sha256'))[:12]}...); rebinding needs that very file"
+        )
+    extra = dict(meta.extra)
+    extra["rebound"] = {
+        "from_content_sha256": stored.get("content_sha256"),
+        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
+    }
+    new_meta = CheckpointMeta(meta.model_name, meta.model_config, meta.layout, meta.preprocess, given, extra)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return save_weights(out, state, new_meta)
