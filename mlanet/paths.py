@@ -40,3 +40,28 @@ def default_face_model_path() -> Path:
 def downloads_dir() -> Path:
     """Directory for downloaded upstream archives."""
     return asset_home() / "downloads"
+
+
+#: Where a checkout or a user keeps ICT-FaceKit and MediaPipe's canonical mesh, under a shared folder.
+SHARED_ICT_ARCHIVE = Path("assets/ict-facekit/FaceXModel.tar.xz")
+SHARED_MEDIAPIPE_OBJ = Path("assets/mediapipe-canonical/canonical_face_model.obj")
+#: Environment variable naming a shared-assets folder (with ``assets/ict-facekit/...``).
+SHARED_ENV_VAR = "MLANET_SHARED"
+
+
+def find_local_ict_assets() -> tuple[Path, Path | None] | None:
+    """``(ICT archive, MediaPipe OBJ or None)`` found in a shared-assets folder, else ``None``.
+
+    Looks in ``$MLANET_SHARED``, ``../shared`` and ``./shared`` from the working directory, and
+    ``shared/`` beside this checkout; paths are absolute.
+    """
+    roots = [os.environ.get(SHARED_ENV_VAR), Path.cwd() / ".." / "shared", Path.cwd() / "shared",
+             Path(__file__).resolve().parents[1] / ".." / "shared"]
+    for root in roots:
+        if not root:
+            continue
+        ict = (Path(root) / SHARED_ICT_ARCHIVE).resolve()
+        if ict.is_file():
+            mp = (Path(root) / SHARED_MEDIAPIPE_OBJ).resolve()
+            return ict, (mp if mp.is_file() else None)
+    return None

@@ -33,11 +33,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import AssetError
+from ..paths import find_local_ict_assets
 
 #: Version of the signature format; a stored signature of another version is recomputed/refused.
 SIGNATURE_VERSION = 1
@@ -182,9 +184,15 @@ def rebuild_hint(recipe: Mapping[str, Any] | None) -> str:
     else:
         albedo_flag = " --albedo regional" if albedo else ""
     release = f"ICT-FaceKit release {recipe['upstream_commit']}" if recipe.get("upstream_commit") else "ICT-FaceKit"
+    found = find_local_ict_assets()
+    if found is None:
+        command = f"mlanet assets build --ict PATH/TO/FaceXModel.tar.xz --crop {crop}{albedo_flag}"
+    else:
+        ict, mp = found
+        command = (f"mlanet assets build --ict {shlex.quote(str(ict))}"
+                   f"{f' --mediapipe {shlex.quote(str(mp))}' if mp else ''} --crop {crop}{albedo_flag}")
     return (
-        f"build the face model it was trained for from {release} with "
-        f"`mlanet assets build --ict PATH/TO/FaceXModel.tar.xz --crop {crop}{albedo_flag}`"
+        f"build the face model it was trained for from {release} with `{command}`"
         f"{f' (albedo model {albedo})' if albedo else ''}, or pass that file with --face-model"
     )
 

@@ -22,37 +22,26 @@ from ..geometry.mesh import vertex_normals
 from ..geometry.rotations import euler_to_matrix
 from ..geometry.sh import sh_shade
 from ..params import FaceParams, ParamLayout
-from ..paths import HOME_ENV_VAR, default_face_model_path
+from ..paths import HOME_ENV_VAR, default_face_model_path, find_local_ict_assets
 from .decoder_identity import build_recipe, decoder_signature
 from .data import FaceModelData
 
-#: Where a checkout or a user keeps ICT-FaceKit and MediaPipe's canonical mesh, under a shared folder.
-_SHARED_ICT = Path("assets/ict-facekit/FaceXModel.tar.xz")
-_SHARED_MEDIAPIPE = Path("assets/mediapipe-canonical/canonical_face_model.obj")
-
-
-def build_command() -> str:
+def build_command(*flags: str) -> str:
     """A command that builds the default face model on this machine, as it can be typed.
 
-    With a local ICT-FaceKit archive in a shared-assets folder (``$MLANET_SHARED``, ``../shared``
-    or ``./shared`` from the working directory, or ``shared/`` beside this checkout) the
-    ``mlanet assets build --ict ... --mediapipe ...`` line with its absolute paths; otherwise
-    ``mlanet assets fetch`` (downloads and verifies the pinned release; offline it fails at once
-    and names the local-path form).
+    With a local ICT-FaceKit archive (:func:`~mlanet.paths.find_local_ict_assets`) the
+    ``mlanet assets build --ict ... --mediapipe ...`` line with its absolute paths and ``flags``;
+    otherwise ``mlanet assets fetch`` (downloads and verifies the pinned release; offline it
+    fails at once and names the local-path form).
     """
     import shlex
 
-    roots = [os.environ.get("MLANET_SHARED"), Path.cwd() / ".." / "shared", Path.cwd() / "shared",
-             Path(__file__).resolve().parents[2] / ".." / "shared"]
-    for root in roots:
-        if not root:
-            continue
-        ict = (Path(root) / _SHARED_ICT).resolve()
-        if ict.is_file():
-            mp = (Path(root) / _SHARED_MEDIAPIPE).resolve()
-            line = f"mlanet assets build --ict {shlex.quote(str(ict))}"
-            return line + (f" --mediapipe {shlex.quote(str(mp))}" if mp.is_file() else "")
-    return "mlanet assets fetch"
+    found = find_local_ict_assets()
+    if found is None:
+        return " ".join(["mlanet assets fetch", *flags])
+    ict, mp = found
+    words = ["mlanet", "assets", "build", "--ict", str(ict)] + (["--mediapipe", str(mp)] if mp else []) + list(flags)
+    return " ".join(shlex.quote(w) for w in words)
 
 
 class MorphableModel(nn.Module):
