@@ -1,7 +1,8 @@
 """Tests of the MediaPipe canonical mesh -> face model correspondence (mlanet.morphable.mediapipe_map).
 
-The synthetic tests need nothing but numpy/scipy; the ``assets`` test registers the real
-MediaPipe canonical mesh to ICT-FaceKit read straight from the shared archive.
+The synthetic tests need nothing but numpy/scipy; the ``assets`` tests register the real
+MediaPipe canonical mesh to ICT-FaceKit read from the shared archive, and check that the
+registration is bit-identical across BLAS thread counts, OpenBLAS kernels and numpy SIMD levels.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
+import mlanet
 from mlanet.conventions import METRES_PER_CM, y_up_to_model_frame
 from mlanet.errors import AssetError
 from mlanet.morphable.mediapipe_map import (
@@ -385,3 +389,117 @@ def test_register_mediapipe_on_ict(ict_face, mediapipe_canonical):
     assert sym_err_mm.max() < 2.0, sym_err_mm.max()
     # MediaPipe's nose tip (vertex 4, the pronasale) maps onto ICT's nose-tip landmark (iBUG 30).
     assert np.linalg.norm(on_mean[4] - mean[lm68[30]]) * 1000 < 1.5
+
+
+# ------------------------------------------------------- determinism across machines
+# The registration as the asset builder runs it (100 identity modes + 55 expressions), in
+# fresh interpreters whose BLAS threads, OpenBLAS kernel or numpy SIMD level differ; the
+# stored arrays must come out bit-identical (they used to differ in up to 25 triangles).
+_REGISTER_CHILD = r"""
+import json, sys
+import numpy as np
+from mlanet.morphable.mediapipe_map import register_mediapipe
+
+z = np.load(sys.argv[1])
+res = register_mediapipe(
+    z["mp"], z["mean"], z["identity"], z["triangles"], z["landmarks68"], expression_basis=z["expression"]
+)
+np.savez(sys.argv[2], **{k.replace("/", "__"): v for k, v in res.to_extra().items()})
+info = {"blas_architectures": None, "numpy_simd": None, "n_on_boundary": res.stats["n_on_boundary"]}
+try:
+    import threadpoolctl
+    libs = threadpoolctl.threadpool_info()
+    info["blas_architectures"] = sorted(
+        {str(lib.get("architecture")) for lib in libs if lib.get("internal_api") == "openblas"}
+    )
+except ImportError:
+    pass
+try:
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    info["numpy_simd"] = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+except ImportError:
+    pass
+print(json.dumps(info))
+"""
+_ENV_KNOBS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
+              "NPY_DISABLE_CPU_FEATURES")
+
+
+@pytest.fixture(scope="module")
+def builder_inputs(tmp_path_factory):
+    """The asset builder's registration inputs (float64 mean, float32 deltas), saved to an .npz."""
+    from mlanet.morphable.ict import crop_mesh
+    from mlanet.morphable.ict_source import read_ict_release
+    from mlanet.morphable.ict_topology import CROP_PRESETS, DEFAULT_CROP
+
+    archive = _shared_dir() / "assets" / "ict-facekit" / "FaceXModel.tar.xz"
+    mp_path = _shared_dir() / "assets" / "mediapipe-canonical" / "canonical_face_model.obj"
+    for path in (archive, mp_path):
+        if not path.is_file():
+            pytest.skip(f"{path} not found (set MLANET_SHARED to the shared folder)")
+    release = read_ict_release(archive)
+    mesh = crop_mesh(release, CROP_PRESETS[DEFAULT_CROP][0])
+    to_model = lambda v: y_up_to_model_frame(v[mesh.vertex_index], METRES_PER_CM)  # noqa: E731
+    mean = to_model(release.neutral.vertices)
+
+    def deltas(names):
+        return np.stack([to_model(release.shapes[n]) - mean for n in names]).astype(np.float32)
+
+    path = tmp_path_factory.mktemp("mediapipe_determinism") / "inputs.npz"
+    np.savez(
+        path, mp=read_mediapipe_canonical(mp_path), mean=mean, identity=deltas(release.identity_names),
+        expression=deltas(release.expression_names), triangles=mesh.triangles,
+        landmarks68=mesh.remap(release.vertex_indices["idx_to_landmark_verts"]),
+    )
+    return path
+
+
+def _register_in_child(inputs: Path, out: Path, **env_settings: str) -> tuple[dict, dict[str, np.ndarray]]:
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_KNOBS}
+    env.update(env_settings)
+    # The child imports the same mlanet as this process.
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(mlanet.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", _REGISTER_CHILD, str(inputs), str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"registration with {env_settings} failed:\n{proc.stderr[-3000:]}"
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    with np.load(out) as z:
+        arrays = {k.replace("__", "/"): z[k] for k in z.files}
+    return info, arrays
+
+
+@pytest.fixture(scope="module")
+def single_thread_registration(builder_inputs):
+    return _register_in_child(
+        builder_inputs, builder_inputs.with_name("one_thread.npz"), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+    )
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("variant", ["two_threads", "other_openblas_kernel", "numpy_baseline_simd"])
+def test_registration_is_bit_identical_across_environments(variant, builder_inputs, single_thread_registration):
+    ref_info, ref = single_thread_registration
+    assert set(ref) == {"mediapipe/triangle", "mediapipe/barycentric", "mediapipe/residual_mm", "mediapipe/on_boundary"}
+    assert ref_info["n_on_boundary"] == 0
+    if variant == "two_threads":
+        settings = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    elif variant == "other_openblas_kernel":
+        if ref_info["blas_architectures"] is None:
+            pytest.skip("threadpoolctl is not installed: cannot confirm that OPENBLAS_CORETYPE changes the kernel")
+        coretype = "Sandybridge" if "Haswell" in ref_info["blas_architectures"] else "Haswell"
+        settings = {"OPENBLAS_CORETYPE": coretype}
+    else:
+        if not ref_info["numpy_simd"]:
+            pytest.skip("numpy reports no SIMD dispatch targets above its baseline on this CPU")
+        settings = {"NPY_DISABLE_CPU_FEATURES": " ".join(ref_info["numpy_simd"])}
+    info, got = _register_in_child(builder_inputs, builder_inputs.with_name(f"{variant}.npz"), **settings)
+    if variant == "other_openblas_kernel" and info["blas_architectures"] == ref_info["blas_architectures"]:
+        pytest.skip(f"OpenBLAS ignores OPENBLAS_CORETYPE here (still {info['blas_architectures']})")
+    if variant == "numpy_baseline_simd":
+        assert info["numpy_simd"] == [], info  # the variant really ran numpy's baseline kernels
+    for key, value in ref.items():
+        assert got[key].dtype == value.dtype
+        differ = np.flatnonzero((got[key] != value).reshape(len(value), -1).any(axis=1))
+        assert differ.size == 0, f"{key} differs under {settings} at {differ.size} points, e.g. {differ[:10].tolist()}"

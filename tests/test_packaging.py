@@ -74,3 +74,18 @@ def test_bfm_build_via_cli(tmp_path, capsys):
     out = tmp_path / "bfm.mlface.npz"
     assert main(["assets", "build", "--bfm", str(mat), "--output", str(out)]) == 0
     assert out.is_file() and "bfm09-front" in capsys.readouterr().out
+
+
+def test_every_python_package_is_listed_for_the_wheel():
+    """A package missing from pyproject's ``packages`` works in an editable install but not from a wheel."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    dirs = {v: k for k, v in cfg["package-dir"].items()}
+    found = set()
+    for top, name in dirs.items():
+        for init in (REPO / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / top).parts
+            found.add(".".join((name, *rel)))
+    assert sorted(found - listed) == []

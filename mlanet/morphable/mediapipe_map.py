@@ -12,15 +12,17 @@ Algorithm (:func:`register_mediapipe`), all in the model frame (metres, see
 
 1. **Rigid start.** A similarity ``q = s R p + t`` from the anchor pairs alone
    (:data:`MEDIAPIPE_ANCHORS`: MediaPipe vertices with a known iBUG-68 counterpart, verified on
-   ICT-FaceKit), solved in closed form (Umeyama). The closest-point distances of the
+   ICT-FaceKit), solved in closed form (Umeyama's objective, Horn's quaternion rotation:
+   :func:`.exact_linalg.similarity_transform`). The closest-point distances of the
    transformed MediaPipe vertices to the *mean* surface are the "rigid-only" residual.
 2. **Non-rigid registration (ICP with a morphable model).** Repeat: find the exact closest
    point on the current model surface for every transformed MediaPipe vertex
    (:func:`closest_points_on_mesh`); reject points whose closest point lies on the mesh
    boundary or farther than ``max(outlier_factor * median, outlier_floor_mm)``; re-solve the
-   similarity (weighted Umeyama to those closest points plus the anchors' landmark vertices);
+   similarity (weighted, to those closest points plus the anchors' landmark vertices);
    then, with the similarity fixed, solve a regularised linear least-squares problem for the
-   identity coefficients ``c`` (and optionally expression weights ``e``, bounded to [0, 1])::
+   identity coefficients ``c`` (and optionally expression weights ``e``, bounded to [0, 1];
+   through its normal equations, with :func:`.exact_linalg.box_qp` for the bounds)::
 
        sum_i (n_i . (q_i - S_i(c, e)))^2 / mm^2                    point-to-plane, inliers
      + point_weight  * sum_i |q_i - S_i(c, e)|^2 / mm^2            point-to-point, inliers
@@ -40,6 +42,16 @@ Residuals are measured in the model frame after the similarity, i.e. in the face
 millimetres. :attr:`MediaPipeCorrespondence.stats` records the rigid-only and final residual
 distributions, each anchor's residual, the iteration count and the number of boundary points.
 
+**Determinism.** The stored correspondence must come out bit-identical wherever the model
+file is built, but the ICP turns last-bit rounding differences into different triangles (with
+BLAS-backed solves, 1 vs 2 OpenBLAS threads moved 25 of the 468 points). So the registration
+uses no BLAS / LAPACK at all: every product, the normal equations, their Cholesky solve, the
+box-constrained expression fit and the similarity (Horn's quaternion, Jacobi eigen-solver) come
+from :mod:`.exact_linalg`, built on elementwise IEEE operations and numpy's fixed-order
+pairwise sums; the closest-point search is exact and breaks ties by index. The output no
+longer depends on the thread count, the OpenBLAS kernel (``OPENBLAS_CORETYPE``) or numpy's
+SIMD level (``NPY_DISABLE_CPU_FEATURES``); ``tests/test_mediapipe_map.py`` checks this.
+
 Measured on ICT-FaceKit's face region (vertices 0..9408, 18,460 triangles), default settings
 (``tests/test_mediapipe_map.py`` recomputes the 30-mode column; the asset builder uses the last):
 
@@ -47,23 +59,27 @@ Measured on ICT-FaceKit's face region (vertices 0..9408, 18,460 triangles), defa
 residual    rigid only   final, 30 id   final, 100 id   final, 100 id + 55 expressions
 ==========  ===========  =============  ==============  ===============================
 mean        1.23 mm      0.49 mm        0.41 mm         0.36 mm
-median      0.84 mm      0.45 mm        0.35 mm         0.29 mm
-p95         3.83 mm      1.15 mm        0.95 mm         0.85 mm
-max         7.02 mm      2.39 mm        1.98 mm         1.67 mm
+median      0.84 mm      0.43 mm        0.35 mm         0.29 mm
+p95         3.83 mm      1.15 mm        0.96 mm         0.88 mm
+max         7.02 mm      2.49 mm        1.97 mm         1.74 mm
 ==========  ===========  =============  ==============  ===============================
 
-Anchors end within 0.2-2.7 mm of their ICT landmark vertices, no point maps onto the mesh
-boundary, mirror-symmetric MediaPipe vertices land within 0.3 mm of mirror-symmetric spots of
-the mean face, and registration takes about 0.3 s (30 modes), 0.4 s (100 modes) and 0.8 s
-(with expressions) on the 2-core development machine. The strong default expression
-regularisation keeps expression weights small (largest: jawOpen 0.07, MediaPipe's canonical
-mouth being slightly open); with weak regularisation the fit uses unrelated expressions
-(mouthPress, eyeLookDown about 0.4) for little gain.
+The ICP's end point is sensitive to rounding: perturbing the MediaPipe vertices by 1e-15
+(relative) spreads the last column's p95 over 0.86-0.88 mm and its max over 1.70-1.75 mm (the
+30-mode max over 2.32-2.49 mm), the same spread as the earlier BLAS-based solver had; the
+table is the one deterministic outcome. Anchors end within 2.7 mm of their ICT landmark
+vertices, no point maps onto the mesh boundary, mirror-symmetric MediaPipe vertices land
+within 0.3 mm of mirror-symmetric spots of the mean face, and registration takes about 0.4 s
+(30 or 100 modes) and 0.7 s (with expressions) on the 2-core development machine. The strong
+default expression regularisation keeps expression weights small (largest: jawOpen 0.07,
+MediaPipe's canonical mouth being slightly open); with weak regularisation the fit uses
+unrelated expressions (mouthPress, eyeLookDown about 0.4) for little gain.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -76,6 +92,17 @@ from scipy.spatial import cKDTree
 
 from ..conventions import METRES_PER_CM, y_up_to_model_frame
 from ..errors import AssetError
+from .exact_linalg import (
+    box_qp,
+    matmul,
+    matvec,
+    normal_equations,
+    row_norms,
+    rowwise_dot,
+    similarity_transform,
+    solve_spd,
+    symmetric_eigen,
+)
 from .obj import read_obj
 
 logger = logging.getLogger(__name__)
@@ -166,12 +193,12 @@ def closest_points_on_triangles(points: np.ndarray, tri_vertices: np.ndarray) ->
     a, b, c = tv[:, 0], tv[:, 1], tv[:, 2]
     ab, ac = b - a, c - a
     ap, bp, cp = p - a, p - b, p - c
-    d1 = np.einsum("ij,ij->i", ab, ap)
-    d2 = np.einsum("ij,ij->i", ac, ap)
-    d3 = np.einsum("ij,ij->i", ab, bp)
-    d4 = np.einsum("ij,ij->i", ac, bp)
-    d5 = np.einsum("ij,ij->i", ab, cp)
-    d6 = np.einsum("ij,ij->i", ac, cp)
+    d1 = rowwise_dot(ab, ap)
+    d2 = rowwise_dot(ac, ap)
+    d3 = rowwise_dot(ab, bp)
+    d4 = rowwise_dot(ac, bp)
+    d5 = rowwise_dot(ab, cp)
+    d6 = rowwise_dot(ac, cp)
     va = d3 * d6 - d5 * d4
     vb = d5 * d2 - d1 * d6
     vc = d1 * d4 - d3 * d2
@@ -207,7 +234,7 @@ def closest_points_on_triangles(points: np.ndarray, tri_vertices: np.ndarray) ->
     bary[(d1 <= 0) & (d2 <= 0)] = (1.0, 0.0, 0.0)
     bary = np.clip(bary, 0.0, None)
     bary /= bary.sum(axis=1, keepdims=True)
-    closest = np.einsum("nk,nkj->nj", bary, tv)
+    closest = _interpolate(bary, tv)
     return closest, bary
 
 
@@ -242,7 +269,7 @@ def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, triangles: 
     tris = np.asarray(triangles, dtype=np.int64)
     tv = verts[tris]  # (F, 3, 3)
     centroids = tv.mean(axis=1)
-    radius = np.linalg.norm(tv - centroids[:, None, :], axis=2).max(axis=1)
+    radius = row_norms(tv - centroids[:, None, :]).max(axis=1)
     n, f = len(p), len(tris)
     if n == 0:
         return MeshClosestPoints(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
@@ -252,7 +279,7 @@ def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, triangles: 
     _, near = cKDTree(centroids).query(p, k=k)
     near = np.asarray(near).reshape(n, k)
     cp, _ = closest_points_on_triangles(np.repeat(p, k, axis=0), tv[near.ravel()])
-    bound = np.linalg.norm(cp - np.repeat(p, k, axis=0), axis=1).reshape(n, k).min(axis=1)
+    bound = row_norms(cp - np.repeat(p, k, axis=0)).reshape(n, k).min(axis=1)
     bound = bound * (1.0 + 1e-9) + 1e-12
 
     # All triangles whose centroid lies within bound + r, grouped by octaves of r.
@@ -273,7 +300,7 @@ def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, triangles: 
     pt = np.concatenate(pair_pt)
     ti = np.concatenate(pair_tri)
     closest, bary = closest_points_on_triangles(p[pt], tv[ti])
-    dist2 = np.einsum("ij,ij->i", closest - p[pt], closest - p[pt])
+    dist2 = rowwise_dot(closest - p[pt], closest - p[pt])
     order = np.lexsort((ti, dist2, pt))
     first = order[np.r_[True, pt[order][1:] != pt[order][:-1]]]
     if len(first) != n:  # cannot happen: the bound's own triangle is always a candidate
@@ -380,22 +407,15 @@ class MediaPipeCorrespondence:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted similarity ``dst ~ s R src + t`` (src, dst (M, 3), weights (M,) >= 0)."""
-    w = weights / weights.sum()
-    mu_s = w @ src
-    mu_d = w @ dst
-    s_c, d_c = src - mu_s, dst - mu_d
-    cov = (d_c * w[:, None]).T @ s_c
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[2] = -1.0
-    rot = (u * sign) @ vt
-    var_s = float(w @ np.einsum("ij,ij->i", s_c, s_c))
-    scale = float((sig * sign).sum() / var_s)
-    trans = mu_d - scale * rot @ mu_s
-    return scale, rot, trans
+def _interpolate(bary: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Barycentric interpolation: bary (N, 3) weights of corners (N, 3, ...) -> (N, ...).
+
+    Written out term by term (elementwise IEEE operations, no einsum / BLAS), so that the
+    result does not depend on the machine (see :mod:`.exact_linalg`).
+    """
+    shape = (len(bary),) + (1,) * (corners.ndim - 2)
+    w0, w1, w2 = (bary[:, k].reshape(shape) for k in range(3))
+    return w0 * corners[:, 0] + w1 * corners[:, 1] + w2 * corners[:, 2]
 
 
 def _distance_stats(d_mm: np.ndarray) -> dict[str, float]:
@@ -516,16 +536,20 @@ def register_mediapipe(
     _check_inputs(p, mean, basis, tris, lm, expr)
     anchor_pairs = _normalise_anchors(anchors, len(p))
     a_pt, a_lm = anchor_pairs[:, 0], lm[anchor_pairs[:, 1]]
-    spread = np.linalg.svd(p[a_pt] - p[a_pt].mean(axis=0), compute_uv=False)
-    if spread[1] <= 1e-6 * max(spread[0], 1e-300):
+    centred = p[a_pt] - p[a_pt].mean(axis=0)
+    spread = np.sqrt(np.maximum(symmetric_eigen(normal_equations(centred)[0])[0], 0.0))  # ascending
+    if spread[1] <= 1e-6 * max(spread[2], 1e-300):
         raise ValueError("the anchor points are collinear (or coincide); a similarity needs 3 non-collinear anchors")
     n_vertices = len(mean)
     on_boundary_test = _BoundaryTest(tris, n_vertices)
 
-    # All shape modes as one (K_all, V, 3) array: identity first, then expressions.
-    modes = basis if expr is None else np.concatenate([basis, expr], axis=0)
-    k_id, k_all = len(basis), len(modes)
-    modes_flat = modes.reshape(k_all, -1)
+    # All shape modes, identity first, then expressions, as (V, 3, K_all): the coefficient
+    # index last and contiguous, for the deterministic products of .exact_linalg.
+    modes_vk = np.ascontiguousarray(
+        (basis if expr is None else np.concatenate([basis, expr], axis=0)).transpose(1, 2, 0)
+    )
+    k_id, k_all = len(basis), modes_vk.shape[2]
+    modes_rows = modes_vk.reshape(-1, k_all)  # (3V, K_all)
     reg = np.full(k_all, float(regularisation))
     reg[k_id:] = float(expression_regularisation)
     lower = np.full(k_all, -np.inf)
@@ -533,21 +557,26 @@ def register_mediapipe(
     lower[k_id:], upper[k_id:] = 0.0, 1.0
 
     def shape_of(coeffs: np.ndarray) -> np.ndarray:
-        return mean + (coeffs @ modes_flat).reshape(n_vertices, 3)
+        return mean + matvec(modes_rows, coeffs).reshape(n_vertices, 3)
+
+    def transform(scale: float, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+        return scale * matmul(p, rot.T) + trans
 
     # (1) Similarity from the anchors alone.
-    scale, rot, trans = _umeyama(p[a_pt], mean[a_lm], np.ones(len(a_pt)))
+    scale, rot, trans = similarity_transform(p[a_pt], mean[a_lm])
     coeffs = np.zeros(k_all)
-    q = scale * p @ rot.T + trans
+    q = transform(scale, rot, trans)
     rigid = closest_points_on_mesh(q, mean, tris)
     rigid_stats = _distance_stats(rigid.distance * _MM)
-    anchor_rigid = np.linalg.norm(q[a_pt] - mean[a_lm], axis=1) * _MM
+    anchor_rigid = row_norms(q[a_pt] - mean[a_lm]) * _MM
     logger.info(
         "MediaPipe registration: rigid start, scale %.4f, closest-point distance median %.2f mm, p95 %.2f mm",
         scale, rigid_stats["median_mm"], rigid_stats["p95_mm"],
     )
 
     # (2) Alternate closest points, similarity and model coefficients.
+    w_point = _MM * np.sqrt(float(point_weight))
+    w_anchor = _MM * np.sqrt(float(anchor_weight))
     prev_mean = np.inf
     n_done = 0
     n_outliers = 0
@@ -567,45 +596,42 @@ def register_mediapipe(
         src = np.concatenate([p[inlier], p[a_pt]])
         dst = np.concatenate([cps.point[inlier], shape[a_lm]])
         w = np.concatenate([np.ones(int(inlier.sum())), np.full(len(a_pt), float(anchor_weight))])
-        scale, rot, trans = _umeyama(src, dst, w)
-        q = scale * p @ rot.T + trans
+        scale, rot, trans = similarity_transform(src, dst, w)
+        q = transform(scale, rot, trans)
 
-        # Coefficients: linear least squares with the correspondences held fixed (rows in mm).
+        # Coefficients: regularised least squares with the correspondences held fixed (rows in
+        # mm), solved through its normal equations (.exact_linalg: no BLAS/LAPACK).
         idx = np.flatnonzero(inlier)
         corners = tris[cps.triangle[idx]]  # (M, 3)
         bc = cps.barycentric[idx]  # (M, 3)
-        m_i = np.einsum("mk,mkj->mj", bc, mean[corners])  # (M, 3)
-        b_i = np.einsum("mk,amkj->mja", bc, modes[:, corners, :])  # (M, 3, K)
-        tv = shape[tris[cps.triangle[idx]]]
+        m_i = _interpolate(bc, mean[corners])  # (M, 3)
+        b_i = _interpolate(bc, modes_vk[corners])  # (M, 3, K)
+        tv = shape[corners]
         nrm = np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0])
-        nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+        nrm /= np.maximum(row_norms(nrm), 1e-300)[:, None]
         r_i = q[idx] - m_i  # (M, 3)
+        plane = nrm[:, 0, None] * b_i[:, 0] + nrm[:, 1, None] * b_i[:, 1] + nrm[:, 2, None] * b_i[:, 2]
         rows = [
-            np.einsum("mj,mja->ma", nrm, b_i) * _MM,
-            b_i.reshape(-1, k_all) * (_MM * np.sqrt(point_weight)),
-            modes[:, a_lm, :].transpose(1, 2, 0).reshape(-1, k_all) * (_MM * np.sqrt(anchor_weight)),
-            np.diag(np.sqrt(reg)),
+            plane * _MM,
+            b_i.reshape(-1, k_all) * w_point,
+            modes_vk[a_lm].reshape(-1, k_all) * w_anchor,
         ]
         rhs = [
-            np.einsum("mj,mj->m", nrm, r_i) * _MM,
-            r_i.reshape(-1) * (_MM * np.sqrt(point_weight)),
-            (q[a_pt] - mean[a_lm]).reshape(-1) * (_MM * np.sqrt(anchor_weight)),
-            np.zeros(k_all),
+            rowwise_dot(nrm, r_i) * _MM,
+            r_i.reshape(-1) * w_point,
+            (q[a_pt] - mean[a_lm]).reshape(-1) * w_anchor,
         ]
-        a_mat, b_vec = np.concatenate(rows), np.concatenate(rhs)
+        gram, h_vec = normal_equations(np.concatenate(rows), np.concatenate(rhs))
+        gram[np.diag_indices(k_all)] += reg
         if expr is None:
-            coeffs = np.linalg.lstsq(a_mat, b_vec, rcond=None)[0]
+            coeffs = solve_spd(gram, h_vec)
         else:
-            from scipy.optimize import lsq_linear  # noqa: PLC0415 (heavy import, only needed here)
-
-            # Same minimiser on the (K, K) triangular factor: much cheaper for BVLS's many solves.
-            q_mat, r_mat = np.linalg.qr(a_mat)
-            coeffs = lsq_linear(r_mat, q_mat.T @ b_vec, bounds=(lower, upper), method="bvls").x
+            coeffs = box_qp(gram, h_vec, lower, upper, x0=coeffs)
 
         cur_mean = float(d.mean() * _MM)
         logger.debug(
             "iteration %d: mean distance %.3f mm, %d outliers/boundary, |c| %.2f", n_done, cur_mean, n_outliers,
-            float(np.linalg.norm(coeffs[:k_id])),
+            float(row_norms(coeffs[:k_id])),
         )
         if abs(prev_mean - cur_mean) < tolerance_mm:
             break
@@ -617,11 +643,11 @@ def register_mediapipe(
     on_boundary = on_boundary_test(final.triangle, final.barycentric)
     residual = final.distance * _MM
     final_stats = _distance_stats(residual)
-    anchor_res = np.linalg.norm(q[a_pt] - fitted[a_lm], axis=1) * _MM
-    mapped = np.einsum("nk,nkj->nj", final.barycentric, fitted[tris[final.triangle]])
-    anchor_mapped = np.linalg.norm(mapped[a_pt] - fitted[a_lm], axis=1) * _MM
+    anchor_res = row_norms(q[a_pt] - fitted[a_lm]) * _MM
+    mapped = _interpolate(final.barycentric, fitted[tris[final.triangle]])
+    anchor_mapped = row_norms(mapped[a_pt] - fitted[a_lm]) * _MM
     names = [f"{int(i)}->{int(j)}" for i, j in anchor_pairs]
-    angle = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+    angle = math.degrees(math.acos(min(max((float(rot[0, 0] + rot[1, 1] + rot[2, 2]) - 1.0) / 2.0, -1.0), 1.0)))
     stats: dict[str, Any] = {
         "rigid": rigid_stats,
         "final": final_stats,
