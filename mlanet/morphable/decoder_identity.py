@@ -26,6 +26,8 @@ How the comparison works:
   relative) passes; moving one vertex of the mean shape by 0.2 mm (about 2e-5 relative) does not.
 * The expression names (their order is the meaning of the expression coefficients) are compared
   exactly, as are the shapes.
+* A landmark definition the artifact's model did not have is allowed (a newer build may add
+  definitions without changing what the parameters mean); one it had must be present and equal.
 """
 
 from __future__ import annotations
@@ -137,8 +139,9 @@ def signature_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -
             out.append(f"{label} (missing from this face model)")
             continue
         if name not in sa:
-            out.append(f"{label} (not in the face model the artifact was made for)")
-            continue
+            if not name.startswith("extra:" + LANDMARK_PREFIX):
+                out.append(f"{label} (not in the face model the artifact was made for)")
+            continue  # a landmark definition added later does not change what the outputs mean
         a, b = sa[name], ga[name]
         if a.get("shape") != b.get("shape"):
             out.append(f"{label} shape {tuple(b.get('shape', ()))} vs {tuple(a.get('shape', ()))}")
