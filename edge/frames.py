@@ -6,13 +6,15 @@ uint8 RGB C-contiguous, ``index`` (0-based; gaps mean frames were dropped or ski
 
 * :class:`VideoFileSource` — PyAV (FFmpeg) decoding of any container/codec FFmpeg reads
   (H.264, HEVC, MJPEG, VP9, ...). Display rotation (phone videos) is applied. A damaged or
-  truncated file yields the frames that decode, then ends quietly with
-  :attr:`FrameSource.stopped_early` saying where and why.
+  truncated file yields every frame FFmpeg can decode (damaged packets are skipped, as the
+  ``ffmpeg`` tool does); :attr:`FrameSource.lost_frames` and :attr:`FrameSource.damaged` say
+  which frames were lost, :attr:`FrameSource.stopped_early` where reading ended early.
 * :class:`CameraSource` — OpenCV capture read by a background thread into a
   :class:`LatestFrameBuffer` (one slot, newest frame wins), so latency never accumulates.
 * :class:`LiveReplaySource` — replays any finite source in real time through the same
   producer thread + latest-frame buffer, so a file can stand in for a camera.
-* :class:`ImageFolderSource`, :class:`ImageSource` — still images (jpg, jpeg, png, bmp, webp).
+* :class:`ImageFolderSource`, :class:`ImageSource` — still images (jpg, jpeg, png, bmp, webp),
+  unrelated to each other by default (``Frame.independent``, ``Frame.name``): fitted one by one.
 * :class:`ArraySource` — in-memory images (tests, synthetic input).
 * :func:`open_source` — picks one from a user's ``--source`` string.
 
@@ -33,6 +35,10 @@ so importing this module costs nothing beyond numpy.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import heapq
+import itertools
 import logging
 import math
 import re
@@ -79,8 +85,17 @@ class FrameSource:
         n_frames: number of frames, or None when unknown (cameras). For video files this is a
             best-effort hint from the container, not a promise (see :class:`VideoFileSource`).
         is_live: True for sources that drop stale frames (cameras, live replay).
+        independent_frames: True when the frames are unrelated stills (a photo folder, a single
+            image): each :class:`Frame` then has ``independent=True`` and its file ``name``, and
+            the pipeline fits every frame on its own (no tracking or filtering across frames).
         stopped_early: None, or (after iteration ended) a human message when a damaged input
             stopped decoding before its end.
+        lost_frames: (after iteration) 0-based indices of the frames that were lost to damage
+            and skipped (video packets that could not be decoded; unreadable photos of a folder).
+            The frames around them are still yielded; ``index`` leaves a gap for each.
+        damaged: None, or (after iteration ended) one human message when the input was damaged
+            in any way: frames lost (:attr:`lost_frames`), decoding errors, or an early stop
+            (:attr:`stopped_early`). Consumers report a run over a damaged input with it.
 
     Subclasses implement :meth:`_frames` (a generator) and extend :meth:`close`.
     """
@@ -90,7 +105,10 @@ class FrameSource:
     size: tuple[int, int] | None = None
     n_frames: int | None = None
     is_live: bool = False
+    independent_frames: bool = False
     stopped_early: str | None = None
+    lost_frames: tuple[int, ...] = ()
+    damaged: str | None = None
     _closed: bool = False
 
     def __iter__(self) -> Iterator[Frame]:
@@ -228,11 +246,53 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
+def format_frame_ranges(indices: Sequence[int], *, limit: int = 20) -> str:
+    """Frame indices as short ranges: ``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0-3, 7, 9-10"``.
+
+    At most ``limit`` ranges are written; the rest are summarised (``", ... (+N more)"``).
+    """
+    values = sorted(set(int(i) for i in indices))
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    if len(runs) > limit:
+        text += f", ... (+{sum(b - a + 1 for a, b in runs[limit:])} more)"
+    return text
+
+
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` (h, w, 3) uint8 scaled to fit inside ``width`` x ``height`` pixels, keeping its
+    aspect ratio, and centred on black: (height, width, 3) uint8, C-contiguous.
+
+    Used to put stills of different sizes into one overlay video. An image that already has the
+    size is returned unchanged (no copy). Downscaling uses area averaging, upscaling bilinear.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    if width < 1 or height < 1:
+        raise ValueError(f"letterbox size must be positive, got {width}x{height}")
+    scale = min(width / w, height / h)
+    nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((height, width, 3), np.uint8)
+    x0, y0 = (width - nw) // 2, (height - nh) // 2
+    out[y0 : y0 + nh, x0 : x0 + nw] = resized
+    return out
+
+
 class ImageSource(FrameSource):
     """One still image as a one-frame source (``index`` 0, ``t_capture_ns`` 0).
 
     The image is read in the constructor, so a bad file fails at once. The source can be
-    iterated any number of times.
+    iterated any number of times. The frame is an independent still (``independent=True``,
+    ``name`` = the file name; :attr:`independent_frames` is True).
 
     Raises:
         SourceError: see :func:`read_image`.
@@ -244,10 +304,11 @@ class ImageSource(FrameSource):
         self._image = read_image(self.path, max_pixels=max_pixels)
         self.size = (self._image.shape[1], self._image.shape[0])
         self.n_frames = 1
+        self.independent_frames = True
 
     def _frames(self) -> Iterator[Frame]:
         if not self._closed:
-            yield Frame(self._image, 0, 0, self.name)
+            yield Frame(self._image, 0, 0, self.name, name=self.path.name, independent=True)
 
 
 class ImageFolderSource(FrameSource):
@@ -260,9 +321,15 @@ class ImageFolderSource(FrameSource):
     no image at all could be read does iteration raise :class:`SourceError`.
 
     ``index`` is the position in the sorted list (skipped files leave gaps; ``start_frame``
-    resumes at that position), ``source`` of each frame is the image's own path, and
-    ``t_capture_ns = round(index * 1e9 / fps)`` with ``fps`` (or :data:`NOMINAL_FOLDER_FPS`
-    when ``fps`` is None; then :attr:`fps` stays None). Images keep their own sizes.
+    resumes at that position), ``source`` of each frame is the image's own path, ``name`` its
+    file name, and ``t_capture_ns = round(index * 1e9 / fps)`` with ``fps`` (or
+    :data:`NOMINAL_FOLDER_FPS` when ``fps`` is None; then :attr:`fps` stays None). Images keep
+    their own sizes. Skipped files are also listed in :attr:`lost_frames` and :attr:`damaged`.
+
+    By default the folder is a set of **unrelated photos** (``independent=True`` on every frame,
+    :attr:`independent_frames`): each is fitted on its own, nothing is tracked or averaged
+    across photos. ``sequence=True`` reads it as the frames of one video instead (extracted
+    frames ``frame_0001.png`` ...: tracking and temporal filtering as for a video file).
 
     Raises:
         SourceError: the folder is missing, is not a folder, or holds no image files.
@@ -275,9 +342,11 @@ class ImageFolderSource(FrameSource):
         fps: float | None = None,
         start_frame: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        sequence: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.name = str(folder)
+        self.independent_frames = not sequence
         if start_frame < 0:
             raise ValueError(f"start_frame must be >= 0, got {start_frame}")
         if fps is not None and not fps > 0:
@@ -307,7 +376,9 @@ class ImageFolderSource(FrameSource):
         self.skipped_files: list[Path] = []
 
     def _frames(self) -> Iterator[Frame]:
-        self.skipped, self.skipped_files, self.stopped_early = 0, [], None
+        self.skipped, self.skipped_files, self.stopped_early, self.damaged = 0, [], None, None
+        self.lost_frames = ()
+        lost: list[int] = []
         period_ns = _NS / (self.fps or NOMINAL_FOLDER_FPS)
         read, first_error = 0, None
         for index in range(self.start_frame, len(self.paths)):
@@ -320,13 +391,22 @@ class ImageFolderSource(FrameSource):
                 log.warning("skipping %s", exc)
                 self.skipped += 1
                 self.skipped_files.append(path)
+                lost.append(index)
+                self.lost_frames = tuple(lost)
                 first_error = first_error or exc
                 continue
             read += 1
             self.size = (image.shape[1], image.shape[0])
-            yield Frame(image, index, round(index * period_ns), str(path))
+            yield Frame(image, index, round(index * period_ns), str(path), name=path.name,
+                        independent=self.independent_frames)
         if read == 0 and first_error is not None:
             raise SourceError(f"{self.folder}: none of its {self.skipped} images could be read (first: {first_error})")
+        if self.skipped:
+            names = ", ".join(p.name for p in self.skipped_files[:10]) + (", ..." if self.skipped > 10 else "")
+            self.damaged = (
+                f"{self.folder}: {self.skipped} of {len(self.paths) - self.start_frame} images could not be read and "
+                f"were skipped (frames {format_frame_ranges(lost)}: {names}; first error: {first_error})"
+            )
 
 
 class ArraySource(FrameSource):
@@ -337,12 +417,17 @@ class ArraySource(FrameSource):
             in :func:`to_rgb_uint8` with RGB order).
         fps: frame rate for the timestamps ``round(index * 1e9 / fps)``; None: 1 frame per second
             spacing and :attr:`fps` None.
+        independent: the images are unrelated stills (like a photo folder): frames carry
+            ``independent=True`` and ``name`` ``"<name>[<index>]"``.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], *, fps: float | None = None, name: str = "arrays") -> None:
+    def __init__(
+        self, images: Sequence[np.ndarray], *, fps: float | None = None, name: str = "arrays", independent: bool = False
+    ) -> None:
         self._images = images
         self.name = name
         self.fps = fps
+        self.independent_frames = bool(independent)
         self.n_frames = len(images)
         if len(images):
             self.size = (int(images[0].shape[1]), int(images[0].shape[0]))
@@ -354,7 +439,9 @@ class ArraySource(FrameSource):
                 return
             rgb = to_rgb_uint8(image, bgr=False, where=f"{self.name}[{index}]")
             self.size = (rgb.shape[1], rgb.shape[0])
-            yield Frame(rgb, index, round(index * period_ns), self.name)
+            still = f"{self.name}[{index}]" if self.independent_frames else None
+            yield Frame(rgb, index, round(index * period_ns), self.name, name=still,
+                        independent=self.independent_frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,13 +478,34 @@ def _why_unreadable(path: Path, exc: BaseException) -> str:
 
 
 class _OpenVideo:
-    """An opened container with its first decoded frame already pulled (see ``VideoFileSource``)."""
+    """An opened container, its packet-by-packet decoder and what the decoder met so far.
 
-    __slots__ = ("container", "stream", "frames", "first", "first_image")
+    Attributes:
+        container, stream: the PyAV container and its (first) video stream.
+        frames: the rest of ``VideoFileSource._decode(self)``: ``(index, av_frame)`` pairs.
+        first: the first ``(index, av_frame)`` (pulled on open); ``first_image`` its (H, W, 3)
+            uint8 RGB pixels (rotation applied).
+        lost: indices of the frames lost to damage so far, increasing.
+        errors: decoding and demuxing errors met so far; ``first_error`` the first of them.
+        stop_error: the demuxer error that ended reading before the end of the file, if any.
+    """
 
-    def __init__(self, container: Any, stream: Any, frames: Iterator[Any], first: Any, first_image: np.ndarray) -> None:
-        self.container, self.stream, self.frames = container, stream, frames
-        self.first, self.first_image = first, first_image
+    __slots__ = ("container", "stream", "frames", "first", "first_image", "lost", "errors", "first_error", "stop_error")
+
+    def __init__(self, container: Any, stream: Any) -> None:
+        self.container, self.stream = container, stream
+        self.frames: Iterator[tuple[int, Any]] = iter(())
+        self.first: tuple[int, Any] | None = None
+        self.first_image: np.ndarray | None = None
+        self.lost: list[int] = []
+        self.errors = 0
+        self.first_error: BaseException | None = None
+        self.stop_error: BaseException | None = None
+
+    def note_error(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = exc
 
     def close(self) -> None:
         try:
@@ -406,39 +514,65 @@ class _OpenVideo:
             log.debug("closing the container failed", exc_info=True)
 
 
+def _is_discard(packet: Any, start_pts: int | None) -> bool:
+    """True for a packet decoded only as a reference and never shown (MP4 edit-list pre-roll)."""
+    flag = getattr(packet, "is_discard", None)  # PyAV >= 13
+    if flag is not None:
+        return bool(flag)
+    return packet.pts is not None and start_pts is not None and packet.pts < start_pts
+
+
 class VideoFileSource(FrameSource):
     """Frames of a video file, decoded with PyAV (FFmpeg): any container/codec FFmpeg reads.
 
     The first video stream is used; audio and other streams are ignored. Frames are converted
     to RGB and rotated by the stream's display matrix (as OpenCV and FFmpeg players do).
-    ``index`` counts decoded frames from 0 (with ``start_frame=N`` the first frame yielded has
-    index N: the first N are decoded and discarded, which is robust where seeking is not).
-    ``t_capture_ns`` is the presentation time in ns from the start of the stream (falls back to
-    ``index / fps`` for frames without a timestamp).
+    ``index`` numbers the frames of the stream from 0 in presentation order; a frame lost to
+    damage keeps its number, so indices have a gap there (with ``start_frame=N`` the first frame
+    yielded has index >= N: the frames before are decoded and discarded, which is robust where
+    seeking is not). ``t_capture_ns`` is the presentation time in ns from the start of the
+    stream (falls back to ``index / fps`` for frames without a timestamp).
 
     ``n_frames`` is a best-effort hint: the smaller of the container's frame count and
     duration x frame rate. Containers can be wrong (the shared ``obama_720p.mp4`` reports 158
-    video frames but holds 55, matching its 2.19 s duration at 25 fps); count what you iterate.
+    video frames but holds 55, matching its 2.19 s duration at 25 fps: the other 103 are an
+    edit-list pre-roll that is decoded for reference but never shown); count what you iterate.
 
-    Damaged files: the constructor opens the file and decodes the first frame, so a file that
-    is missing, not a video, has no video stream, or cannot be decoded at all raises
-    :class:`SourceError`. A file damaged later yields the frames that decode, then iteration
-    ends without an exception and :attr:`stopped_early` says where and why (also logged as a
-    warning). An MP4 cut short usually cannot be opened at all (its index, the ``moov`` atom,
-    sits at the end unless written with ``-movflags faststart``); a cut faststart MP4, AVI or
-    MKV decodes up to the cut. A quiet end well before the duration the file declares is also
-    reported as a possible truncation.
+    Damaged files are decoded the way the ``ffmpeg`` tool does: packet by packet, and a packet
+    the decoder rejects (``InvalidDataError`` ...) is skipped while demuxing goes on, so every
+    frame FFmpeg can still decode is yielded, also when the damage sits in the first GOP or
+    the pre-roll. Frames FFmpeg conceals (decodes with artefacts) are yielded as they come.
+    A frame is **lost** when its packet fails, or, once any error happened, when the decoder
+    never outputs it (it referenced a damaged frame: after a damaged keyframe FFmpeg shows
+    nothing until the next one); every packet the demuxer read and marked for display counts,
+    matched by presentation time. Lost frames are listed in :attr:`lost_frames` after iteration
+    and :attr:`damaged` says what happened (also logged as a warning); iteration itself never
+    raises for damage. Demuxer errors are skipped too; after :attr:`MAX_DEMUX_ERRORS` in a
+    row reading stops and :attr:`stopped_early` says where. A quiet end well before the
+    duration the file declares is reported there as a possible truncation. An MP4 cut short
+    usually cannot be opened at all (its index, the ``moov`` atom, sits at the end unless
+    written with ``-movflags faststart``); a cut faststart MP4, AVI or MKV decodes up to the cut.
+
+    The constructor opens the file and decodes up to the first frame that decodes, so a file
+    that is missing, not a video, has no video stream, or of which not a single frame can be
+    decoded raises :class:`SourceError` (one line naming the file).
 
     The source can be iterated again (it reopens the file). Use it from one thread.
 
     Args:
         path: the video file.
-        start_frame: skip this many frames first (resume).
+        start_frame: skip the frames with a smaller index (resume).
         autorotate: apply the display rotation of phone videos.
 
     Raises:
         SourceError: see above; the message names the file and the cause.
     """
+
+    #: Demuxer errors in a row (no packet read in between) after which reading stops.
+    MAX_DEMUX_ERRORS = 32
+    #: Frames held back and sorted by presentation time once a decoding error happened
+    #: (FFmpeg then outputs B-frames that referenced damaged frames out of order).
+    REORDER_WINDOW = 8
 
     def __init__(self, path: str | Path, *, start_frame: int = 0, autorotate: bool = True) -> None:
         if start_frame < 0:
@@ -479,8 +613,6 @@ class VideoFileSource(FrameSource):
             raise
 
     def _inspect(self, container: Any) -> _OpenVideo:
-        import av
-
         path = self.path
         fmt = container.format.name
         self.container_format = fmt
@@ -522,21 +654,21 @@ class VideoFileSource(FrameSource):
         self.n_frames = min(counts) if counts else None
         if cc.width and cc.height:
             self.size = (int(cc.width), int(cc.height))
-        frames = container.decode(stream)
+        video = _OpenVideo(container, stream)
+        video.frames = self._decode(video)
         try:
-            first = next(frames)
+            video.first = next(video.frames)
         except StopIteration:
+            why = "no packet could be read"
+            if video.first_error is not None:
+                why = f"{video.errors} decoding errors, first: {_describe(video.first_error)}"
             raise SourceError(
-                f"{path}: has a video stream ({cc.name}) but no frame could be decoded; the file is probably "
-                "truncated or damaged"
-            ) from None
-        except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(
-                f"{path}: cannot decode the first video frame ({_describe(exc)}); the file is damaged or truncated"
-            ) from exc
-        image = self._to_rgb(first)
-        self.size = (image.shape[1], image.shape[0])
-        return _OpenVideo(container, stream, frames, first, image)
+                f"{path}: has a video stream ({cc.name}) but not a single frame could be decoded ({why}); "
+                "the file is probably truncated or damaged"
+            ) from video.first_error
+        video.first_image = self._to_rgb(video.first[1])
+        self.size = (video.first_image.shape[1], video.first_image.shape[0])
+        return video
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -549,47 +681,142 @@ class VideoFileSource(FrameSource):
             image = np.rot90(image, k=quarter_turns)
         return np.ascontiguousarray(image)
 
-    def _decoded(self, video: _OpenVideo) -> Iterator[tuple[Any, BaseException | None]]:
-        """(av frame, None) for each decoded frame, then at most one (None, error)."""
+    def _decode(self, video: _OpenVideo) -> Iterator[tuple[int, Any]]:
+        """``(index, av_frame)`` for every frame that decodes, in presentation order.
+
+        Packets are sent to the decoder one by one; a packet it rejects, and a demuxer error,
+        are noted in ``video`` and skipped. Indices: every packet marked for display is one
+        frame; its presentation time (pts) waits in ``pending`` until a frame at or after it is
+        handed out (decoders output in pts order, so a pts passed over will not come). Once an
+        error happened, each pts passed over is a lost frame and keeps its index; without errors
+        it is a packet that shows nothing (e.g. a VP8 alt-ref frame) and takes no index. Failed
+        packets without a pts are counted as lost before the next frame out.
+
+        After a decoding error FFmpeg may output frames out of order (B-frames that referenced a
+        damaged frame come late), so from the first error on, frames pass through a window of
+        :attr:`REORDER_WINDOW` frames sorted by pts; a frame later than that is dropped (its
+        index was already reported lost).
+        """
         import av
 
-        yield video.first, None
+        failures = (av.error.FFmpegError, OSError, ValueError)
+        stream = video.stream
+        cc = stream.codec_context
+        start_pts = stream.start_time
+        pending: list[int] = []  # sorted pts of displayed packets not yet handed out
+        window: list[tuple[int, int, Any]] = []  # heap (pts, arrival, frame), used once errors happened
+        arrival = itertools.count()
+        unplaced = 0  # failed packets without pts
+        next_index = 0
+        last_key: int | None = None  # pts of the last frame handed out or put into the window
+
+        def place(av_frame: Any) -> int:
+            nonlocal next_index, unplaced
+            pts = av_frame.pts
+            passed = 0
+            if pts is not None and pending:
+                passed = bisect.bisect_left(pending, pts)
+                del pending[:passed]
+                if pending and pending[0] == pts:
+                    del pending[0]
+            if video.errors:
+                n_lost = passed + unplaced
+                video.lost.extend(range(next_index, next_index + n_lost))
+                next_index += n_lost
+            unplaced = 0
+            index = next_index
+            next_index += 1
+            return index
+
+        out_pts: int | None = None  # pts of the last frame handed out
+
+        def hand_out(frames: list[Any], final: bool = False) -> Iterator[tuple[int, Any]]:
+            nonlocal last_key, out_pts
+            for av_frame in frames:
+                if not video.errors and not window:  # undamaged so far: decoder order is presentation order
+                    if av_frame.pts is not None:
+                        out_pts = last_key = av_frame.pts
+                    yield place(av_frame), av_frame
+                    continue
+                key = av_frame.pts if av_frame.pts is not None else (last_key if last_key is not None else 0)
+                last_key = key
+                heapq.heappush(window, (key, next(arrival), av_frame))
+            while window and (final or len(window) > self.REORDER_WINDOW):
+                _, _, av_frame = heapq.heappop(window)
+                pts = av_frame.pts
+                if pts is not None and out_pts is not None and pts < out_pts:
+                    log.debug("%s: frame at pts %s came after pts %s; dropped", self.name, pts, out_pts)
+                    continue
+                if pts is not None:
+                    out_pts = pts
+                yield place(av_frame), av_frame
+
+        demux = video.container.demux(stream)
+        errors_in_a_row = 0
         while not self._closed:  # close() may have closed the container: never touch it then
             try:
-                av_frame = next(video.frames)
+                packet = next(demux)
             except StopIteration:
+                break
+            except failures as exc:
+                video.note_error(exc)
+                errors_in_a_row += 1
+                log.debug("%s: demuxer error (%s)", self.name, _describe(exc))
+                if errors_in_a_row >= self.MAX_DEMUX_ERRORS:
+                    video.stop_error = exc
+                    break
+                demux = video.container.demux(stream)  # av_read_frame goes on after the bad data
+                continue
+            errors_in_a_row = 0
+            if not packet.size:  # PyAV's empty packet at the end of the stream: flushed below
+                continue
+            shown = not _is_discard(packet, start_pts)
+            if shown and packet.pts is not None:
+                bisect.insort(pending, int(packet.pts))
+            try:
+                decoded = cc.decode(packet)
+            except failures as exc:
+                video.note_error(exc)
+                if shown and packet.pts is None:
+                    unplaced += 1
+                log.debug("%s: packet at pts %s not decoded (%s)", self.name, packet.pts, _describe(exc))
+                continue
+            yield from hand_out(decoded)
+        if self._closed:
+            return
+        try:
+            decoded = cc.decode(None)  # frames the decoder still holds (reordering delay)
+        except failures as exc:
+            video.note_error(exc)
+            decoded = []
+        for item in hand_out(decoded, final=True):
+            if self._closed:
                 return
-            except (av.error.FFmpegError, OSError, ValueError) as exc:
-                # Drain what the decoder still holds (reordered / delayed frames) before stopping.
-                try:
-                    for av_frame in video.stream.codec_context.decode(None):
-                        if self._closed:
-                            return
-                        yield av_frame, None
-                except (av.error.FFmpegError, OSError, ValueError):
-                    pass
-                yield None, exc
-                return
-            yield av_frame, None
+            yield item
+        if video.errors:
+            n_lost = len(pending) + unplaced
+            video.lost.extend(range(next_index, next_index + n_lost))
 
     def _frames(self) -> Iterator[Frame]:
         video, self._pending = self._pending, None
         if video is None:
             video = self._open()
         self._active = video
-        self.stopped_early = None
+        self.stopped_early = self.damaged = None
+        self.lost_frames = ()
         stream = video.stream
         time_base = stream.time_base
         start_pts = stream.start_time
-        index, last_pts, error = -1, None, None
+        first = video.first
+        index, last_pts, errors_seen = -1, None, 0
         try:
-            for av_frame, exc in self._decoded(video):
+            for index, av_frame in itertools.chain([first], video.frames):
                 if self._closed:
                     return
-                if exc is not None:
-                    error = exc
-                    break
-                index += 1
+                if video.errors != errors_seen:  # keep the report current for consumers that stop early
+                    errors_seen = video.errors
+                    self.lost_frames = tuple(video.lost)
+                    self.damaged = self._damage_message(video, None)
                 pts = av_frame.pts
                 if pts is not None:
                     last_pts = pts
@@ -597,7 +824,7 @@ class VideoFileSource(FrameSource):
                         start_pts = pts
                 if index < self.start_frame:
                     continue
-                image = video.first_image if index == 0 else self._to_rgb(av_frame)
+                image = video.first_image if first is not None and av_frame is first[1] else self._to_rgb(av_frame)
                 if pts is not None and time_base is not None:
                     t_ns = round(Fraction(pts - start_pts) * time_base * _NS)
                 else:
@@ -607,22 +834,48 @@ class VideoFileSource(FrameSource):
         finally:
             video.close()
             self._active = None
-        self.stopped_early = self._stop_message(index, error, last_pts, start_pts, time_base)
-        if self.stopped_early:
-            log.warning("%s", self.stopped_early)
+            self.lost_frames = tuple(video.lost)
+        if self._closed:
+            return
+        stop = self._stop_message(index, video.stop_error, last_pts, start_pts, time_base)
+        self.stopped_early = f"{self.name}: {stop}" if stop else None
+        self.damaged = self._damage_message(video, stop)
+        if self.damaged:
+            log.warning("%s", self.damaged)
         elif index + 1 <= self.start_frame:
             log.warning(
                 "%s: start_frame %d is past the end; the file has %d frames", self.name, self.start_frame, index + 1
             )
 
+    def _damage_message(self, video: _OpenVideo, stop: str | None) -> str | None:
+        """One line for :attr:`damaged` (None for an undamaged file)."""
+        parts = []
+        if video.lost:
+            n = len(video.lost)
+            parts.append(
+                f"{n} frame{'s' if n != 1 else ''} could not be decoded and {'were' if n != 1 else 'was'} skipped "
+                f"(frame{'s' if n != 1 else ''} {format_frame_ranges(video.lost)})"
+            )
+        if video.errors and video.first_error is not video.stop_error:
+            what = f"{video.errors} decoding error{'s' if video.errors != 1 else ''}"
+            first = _describe(video.first_error) if video.first_error is not None else "unknown"
+            parts.append(
+                f"FFmpeg reported {what} (first: {first})"
+                + ("" if video.lost or stop else "; no frame was lost, some may show artefacts")
+            )
+        if stop:
+            parts.append(stop)
+        return f"{self.name}: the input is damaged: " + "; ".join(parts) if parts else None
+
     def _stop_message(
         self, index: int, error: BaseException | None, last_pts: int | None, start_pts: int | None, time_base: Any
     ) -> str | None:
+        """Why reading ended before the end of the file (without the file name), or None."""
         read = index + 1
         where = f"after frame {index}" if index >= 0 else "before the first frame"
         tail = f"{read} frames were read" + (f" (from frame {self.start_frame} on yielded)" if self.start_frame else "")
         if error is not None:
-            return f"{self.name}: decoding stopped {where} ({_describe(error)}); {tail}"
+            return f"decoding stopped {where} ({_describe(error)}); {tail}"
         # A quiet end well short of the declared duration: a cut file whose demuxer just hit EOF.
         if last_pts is None or start_pts is None or time_base is None or not self.duration_s or not self.fps:
             return None
@@ -630,7 +883,7 @@ class VideoFileSource(FrameSource):
         slack = max(2.0 / self.fps, 0.05 * self.duration_s)
         if end_s < self.duration_s - slack:
             return (
-                f"{self.name}: decoding ended {where} at {end_s:.2f} s, but the file declares "
+                f"decoding ended {where} at {end_s:.2f} s, but the file declares "
                 f"{self.duration_s:.2f} s of video; it may be truncated or damaged; {tail}"
             )
         return None
@@ -869,7 +1122,7 @@ class CameraSource(LiveSource):
             cap.release()
             raise SourceError(
                 f"camera {self.index}: cannot be opened (no such device or it is busy); {_camera_hint()}; "
-                "or use a video file instead (e.g. --source clip.mp4)"
+                "or use a video file instead (mlanet-live --video clip.mp4, or mlanet-video clip.mp4 --out DIR)"
             )
         try:
             if width:
@@ -930,7 +1183,9 @@ class LiveReplaySource(LiveSource):
     A producer thread iterates ``inner`` and hands each frame to a :class:`LatestFrameBuffer`
     at the replay rate, so a slow consumer misses frames (:attr:`dropped`) instead of falling
     behind, exactly as with :class:`CameraSource`. Frames keep ``inner``'s index (plus an
-    offset per lap when looping); ``t_capture_ns`` is ``time.monotonic_ns()`` at hand-over.
+    offset per lap when looping) and their other fields (``name``, ``independent``);
+    ``t_capture_ns`` is ``time.monotonic_ns()`` at hand-over. :attr:`stopped_early`,
+    :attr:`damaged` and :attr:`lost_frames` follow ``inner``'s after each lap.
 
     Args:
         inner: a non-live source; it is closed with this one.
@@ -951,6 +1206,7 @@ class LiveReplaySource(LiveSource):
         self.fps = float(rate) if rate and math.isfinite(rate) and rate > 0 else None
         self.size = inner.size
         self.n_frames = None if loop else inner.n_frames
+        self.independent_frames = bool(getattr(inner, "independent_frames", False))
 
     def _produce(self) -> None:
         stop = self._stop
@@ -969,8 +1225,10 @@ class LiveReplaySource(LiveSource):
                     next_due = max(next_due + period_ns, time.monotonic_ns() - period_ns)
                 last = frame.index + offset
                 self.size = (frame.width, frame.height)
-                self._emit(Frame(frame.image, last, time.monotonic_ns(), frame.source))
+                self._emit(dataclasses.replace(frame, index=last, t_capture_ns=time.monotonic_ns()))
             self.stopped_early = self.inner.stopped_early
+            self.damaged = getattr(self.inner, "damaged", None) or self.damaged
+            self.lost_frames = self.lost_frames + tuple(i + offset for i in getattr(self.inner, "lost_frames", ()))
             if not self.loop or last is None or stop.is_set():
                 return
             offset = last + 1
@@ -995,12 +1253,14 @@ def open_source(
     width: int | None = None,
     height: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_sequence: bool = False,
 ) -> FrameSource:
     """Open a frame source from a ``--source`` value.
 
     * an int, a digit string (``"0"``), ``"camera:N"`` or ``/dev/videoN`` -> :class:`CameraSource`
       (a file literally named ``0`` is ``./0``);
-    * a folder -> :class:`ImageFolderSource`;
+    * a folder -> :class:`ImageFolderSource` (unrelated photos, or with ``image_sequence`` the
+      frames of one video);
     * an existing file with an image suffix (:data:`IMAGE_SUFFIXES`) -> :class:`ImageSource`;
     * any other existing file -> :class:`VideoFileSource`.
 
@@ -1011,6 +1271,8 @@ def open_source(
             the rate for its timestamps.
         width, height: requested camera resolution.
         max_pixels: limit for still images.
+        image_sequence: read a folder as consecutive video frames (tracking across them)
+            instead of unrelated photos.
 
     Raises:
         SourceError: missing path ("no such file or folder") or anything the chosen source raises.
@@ -1031,7 +1293,7 @@ def open_source(
     path = Path(spec).expanduser()
     if path.is_dir():
         source: FrameSource = ImageFolderSource(
-            path, fps=None if live else fps, start_frame=start_frame, max_pixels=max_pixels
+            path, fps=None if live else fps, start_frame=start_frame, max_pixels=max_pixels, sequence=image_sequence
         )
     elif not path.exists():
         raise SourceError(f"{spec}: no such file or folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from dataclasses import replace
@@ -19,7 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .loading import add_model_arguments, open_model, run_cli
+from ..fileutil import check_writable_dir, check_writable_file
+from .loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
+                      open_detector, open_model, positive_int, run_cli)
 from .video_cli import add_pipeline_arguments, pipeline_cfg_from_args
 
 log = logging.getLogger(__name__)
@@ -31,21 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlanet-live", description="Live 3D face fitting from a camera (or a video "
                                 "replayed in real time) with a rendered overlay.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="INDEX", help="OpenCV camera index (0 = first camera)")
+    src.add_argument("--camera", type=nonnegative_int, metavar="INDEX", help="OpenCV camera index (0 = first camera)")
     src.add_argument("--video", metavar="FILE", help="replay a video file in real time instead of a camera")
-    p.add_argument("--replay-fps", type=float, default=None,
+    p.add_argument("--replay-fps", type=float_in(0.0, math.inf), default=None,
                    help="with --video: replay at this rate instead of the file's own (0 = as fast as possible)")
-    p.add_argument("--width", type=int, default=None, help="requested camera width")
-    p.add_argument("--height", type=int, default=None, help="requested camera height")
+    p.add_argument("--width", type=positive_int, default=None, help="requested camera width")
+    p.add_argument("--height", type=positive_int, default=None, help="requested camera height")
     add_model_arguments(p)
     add_pipeline_arguments(p)
     o = p.add_argument_group("live")
     o.add_argument("--no-window", action="store_true", help="run headless (no display needed)")
     o.add_argument("--record", metavar="FILE", help="record the overlay to this .mp4 from the start")
-    o.add_argument("--record-dir", default=".", help="folder for recordings started with the r key")
-    o.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-    o.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    o.add_argument("--record-dir", default=None, help="folder for recordings started with the r key (default: the "
+                   "current folder)")
+    o.add_argument("--max-frames", type=positive_int, default=None, help="stop after N frames")
+    o.add_argument("--duration", type=float_in(0.0, math.inf, lo_open=True), default=None,
+                   help="stop after this many seconds")
     o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON at the end")
+    add_verbose_argument(o)
     return p
 
 
@@ -126,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .frames import CameraSource, LiveReplaySource, VideoFileSource
     from .pipeline import FacePipeline
-    from .tracking import MediaPipeFaceDetector
 
+    if args.record:
+        check_writable_file(args.record, "--record")
+    if args.record_dir:
+        check_writable_dir(args.record_dir, "--record-dir")
+    if args.json_stats:
+        check_writable_file(args.json_stats, "--json-stats")
     cfg = pipeline_cfg_from_args(args)
     window = None
     if not args.no_window:
@@ -136,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
         window = GlfwWindow(1280, 720, "mlanet-live")  # fails early and clearly without a display
     backend, face_model = open_model(args)
     if args.camera is not None:
-        source = CameraSource(args.camera, width=args.width, height=args.height)
+        with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
+            source = CameraSource(args.camera, width=args.width, height=args.height)
     else:
         source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps)
     renderer_factory: Callable[[int, int], Any] | None = None
@@ -151,9 +163,9 @@ def _run(args: argparse.Namespace) -> int:
 
         renderer_factory = window_renderer
 
-    pipeline = FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector(model=args.detector),
+    pipeline = FacePipeline(backend, face_model, cfg, detector=open_detector(args.detector, args.verbose),
                             renderer_factory=renderer_factory)
-    session = LiveSession(pipeline, float(getattr(source, "fps", None) or 30.0), Path(args.record_dir))
+    session = LiveSession(pipeline, float(getattr(source, "fps", None) or 30.0), Path(args.record_dir or "."))
     if args.record:
         session.start_recording(Path(args.record))
     size = getattr(source, "size", None) or (None, None)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
+import os
 import sys
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Iterator
 
 from ..errors import MLANetError
+from ..fileutil import os_error_message
 
 #: The network used when neither --weights nor --untrained says otherwise.
 DEFAULT_MODEL = "mlanet_mobile"
@@ -79,11 +84,119 @@ def announce_shipped_weights(path: Any) -> None:
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
             argv: list[str] | None) -> int:
-    """Parse ``argv``, call ``run(args)``; an :class:`MLANetError` becomes ``prog: error: ...`` and exit code 2."""
+    """Parse ``argv``, call ``run(args)``; an :class:`MLANetError` or :class:`OSError` (a path, a
+    permission, a full disk) becomes one line ``prog: error: ...`` and exit code 2.
+
+    Without ``args.verbose`` the warnings third-party code raises (protobuf deprecations in
+    MediaPipe) are not shown; see also :func:`open_detector`.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            if not getattr(args, "verbose", False):
+                warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
+                                        category=UserWarning)
+            return run(args)
     except MLANetError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{prog}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: show what MediaPipe's native libraries (TFLite, absl) log, and library warnings."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the log lines of MediaPipe's native libraries (TFLite, absl) and library warnings")
+
+
+@contextlib.contextmanager
+def native_stderr_quiet(enabled: bool = True) -> Iterator[None]:
+    """Point the stderr file descriptor at /dev/null while the block runs (``enabled``).
+
+    Native libraries (MediaPipe's TFLite and absl) write their log lines straight to file
+    descriptor 2, past Python; environment variables such as ``GLOG_minloglevel`` do not reach
+    them in mediapipe 0.10.14. Anything Python writes to ``sys.stderr`` inside the block is lost
+    too, so keep the block to the native call; an exception propagates after fd 2 is restored.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to quieten
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def open_detector(model: str, verbose: bool = False) -> Any:
+    """A started :class:`~mlanet.edge.tracking.MediaPipeFaceDetector`, quietly unless ``verbose``.
+
+    MediaPipe starts its graph's calculators on worker threads when the detector is created and
+    runs them on the first image; TFLite and absl print their start-up lines ("Created
+    TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog()", a
+    feedback-manager warning) somewhere in between, on every run. Both steps run inside
+    :func:`native_stderr_quiet` (the first image is a blank one).
+    """
+    import numpy as np
+
+    from .tracking import MediaPipeFaceDetector
+
+    with native_stderr_quiet(not verbose):
+        detector = MediaPipeFaceDetector(model=model)
+        detector(np.zeros((64, 64, 3), np.uint8))
+    return detector
+
+
+# ---------------------------------------------------------------------- argparse value types
+# argparse turns an ArgumentTypeError into "prog: error: argument --x: <message>" and exit code 2.
+
+def positive_int(text: str) -> int:
+    """An ``int >= 1`` (argparse ``type=``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An ``int >= 0`` (argparse ``type=``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def float_in(lo: float, hi: float, *, lo_open: bool = False, unit: str = "") -> Callable[[str], float]:
+    """argparse ``type=`` for a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); ``hi`` may be inf."""
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{']' if math.isfinite(hi) else ')'}{unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse

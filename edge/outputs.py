@@ -2,19 +2,24 @@
 
 Layout of the output folder::
 
-    overlay.mp4                     H.264 overlay video (render mode chosen by --mode)
+    overlay.mp4                     H.264 overlay video (render mode chosen by --mode); frame k is input
+                                    frame k (frames lost to damage are black; photos of another size
+                                    than the first are letterboxed into its frame)
     params.npz                      one row per face per frame (see PARAMS_ARRAYS) + frames_done
     tracks.json                     per track: frames, mean identity/albedo, files
     blendshapes.csv                 frame, time_s, track_id, ARKit weights (expression shapes with ARKit names)
     meshes/track_003/frame_000120.obj   per-frame meshes with UVs (y-up, metres; see writers.meshes)
+    meshes/IMG_0042.jpg/track_003.obj   the same for a photo folder / single image: one folder per photo
     tracks/track_003.glb            the track's mesh + ARKit morph targets + head pose, animated over time
     run.json                        what was run (input, weights metadata, face model, camera, config),
-                                    status ("running", "complete", "interrupted", "input_damaged"),
-                                    frames_done, stage timing
+                                    status ("running", "complete", "interrupted", "input_damaged",
+                                    "failed" with a one-line "reason"), frames_done, stage timing
 
 Every file is written atomically (temporary file + rename). ``params.npz`` and ``run.json`` are
-checkpointed every :data:`CHECKPOINT_EVERY` frames; Ctrl-C finalises all files for the frames
-done. ``--resume`` continues from ``frames_done``: rows at or after it are discarded, the overlay
+checkpointed every :data:`CHECKPOINT_EVERY` frames (run.json also when the run starts); Ctrl-C
+and a failure (a full disk, a damaged artifact) finalise all files for the frames done, as far as
+they can, and only ``complete`` says the run ended normally. ``--resume`` continues from
+``frames_done`` (also after a failure): rows at or after it are discarded, the overlay
 video's first frames are re-encoded into the new file (an H.264 stream cannot be appended to),
 the CSV is cut back, and track ids continue after the largest one used (tracker state is not
 restored, so a face visible across the break gets a new id).
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import MLANetError
-from ..fileutil import write_json_atomic
+from ..fileutil import error_line, write_json_atomic
 from ..geometry.rotations import euler_to_matrix
 from ..params import FaceParams, ParamLayout
 from .types import FrameResult
@@ -45,7 +50,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 25
 
 #: Arrays of params.npz with one row per face per frame.
-PARAMS_ARRAYS = ("frame_index", "time_s", "track_id", "params", "raw_params", "boxes", "landmarks2d")
+#: ``source_name`` (str) is the file each row came from: the photo's file name for photo folders
+#: and single images (``Frame.name``), else the input file's name.
+PARAMS_ARRAYS = ("frame_index", "time_s", "track_id", "params", "raw_params", "boxes", "landmarks2d", "source_name")
 
 RUN_FORMAT = "mlanet-video-run"
 RUN_FORMAT_VERSION = 1
@@ -145,6 +152,7 @@ class VideoRunOutputs:
         if resume:
             self._load_previous(run_file)
         self._open_streams()
+        self._write_run("running")  # from here on the folder always says what state the run is in
 
     # ------------------------------------------------------------------ resume
 
@@ -169,7 +177,10 @@ class VideoRunOutputs:
                 done = int(z["frames_done"])
                 keep = z["frame_index"] < done
                 for k in PARAMS_ARRAYS:
-                    self.rows[k] = list(z[k][keep])
+                    if k in z.files:
+                        self.rows[k] = list(z[k][keep])
+                    else:  # a run from before source_name was recorded
+                        self.rows[k] = [Path(self.source_name).name] * int(keep.sum())
         if self.options.video:
             done = min(done, self._video_frames(self.out_dir / "overlay.mp4"))
             for k in PARAMS_ARRAYS:  # the video may hold fewer frames than the checkpoint
@@ -202,6 +213,11 @@ class VideoRunOutputs:
         from .writers.video import H264VideoWriter
 
         path = self.out_dir / "overlay.mp4"
+        if self.start_frame and path.exists():
+            # Photos differ in size: continue at the size the overlay already has (later ones are letterboxed).
+            old = _overlay_size(path)
+            if old is not None and old not in ((width, height), (width + width % 2, height + height % 2)):
+                width, height = old
         self._video = H264VideoWriter(path, self.fps, width, height)
         if self.start_frame:
             self._video.resume_from(path, self.start_frame)
@@ -222,30 +238,45 @@ class VideoRunOutputs:
             self.rows["raw_params"].append(np.asarray(f.raw_params, np.float32))
             self.rows["boxes"].append(np.array([f.box.x0, f.box.y0, f.box.size], np.float32))
             self.rows["landmarks2d"].append(np.asarray(f.landmarks2d, np.float32))
+            self.rows["source_name"].append(frame.name or Path(frame.source).name)
             expr = np.asarray(f.params[self.layout.slices()["expression"]])
             self._csv.write(frame.index, t, f.track_id, self.arkit.weights(expr))
             if self.options.meshes and frame.index % self.options.mesh_every == 0:
-                self._write_mesh(frame.index, f)
+                self._write_mesh(frame.index, f, frame.name if frame.independent else None)
             if self.options.texture and self.texture_fn is not None:
                 self._maybe_texture(frame.image, f)
         if self.options.video and result.rendered is not None:
+            rendered = result.rendered
             if self._video is None:
                 self._open_video(frame.width, frame.height)
-            self._video.write(result.rendered)
+            if (frame.width, frame.height) != (self._video.width, self._video.height):
+                from .frames import letterbox  # photos of other sizes: fitted into the first one's frame
+
+                rendered = letterbox(rendered, self._video.width, self._video.height)
+            # Frames lost to a damaged input (index gaps) are black, so overlay frame k stays input frame k.
+            if self._video.n_written < frame.index:
+                black = np.zeros_like(rendered)
+                for _ in range(frame.index - self._video.n_written):
+                    self._video.write(black)
+            self._video.write(rendered)
         self.frames_done = frame.index + 1
         if self.frames_done % CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
-    def _write_mesh(self, index: int, f: Any) -> None:
+    def _write_mesh(self, index: int, f: Any, photo: str | None = None) -> None:
+        """``meshes/track_<id>/frame_<index>.<ext>``; for an independent photo ``meshes/<photo>/track_<id>.<ext>``."""
         from .writers.meshes import write_obj, write_ply
 
         fm = self.face_model
-        folder = self.out_dir / "meshes" / f"track_{f.track_id:03d}"
+        if photo is not None:
+            folder, stem = self.out_dir / "meshes" / photo, f"track_{f.track_id:03d}"
+        else:
+            folder, stem = self.out_dir / "meshes" / f"track_{f.track_id:03d}", f"frame_{index:06d}"
         tri, uv, tri_uv = (fm.triangles.cpu().numpy(), fm.uv.cpu().numpy(), fm.triangles_uv.cpu().numpy())
         if self.options.meshes == "obj":
-            write_obj(folder / f"frame_{index:06d}.obj", f.vertices, tri, uv, tri_uv)
+            write_obj(folder / f"{stem}.obj", f.vertices, tri, uv, tri_uv)
         else:
-            write_ply(folder / f"frame_{index:06d}.ply", f.vertices, tri, uv, tri_uv)
+            write_ply(folder / f"{stem}.ply", f.vertices, tri, uv, tri_uv)
 
     def _maybe_texture(self, image: np.ndarray, f: Any) -> None:
         rot = np.asarray(f.params[self.layout.slices()["rotation"]])
@@ -266,8 +297,9 @@ class VideoRunOutputs:
         empty = {"frame_index": (0,), "time_s": (0,), "track_id": (0,), "params": (0, P), "raw_params": (0, P),
                  "boxes": (0, 3), "landmarks2d": (0, 68, 2)}
         out = {}
-        for k in PARAMS_ARRAYS:
+        for k in empty:
             out[k] = np.stack(self.rows[k]) if self.rows[k] else np.zeros(empty[k], np.float32)
+        out["source_name"] = np.array([str(v) for v in self.rows["source_name"]], dtype=str)  # (N,) unicode
         out["frame_index"] = out["frame_index"].astype(np.int64)
         out["track_id"] = out["track_id"].astype(np.int64)
         out["time_s"] = out["time_s"].astype(np.float64)
@@ -279,9 +311,12 @@ class VideoRunOutputs:
         from .writers.tables import write_params_npz
 
         write_params_npz(self.out_dir / "params.npz", **self._arrays())
-        write_json_atomic(self.out_dir / "run.json", {**self.run_info, "status": status, "frames_done": self.frames_done})
+        self._write_run(status)
         if self._csv is not None:
             self._csv.flush()
+
+    def _write_run(self, status: str) -> None:
+        write_json_atomic(self.out_dir / "run.json", {**self.run_info, "status": status, "frames_done": self.frames_done})
 
     def _tracks(self) -> dict[int, dict[str, Any]]:
         a = self._arrays()
@@ -295,6 +330,7 @@ class VideoRunOutputs:
                 "frames": int(m.sum()),
                 "first_frame": int(a["frame_index"][m].min()),
                 "last_frame": int(a["frame_index"][m].max()),
+                "source_name": str(a["source_name"][m][0]),  # the photo (photo folders) or the input file
                 "identity": p[-1, s["identity"]].tolist(),  # the running mean at the track's last frame
                 "albedo": p[-1, s["albedo"]].tolist(),
                 "rows": np.flatnonzero(m),
@@ -336,23 +372,71 @@ class VideoRunOutputs:
                 )
                 tr["glb"] = os.path.relpath(path, self.out_dir)
 
-    def finish(self, *, status: str, message: str | None = None, stats: dict[str, Any] | None = None,
-               elapsed_s: float | None = None) -> None:
-        """Finalise every file for the frames done (also after Ctrl-C or a damaged input)."""
-        if self._video is not None:
-            self._video.close()
-            self._video = None
-        if self._csv is not None:
-            self._csv.close()
+    def finish(self, *, status: str, message: str | None = None, reason: str | None = None,
+               stats: dict[str, Any] | None = None, elapsed_s: float | None = None) -> None:
+        """Finalise every file for the frames done (also after Ctrl-C, a damaged input or a failure).
+
+        ``status="failed"`` records ``reason`` (one line: why the run stopped). Each file is
+        finalised on its own, so one that cannot be written (a full disk) does not stop the
+        others, and run.json is written last. An error while finishing a run that had not failed
+        turns it into ``failed`` with that error as the reason, and is raised after run.json is
+        written; after a failure such errors are only logged (the first error is the one to report).
+        """
+        from .writers.tables import write_params_npz
+
+        self.run_info.update({"stats": stats, "message": message, "elapsed_s": elapsed_s})
+        errors: list[Exception] = []
+        for step in (self._close_video, self._close_csv, self._write_tracks,
+                     lambda: write_params_npz(self.out_dir / "params.npz", **self._arrays())):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - recorded in run.json; see the docstring
+                errors.append(exc)
+        raise_first = bool(errors) and status != "failed"
+        for exc in errors[1 if raise_first else 0:]:
+            log.warning("%s: could not finalise every file: %s", self.out_dir, error_line(exc))
+        if raise_first:
+            status, reason = "failed", error_line(errors[0])
+        if status == "failed":
+            self.run_info["reason"] = reason
+        self._write_run(status)
+        if raise_first:
+            raise errors[0]
+
+    def _close_video(self) -> None:
+        video, self._video = self._video, None
+        if video is not None:
+            video.close()
+
+    def _close_csv(self) -> None:
+        csv, self._csv = self._csv, None
+        if csv is not None:
+            try:
+                if csv.n_rows > sum(1 for f in self.rows["frame_index"] if f < self.frames_done):
+                    csv.truncate_from(self.frames_done)  # rows of a frame in flight when the run stopped
+            finally:
+                csv.close()
+
+    def _write_tracks(self) -> None:
         tracks = self._tracks()
         if self.options.glb and tracks:
             self._write_glbs(tracks)
         for tr in tracks.values():
             tr.pop("rows")
         write_json_atomic(self.out_dir / "tracks.json", {"tracks": list(tracks.values())})
-        self.run_info.update({"stats": stats, "message": message, "elapsed_s": elapsed_s})
-        self.checkpoint(status=status)
-        self._csv = None
+
+
+def _overlay_size(path: Path) -> tuple[int, int] | None:
+    """(W, H) in pixels of the video stream of ``path``, or None when it cannot be read (then
+    ``H264VideoWriter.resume_from`` reports the file)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            cc = c.streams.video[0].codec_context
+            return int(cc.width), int(cc.height)
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None
 
 
 def _jsonable(x: Any) -> Any:

@@ -7,6 +7,12 @@ backend's ``layout`` and ``preprocess``), so nothing here hard-codes a crop size
 the parameter vector.
 
 Stage order and names: :data:`mlanet.edge.timing.STAGES`.
+
+Independent stills (``frame.independent``: the photos of a folder, a single image) are fitted
+each on its own: the tracker is reset before the frame (so the detector runs and every face
+gets a new id; ids still increase over the run), and no temporal filter runs on it
+(``params == raw_params``: no identity/albedo averaging across photos). Video frames are
+tracked and filtered as before.
 """
 
 from __future__ import annotations
@@ -144,6 +150,10 @@ class FacePipeline:
         """
         ms: dict[str, float] = {}
         camera = self._camera_for(frame)
+        if frame.independent:
+            # An unrelated still: nothing carries over from the previous frame (tracks, filters).
+            self.tracker.reset()
+            self.filters.retain(set())
         with timed(ms, "detect_track"):
             rois = self.tracker.begin(frame)
         if getattr(self.tracker, "last_scene_cut", False):
@@ -174,10 +184,14 @@ class FacePipeline:
         boxes = [r.box for r in rois]
         flat_frame = crop_pose_to_frame(raw, boxes, self.layout, self.preprocess, camera).numpy()
         t = frame.t_capture_ns * 1e-9
-        filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
+        filtering = self.filters.cfg.enabled and not frame.independent
+        if filtering:
+            filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
+        else:
+            filtered = flat_frame.astype(np.float32)
         decoded = self.decoder(filtered, camera)
         # The tracker follows the unfiltered fit (a filtered ROI would lag behind fast motion).
-        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if self.filters.cfg.enabled else decoded.landmarks2d
+        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if filtering else decoded.landmarks2d
         return [
             FaceFit(
                 track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i].astype(np.float32),

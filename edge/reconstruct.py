@@ -42,14 +42,18 @@ from ..preprocess import CropBox, PreprocessCfg
 #: Default horizontal field of view of a frame camera whose intrinsics are unknown, degrees.
 DEFAULT_FOV_DEG = 60.0
 
+#: Fields of view :func:`frame_camera` accepts, degrees (inclusive).
+FOV_RANGE_DEG = (1.0, 170.0)
+
 
 def frame_camera(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> PinholeCamera:
     """A pinhole camera for a ``width x height`` frame with horizontal field of view ``fov_deg``.
 
     Square pixels, principal point at the image centre ``(W / 2, H / 2)`` (continuous pixels).
     """
-    if not 1.0 <= fov_deg <= 170.0:
-        raise ValueError(f"field of view must be within [1, 170] degrees, got {fov_deg}")
+    if not FOV_RANGE_DEG[0] <= fov_deg <= FOV_RANGE_DEG[1]:
+        lo, hi = FOV_RANGE_DEG
+        raise ValueError(f"field of view must be within [{lo:g}, {hi:g}] degrees, got {fov_deg}")
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2.0)
     return PinholeCamera(f, f, 0.5 * width, 0.5 * height, int(width), int(height))
 

@@ -34,12 +34,19 @@ class Frame:
         t_capture_ns: monotonic capture time (``time.monotonic_ns()`` when the frame was
             grabbed for live sources; for files the presentation time in ns from the start).
         source: a human-readable name of the source (path or ``camera:0``).
+        name: the file name of the still image this frame was read from (photo folders and
+            single images, e.g. ``"IMG_0042.jpg"``); None for video and camera frames.
+        independent: True when the frame is unrelated to the frames before it (the photos of
+            a folder, a single image): the pipeline then detects faces afresh, with no track
+            continuity and no temporal filtering across frames (each face gets its own id).
     """
 
     image: np.ndarray
     index: int
     t_capture_ns: int
     source: str
+    name: str | None = None
+    independent: bool = False
 
     @property
     def height(self) -> int:

@@ -4,7 +4,9 @@ Outputs (see :mod:`mlanet.edge.outputs`): the overlay video (H.264), per-frame p
 per-track results (NPZ + JSON), per-frame OBJ/PLY meshes with UVs, one animated GLB per track
 with ARKit-named morph targets, ARKit blendshape weights as CSV, and per-stage timing.
 Ctrl-C finishes the frame in flight and leaves valid files for the frames done; ``--resume``
-continues an interrupted run.
+continues an interrupted run. A run that fails after the output folder exists (a full disk, a
+damaged artifact, ...) also leaves valid files for the frames done, with run.json status
+``failed`` and the reason, and ``--resume`` continues it too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import MLANetError
-from .loading import add_model_arguments, open_model, run_cli
+from ..fileutil import check_writable_dir, check_writable_file, error_line
+from .loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
+                      run_cli)
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +32,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit 3D faces in every frame of a video, image folder or image and write overlay video, "
         "meshes, animated GLB per track, blendshape CSV and parameters.",
     )
-    p.add_argument("input", help="video file (H.264, MJPEG, ...), image folder or image")
+    p.add_argument("input", help="video file (H.264, MJPEG, ...), image folder (unrelated photos, each fitted on its "
+                   "own) or image")
     p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--image-sequence", action="store_true",
+                   help="read an image folder as the frames of one video (tracking and filtering across frames)")
     add_model_arguments(p)
     add_pipeline_arguments(p)
     o = p.add_argument_group("outputs")
     o.add_argument("--meshes", choices=("obj", "ply", "none"), default="obj", help="per-frame mesh format (default obj)")
-    o.add_argument("--mesh-every", type=int, default=1, metavar="N", help="write a mesh every N frames (default 1)")
+    o.add_argument("--mesh-every", type=positive_int, default=1, metavar="N",
+                   help="write a mesh every N frames (default 1)")
     o.add_argument("--no-video", action="store_true", help="do not render or write the overlay video")
     o.add_argument("--no-glb", action="store_true", help="do not write the per-track GLB files")
     o.add_argument("--texture", action="store_true",
                    help="photo-texture each track's GLB from its most frontal frame (projected UVs)")
-    o.add_argument("--max-frames", type=int, default=None, metavar="N",
+    o.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                    help="stop after the first N frames of the input (also with --resume)")
     o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON here too")
     o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_verbose_argument(o)
     return p
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """Tracking, filtering and rendering options shared with mlanet-live."""
     from .pipeline import RENDER_MODES
-    from .reconstruct import DEFAULT_FOV_DEG
+    from .reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
 
     g = p.add_argument_group("pipeline")
-    g.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG,
-                   help=f"horizontal field of view of the camera in degrees (default {DEFAULT_FOV_DEG:g})")
-    g.add_argument("--max-faces", type=int, default=4, help="most faces tracked at once (default 4)")
-    g.add_argument("--detect-every", type=int, default=10, metavar="N",
+    g.add_argument("--fov", type=float_in(*FOV_RANGE_DEG, unit=" degrees"), default=DEFAULT_FOV_DEG,
+                   help=f"horizontal field of view of the camera in degrees, {FOV_RANGE_DEG[0]:g} to "
+                   f"{FOV_RANGE_DEG[1]:g} (default {DEFAULT_FOV_DEG:g})")
+    g.add_argument("--max-faces", type=positive_int, default=4, help="most faces tracked at once (default 4)")
+    g.add_argument("--detect-every", type=positive_int, default=10, metavar="N",
                    help="re-run the face detector every N frames (also on lost tracks and scene cuts; default 10)")
     g.add_argument("--detector", choices=("full_range", "short_range"), default="full_range",
                    help="MediaPipe detector model: full_range finds small faces up to ~5 m (default), "
@@ -65,7 +75,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=RENDER_MODES, default="shaded", help="render mode of the overlay (default shaded)")
     g.add_argument("--overlays", default="landmarks",
                    help="comma-separated overlays: landmarks, wireframe, or none (default landmarks)")
-    g.add_argument("--alpha", type=float, default=1.0, help="opacity of the mesh over the frame (default 1)")
+    g.add_argument("--alpha", type=float_in(0.0, 1.0, lo_open=True), default=1.0,
+                   help="opacity of the mesh over the frame, in (0, 1] (default 1)")
 
 
 def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True):
@@ -101,10 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     from .frames import open_source
     from .outputs import OutputOptions, VideoRunOutputs
     from .pipeline import FacePipeline
-    from .tracking import MediaPipeFaceDetector
 
-    if args.mesh_every < 1:
-        raise MLANetError("--mesh-every must be >= 1")
+    # output paths first: a run must not fail at its end because of them
+    check_writable_dir(args.out, "--out")
+    if args.json_stats:
+        check_writable_file(args.json_stats, "--json-stats")
     cfg = pipeline_cfg_from_args(args, render=not args.no_video)
     backend, face_model = open_model(args)
     options = OutputOptions(
@@ -114,10 +126,16 @@ def _run(args: argparse.Namespace) -> int:
         glb=not args.no_glb,
         texture=args.texture,
     )
-    source = open_source(args.input)
+    try:
+        source = open_source(args.input, image_sequence=args.image_sequence)
+    except BaseException:
+        backend.close()
+        raise
     outputs = None
     pipeline = None
     status, interrupted = "complete", False
+    failure: Exception | None = None  # what ended the run early (recorded in run.json, then reported)
+    msg = stats = None
     t0 = time.perf_counter()
     try:
         outputs = VideoRunOutputs(
@@ -126,10 +144,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         if outputs.start_frame:
             source.close()
-            source = open_source(args.input, start_frame=outputs.start_frame)
+            source = open_source(args.input, start_frame=outputs.start_frame, image_sequence=args.image_sequence)
             log.info("resuming %s at frame %d", args.out, outputs.start_frame)
-        detector = MediaPipeFaceDetector(model=args.detector)
-        pipeline = FacePipeline(backend, face_model, cfg, detector=detector)
+        pipeline = FacePipeline(backend, face_model, cfg, detector=open_detector(args.detector, args.verbose))
         if options.texture:
             outputs.texture_fn = pipeline.unwrap_texture
         if outputs.first_track_id:
@@ -147,37 +164,76 @@ def _run(args: argparse.Namespace) -> int:
             el = time.perf_counter() - wall0
             bar.update(done, fps=(done - outputs.start_frame) / el if el > 0 else 0.0, faces=len(result.faces))
 
+        def write(result) -> None:
+            try:
+                outputs.write(result)
+            except OSError as exc:
+                _name_output_folder(exc, outputs.out_dir)
+                raise
+
         try:
-            pipeline.run(source, outputs.write, max_frames=remaining, on_frame=on_frame)
+            pipeline.run(source, write, max_frames=remaining, on_frame=on_frame)
         except KeyboardInterrupt:
             interrupted, status = True, "interrupted"
-        bar.close()
-        if not interrupted and getattr(source, "stopped_early", None):
+        finally:
+            bar.close()
+        if not interrupted and _damage(source):
             status = "input_damaged"
-    finally:
+    except KeyboardInterrupt:  # outside the frame loop (opening the detector, re-opening to resume)
+        interrupted, status = True, "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded in run.json as "failed", then raised again below
+        failure, status = exc, "failed"
+    try:
         if outputs is not None:
             stats = pipeline.stats.summary() if pipeline is not None else None
-            msg = getattr(source, "stopped_early", None)
-            outputs.finish(status=status if outputs.frames_done or status != "complete" else status,
-                           message=msg, stats=stats, elapsed_s=time.perf_counter() - t0)
-            if args.json_stats and stats is not None:
-                from ..fileutil import write_json_atomic
-
-                write_json_atomic(args.json_stats, {"input": str(args.input), **stats})
+            msg = _damage(source)
+            outputs.run_info["lost_frames"] = [int(i) for i in getattr(source, "lost_frames", ())]
+            outputs.finish(status=status, message=msg, reason=None if failure is None else error_line(failure),
+                           stats=stats, elapsed_s=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - finishing failed (a full disk): finish() recorded "failed"
+        if isinstance(exc, OSError):
+            _name_output_folder(exc, outputs.out_dir)
+        if failure is None:
+            failure = exc
+        else:
+            log.warning("%s: after the failure, finishing the outputs failed too (%s)", args.out, error_line(exc))
+    finally:
         if pipeline is not None:
             pipeline.close()
         source.close()
         backend.close()
     n = outputs.frames_done if outputs is not None else 0
+    if failure is not None:
+        if outputs is None or not isinstance(failure, (MLANetError, OSError)):
+            raise failure  # before the folder existed, or a bug (its traceback is wanted)
+        raise MLANetError(f"{error_line(failure)}; {args.out} holds valid outputs for the {n} frames done (run.json "
+                          "status \"failed\"); remove the cause and run the same command with --resume to continue")
+    if args.json_stats and stats is not None:
+        from ..fileutil import write_json_atomic
+
+        write_json_atomic(args.json_stats, {"input": str(args.input), **stats})
     if interrupted:
         print(f"mlanet-video: interrupted after {n} frames; outputs in {args.out} are valid for those frames. "
               f"Run the same command with --resume to continue.", file=sys.stderr)
         return 130
     if status == "input_damaged":
-        print(f"mlanet-video: {msg}. Outputs in {args.out} cover the {n} frames that could be read.", file=sys.stderr)
+        read = n - len([i for i in outputs.run_info["lost_frames"] if i < n])
+        print(f"mlanet-video: {msg}. Outputs in {args.out} cover the {read} frames that could be read "
+              "(lost frames are black in the overlay).", file=sys.stderr)
         return 0
     print(f"mlanet-video: {n} frames -> {args.out}", file=sys.stderr)
     return 0
+
+
+def _damage(source) -> str | None:
+    """The source's message about damage to the input (frames lost, an early stop), or None."""
+    return getattr(source, "damaged", None) or getattr(source, "stopped_early", None)
+
+
+def _name_output_folder(exc: OSError, out_dir: Path) -> None:
+    """A writer's OSError without a path (a full disk while encoding) names the output folder."""
+    if exc.filename is None:
+        exc.filename = str(out_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover

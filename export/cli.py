@@ -22,9 +22,21 @@ import argparse
 import sys
 
 
+def _check_outputs(args: argparse.Namespace, *options: str) -> None:
+    """The output files of these options must be writable: checked before any work."""
+    from ..fileutil import check_writable_file
+
+    for option in options:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value:
+            check_writable_file(value, option)
+
+
 def cmd_onnx(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_weights
     from ..weights import default_weights_path
+
+    _check_outputs(args, "--out", "--decoder", "--report")
 
     if args.weights is None:
         shipped = default_weights_path(args.model)
@@ -69,6 +81,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     if args.report and not args.parity:
         print("--report needs --parity", file=sys.stderr)
         return 2
+    _check_outputs(args, "--out", "--report", "--timing-cache")
     out = build_engine(
         args.onnx,
         args.out,

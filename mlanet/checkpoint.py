@@ -152,8 +152,12 @@ def _open(path: Path, load_tensors: bool = False) -> tuple[dict[str, torch.Tenso
     if not path.is_file():
         raise AssetError(f"{path}: no such checkpoint file")
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".pkl", ".ckpt"):
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{". Only a file
+    # that is not one of those is judged by its first bytes (a pickle's protocol mark, torch.save's zip).
+    is_safetensors = head[8:9] == b"{"
+    looks_pickled = head[:1] == b"\x80" or head[:2] == b"PK"
+    if (looks_pickled and not is_safetensors) or path.suffix in (".pt", ".pth", ".pkl", ".ckpt"):
         raise AssetError(
             f"{path}: looks like a pickle-based PyTorch file; MLANet loads weights only from .safetensors "
             "checkpoints (never unpickles user files)"

@@ -1,8 +1,9 @@
 """The ``mlanet`` command: ``mlanet <group> <command> [options]``.
 
 Each group lives in its own module and registers its sub-parser; imports are deferred so
-``mlanet --help`` stays fast. User errors (:class:`~mlanet.errors.MLANetError`) print one
-clear line and exit with status 2; Ctrl-C exits with 130.
+``mlanet --help`` stays fast. User errors (:class:`~mlanet.errors.MLANetError`) and errors of
+the environment (:class:`OSError`: a path, a permission, a full disk) print one clear line and
+exit with status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import MLANetError
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
     "bench": "mlanet.edge.bench.cli",
+    "data": "mlanet.data.cli",
     "eval": "mlanet.eval.cli",
     "export": "mlanet.export.cli",
     "models": "mlanet.models.cli",
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except MLANetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from .fileutil import os_error_message
+
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import MLANetError
+
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
@@ -86,3 +88,74 @@ def save_figure_atomic(fig: object, path: str | os.PathLike[str], **savefig_kwar
     with atomic_file(path) as fh:
         fig.savefig(fh, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
     return Path(path)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an :class:`OSError`: the path it is about (the target of a rename) and the reason."""
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{name}: {reason}" if name is not None else reason
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error that ends a run: :func:`os_error_message` for an :class:`OSError`, the
+    message of an :class:`MLANetError`, else the type and message (an unexpected error)."""
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    if isinstance(exc, MLANetError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _probe_writable(folder: Path, what: str, given: str | os.PathLike[str]) -> None:
+    """Create and remove a file in the existing ``folder`` (``os.access`` is not enough: root, read-only mounts)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mlanet-write-check.", dir=folder)
+    except OSError as exc:
+        raise MLANetError(f"{what} {given}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _check_creatable(folder: Path, what: str, given: str | os.PathLike[str]) -> None:
+    """``folder`` exists and is writable, or can be created (its nearest existing ancestor is a writable folder)."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MLANetError(f"{what} {given}: {existing} is not a folder")
+    _probe_writable(existing, what, given)
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done.
+
+    ``path`` may exist (a writable folder) or not (then its nearest existing ancestor must be a
+    writable folder, so it can be created). Nothing is created. ``what`` names the option
+    (``"--out"``) in the :class:`MLANetError`.
+    """
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise MLANetError(f"{what} {path}: exists and is not a folder")
+    _check_creatable(p, what, path)
+    return p
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    The file is written beside itself and renamed (:func:`atomic_file`), so ``path`` must not be
+    a folder and its folder must be writable or creatable. Nothing is created. ``what`` names
+    the option (``"--json"``) in the :class:`MLANetError`.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise MLANetError(f"{what} {path}: is a folder; give a file name")
+    if str(path).endswith(("/", os.sep)):
+        raise MLANetError(f"{what} {path}: names a folder; give a file name")
+    _check_creatable(p.parent, what, path)
+    return p

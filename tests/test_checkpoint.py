@@ -68,3 +68,22 @@ def test_resolve_weights_from_a_run_folder(tmp_path):
     empty.mkdir()
     with pytest.raises(AssetError, match="without last.json"):
         resolve_weights(empty)
+
+
+def test_a_safetensors_header_length_ending_in_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 happens."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mlanet.checkpoint import _open
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(0, 300):  # find a metadata length whose header length's low byte is 0x80
+        save_file({"x": torch.zeros(1)}, str(path), metadata={"mlanet": json.dumps({"format": "x", "pad": "p" * pad})})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    with pytest.raises(AssetError, match="not an MLANet checkpoint"):  # read as safetensors, not refused as a pickle
+        _open(path)

@@ -254,6 +254,21 @@ def test_folder_discovery_and_bad_files(tmp_path: Path) -> None:
         AFLW2000Eval(bad)
 
 
+def test_unreadable_annotation_is_skipped_and_counted(tmp_path: Path) -> None:
+    """One damaged .mat does not abort the benchmark: it is left out, named and counted."""
+    _blob_folder(tmp_path / "f", n_images=3)
+    (tmp_path / "f" / "image00001.mat").write_bytes(b"garbage")
+    bench = AFLW2000Eval(tmp_path / "f")
+    assert [s.name for s in bench.samples] == ["image00000", "image00002"]
+    cfg = PreprocessCfg(input_size=224)
+    res = bench.evaluate(BlobPredictor(bench, cfg), cfg, batch_size=2)
+    sel = res["data"]["selection"]
+    assert res["n"] == 2 and sel["n_unreadable"] == 1 and sel["unreadable"][0]["name"] == "image00001"
+    assert "image00001.mat" in sel["unreadable"][0]["reason"]
+    assert any("image00001" in w for w in res["warnings"])
+    assert res["nme_all"] < 0.03  # the two readable images are scored as before
+
+
 def test_unreadable_image_is_named(tmp_path: Path) -> None:
     _blob_folder(tmp_path / "f", n_images=1)
     (tmp_path / "f" / "image00000.png").write_bytes(b"broken")

@@ -177,7 +177,11 @@ def test_video_truncated_faststart_yields_what_decodes(clips, caplog):
     msg = src.stopped_early
     assert msg is not None and str(path) in msg
     assert f"after frame {len(frames) - 1}" in msg and f"{len(frames)} frames were read" in msg
-    assert msg in caplog.text
+    # the one-line damage report (logged) carries the early stop and names the file
+    damaged = src.damaged
+    assert damaged is not None and damaged.startswith(f"{path}: the input is damaged")
+    assert msg.removeprefix(f"{path}: ") in damaged and damaged in caplog.text
+    assert all(i >= len(frames) for i in src.lost_frames)  # a partial last packet, if any, is lost at the cut
 
 
 def test_video_truncated_without_faststart_cannot_be_opened(clips, tmp_path):
@@ -283,6 +287,169 @@ def test_shared_clips(shared, name, count, size, fps):
     assert n == count and src.stopped_early is None
     assert times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
     assert times[-1] == pytest.approx((count - 1) / fps * 1e9, rel=0.01)
+
+
+# --------------------------------------------------------------------------------------------
+# damaged video files: undecodable packets are skipped, the frames around them are kept
+# --------------------------------------------------------------------------------------------
+
+
+def _packets(path: Path) -> list[dict]:
+    """The video packets of ``path`` in file (decode) order, each with its display ``rank``
+    (0-based index among the displayed packets by presentation time; None for pre-roll)."""
+    with av.open(str(path)) as c:
+        pk = [{"pos": p.pos, "size": p.size, "pts": p.pts, "key": p.is_keyframe, "discard": p.is_discard}
+              for p in c.demux(video=0) if p.size]
+    shown = sorted(p["pts"] for p in pk if not p["discard"])
+    for p in pk:
+        p["rank"] = None if p["discard"] else shown.index(p["pts"])
+    return pk
+
+
+def _damage(src: Path, dst: Path, packets: list[dict], n_bytes: int = 8) -> Path:
+    """A copy of ``src`` whose ``packets`` start with ``n_bytes`` of 0xFF: the NAL length prefix of
+    an MP4/H.264 sample is destroyed, so FFmpeg rejects the packet (InvalidDataError)."""
+    data = bytearray(src.read_bytes())
+    for p in packets:
+        data[p["pos"] : p["pos"] + n_bytes] = b"\xff" * n_bytes
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def gop_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 frames of H.264 with a keyframe every 10 frames and B-frames (decode order != display order)."""
+    path = tmp_path_factory.mktemp("gop") / "gop10.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30, options={"g": "10", "bf": "2"})
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        for i in range(N):
+            for p in s.encode(av.VideoFrame.from_ndarray(_frame_rgb(i), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _check_damaged_pass(frames: list[Frame], src: VideoFileSource, total: int) -> None:
+    """Every frame is either yielded or reported lost, once, in increasing index order."""
+    idx = [f.index for f in frames]
+    assert all(b > a for a, b in zip(idx, idx[1:]))
+    assert sorted(idx + list(src.lost_frames)) == list(range(total))
+    assert src.damaged is not None and src.damaged.startswith(f"{src.name}: the input is damaged")
+
+
+def test_damaged_frame_mid_clip_is_skipped_and_reported(gop_clip, tmp_path, caplog):
+    pk = _packets(gop_clip)
+    victim = next(p for p in pk if p["rank"] == 14 and not p["key"])
+    path = _damage(gop_clip, tmp_path / "mid.mp4", [victim])
+    with caplog.at_level(logging.WARNING), VideoFileSource(path) as src:
+        frames = list(src)  # no exception, and decoding goes on after the bad packet
+    assert src.lost_frames == (14,)
+    _check_damaged_pass(frames, src, N)
+    assert src.stopped_early is None
+    assert "1 frame could not be decoded" in src.damaged and "(frame 14)" in src.damaged
+    assert src.damaged in caplog.text
+    for f in frames:  # the right picture under every index; after the loss FFmpeg conceals (one level off)
+        assert abs(_grey(f) - _level(f.index)) < (4 if f.index < 14 else 10), f.index
+        assert abs(f.t_capture_ns - f.index * 1e9 / 30) < 1.5e6
+    # resuming inside a damaged file gives the same frames
+    with VideoFileSource(path, start_frame=12) as src2:
+        assert [f.index for f in src2] == [i for i in range(12, N) if i != 14]
+
+
+def test_damaged_keyframe_with_b_frames_keeps_indices(gop_clip, tmp_path):
+    pk = _packets(gop_clip)
+    key = [p for p in pk if p["key"]][1]  # the second GOP's keyframe
+    with VideoFileSource(_damage(gop_clip, tmp_path / "key.mp4", [key])) as src:
+        frames = list(src)
+    _check_damaged_pass(frames, src, N)
+    lost = list(src.lost_frames)
+    # FFmpeg shows nothing from the damaged keyframe until the frames it can conceal again
+    assert lost[0] == key["rank"] and lost == list(range(lost[0], lost[-1] + 1))
+    # the B-frames shown before the keyframe come out of the decoder late: still in order, right index
+    assert [f.index for f in frames if f.index < key["rank"]] == list(range(key["rank"]))
+    assert all(abs(_grey(f) - _level(f.index)) < 4 for f in frames if f.index < key["rank"])
+
+
+def test_damaged_first_keyframe_is_not_rejected(gop_clip, tmp_path):
+    pk = _packets(gop_clip)
+    second_key = [p for p in pk if p["key"]][1]
+    path = _damage(gop_clip, tmp_path / "first.mp4", [pk[0]])
+    with VideoFileSource(path) as src:  # the constructor decodes up to the first frame that decodes
+        assert src.size == (W, H)
+        frames = list(src)
+    assert frames[0].index == second_key["rank"]  # the first GOP is lost, the rest decodes
+    assert src.lost_frames == tuple(range(second_key["rank"]))
+    _check_damaged_pass(frames, src, N)
+    assert f"frames 0-{second_key['rank'] - 1}" in src.damaged
+    assert all(abs(_grey(f) - _level(f.index)) < 4 for f in frames)
+
+
+def test_video_that_decodes_nowhere_is_an_error(gop_clip, tmp_path):
+    path = _damage(gop_clip, tmp_path / "all.mp4", _packets(gop_clip))
+    with pytest.raises(SourceError) as err:
+        VideoFileSource(path)
+    msg = str(err.value)
+    assert str(path) in msg and "not a single frame could be decoded" in msg and "InvalidDataError" in msg
+    assert "\n" not in msg
+
+
+def test_format_frame_ranges():
+    from mlanet.edge.frames import format_frame_ranges
+
+    assert format_frame_ranges([7, 0, 1, 2, 3, 9, 10]) == "0-3, 7, 9-10"
+    assert format_frame_ranges([]) == ""
+    assert format_frame_ranges(range(0, 100, 2), limit=3) == "0, 2, 4, ... (+47 more)"
+
+
+@pytest.mark.assets
+def test_damaged_shared_clip(shared, tmp_path):
+    """The 720p clip (H.264 with a 103-frame edit-list pre-roll before its 55 shown frames)."""
+    clip = shared / "data" / "video" / "obama_720p.mp4"
+    if not clip.is_file():
+        pytest.skip(f"{clip} not present")
+    with VideoFileSource(clip) as src:
+        ref = {f.index: f.image for f in src}
+    assert len(ref) == 55 and src.damaged is None and src.lost_frames == ()
+    pk = _packets(clip)
+    assert pk[0]["key"] and pk[0]["discard"]  # the first GOP starts in the pre-roll
+
+    # 1. one frame mid-clip: only it is lost; the frames decoded before it are bit-identical
+    victim = next(p for p in pk if p["rank"] == 31)
+    before = {p["rank"] for p in pk[: pk.index(victim)] if p["rank"] is not None}
+    with VideoFileSource(_damage(clip, tmp_path / "mid.mp4", [victim])) as src:
+        frames = list(src)
+    assert src.lost_frames == (31,) and src.stopped_early is None
+    _check_damaged_pass(frames, src, 55)
+    assert all(np.array_equal(f.image, ref[f.index]) for f in frames if f.index in before)
+    assert len(before) >= 28
+    assert all(np.abs(f.image.astype(int) - ref[f.index]).mean() < 8 for f in frames)  # concealed after it
+
+    # 2. the first keyframe (in the pre-roll): opened, frames up to the next keyframe lost, the rest kept
+    with VideoFileSource(_damage(clip, tmp_path / "key0.mp4", [pk[0]])) as src:
+        frames = list(src)
+    next_key = next(p for p in pk[1:] if p["key"])
+    assert frames[0].index == next_key["rank"] and src.lost_frames == tuple(range(next_key["rank"]))
+    _check_damaged_pass(frames, src, 55)
+    assert all(np.array_equal(f.image, ref[f.index]) for f in frames)
+
+    # 3. a pre-roll P-frame: FFmpeg decodes every shown frame; the damage is still reported
+    with VideoFileSource(_damage(clip, tmp_path / "pre.mp4", [pk[1]])) as src:
+        frames = list(src)
+    assert len(frames) == 55 and src.lost_frames == ()
+    assert "decoding error" in src.damaged and "no frame was lost" in src.damaged
+
+    # 4. a few hundred garbage bytes in the middle of the file: whatever FFmpeg decodes is kept
+    data = bytearray(clip.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 400] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    (tmp_path / "garbage.mp4").write_bytes(bytes(data))
+    with VideoFileSource(tmp_path / "garbage.mp4") as src:
+        frames = list(src)
+    idx = [f.index for f in frames]
+    assert all(b > a for a, b in zip(idx, idx[1:])) and sorted(idx + list(src.lost_frames)) == list(range(55))
+    assert len(frames) >= 50
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,7 +697,9 @@ def test_live_replay_of_a_video_file_and_rules(clips):
         n = sum(1 for _ in src)
         with pytest.raises(SourceError, match="only once"):
             iter(src)
-    assert 0 < n < N and "decoding stopped" in src.stopped_early
+    assert 0 < n < N and "may be truncated" in src.stopped_early
+    assert src.damaged == src.inner.damaged and "the input is damaged" in src.damaged
+    assert src.lost_frames == src.inner.lost_frames
     with pytest.raises(ValueError, match="already a live source"):
         LiveReplaySource(src)
 

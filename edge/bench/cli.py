@@ -26,6 +26,14 @@ PARTS: dict[str, tuple[str, str]] = {
 #: What ``mlanet bench`` / ``mlanet bench all`` runs, in order (report last).
 ALL = ("model", "pipeline", "compare", "report")
 
+#: ``mlanet bench --help`` text (plain text: the module docstring is reStructuredText).
+DESCRIPTION = (
+    "mlanet bench alone (= mlanet bench all) runs the model, pipeline and comparison benchmarks with their default "
+    "settings, writes their records under OUT/<device_tag>/ and regenerates the plots and the markdown summary "
+    "(mlanet bench report). Each part can be run on its own; accuracy and soak are separate because they need "
+    "checkpoints / take minutes by design; gpu needs a CUDA GPU."
+)
+
 
 def _module(part: str) -> Any:
     return importlib.import_module(f"{__package__}.{PARTS[part][0]}")
@@ -40,7 +48,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="latency, throughput, memory and accuracy benchmarks (records + plots)",
-                              description=__doc__.split("\n\n")[1].replace("\n", " "))
+                              description=DESCRIPTION)
     sub = p.add_subparsers(dest="bench_part")
     p.set_defaults(func=_run_all, bench_part=None)
     add_common_arguments(p)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import MLANetError
+from ..loading import positive_int
 from .record import record_dir, write_record
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-model", default=None, help="face-model file (default: the asset home's)")
     p.add_argument("--model", default="mlanet_mobile", help="network (untrained weights; speed only)")
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
-    p.add_argument("--max-frames", type=int, default=None, help="frames per run (default: the whole clip)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="frames per run (default: the whole clip)")
     p.add_argument("--faces", default="1,2,4,8", help="face counts for fps vs faces (comma-separated; '' to skip)")
     p.add_argument("--no-live", action="store_true", help="skip the real-time replay (latency) run")
     p.add_argument("--quick", action="store_true", help="30 frames per run, faces 1,4")

@@ -19,6 +19,10 @@ predicts 68 points in crop pixels; they go back to image pixels with
 :meth:`mlanet.preprocess.CropBox.crop_to_image` (both steps: :func:`mlanet.eval.predict.predict_in_boxes`,
 shared with the other 2D benchmarks) and are scored with :func:`mlanet.eval.metrics.nme_per_image`.
 
+An annotation that cannot be read (a damaged or foreign ``.mat``) does not stop the benchmark:
+the image is skipped with a warning, and the result names it (``data.selection.unreadable``,
+``warnings``); only a folder where no annotation can be read is an error.
+
 Image lists: ``AFLW2000Eval(folder, include=NameList.load("aflw2000_dev_heldout"))`` evaluates
 only the listed stems (``exclude=`` leaves some out); the result's ``data.selection`` records
 the list files with their SHA-256, so a report can show which images it was computed on.
@@ -31,6 +35,7 @@ left out of the NME.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +49,8 @@ from ..fileutil import file_sha256
 from ..preprocess import CropBox, PreprocessCfg, box_from_points, box_from_rect
 from .metrics import nme_per_image, summarise, yaw_bins
 from .predict import PredictFn, predict_in_boxes
+
+log = logging.getLogger(__name__)
 
 #: Image suffixes searched for, in order of preference, for each ``.mat`` file.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
@@ -238,13 +245,25 @@ class AFLW2000Eval:
         if not selected:
             raise AssetError(f"{self.folder}: the image lists leave no image to evaluate")
         self.samples: list[AFLWSample] = []
+        #: Selected images whose annotation could not be read: ``{"name", "reason"}`` each (skipped).
+        self.unreadable: list[dict[str, str]] = []
         for name, image, mat in selected:
-            landmarks, yaw = read_aflw_mat(mat)
+            try:
+                landmarks, yaw = read_aflw_mat(mat)
+            except AssetError as exc:
+                log.warning("skipping %s: %s", name, exc)
+                self.unreadable.append({"name": name, "reason": str(exc)})
+                continue
             self.samples.append(AFLWSample(name=name, image_path=image, mat_path=mat, landmarks=landmarks, yaw_deg=yaw))
+        if not self.samples:
+            more = f" (and {len(self.unreadable) - 1} more)" if len(self.unreadable) > 1 else ""
+            raise AssetError(f"{self.folder}: no annotation could be read: {self.unreadable[0]['reason']}{more}")
         names = "\n".join(s.name for s in self.samples) + "\n"
         self.selection: dict[str, Any] = {
             "n_in_folder": len(pairs),
             "n_selected": len(self.samples),
+            "n_unreadable": len(self.unreadable),
+            "unreadable": list(self.unreadable),
             "list": self._describe_list(include),
             "exclude_list": self._describe_list(exclude),
             "selected_names_sha256": hashlib.sha256(names.encode()).hexdigest(),
@@ -375,6 +394,11 @@ class AFLW2000Eval:
                 for n, y, b, e in zip(names, yaw, bins, nme)
             ],
         }
+        if self.unreadable:
+            result["warnings"].append(
+                f"{len(self.unreadable)} selected image(s) were skipped because their annotation could not be read: "
+                + ", ".join(u["name"] for u in self.unreadable[:10]) + (" ..." if len(self.unreadable) > 10 else "")
+            )
         if crop == "detector":
             result["detector_failures"] = failures
             if failures:

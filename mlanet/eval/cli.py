@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..fileutil import file_sha256, write_json_atomic
+from ..fileutil import check_writable_file, file_sha256, write_json_atomic
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
 DEFAULT_MODEL = "mlanet_r50"
@@ -113,11 +113,19 @@ def _check_batch(args: argparse.Namespace) -> None:
         raise MLANetError(f"--batch must be >= 1, got {args.batch}")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` (and ``--ced``) must be writable files: checked before any work."""
+    check_writable_file(args.json, "--json")
+    if getattr(args, "ced", None):
+        check_writable_file(args.ced, "--ced")
+
+
 def cmd_aflw2000(args: argparse.Namespace) -> int:
     from ..errors import MLANetError
     from .aflw2000 import REFERENCES, AFLW2000Eval, NameList
 
     _check_batch(args)
+    _check_outputs(args)
     if args.crop == "detector":
         raise MLANetError(
             "--crop detector (the realistic variant) needs the project's face detector, which arrives with the edge "
@@ -176,6 +184,7 @@ def cmd_landmarks68(args: argparse.Namespace) -> int:
     from .landmarks68 import Landmarks68Eval
 
     _check_batch(args)
+    _check_outputs(args)
     weights = _resolve_weights(args)
     bench = Landmarks68Eval(args.data)  # fails early, naming the bad input, before any model is loaded
     predictor, preprocess, face_model, model_desc, weights_desc = _load_predictor(args, weights)
@@ -215,6 +224,7 @@ def cmd_jitter(args: argparse.Namespace) -> int:
     from ..errors import MLANetError
     from .jitter import PROTOCOL, SKIP_REASONS, WindowReference, evaluate_clip, pipeline_description
 
+    _check_outputs(args)
     for video in args.video:
         if not Path(video).expanduser().exists():
             raise MLANetError(f"{video}: no such video file or folder")
@@ -302,6 +312,7 @@ def cmd_jitter(args: argparse.Namespace) -> int:
 def cmd_micc(args: argparse.Namespace) -> int:
     from .micc import MM_PER_M, evaluate_micc_folders
 
+    _check_outputs(args)
     result = evaluate_micc_folders(
         args.pred,
         args.gt,
@@ -401,7 +412,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     j.add_argument("video", nargs="+", help="video file(s) (or image folders)")
     j.add_argument("--json", required=True, metavar="OUT", help="result JSON to write")
-    from ..edge.loading import add_model_arguments
+    from ..edge.loading import add_model_arguments, float_in, positive_int
+    from ..edge.reconstruct import FOV_RANGE_DEG
     from .jitter import STATIC_SPEED_PERCENT
 
     add_model_arguments(j)
@@ -412,9 +424,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--detect-every", type=int, default=10, metavar="N", help="re-run the face detector every N frames (default 10)")
     g.add_argument("--detector", choices=("full_range", "short_range"), default="full_range",
                    help="MediaPipe detector model of the tracker (default full_range)")
-    g.add_argument("--fov", type=float, default=None, metavar="DEG",
+    g.add_argument("--fov", type=float_in(*FOV_RANGE_DEG, unit=" degrees"), default=None, metavar="DEG",
                    help="horizontal field of view of the frame camera (default: mlanet-video's default)")
-    g.add_argument("--max-frames", type=int, default=None, metavar="N", help="only the first N frames of each clip")
+    g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="only the first N frames of each clip")
     j.set_defaults(func=cmd_jitter)
 
     m = sub.add_parser(

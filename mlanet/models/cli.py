@@ -63,13 +63,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"# layout: {source} (P = {layout.total})")
     width = max(len(n) for n in list_models())
     for name in list_models():
-        model = create_model(name, layout=layout, preprocess=preprocess)
+        if preprocess is not None:
+            model_preprocess, size_source = preprocess, "--input-size"
+        else:
+            model_preprocess, size_source = input_preprocess(name)
+        model = create_model(name, layout=layout, preprocess=model_preprocess)
         f = count_flops(model)
         print(
-            f"{name:<{width}}  {format_count(f['parameters']):>6} params  {f['gmacs']:6.3f} GMACs @ {model.input_size}  "
-            f"{MODELS[name][1]}"
+            f"{name:<{width}}  {format_count(f['parameters']):>6} params  {f['gmacs']:6.3f} GMACs @ "
+            f"{model.input_size} px ({size_source})  {MODELS[name][1]}"
         )
     return 0
+
+
+def input_preprocess(name: str) -> tuple[Any, str]:
+    """``(PreprocessCfg, where it came from)`` of a model as it runs: its shipped weights' preprocessing
+    (their input size, e.g. 128 px) where this install ships weights for it, else the default."""
+    from ..checkpoint import read_meta
+    from ..preprocess import PreprocessCfg
+    from ..weights import default_weights_path
+
+    shipped = default_weights_path(name)
+    if shipped is None:
+        return PreprocessCfg(), "default, no shipped weights"
+    return read_meta(shipped).preprocess, f"shipped weights {shipped.name}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -84,7 +101,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     config = apply_overrides(MODELS[args.name][0], args.set or [])  # unknown fields: ConfigError with a suggestion
     layout, source = resolve_layout(args.face_model)
     try:
-        preprocess = PreprocessCfg(input_size=args.input_size) if args.input_size else PreprocessCfg()
+        if args.input_size:
+            preprocess, size_source = PreprocessCfg(input_size=args.input_size), "--input-size"
+        else:
+            preprocess, size_source = input_preprocess(args.name)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +116,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "description": MODELS[args.name][1],
         "config": desc["config"],
         "input_shape": desc["input_shape"],
+        "input_size_source": size_source,
         "output_size": desc["output_size"],
         "layout": desc["layout"],
         "layout_source": source,
@@ -125,7 +146,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                             "else ICT-FaceKit sizes)")
 
     ls = sub.add_parser("list", help="one line per model: name, parameters, GMACs at its input size, description")
-    ls.add_argument("--input-size", type=int, help="count MACs at this input size S instead of each model's default")
+    ls.add_argument("--input-size", type=int, help="count MACs at this input size S instead of each model's own (its "
+                    "shipped weights' input size where this install has them, else PreprocessCfg's)")
     face_model(ls)
     ls.set_defaults(func=cmd_list)
 
@@ -133,6 +155,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("name", help="registered model name (see `mlanet models list`)")
     i.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set block_attention=false --set fusion=false")
-    i.add_argument("--input-size", type=int, help="input size S (default: PreprocessCfg's)")
+    i.add_argument("--input-size", type=int, help="input size S (default: the shipped weights' where this install "
+                   "has them, else PreprocessCfg's)")
     face_model(i)
     i.set_defaults(func=cmd_info)

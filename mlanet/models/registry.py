@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 MODELS: dict[str, tuple[MLANetConfig, str]] = {
     "mlanet_r50": (
         MLANetConfig(backbone="resnet50"),
-        "reference: ResNet-50, coordinate attention in every bottleneck, bottom-up AFF over 4 stages, 224x224",
+        "reference: ResNet-50, coordinate attention in every bottleneck, bottom-up AFF over 4 stages",
     ),
     "mlanet_mobile": (
         MLANetConfig(backbone="mobilenetv2", width_mult=1.0),
-        "edge: MobileNetV2 inverted residuals with coordinate attention, bottom-up AFF over 4 stages, 224x224",
+        "edge: MobileNetV2 inverted residuals with coordinate attention, bottom-up AFF over 4 stages",
     ),
 }
 

@@ -34,9 +34,14 @@ def find_mediapipe_canonical() -> Path | None:
 
 
 def _output_path(args: argparse.Namespace, default_name: str) -> Path:
+    """Where the face-model file goes; refused (MLANetError naming the option) when it cannot be written."""
+    from ..fileutil import check_writable_dir, check_writable_file
+
     if args.output:
-        return Path(args.output).expanduser()
-    return (Path(args.out).expanduser() if args.out else face_model_dir()) / default_name
+        return check_writable_file(args.output, "--output")
+    if args.out:
+        return check_writable_dir(args.out, "--out") / default_name
+    return check_writable_dir(face_model_dir(), "the asset home (MLANET_HOME)") / default_name
 
 
 def _ict_file_name(crop: str) -> str:
@@ -66,11 +71,12 @@ def _build_ict(source: Path | str, args: argparse.Namespace) -> Path:
 
     if not Path(source).expanduser().exists():
         raise AssetError(f"{source}: no such file or folder (expected ICT-FaceKit's FaceXModel/ folder or archive)")
+    out = _output_path(args, _ict_file_name(args.crop))  # checked before the build
     t0 = time.perf_counter()
     data = build_ict_face_model(
         source, crop=args.crop, mediapipe_obj=_resolve_mediapipe(args), progress=_say, albedo=getattr(args, "albedo", None)
     )
-    out = data.save(_output_path(args, _ict_file_name(args.crop)))
+    out = data.save(out)
     _report(out, data, time.perf_counter() - t0)
     return out
 
@@ -99,9 +105,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.ict:
         _build_ict(args.ict, args)
         return 0
+    out = _output_path(args, "bfm09_front.mlface.npz")
     t0 = time.perf_counter()
     data = load_bfm_front_mat(args.bfm, units=args.units)
-    out = data.save(_output_path(args, "bfm09_front.mlface.npz"))
+    out = data.save(out)
     _report(out, data, time.perf_counter() - t0)
     return 0
 
@@ -109,6 +116,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import ICT_ARCHIVE_URL, fetch_ict
 
+    _output_path(args, _ict_file_name(args.crop))  # refuse an unwritable output before the download
     archive = fetch_ict(args.url or ICT_ARCHIVE_URL, timeout=args.timeout, progress=_say)
     _say(f"verified {archive}")
     _build_ict(archive, args)
@@ -118,8 +126,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_albedo(args: argparse.Namespace) -> int:
     from .albedo_fit import FitSettings, build_albedo_model
     from .albedo_sources import AFLW_TERMS, aflw_samples
+    from ..fileutil import check_writable_file
     from .model import load_face_model_data
 
+    check_writable_file(args.out, "--out")
     t0 = time.perf_counter()
     face = load_face_model_data(args.face_model)
     root = Path(args.aflw).expanduser()
@@ -172,9 +182,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from ..fileutil import check_writable_file
     from .model import load_face_model_data
     from .preview import render_preview
 
+    check_writable_file(args.out, "--out")
     data = load_face_model_data(args.path)
     expression = {}
     for item in args.expression or []:
