@@ -223,6 +223,37 @@ def _weights_folder_without_run(t, fm, clip, ro):
     return _weights_args(clip, t / "run", fm, t / "out"), ("run",)
 
 
+def _tiny_checkpoint(t: Path, fm: Path, face_data=None) -> Path:
+    import torch
+
+    from mlanet.models.registry import create_model, save_model
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.preprocess import PreprocessCfg
+
+    face = MorphableModel.load(fm) if face_data is None else MorphableModel(face_data)
+    torch.manual_seed(0)
+    model = create_model("mlanet_mobile", face_model=face, preprocess=PreprocessCfg(input_size=64))
+    return save_model(model, t / "net.safetensors", face.describe())
+
+
+def _flipped_bit_weights(t, fm, clip, ro):
+    path = _tiny_checkpoint(t, fm)
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0x10  # a bit in the last tensor's data
+    path.write_bytes(bytes(raw))
+    return _weights_args(clip, path, fm, t / "out"), ("net.safetensors", "tensor checksum")
+
+
+def _weights_for_another_face_model(t, fm, clip, ro):
+    from mlanet.morphable.data import FaceModelData
+
+    other = FaceModelData.load(fm)
+    other.albedo_basis = other.albedo_basis * 2.0  # another albedo model, same sizes and id
+    other.header = {k: v for k, v in other.header.items() if k != "content_sha256"}
+    path = _tiny_checkpoint(t, fm, face_data=other)
+    return _weights_args(clip, path, fm, t / "out"), ("net.safetensors", "albedo_basis")
+
+
 def _garbage_face_model(t, fm, clip, ro):
     (t / "face.mlface.npz").write_bytes(b"garbage" * 50)
     return _video_args(clip, t / "face.mlface.npz", t / "out"), ("face.mlface.npz",)
@@ -364,6 +395,8 @@ CASES: dict[str, Case] = {
     "weights-garbage-onnx": Case("video", _garbage_onnx),
     "weights-garbage-engine": Case("video", _garbage_engine),
     "weights-garbage-safetensors": Case("video", _garbage_safetensors),
+    "weights-flipped-bit": Case("video", _flipped_bit_weights),
+    "weights-for-another-face-model": Case("video", _weights_for_another_face_model),
     "weights-pickle-named-safetensors": Case("video", _pickle_as_safetensors),
     "weights-pt-pickle": Case("video", _pt_pickle),
     "weights-folder-without-run": Case("video", _weights_folder_without_run),
