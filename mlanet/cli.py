@@ -20,6 +20,7 @@ from .errors import MLANetError
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
     "bench": "mlanet.edge.bench.cli",
+    "data": "mlanet.data.cli",
     "eval": "mlanet.eval.cli",
     "export": "mlanet.export.cli",
     "models": "mlanet.models.cli",

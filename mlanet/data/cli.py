@@ -1,0 +1,157 @@
+"""``mlanet data``: derived labels for the training sources.
+
+``mlanet data label --source NAME=PATH [--source ...] --cache DIR [--limit N]``
+    Teacher 68 points + pose and MediaPipe 468 points for every face of each source, cached
+    under ``DIR`` (:mod:`mlanet.data.labels`); faces already cached are skipped, so a run
+    stopped with Ctrl-C resumes where it stopped (the shard in flight is discarded).
+    Source names: ``aflw-crops``, ``300w``, ``mtfl``, ``video-folder`` (``--every K``: every
+    K-th frame, default 5).
+
+``mlanet data label-report --cache DIR --json OUT [--markdown OUT.md]``
+    Label quality against the manual points (:func:`mlanet.data.labels.label_quality`).
+
+``mlanet data prepare --source NAME=PATH [--source ...] --out DIR [--input-size 128] [--limit N]``
+    The training store: every face decoded once into fixed-size uint8 crops with its labels
+    (:mod:`mlanet.data.store`, command in :mod:`mlanet.data.store_cli`); resumable after Ctrl-C.
+
+Bad input (a malformed ``--source``, an unknown source, a missing folder, an unwritable
+cache, a missing teacher folder) ends with one line and status 2 before any labelling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Where the teacher's files are looked for when ``--teacher`` is not given (under a shared folder).
+TEACHER_SUBDIR = Path("models/3ddfa_v2_mb05")
+
+
+def parse_source_spec(spec: str) -> tuple[str, Path]:
+    """``"NAME=PATH"`` -> (name, path); MLANetError for anything else."""
+    from ..errors import MLANetError
+
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise MLANetError(f"--source {spec!r}: expected NAME=PATH (e.g. 300w=../shared/data/train/300w)")
+    return name.strip(), Path(path.strip()).expanduser()
+
+
+def find_teacher_dir() -> Path | None:
+    """``models/3ddfa_v2_mb05`` under ``$MLANET_SHARED``, ``../shared``, ``./shared`` or the checkout's ``../shared``."""
+    from ..paths import SHARED_ENV_VAR
+
+    roots = [os.environ.get(SHARED_ENV_VAR), Path.cwd() / ".." / "shared", Path.cwd() / "shared",
+             Path(__file__).resolve().parents[2] / ".." / "shared"]
+    for root in roots:
+        if root and (Path(root) / TEACHER_SUBDIR).is_dir():
+            return (Path(root) / TEACHER_SUBDIR).resolve()
+    return None
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from ..errors import MLANetError
+    from ..fileutil import check_writable_dir
+    from .sources import open_source
+
+    specs = [parse_source_spec(s) for s in args.source]
+    names = [n for n, _ in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise MLANetError(f"--source {dup[0]} given twice (one folder per source name and run)")
+    if args.limit is not None and args.limit < 1:
+        raise MLANetError(f"--limit {args.limit}: must be >= 1")
+    if args.every < 1:
+        raise MLANetError(f"--every {args.every}: must be >= 1")
+    if args.shard_size < 1:
+        raise MLANetError(f"--shard-size {args.shard_size}: must be >= 1")
+    cache_dir = check_writable_dir(args.cache, "--cache")
+    teacher_dir = Path(args.teacher).expanduser() if args.teacher else find_teacher_dir()
+    if teacher_dir is None:
+        raise MLANetError(f"--teacher not given and no {TEACHER_SUBDIR} found under $MLANET_SHARED or ../shared")
+    readers = []
+    for name, path in specs:
+        options = {"every": args.every} if name == "video-folder" else {}
+        readers.append(open_source(name, path, **options))
+
+    from ..teacher import load_tddfa_mb05
+    from .labels import LabelCache, TeacherMediaPipeLabeller, label_source
+
+    teacher = load_tddfa_mb05(teacher_dir)
+    try:
+        labeller = TeacherMediaPipeLabeller(teacher)
+    except ImportError as exc:
+        raise MLANetError(str(exc)) from None
+    cache = LabelCache(cache_dir)
+    try:
+        for reader in readers:
+            stats = label_source(reader, cache, labeller, limit=args.limit, shard_size=args.shard_size,
+                                 progress=not args.no_progress)
+            c = stats.counts
+            st = dict(c.get("status", {}))
+            labelled = st.pop("labelled", 0)
+            not_found = sum(st.values())
+            print(f"{stats.source}: {stats.samples} faces, {labelled} labelled, {not_found} not labelled"
+                  f"{' (' + ', '.join(f'{k} {v}' for k, v in st.items()) + ')' if st else ''}, "
+                  f"MediaPipe found {c.get('mediapipe', {}).get('found', 0)}; "
+                  f"{stats.computed} computed ({1000 * stats.seconds_per_face:.1f} ms/face), {stats.hits} cached")
+    finally:
+        labeller.close()
+        for reader in readers:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+    print(f"labels in {cache_dir}")
+    return 0
+
+
+def cmd_label_report(args: argparse.Namespace) -> int:
+    from ..errors import MLANetError
+    from ..fileutil import check_writable_file, write_json_atomic, write_text_atomic
+    from .labels import LabelCache, label_quality, markdown_table
+
+    cache = LabelCache(args.cache)
+    if not cache.root.is_dir():
+        raise MLANetError(f"--cache {args.cache}: no such folder")
+    if not cache.sources():
+        raise MLANetError(f"--cache {args.cache}: holds no labelled source (run `mlanet data label` first)")
+    json_path = check_writable_file(args.json, "--json")
+    md_path = check_writable_file(args.markdown, "--markdown") if args.markdown else None
+    report = label_quality(cache, args.only or None)
+    write_json_atomic(json_path, report, allow_nan=False)
+    print(f"wrote {json_path}")
+    if md_path is not None:
+        write_text_atomic(md_path, markdown_table(report))
+        print(f"wrote {md_path}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="training data: derived labels (teacher 68 + pose, MediaPipe 468)")
+    sub = p.add_subparsers(dest="data_cmd", required=True)
+    lb = sub.add_parser("label", help="label every face of the sources (cached, resumable)")
+    lb.add_argument("--source", required=True, action="append", metavar="NAME=PATH",
+                    help="a training source: aflw-crops, 300w, mtfl or video-folder, and its folder (repeatable)")
+    lb.add_argument("--cache", required=True, metavar="DIR", help="label cache folder (created if needed)")
+    lb.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N faces of each source")
+    lb.add_argument("--every", type=int, default=5, metavar="K", help="video-folder: every K-th frame (default 5)")
+    lb.add_argument("--teacher", default=None, metavar="DIR",
+                    help="3DDFA_V2 MobileNet x0.5 folder (default: models/3ddfa_v2_mb05 under $MLANET_SHARED or "
+                         "../shared)")
+    lb.add_argument("--shard-size", type=int, default=512, metavar="N",
+                    help="faces per cache shard (work lost on Ctrl-C is at most one shard; default 512)")
+    lb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lb.set_defaults(func=cmd_label)
+    rp = sub.add_parser("label-report", help="label quality against the manual points")
+    rp.add_argument("--cache", required=True, metavar="DIR", help="label cache folder")
+    rp.add_argument("--json", required=True, metavar="OUT", help="report JSON to write")
+    rp.add_argument("--markdown", default=None, metavar="OUT", help="also write a markdown table")
+    rp.add_argument("--only", action="append", metavar="SOURCE", help="only these sources (repeatable)")
+    rp.set_defaults(func=cmd_label_report)
+    from .store_cli import add_prepare_parser  # mlanet data prepare: the training store (mlanet.data.store)
+
+    add_prepare_parser(sub)

@@ -1,0 +1,85 @@
+"""``mlanet data prepare``: build the training store (:mod:`mlanet.data.store`) from the sources.
+
+::
+
+    mlanet data prepare --source aflw-crops=../shared/data/train/aflw-crops \\
+        --source 300w=../shared/data/train/300w --source mtfl=../shared/data/train/mtfl \\
+        --out runs/store128 --input-size 128
+
+A progress bar goes to stderr; Ctrl-C stops after saving the finished shards (exit 130) and
+the same command resumes. Bad input (an unknown source, a missing folder, an AFLW2000-3D
+image, a store folder prepared with other settings) prints one line and exits 2.
+
+Hook-up: :func:`add_prepare_parser` adds ``prepare`` to the sub-parsers of the ``data`` group
+(:mod:`mlanet.data.cli` calls it); :func:`main` runs ``prepare`` stand-alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import MLANetError
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Run ``mlanet data prepare``; returns the exit status."""
+    from ..fileutil import check_writable_dir
+    from .cli import parse_source_spec
+    from .sources import list_sources, open_source
+    from .store import prepare_store
+
+    if not args.source:
+        raise MLANetError(f"give at least one --source NAME=PATH (sources: {', '.join(list_sources())})")
+    if args.input_size < 16:
+        raise MLANetError(f"--input-size must be >= 16, got {args.input_size}")
+    if not args.margin >= 1.0:
+        raise MLANetError(f"--margin must be >= 1, got {args.margin}")
+    if args.limit is not None and args.limit < 1:
+        raise MLANetError(f"--limit must be >= 1, got {args.limit}")
+    if args.shard_size < 1:
+        raise MLANetError(f"--shard-size must be >= 1, got {args.shard_size}")
+    specs = [parse_source_spec(s) for s in args.source]
+    names = [n for n, _ in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise MLANetError(f"--source {dup[0]} given twice (one folder per source name)")
+    out = check_writable_dir(args.out, "--out")
+    readers = [open_source(name, path) for name, path in specs]
+    try:
+        report = prepare_store(readers, out, input_size=args.input_size, margin=args.margin, limit=args.limit,
+                               shard_size=args.shard_size, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished shards are kept in {out}: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    m = report.manifest
+    state = "already complete" if report.already_complete else (
+        f"{report.shards_written} shard(s) written, {report.shards_skipped} resumed" if report.resumed
+        else f"{report.shards_written} shard(s) written")
+    print(f"{out}: {m['n']} crops {m['size']}x{m['size']} ({m['n_ok']} ok) for input {m['input_size']}; {state}; "
+          f"{report.seconds:.1f} s; content {m['content_sha256'][:16]}")
+    for s in m["sources"]:
+        print(f"  {s['name']}: {s['written']} written, {s['failed']} failed, {s['no_box']} without landmarks, "
+              f"{s['excluded_aflw2000']} AFLW2000-3D dropped by the reader; terms: {s['terms']}")
+    return 0
+
+
+def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``prepare`` to the sub-parsers ``sub`` of the ``data`` command group."""
+    from .store import DEFAULT_MARGIN, DEFAULT_SHARD_SIZE
+
+    p = sub.add_parser("prepare", help="decode the training sources once into a store of fixed-size uint8 crops "
+                                       "with their labels (resumable)")
+    p.add_argument("--source", action="append", metavar="NAME=PATH",
+                   help="a training source and its folder, e.g. 300w=../shared/data/train/300w (repeatable)")
+    p.add_argument("--out", required=True, help="the store folder (an unfinished store there is resumed)")
+    p.add_argument("--input-size", type=int, default=128, help="network input side in pixels (default 128)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"store crop side / input side: room for augmentation (default {DEFAULT_MARGIN})")
+    p.add_argument("--limit", type=int, help="only the first N faces of each source (quick stores)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help=f"rows per shard, the unit of resumption (default {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+    return p
