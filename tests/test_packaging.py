@@ -89,3 +89,16 @@ def test_every_python_package_is_listed_for_the_wheel():
             rel = init.parent.relative_to(REPO / top).parts
             found.add(".".join((name, *rel)))
     assert sorted(found - listed) == []
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """``mlanet assets info | head -1``: no "error: Broken pipe" line, no traceback; exit 141 like a shell."""
+    from mlanet.morphable.synthetic import make_synthetic_face_model
+
+    path = make_synthetic_face_model().save(tmp_path / "f.mlface.npz")
+    code = ("import os, sys; from mlanet.cli import main; r, w = os.pipe(); os.close(r); "
+            "sys.stdout = os.fdopen(w, 'w', buffering=1); "
+            f"rc = main(['assets', 'info', {str(path)!r}]); sys.stderr.write(f'rc={{rc}}')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().endswith("rc=141"), proc.stderr
+    assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
