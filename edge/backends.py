@@ -140,6 +140,28 @@ class TorchBackend:
         self.model = None  # type: ignore[assignment]
 
 
+def ort_session_options(intra_op_threads: int | None = None) -> Any:
+    """The ``onnxruntime.SessionOptions`` of every MLANet ONNX session (and of anything timed against them).
+
+    Warnings-and-up logging, no spinning of idle intra-op threads, and ``intra_op_threads``
+    threads (``None``: onnxruntime's default, one per physical core).
+    """
+    import onnxruntime as ort
+
+    if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int)
+                                         or intra_op_threads < 1):
+        raise ValueError(f"intra_op_threads must be a positive integer or None, got {intra_op_threads!r}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # No busy-waiting of idle worker threads after each run: in the runtime, ONNX Runtime shares the cores with
+    # MediaPipe, the GL renderer (llvmpipe on CPU) and the encoder; spinning threads slowed rendering by ~30 %
+    # on 2 cores (measured by `mlanet bench compare`), for ~20 % slower inference in isolation.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if intra_op_threads is not None:
+        opts.intra_op_num_threads = int(intra_op_threads)
+    return opts
+
+
 class OnnxRuntimeBackend:
     """onnxruntime backend for an ``.onnx`` network written by ``mlanet export onnx``.
 
@@ -149,6 +171,8 @@ class OnnxRuntimeBackend:
         path: the ``.onnx`` file.
         face_model: optional MorphableModel the file must have been exported for.
         providers: onnxruntime execution providers (default CPU).
+        intra_op_threads: onnxruntime intra-op threads (default: onnxruntime's, one per physical
+            core); see :func:`ort_session_options`.
 
     Raises:
         AssetError: (naming the file) no/invalid MLANet metadata, not a network (e.g. a face
@@ -156,7 +180,12 @@ class OnnxRuntimeBackend:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], face_model: Any = None, *, providers: list[str] | None = None
+        self,
+        path: str | os.PathLike[str],
+        face_model: Any = None,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
     ) -> None:
         from ..export.onnx_export import KIND_NETWORK, load_onnx_proto, metadata_from_proto
         from ..params import ParamLayout
@@ -183,12 +212,7 @@ class OnnxRuntimeBackend:
 
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # No busy-waiting of idle worker threads after each run: in the runtime, ONNX Runtime shares the cores with
-        # MediaPipe, the GL renderer (llvmpipe on CPU) and the encoder; spinning threads slowed rendering by ~30 %
-        # on 2 cores (measured by `mlanet bench compare`), for ~20 % slower inference in isolation.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = ort_session_options(intra_op_threads)
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]

@@ -258,3 +258,69 @@ def test_tensorrt_reason_names_the_missing_piece():
     assert reason and ("not importable" in reason or "pycuda" in reason or "no CUDA GPU" in reason)
     with pytest.raises(MLANetError, match="known backends"):
         ml.backend_unavailable_reason("tpu")
+
+
+# ----------------------------------------------------------------------------- --teacher (issue 15.1)
+def _fake_teacher_folder(folder: Path) -> Path:
+    """The three 3DDFA_V2 MobileNet x0.5 files with random weights (the real ones are in ../shared)."""
+    from mlanet.teacher.tddfa_mb05 import (KEYPOINTS_FILE, N_EXP, N_LANDMARKS, N_PARAMS, N_SHAPE, PARAM_STATS_FILE,
+                                           WEIGHTS_FILE, TDDFAMobileNet)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    state = {k: (v.abs() + 0.5 if k.endswith("running_var") else v) for k, v in TDDFAMobileNet().state_dict().items()}
+    np.savez(folder / WEIGHTS_FILE, **{k: v.numpy() for k, v in state.items()})
+    np.savez(folder / PARAM_STATS_FILE, mean=np.zeros(N_PARAMS, np.float32), std=np.ones(N_PARAMS, np.float32))
+    n3 = 3 * N_LANDMARKS
+    np.savez(folder / KEYPOINTS_FILE, u_base=np.zeros(n3, np.float32), w_shp_base=np.zeros((n3, N_SHAPE), np.float32),
+             w_exp_base=np.zeros((n3, N_EXP), np.float32))
+    return folder
+
+
+def test_teacher_timed_in_the_same_run_with_ratios(tmp_path):
+    pytest.importorskip("onnxruntime")
+    teacher = _fake_teacher_folder(tmp_path / "3ddfa_v2_mb05")
+    path = ml.run(_args(["--out", str(tmp_path / "results"), "--teacher", str(teacher), "--models", "mlanet_mobile_lite",
+                         "--backends", "onnxruntime-cpu,tensorrt", "--batch-sizes", "1", "--input-size", "64",
+                         "--ort-threads", "1", "--min-repeats", "3", "--time-budget-s", "20", "--quick"]))
+    assert path.name == "model_vs_teacher.json"  # a comparison run never replaces model_latency.json
+    r = json.loads(path.read_text())["results"]
+    assert r["teacher"]["input_size"] == 120 and r["teacher"]["output_size"] == 62 and r["teacher"]["gmacs"] > 0
+    assert r["threads"]["ort_intra_op"] == 1 and r["models"]["mlanet_mobile_lite"]["input_size_source"] == "--input-size"
+    runs = {(x["model"], x["backend"]): x for x in r["runs"]}
+    t = runs[(ml.TEACHER_NAME, "onnxruntime-cpu")]
+    m = runs[("mlanet_mobile_lite", "onnxruntime-cpu")]
+    assert t["status"] == "ok" and m["status"] == "ok" and runs[(ml.TEACHER_NAME, "tensorrt")]["status"] == "skipped"
+    assert t["info"]["intra_op_num_threads"] == m["info"]["intra_op_num_threads"] == 1
+    assert t["info"]["graph_optimization_level"] == m["info"]["graph_optimization_level"]
+    [ratio] = r["vs_teacher"]
+    assert ratio["model"] == "mlanet_mobile_lite" and ratio["backend"] == "onnxruntime-cpu" and ratio["batch"] == 1
+    assert ratio["ratio"] == pytest.approx(m["batches"][0]["median_ms"] / t["batches"][0]["median_ms"], rel=1e-2)
+
+
+def test_models_run_at_their_own_input_size_by_default():
+    model = ml._build_model("mlanet_mobile_lite", _fake_face_model(), None)
+    assert model.input_size == 96 and "registry default" in ml._model_preprocess("mlanet_mobile_lite", None)[1]
+    assert ml._build_model("mlanet_mobile_lite", _fake_face_model(), 64).input_size == 64
+
+
+def _fake_face_model():
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.morphable.synthetic import make_synthetic_face_model
+
+    return MorphableModel(make_synthetic_face_model())
+
+
+def test_teacher_ratios_pair_backend_and_batch():
+    ok = lambda b, ms: {"batch": b, "status": "ok", "median_ms": ms}  # noqa: E731
+    runs = [{"model": ml.TEACHER_NAME, "backend": "onnxruntime-cpu", "batches": [ok(1, 0.5), ok(8, 2.0)]},
+            {"model": "a", "backend": "onnxruntime-cpu", "mode": "eager", "batches": [ok(1, 1.5), ok(8, 3.0)]},
+            {"model": "a", "backend": "torch-cpu", "mode": "eager", "batches": [ok(1, 9.0)]}]
+    rows = ml.teacher_ratios(runs)
+    assert [(x["batch"], x["ratio"]) for x in rows] == [(1, 3.0), (8, 1.5)]  # no teacher on torch-cpu: no pair
+
+
+def test_missing_teacher_folder_is_rejected_before_anything_runs(tmp_path):
+    with pytest.raises(MLANetError, match="--teacher"):
+        ml.run(_args(["--out", str(tmp_path), "--teacher", str(tmp_path / "nope")]))
+    assert not any(tmp_path.iterdir())

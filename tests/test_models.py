@@ -364,8 +364,8 @@ def test_checkpoint_round_trip_and_face_model_check(tmp_path, face_data, layout)
 
 # --------------------------------------------------------------------------------------- registry
 def test_registry_errors(layout):
-    assert list_models() == ["mlanet_mobile", "mlanet_r50"]
-    with pytest.raises(ValueError, match="mlanet_mobile, mlanet_r50"):
+    assert list_models() == ["mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128", "mlanet_r50"]
+    with pytest.raises(ValueError, match="mlanet_mobile, mlanet_mobile_lite, mlanet_mobile_lite_128, mlanet_r50"):
         create_model("mlanet_r101", layout=layout)
     with pytest.raises(ValueError, match="valid fields: backbone, block_attention"):
         create_model("mlanet_r50", layout=layout, attention=False)
@@ -380,9 +380,9 @@ def test_cli_models_list_and_info(capsys, tmp_path, face_data):
     out = capsys.readouterr().out
     assert "ICT-FaceKit sizes" in out  # no default face model in the test's MLANET_HOME
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("mlanet_")}
-    assert set(lines) == {"mlanet_r50", "mlanet_mobile"}
+    assert set(lines) == {"mlanet_r50", "mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128"}
     for line in lines.values():
-        assert re.search(r"\d+(\.\d+)?M params +\d+\.\d{3} GMACs @ 64", line), line
+        assert re.search(r"\d+(\.\d+)?[KM] params +\d+\.\d{3} GMACs @ 64", line), line
 
     face_file = face_data.save(tmp_path / "synthetic.mlface.npz")
     assert cli_main(["models", "info", "mlanet_r50", "--face-model", str(face_file), "--input-size", "64"]) == 0

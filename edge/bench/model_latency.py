@@ -4,7 +4,24 @@
 (default ``mlanet_mobile`` and ``mlanet_r50``) on every requested backend (default: all of
 :data:`BACKENDS`; those absent on this machine are recorded as skipped with the reason) at each
 batch size (default 1, 2, 4, ..., 64), after warm-up, and writes ``model_latency.json`` under
-``<out>/<device_tag>/``.
+``<out>/<device_tag>/``. Each model runs at its own input size (its shipped weights', else the
+registry's default; :func:`mlanet.models.registry.registered_preprocess`) unless ``--input-size``
+is given.
+
+Teacher comparison (``--teacher DIR``, e.g. ``../shared/models/3ddfa_v2_mb05``)
+    The 3DDFA_V2 MobileNetV1 x0.5 teacher (:mod:`mlanet.teacher.tddfa_mb05`: the project's own
+    network definition, weights read from DIR; crops (B, 3, 120, 120) RGB [0, 1] -> 62
+    de-whitened parameters, normalisation included) is timed first, in the same run, on the CPU
+    backends: ``torch-cpu`` as the models, ``onnxruntime-cpu`` exported by the same legacy
+    exporter and settings (opset 17, dynamic batch) to a temporary folder and run in a session
+    with the same options as :class:`~mlanet.edge.backends.OnnxRuntimeBackend`
+    (:func:`~mlanet.edge.backends.ort_session_options`, ``--ort-threads``), called the same way
+    (contiguous float32 in, finiteness check out). Every model's median is then reported as a
+    ratio to the teacher's for the same backend and batch size (``results["vs_teacher"]``),
+    and the record is written as ``model_vs_teacher.json`` (so a full ``model_latency.json`` is
+    not replaced by a comparison run). Typical: ``mlanet bench model --teacher
+    ../shared/models/3ddfa_v2_mb05 --backends onnxruntime-cpu --batch-sizes 1 --ort-threads 2
+    --models mlanet_mobile,mlanet_mobile_lite``.
 
 Backends
     ``torch-cpu``: float32 eager PyTorch on the CPU, called like :class:`~mlanet.edge.backends.TorchBackend`
@@ -45,9 +62,10 @@ Record ``results`` (times in ms, rates per second, memory in MiB)::
 
     {
       "weights": "...", "face_model": {"source", "path", "model_id", "params_P"},
-      "input_size": S, "batch_sizes": [...], "quick": bool, "policy": {...},
-      "threads": {"torch_intra_op", "torch_inter_op", "cpu_count"},
-      "models": {name: {"parameters", "gmacs", "input_size", "output_size"}},
+      "input_size": S (of the last model), "batch_sizes": [...], "quick": bool, "policy": {...},
+      "threads": {"torch_intra_op", "torch_inter_op", "cpu_count", "ort_intra_op"},
+      "models": {name: {"parameters", "gmacs", "input_size", "input_size_source", "output_size"}},
+      "teacher"?: {"name", "folder", "describe", "parameters", "gmacs", "input_size", "output_size"},
       "backends": {name: {"available": bool, "reason"?: str}},
       "runs": [
         {"model", "backend", "mode", "status": "ok" | "skipped" | "error", "reason"?,
@@ -60,6 +78,7 @@ Record ``results`` (times in ms, rates per second, memory in MiB)::
            {"batch", "status": "skipped", "reason": "budget: ..."}, ...
          ]}
       ],
+      "vs_teacher"?: [{"model", "backend", "batch", "model_median_ms", "teacher_median_ms", "ratio"}],
       "wall_s": float
     }
 """
@@ -85,6 +104,12 @@ from .record import record_dir, write_record
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "model_latency"
+#: Record name of a run with ``--teacher``.
+TEACHER_RECORD_NAME = "model_vs_teacher"
+#: Name of the teacher's rows in the record.
+TEACHER_NAME = "3ddfa_v2_mb05"
+#: Backends the teacher is timed on.
+TEACHER_BACKENDS = ("torch-cpu", "onnxruntime-cpu")
 
 #: Every backend this benchmark knows, in table order.
 BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda-fp16", "tensorrt")
@@ -139,7 +164,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-model", default=None,
                    help="face-model file (sets the output size P only; default: the asset home's, else the "
                         "synthetic test model -- the record says which)")
-    p.add_argument("--input-size", type=int, default=None, help="input size S (default: PreprocessCfg's, 224)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="input size S of every model (default: each model's own: its shipped weights', else the "
+                        "registry's default)")
+    p.add_argument("--teacher", default=None, metavar="DIR",
+                   help="also time the 3DDFA_V2 MobileNet x0.5 teacher (weights from DIR, e.g. "
+                        "../shared/models/3ddfa_v2_mb05) on the CPU backends in the same run, report each model's "
+                        "ratio to it, and write model_vs_teacher.json instead of model_latency.json")
+    p.add_argument("--ort-threads", type=int, default=None,
+                   help="onnxruntime intra-op threads for onnxruntime-cpu (default: onnxruntime's, one per physical "
+                        "core)")
     p.add_argument("--time-budget-s", type=float, default=None,
                    help=f"seconds of timed calls per (model, backend) (default {FULL_POLICY.time_budget_s:g}; "
                         f"--quick {QUICK_POLICY.time_budget_s:g}); batch sizes that no longer fit are recorded as "
@@ -237,12 +271,12 @@ class _CpuRunner(_Runner):
 
 
 class TorchCpuRunner(_CpuRunner):
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, input_size: int | None = None) -> None:
         import torch
 
         self._torch = torch
         self.model = model
-        super().__init__(self._call, int(model.input_size))
+        super().__init__(self._call, int(model.input_size if input_size is None else input_size))
 
     def _call(self, images: np.ndarray) -> np.ndarray:
         # exactly what edge.backends.TorchBackend.__call__ does
@@ -258,13 +292,13 @@ class TorchCpuRunner(_CpuRunner):
 
 
 class OnnxRuntimeCpuRunner(_CpuRunner):
-    def __init__(self, model: Any, face_model: Any, tmp: Path) -> None:
+    def __init__(self, model: Any, face_model: Any, tmp: Path, intra_op_threads: int | None = None) -> None:
         from ...export.onnx_export import export_onnx
         from ..backends import OnnxRuntimeBackend
 
         path = export_onnx(model, face_model, tmp / f"{model.name}.onnx")
         self.onnx_mib = path.stat().st_size / 2**20
-        self.backend = OnnxRuntimeBackend(path, face_model=face_model)
+        self.backend = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=intra_op_threads)
         super().__init__(self.backend, int(model.input_size))
 
     def info(self) -> dict[str, Any]:
@@ -282,6 +316,64 @@ class OnnxRuntimeCpuRunner(_CpuRunner):
 
     def close(self) -> None:
         self.backend.close()
+
+
+def export_teacher_onnx(teacher: Any, path: Path, *, opset: int = 17) -> Path:
+    """The teacher (crops (B, 3, 120, 120) RGB [0, 1] -> de-whitened params (B, 62)) as ONNX, exported
+    like an MLANet (:func:`~mlanet.export.onnx_export.export_onnx`'s exporter, opset and dynamic batch);
+    its metadata says ``kind: "teacher"``, so :class:`~mlanet.edge.backends.OnnxRuntimeBackend` refuses it."""
+    import torch
+
+    from ...export.onnx_export import FORMAT_NAME, FORMAT_VERSION, _export_with_metadata
+    from ...teacher.tddfa_mb05 import INPUT_SIZE
+
+    s = INPUT_SIZE
+    example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "teacher",
+                "teacher": {k: v for k, v in teacher.describe().items() if k != "files"}}
+    return _export_with_metadata(teacher.eval(), example, path, input_names=["images"], output_names=["params"],
+                                 dynamic_axes={"images": {0: "batch"}, "params": {0: "batch"}},
+                                 metadata=metadata, opset=opset)
+
+
+class TeacherOnnxRuntimeRunner(_CpuRunner):
+    """The teacher's ONNX in an onnxruntime session with :class:`~mlanet.edge.backends.OnnxRuntimeBackend`'s
+    options, called as that backend calls its session (contiguous float32 in, finiteness check out)."""
+
+    def __init__(self, teacher: Any, tmp: Path, intra_op_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from ...teacher.tddfa_mb05 import INPUT_SIZE
+        from ..backends import ort_session_options
+
+        path = export_teacher_onnx(teacher, tmp / f"{TEACHER_NAME}.onnx")
+        self.onnx_mib = path.stat().st_size / 2**20
+        self.session = ort.InferenceSession(str(path), sess_options=ort_session_options(intra_op_threads),
+                                            providers=["CPUExecutionProvider"])
+        super().__init__(self._call, INPUT_SIZE)
+
+    def _call(self, images: np.ndarray) -> np.ndarray:
+        from ...params import require_finite_params
+
+        arr = np.ascontiguousarray(images, dtype=np.float32)
+        return require_finite_params(self.session.run(["params"], {"images": arr})[0], TEACHER_NAME)
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        opts = self.session.get_session_options()
+        return {**super().info(), "dtype": "float32", "onnxruntime": ort.__version__,
+                "providers": self.session.get_providers(),
+                "intra_op_num_threads": opts.intra_op_num_threads,
+                "inter_op_num_threads": opts.inter_op_num_threads,
+                "threads_note": "0 = onnxruntime's default (intra-op: one thread per physical core)",
+                "graph_optimization_level": str(opts.graph_optimization_level),
+                "onnx_file_mib": round(self.onnx_mib, 2),
+                "call": "session.run(['params'], {'images': contiguous float32}) + finiteness check "
+                        "(as OnnxRuntimeBackend)"}
+
+    def close(self) -> None:
+        self.session = None
 
 
 class TorchCudaFp16Runner(_Runner):
@@ -535,25 +627,36 @@ def _load_face_model(path: str | None) -> tuple[Any, dict[str, Any]]:
     }
 
 
+def _model_preprocess(name: str, input_size: int | None) -> tuple[Any, str]:
+    """(PreprocessCfg, where it came from): ``input_size`` if given, else the model's own
+    (:func:`~mlanet.models.registry.registered_preprocess`: shipped weights', else the registry's default)."""
+    from ...models.registry import registered_preprocess
+    from ...preprocess import PreprocessCfg
+
+    if input_size:
+        return PreprocessCfg(input_size=input_size), "--input-size"
+    return registered_preprocess(name)
+
+
 def _build_model(name: str, face_model: Any, input_size: int | None) -> Any:
+    """The untrained model (seed 0) at :func:`_model_preprocess`'s input size."""
     import torch
 
     from ...models.registry import create_model
-    from ...preprocess import PreprocessCfg
 
-    preprocess = PreprocessCfg(input_size=input_size) if input_size else None
+    preprocess, _ = _model_preprocess(name, input_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return create_model(name, face_model=face_model, preprocess=preprocess).eval()
 
 
 def _runners(backend: str, model: Any, face_model: Any, tmp: Path, *, batch_sizes: list[int] = (1,),
-             trt_opt_batch: int = 1) -> list[Callable[[], _Runner]]:
+             trt_opt_batch: int = 1, ort_threads: int | None = None) -> list[Callable[[], _Runner]]:
     """Factories of the runners (modes) of ``backend``; built lazily so setup time is measured per mode."""
     if backend == "torch-cpu":
         return [lambda: TorchCpuRunner(model)]
     if backend == "onnxruntime-cpu":
-        return [lambda: OnnxRuntimeCpuRunner(model, face_model, tmp)]
+        return [lambda: OnnxRuntimeCpuRunner(model, face_model, tmp, ort_threads)]
     if backend == "torch-cuda-fp16":
         return [lambda: TorchCudaFp16Runner(model, "eager"), lambda: TorchCudaFp16Runner(model, "cuda-graph")]
     if backend == "tensorrt":
@@ -589,11 +692,18 @@ def _resolve_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[
     if "min_repeats" in overrides:
         overrides["floor_repeats"] = min(policy.floor_repeats, overrides["min_repeats"])
     policy = replace(policy, **overrides)
+    ort_threads = getattr(args, "ort_threads", None)
+    if ort_threads is not None and ort_threads < 1:
+        raise MLANetError(f"--ort-threads must be >= 1, got {ort_threads}")
+    teacher = getattr(args, "teacher", None)
+    if teacher is not None and not Path(teacher).expanduser().is_dir():
+        raise MLANetError(f"--teacher {teacher}: no such folder (the 3DDFA_V2 MobileNet x0.5 files, e.g. "
+                          "../shared/models/3ddfa_v2_mb05)")
     return models, list(dict.fromkeys(backends)), sorted(set(batches)), policy
 
 
 # --------------------------------------------------------------------------------------------- run
-_ROW = "{:<14} {:<16} {:<10} {:>5} {:>10} {:>10} {:>10} {:>7}"
+_ROW = "{:<24} {:<16} {:<10} {:>5} {:>10} {:>10} {:>10} {:>7}"
 
 
 def _print_row(model: str, backend: str, mode: str, e: dict[str, Any]) -> None:
@@ -651,20 +761,27 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
         "quick": bool(getattr(args, "quick", False)),
         "policy": asdict(policy),
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-                    "cpu_count": os.cpu_count()},
+                    "cpu_count": os.cpu_count(), "ort_intra_op": getattr(args, "ort_threads", None)},
         "models": {},
         "backends": {b: ({"available": True} if r is None else {"available": False, "reason": r})
                      for b, r in availability.items()},
         "runs": [],
     }
+    ort_threads = getattr(args, "ort_threads", None)
+    teacher_dir = getattr(args, "teacher", None)
     print(_ROW.format("model", "backend", "mode", "batch", "median_ms", "p95_ms", "faces/s", "repeats"), flush=True)
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-model-") as tmp_dir:
+        if teacher_dir is not None:
+            _run_teacher(Path(teacher_dir).expanduser(), backends, availability, batch_sizes, policy, Path(tmp_dir),
+                         ort_threads, results)
         for name in models:
             model = _build_model(name, face_model, getattr(args, "input_size", None))
+            size_source = _model_preprocess(name, getattr(args, "input_size", None))[1]
             flops = count_flops(model)
             results["input_size"] = int(model.input_size)
             results["models"][name] = {"parameters": int(flops["parameters"]), "gmacs": round(flops["gmacs"], 4),
-                                       "input_size": int(model.input_size), "output_size": int(model.layout.total)}
+                                       "input_size": int(model.input_size), "input_size_source": size_source,
+                                       "output_size": int(model.layout.total)}
             for backend in backends:
                 if availability[backend] is not None:
                     run_entry = {"model": name, "backend": backend, "mode": None, "status": "skipped",
@@ -674,18 +791,80 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
                           flush=True)
                     continue
                 for factory in _runners(backend, model, face_model, Path(tmp_dir), batch_sizes=batch_sizes,
-                                        trt_opt_batch=int(getattr(args, "trt_opt_batch", None) or 1)):
+                                        trt_opt_batch=int(getattr(args, "trt_opt_batch", None) or 1),
+                                        ort_threads=ort_threads):
                     results["runs"].append(_run_one(name, backend, factory, batch_sizes, policy))
             del model
+    if teacher_dir is not None:
+        results["vs_teacher"] = teacher_ratios(results["runs"])
+        _print_ratios(results["vs_teacher"])
     results["wall_s"] = round(time.perf_counter() - t_start, 2)
     results["load_average"] = {
         "start": load_start, "end": _load_average(),
         "note": "1/5/15-minute load averages (os.getloadavg); well above the CPU count means other work "
                 "competed for the cores and CPU timings are not representative",
     }
-    path = write_record(RECORD_NAME, results, out_dir=record_dir(getattr(args, "out", None)))
+    record = TEACHER_RECORD_NAME if teacher_dir is not None else RECORD_NAME
+    path = write_record(record, results, out_dir=record_dir(getattr(args, "out", None)))
     log.info("model latency: %d runs in %.0f s -> %s", len(results["runs"]), results["wall_s"], path)
     return path
+
+
+def _run_teacher(folder: Path, backends: list[str], availability: dict[str, str | None], batch_sizes: list[int],
+                 policy: RepeatPolicy, tmp: Path, ort_threads: int | None, results: dict[str, Any]) -> None:
+    """Time the teacher on the requested CPU backends; its runs go into ``results["runs"]`` as model
+    :data:`TEACHER_NAME`, its description into ``results["teacher"]``."""
+    from ...models.flops import count_flops
+    from ...teacher.tddfa_mb05 import INPUT_SIZE, N_PARAMS, load_tddfa_mb05
+
+    teacher = load_tddfa_mb05(folder).eval()
+    flops = count_flops(teacher, INPUT_SIZE)
+    results["teacher"] = {"name": TEACHER_NAME, "folder": str(folder), "describe": teacher.describe(),
+                          "parameters": int(flops["parameters"]), "gmacs": round(flops["gmacs"], 4),
+                          "input_size": INPUT_SIZE, "output_size": N_PARAMS,
+                          "note": "parameters include the unused fc_lm head (136 outputs) that the upstream weights "
+                                  "carry; MACs count only what forward runs"}
+    for backend in backends:
+        reason = availability[backend] or (None if backend in TEACHER_BACKENDS else
+                                           f"the teacher is timed on {', '.join(TEACHER_BACKENDS)} only")
+        if reason is not None:
+            results["runs"].append({"model": TEACHER_NAME, "backend": backend, "mode": None, "status": "skipped",
+                                    "reason": reason, "batches": []})
+            print(_ROW.format(TEACHER_NAME, backend, "-", "-", "skipped", "", "", "") + f"  {reason}", flush=True)
+            continue
+        factory: Callable[[], _Runner] = (
+            (lambda: TorchCpuRunner(teacher, INPUT_SIZE)) if backend == "torch-cpu"
+            else (lambda: TeacherOnnxRuntimeRunner(teacher, tmp, ort_threads))
+        )
+        results["runs"].append(_run_one(TEACHER_NAME, backend, factory, batch_sizes, policy))
+
+
+def teacher_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each model's median over the teacher's, per (backend, batch size) both were timed at."""
+    teacher = {(r["backend"], b["batch"]): b["median_ms"] for r in runs if r["model"] == TEACHER_NAME
+               for b in r.get("batches", []) if b.get("status") == "ok"}
+    out = []
+    for r in runs:
+        if r["model"] == TEACHER_NAME:
+            continue
+        for b in r.get("batches", []):
+            ref = teacher.get((r["backend"], b["batch"]))
+            if b.get("status") == "ok" and ref:
+                out.append({"model": r["model"], "backend": r["backend"], "mode": r.get("mode"), "batch": b["batch"],
+                            "model_median_ms": b["median_ms"], "teacher_median_ms": ref,
+                            "ratio": round(b["median_ms"] / ref, 3)})
+    return out
+
+
+def _print_ratios(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no model/teacher pair was timed on the same backend and batch size", flush=True)
+        return
+    fmt = "{:<24} {:<16} {:>5} {:>10} {:>12} {:>7}"
+    print(fmt.format("model", "backend", "batch", "model_ms", "teacher_ms", "ratio"), flush=True)
+    for r in rows:
+        print(fmt.format(r["model"], r["backend"], r["batch"], f"{r['model_median_ms']:.3f}",
+                         f"{r['teacher_median_ms']:.3f}", f"{r['ratio']:.2f}x"), flush=True)
 
 
 def _run_one(name: str, backend: str, factory: Callable[[], _Runner], batch_sizes: list[int],

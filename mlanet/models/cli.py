@@ -78,15 +78,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def input_preprocess(name: str) -> tuple[Any, str]:
     """``(PreprocessCfg, where it came from)`` of a model as it runs: its shipped weights' preprocessing
-    (their input size, e.g. 128 px) where this install ships weights for it, else the default."""
-    from ..checkpoint import read_meta
-    from ..preprocess import PreprocessCfg
-    from ..weights import default_weights_path
+    (their input size, e.g. 128 px) where this install ships weights for it, else the registry's default
+    (:func:`mlanet.models.registry.registered_preprocess`)."""
+    from .registry import registered_preprocess
 
-    shipped = default_weights_path(name)
-    if shipped is None:
-        return PreprocessCfg(), "default, no shipped weights"
-    return read_meta(shipped).preprocess, f"shipped weights {shipped.name}"
+    return registered_preprocess(name)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

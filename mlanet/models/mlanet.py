@@ -5,7 +5,7 @@ Pipeline of :class:`MLANet` for images (B, 3, S, S), RGB in [0, 1]:
 1. normalise with the :class:`~mlanet.preprocess.PreprocessCfg` mean/std (buffers; the first
    operation, so every backend feeds the same [0, 1] tensor);
 2. a backbone (:mod:`mlanet.models.backbones`) with coordinate attention inside every block
-   returns four stage maps at strides 4, 8, 16, 32;
+   (of the stages in ``ca_stages``) returns four stage maps at strides 4, 8, 16, 32;
 3. :class:`BottomUpFusion`: stage 1 is projected by a strided 1x1 convolution + BN to the
    resolution and width of stage 2 and fused with it by attentional feature fusion (AFF); the
    result is projected to stage 3 and fused, then to stage 4 (``fusion=False``: stage 4 alone);
@@ -30,7 +30,7 @@ from torch import nn
 from ..params import GROUPS, FaceParams, ParamLayout
 from ..preprocess import PreprocessCfg
 from .attention import AttentionalFeatureFusion, CoordinateAttention
-from .backbones import BACKBONES, build_backbone
+from .backbones import ALL_STAGES, BACKBONES, DEFAULT_LAST_CHANNELS, build_backbone, check_ca_blocks, check_ca_stages
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class MLANetConfig:
     """Architecture of an MLANet (stored in every checkpoint).
 
     Attributes:
-        backbone: ``"resnet50"`` or ``"mobilenetv2"`` (see :data:`~mlanet.models.backbones.BACKBONES`).
-        block_attention: coordinate attention inside every backbone block.
+        backbone: ``"resnet50"``, ``"mobilenetv2"`` or ``"efficientnet_lite0"`` (see
+            :data:`~mlanet.models.backbones.BACKBONES`).
+        block_attention: coordinate attention inside every backbone block (of the ``ca_stages``).
         fusion: bottom-up attentional feature fusion across the four stages (else stage 4 only).
         ca_reduction, ca_min_width: coordinate-attention bottleneck ratio and minimum width.
         fusion_reduction: MS-CAM bottleneck ratio r of each AFF.
@@ -48,7 +49,13 @@ class MLANetConfig:
             then has this width).
         head_hidden: hidden width of each head's MLP; 0 makes every head one Linear.
         dropout: dropout probability on the pooled feature before each head's last layer(s).
-        width_mult: channel multiplier of the mobile backbone (must be 1.0 for resnet50).
+        width_mult: channel multiplier of the mobile backbones (must be 1.0 for resnet50).
+        ca_stages: backbone stages (1..4, strides 4..32) whose blocks carry coordinate attention
+            when ``block_attention`` is on; default all four.
+        ca_blocks: ``"all"`` blocks of the ``ca_stages`` (default, the paper) or only the
+            ``"last"`` block of each of them.
+        last_channels: width of the final 1x1 convolution of a mobile backbone's stage 4
+            (1280, MobileNetV2's and EfficientNet-Lite's); 0 leaves it out. resnet50 needs 1280.
     """
 
     backbone: str = "resnet50"
@@ -61,6 +68,9 @@ class MLANetConfig:
     head_hidden: int = 0
     dropout: float = 0.0
     width_mult: float = 1.0
+    ca_stages: tuple[int, ...] = ALL_STAGES
+    ca_blocks: str = "all"
+    last_channels: int = DEFAULT_LAST_CHANNELS
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -68,8 +78,13 @@ class MLANetConfig:
         for name in ("block_attention", "fusion"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MLANetConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        try:
+            object.__setattr__(self, "ca_stages", check_ca_stages(self.ca_stages))
+            check_ca_blocks(self.ca_blocks)
+        except ValueError as exc:
+            raise ValueError(f"MLANetConfig.{exc}") from None
         for name, minimum in (("ca_reduction", 1), ("ca_min_width", 1), ("fusion_reduction", 1),
-                              ("fusion_channels", 0), ("head_hidden", 0)):
+                              ("fusion_channels", 0), ("head_hidden", 0), ("last_channels", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"MLANetConfig.{name} must be an integer >= {minimum}, got {value!r}")
@@ -79,12 +94,19 @@ class MLANetConfig:
             raise ValueError(f"MLANetConfig.width_mult must be positive, got {self.width_mult!r}")
         if self.backbone == "resnet50" and self.width_mult != 1.0:
             raise ValueError(
-                f"MLANetConfig.width_mult applies to the mobile backbone only; resnet50 needs 1.0, got {self.width_mult}"
+                f"MLANetConfig.width_mult applies to the mobile backbones only; resnet50 needs 1.0, got {self.width_mult}"
+            )
+        if self.backbone == "resnet50" and self.last_channels != DEFAULT_LAST_CHANNELS:
+            raise ValueError(
+                f"MLANetConfig.last_channels applies to the mobile backbones only; resnet50 needs "
+                f"{DEFAULT_LAST_CHANNELS}, got {self.last_channels}"
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (what checkpoints store)."""
-        return dataclasses.asdict(self)
+        """Plain dict of the fields (what checkpoints store; ``ca_stages`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["ca_stages"] = list(self.ca_stages)
+        return d
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -184,6 +206,9 @@ class MLANet(nn.Module):
             ca_reduction=config.ca_reduction,
             ca_min_width=config.ca_min_width,
             width_mult=config.width_mult,
+            ca_stages=config.ca_stages,
+            ca_blocks=config.ca_blocks,
+            last_channels=config.last_channels,
         )
         stage_channels = tuple(self.backbone.stage_channels)
         if config.fusion:

