@@ -16,6 +16,11 @@ same ground-truth crops and prediction path (:mod:`mlanet.eval.landmarks68`).
 jitter of the edge pipeline on near-static frames, temporal filter on and off, against
 MediaPipe face mesh (:mod:`mlanet.eval.jitter`); the model is opened as ``mlanet-video`` opens it.
 
+The 2D benchmarks score one landmark definition of the face model (``--landmarks``; default
+``aflw2000_68`` for AFLW2000-3D, ``ibug68`` for ``landmarks68``, ``ict68`` where the face model
+lacks them). ``mlanet eval floor --data DIR --json OUT [--definition NAME ...]`` fits the face
+model directly to AFLW2000-3D's ground truth and scores each definition (:mod:`mlanet.eval.floor`).
+
 ``mlanet eval micc --pred DIR --gt DIR --json OUT`` evaluates predicted meshes against
 ground-truth scans laid out as in :data:`mlanet.eval.micc.FOLDER_LAYOUT`.
 """
@@ -70,7 +75,7 @@ def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any
     from ..errors import AssetError, MLANetError
     from ..models.registry import create_model, list_models
     from ..morphable.model import MorphableModel
-    from .predict import make_landmark_predictor
+    from .predict import make_landmark_predictor, resolve_eval_definition
 
     if weights is None and args.untrained not in list_models():
         raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
@@ -86,8 +91,12 @@ def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any
     else:
         model = create_model(args.model, checkpoint=weights, face_model=face_model)
         weights_desc = {"path": str(weights), "sha256": file_sha256(weights), "shipped_default": args.weights is None}
-    predictor = make_landmark_predictor(model, face_model)
+    definition = resolve_eval_definition(face_model, getattr(args, "landmarks", None),
+                                         getattr(args, "preferred_landmarks", "ict68"),
+                                         warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    predictor = make_landmark_predictor(model, face_model, definition=definition)
     model_desc = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", args.model)}
+    model_desc = {**model_desc, "landmark_definition": definition}
     return predictor, model.preprocess, face_model, model_desc, weights_desc
 
 
@@ -384,7 +393,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="gt",
         help="gt: the standard, comparable protocol (default); detector: the realistic variant (needs the edge runtime)",
     )
-    a.set_defaults(func=cmd_aflw2000)
+    a.add_argument("--landmarks", default="auto", metavar="NAME",
+                   help="face-model landmark definition scored: auto (default: aflw2000_68, AFLW2000-3D's own points, "
+                        "ict68 for a face model without it), or e.g. ict68 (the model's iBUG-68 vertices, as before)")
+    a.set_defaults(func=cmd_aflw2000, preferred_landmarks="aflw2000_68")
 
     lm = sub.add_parser(
         "landmarks68",
@@ -398,7 +410,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lm.add_argument("--data", required=True, action="append", metavar="DIR_OR_FILE",
                     help="dlib imglab .xml, iBUG .pts (image of the same stem next to it) or a folder of them; repeatable")
     _add_2d_arguments(lm)
-    lm.set_defaults(func=cmd_landmarks68)
+    lm.add_argument("--landmarks", default="auto", metavar="NAME",
+                    help="face-model landmark definition scored: auto (default: ibug68, 300-W's points with the jaw on the "
+                         "silhouette; ict68 for a face model without it) or any other 68-point definition")
+    lm.set_defaults(func=cmd_landmarks68, preferred_landmarks="ibug68")
 
     j = sub.add_parser(
         "jitter",
@@ -444,3 +459,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--radius-mm", type=float, default=MICC_RADIUS_M * MM_PER_M, help="crop radius (default 95)")
     m.add_argument("--icp-iterations", type=int, default=100, help="maximum ICP iterations (default 100)")
     m.set_defaults(func=cmd_micc)
+
+    from .floor import add_floor_parser
+
+    add_floor_parser(sub)

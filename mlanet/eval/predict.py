@@ -2,8 +2,9 @@
 
 * :func:`make_landmark_predictor` turns a parameter-regression network into the predictor
   the benchmarks call: ``images (B, 3, S, S) [0, 1] -> flat params (B, P) -> FaceParams ->
-  vertices (B, V, 3) m -> 68 landmarks (B, 68, 3) -> projected by the crop camera -> (B, 68, 2)
-  crop pixels``.
+  vertices (B, V, 3) m -> the points of one landmark definition of the face model (B, L, 3)
+  (:meth:`~mlanet.morphable.model.MorphableModel.landmark_points`) -> projected by the crop
+  camera -> (B, L, 2) crop pixels``; :func:`resolve_eval_definition` picks the definition.
 * :func:`predict_in_boxes` runs any such predictor on crops of image files: decode, crop
   (:func:`mlanet.data.landmarks.crop_uint8`, bilinear, zero padding, never clipped), batch,
   predict, and map the crop-pixel landmarks back to image pixels
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..geometry.rotations import euler_to_matrix
 from ..morphable.model import MorphableModel
 from ..params import FaceParams, ParamLayout, require_finite_params
 from ..preprocess import CropBox, PreprocessCfg
@@ -32,19 +34,42 @@ PredictFn = Callable[[torch.Tensor], Any]
 BoxSpec = Union[CropBox, Callable[[np.ndarray], "CropBox | None"]]
 
 
+def resolve_eval_definition(face_model: MorphableModel, requested: str | None, preferred: str,
+                            warn: Callable[[str], None] | None = None) -> str:
+    """The landmark definition a benchmark scores: ``requested`` (``None``/``"auto"``: ``preferred``).
+
+    With ``"auto"`` a face model that lacks ``preferred`` (built before the fitted definitions
+    existed) falls back to ``ict68`` (its ``landmarks68`` vertices) with a warning through
+    ``warn``; an explicitly requested name must exist (``KeyError`` naming the model's definitions).
+    """
+    if requested not in (None, "auto"):
+        face_model.landmark_definition(requested)
+        return str(requested)
+    if face_model.has_landmarks(preferred):
+        return preferred
+    if warn is not None:
+        warn(f"face model {face_model.model_id} has no {preferred!r} landmark definition; scoring its ict68 vertices "
+             "(rebuild the face model with `mlanet assets build` to embed the fitted definitions)")
+    return "ict68"
+
+
 def make_landmark_predictor(
     model: nn.Module,
     face_model: MorphableModel,
     preprocess: PreprocessCfg | None = None,
     layout: ParamLayout | None = None,
+    definition: str = "ict68",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A ``predict_fn(images (B, 3, S, S) float [0, 1]) -> (B, 68, 2)`` crop-pixel landmarks.
+    """A ``predict_fn(images (B, 3, S, S) float [0, 1]) -> (B, L, 2)`` crop-pixel landmarks.
 
     Args:
         model: maps images (B, 3, S, S) to flat parameters (B, P); put in eval mode.
         face_model: the face model the parameters belong to (moved to the model's device).
         preprocess: the crop camera and input size; default ``model.preprocess``.
         layout: the parameter layout; default ``model.layout``.
+        definition: the face model's landmark definition to predict (``ict68``: its
+            ``landmarks68`` vertices; ``aflw2000_68``: AFLW2000-3D's points; ``ibug68``: 300-W's,
+            jaw on the silhouette of the crop camera's view).
 
     Raises:
         ValueError: the layout does not match the face model, or the model has no
@@ -66,6 +91,7 @@ def make_landmark_predictor(
     except StopIteration:
         device, dtype = torch.device("cpu"), torch.float32
     face_model = face_model.to(device)
+    face_model.landmark_definition(definition)  # KeyError naming the model's definitions
     size = preprocess.input_size
     source = str(getattr(model, "name", None) or type(model).__name__)
 
@@ -75,8 +101,10 @@ def make_landmark_predictor(
         with torch.no_grad():
             flat = require_finite_params(model(images.to(device=device, dtype=dtype)), source)
             params = FaceParams.from_flat(flat, layout)
-            landmarks = face_model.landmarks(face_model(params))
-            camera = preprocess.camera(landmarks.shape[0], dtype=landmarks.dtype, device=landmarks.device)
+            verts = face_model(params)
+            camera = preprocess.camera(verts.shape[0], dtype=verts.dtype, device=verts.device)
+            landmarks = face_model.landmark_points(verts, definition, camera=camera,
+                                                   rotation=euler_to_matrix(params.rotation.to(verts.dtype)))
             return camera.project(landmarks).cpu()
 
     return predict

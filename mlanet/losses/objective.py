@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..geometry.rotations import euler_to_matrix
 from ..morphable.model import MorphableModel
 from ..params import FaceParams
 from ..preprocess import PreprocessCfg
@@ -35,6 +36,10 @@ class LossCfg:
     albedo_symmetry: float = 0.05
     albedo_smoothness: float = 0.05
     lighting: float = 0.05
+    #: the face model's landmark definition the 68-point terms compare with ``batch["landmarks"]``
+    #: (``ict68``: its iBUG-68 vertices, the default so far; ``ibug68``: 300-W's points, jaw on the
+    #: silhouette of the crop camera; ``aflw2000_68``: AFLW2000-3D's points)
+    landmark_definition: str = "ict68"
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Objective:
         self.albedo_priors = (
             terms.AlbedoPriors(face_model) if (cfg.albedo_symmetry or cfg.albedo_smoothness) else None
         )
+        face_model.landmark_definition(cfg.landmark_definition)  # KeyError naming the model's definitions
 
     def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor) -> LossOutput:
         fm, cfg, S = self.face_model, self.cfg, self.preprocess.input_size
@@ -66,7 +72,8 @@ class Objective:
         pred = FaceParams.from_flat(pred_flat.float(), fm.layout)
         camera = self.preprocess.camera(B, device=pred_flat.device)
         verts = fm(pred)
-        lm_px = camera.project(fm.landmarks(verts))
+        lm_px = camera.project(fm.landmark_points(verts, cfg.landmark_definition, camera=camera,
+                                                  rotation=euler_to_matrix(pred.rotation.to(verts.dtype))))
         out: dict[str, torch.Tensor] = {}
         if cfg.landmarks:
             out["landmarks"] = cfg.landmarks * terms.landmark_loss(lm_px, batch["landmarks"], batch["landmarks_valid"], S)
@@ -80,7 +87,8 @@ class Objective:
             if cfg.vertices:
                 out["vertices"] = cfg.vertices * terms.vertex_loss(fm, pred, target, has_params)
             if cfg.landmarks3d:
-                out["landmarks3d"] = cfg.landmarks3d * terms.landmark3d_loss(fm, pred, target, has_params)
+                out["landmarks3d"] = cfg.landmarks3d * terms.landmark3d_loss(fm, pred, target, has_params,
+                                                                             cfg.landmark_definition)
             if cfg.vertex_colour:
                 out["vertex_colour"] = cfg.vertex_colour * terms.vertex_colour_loss(fm, pred, target, has_params)
         render = render_mask = None

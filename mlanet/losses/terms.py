@@ -48,12 +48,14 @@ def vertex_loss(
     return torch.linalg.vector_norm(vp - vt, dim=-1).mean() * 1000.0
 
 
-def landmark3d_loss(face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor) -> torch.Tensor:
-    """Mean 3D distance (mm) of the 68 landmarks in the camera frame, for samples with parameters."""
+def landmark3d_loss(face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor,
+                    definition: str = "ict68") -> torch.Tensor:
+    """Mean 3D distance (mm) of the points of a landmark definition (fixed surface points) in the camera frame,
+    for samples with parameters."""
     if not bool(has_params.any()):
         return pred.rotation.sum() * 0.0
-    lp = face_model.landmarks(face_model(pred.select(has_params)))
-    lt = face_model.landmarks(face_model(target.select(has_params)))
+    lp = face_model.landmark_points(face_model(pred.select(has_params)), definition)
+    lt = face_model.landmark_points(face_model(target.select(has_params)), definition)
     return torch.linalg.vector_norm(lp - lt, dim=-1).mean() * 1000.0
 
 

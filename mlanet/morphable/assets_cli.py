@@ -74,7 +74,8 @@ def _build_ict(source: Path | str, args: argparse.Namespace) -> Path:
     out = _output_path(args, _ict_file_name(args.crop))  # checked before the build
     t0 = time.perf_counter()
     data = build_ict_face_model(
-        source, crop=args.crop, mediapipe_obj=_resolve_mediapipe(args), progress=_say, albedo=getattr(args, "albedo", None)
+        source, crop=args.crop, mediapipe_obj=_resolve_mediapipe(args), progress=_say, albedo=getattr(args, "albedo", None),
+        definitions=getattr(args, "landmarks", None),
     )
     out = data.save(out)
     _report(out, data, time.perf_counter() - t0)
@@ -173,6 +174,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "albedo_terms": h.get("albedo_model", {}).get("terms"),
         "terms": h.get("terms"),
         "mediapipe": (h.get("mediapipe") or {}).get("stats", {}).get("final"),
+        "landmark_definitions": sorted(h.get("landmark_definitions") or {}),
+        "landmark_file": (h.get("landmark_file") or {}).get("id"),
         "source": {k: v for k, v in h.get("source", {}).items() if k != "license"},
         "content_sha256": h.get("content_sha256"),
         "format_version": h.get("format_version"),
@@ -217,6 +220,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="albedo model to embed: 'auto' (default: the shipped data-driven model for the 'face' "
                             "crop, research use only; the regional default elsewhere, with a notice), 'regional' "
                             "(hand-made, MIT, no image data) or an albedo file from `mlanet assets albedo`")
+        q.add_argument("--landmarks", default="auto", metavar="auto|none|FILE",
+                       help="fitted landmark definitions to embed (ibug68, aflw2000_68, aflw21, mtfl5): 'auto' (default: "
+                            "the shipped file for the 'face' crop, research use only; none elsewhere, with a notice), "
+                            "'none', or a file from `mlanet assets landmarks`")
 
     b = sub.add_parser("build", help="build a face-model file from ICT-FaceKit (default) or the Basel Face Model")
     b.add_argument("--ict", help="ICT-FaceKit FaceXModel/ folder, or its .tar.xz/.tar.gz/.zip archive")
@@ -244,6 +251,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--max-residual-px", type=float, default=6.0,
                    help="reject images whose mean landmark fit residual (224 px crop) exceeds this")
     a.set_defaults(func=cmd_albedo)
+
+    from .landmark_cli import add_landmarks_parser
+
+    add_landmarks_parser(sub)
 
     i = sub.add_parser("info", help="print a face-model file's header summary")
     i.add_argument("path", nargs="?", help="face-model file (default: the default model)")

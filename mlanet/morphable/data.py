@@ -57,7 +57,9 @@ class FaceModelData:
         triangles_uv (F, 3) int32 indices into ``uv`` (per-corner UVs; seams keep both sides)
         landmarks68 (68,) int32 vertex indices, iBUG/Multi-PIE 68-point order
         region_labels (V,) uint8 indices into ``header["region_names"]``
-        extra: optional named arrays (e.g. ``landmarks/jaw_left``, ``mediapipe/triangle``)
+        extra: optional named arrays (e.g. ``landmarks/jaw_left``, ``mediapipe/triangle``); landmark
+            definitions as ``landmarks/NAME/{triangle,barycentric,contour[,contour_candidates]}``
+            with metadata in ``header["landmark_definitions"]`` (:mod:`.surface_landmarks`)
 
     Required header keys: ``model_id``, ``expression_names`` (K_exp names), ``region_names``.
     :meth:`save` adds ``format``, ``format_version``, ``units``, ``frame``, counts and the
@@ -178,6 +180,14 @@ class FaceModelData:
         for name in _FLOAT_FIELDS:
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(f"{name} contains NaN or infinite values")
+        from .surface_landmarks import read_definitions
+
+        try:
+            definitions = read_definitions(self.extra, self.header)
+        except KeyError as exc:
+            fail(f"incomplete landmark definition arrays ({exc})")
+        for d in definitions.values():
+            d.validate(len(self.triangles), V, source=source)
 
     def content_checksum(self) -> str:
         """The SHA-256 that :meth:`save` records (over the normalised arrays)."""

@@ -26,6 +26,7 @@ from . import ict_topology as topo
 from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
 from .albedo_file import resolve_albedo
 from .data import FaceModelData
+from .landmark_file import resolve_landmarks
 from .ict_source import (
     PINNED_COMMIT,
     PINNED_CONTENT_SHA256,
@@ -107,6 +108,7 @@ def build_ict_face_model(
     mediapipe_obj: str | Path | None = None,
     progress: ProgressFn | None = None,
     albedo: str | Path | None = "auto",
+    definitions: str | Path | None = "auto",
 ) -> FaceModelData:
     """Build :class:`FaceModelData` from an ICT-FaceKit release (folder or archive).
 
@@ -119,6 +121,9 @@ def build_ict_face_model(
         albedo: ``"auto"`` (the shipped data-driven albedo for crops that have one, else the
             regional default with a notice through ``progress``), ``"regional"``, or an
             albedo-model file (:mod:`.albedo_file`; refused for another topology).
+        definitions: fitted landmark definitions to embed (:mod:`.landmark_file`): ``"auto"`` (the
+            shipped file for crops that have one, else none with a notice through ``progress``),
+            ``"none"``, or a landmark-definitions file (refused for another topology).
     """
     if crop not in topo.CROP_PRESETS:
         raise AssetError(f"unknown crop {crop!r}; choose one of {sorted(topo.CROP_PRESETS)}")
@@ -179,6 +184,12 @@ def build_ict_face_model(
         albedo_mean, albedo_basis = albedo_file.mean, albedo_file.basis
         albedo_header = albedo_file.header_entry(albedo_path)
     uv = release.neutral.uv[mesh.uv_index]
+    lm_file, lm_path = resolve_landmarks(definitions, crop, say)
+    landmark_definitions, landmark_entry = {}, None
+    if lm_file is not None:
+        lm_file.check_topology(mesh.triangles, len(neutral), source=str(lm_path))
+        extra.update(lm_file.extra())
+        landmark_definitions, landmark_entry = lm_file.header_entries(lm_path)
 
     mediapipe_header = None
     if mediapipe_obj is not None:
@@ -219,9 +230,11 @@ def build_ict_face_model(
             "MIT (ICT-FaceKit geometry; MLANet's hand-made regional albedo, no image data)" if albedo_file is None else
             f"{albedo_header['terms']}: the albedo model {albedo_header['id']} was built from such images; "
             "geometry MIT (ICT-FaceKit)"
-        ),
+        ) + ("" if landmark_entry is None else f"; landmark definitions {landmark_entry['id']}: {landmark_entry['terms']}"),
         "landmarks68": "iBUG / Multi-PIE 68 points (ICT vertex_indices.json idx_to_landmark_verts)",
         "landmark_sets": landmark_sets,
+        "landmark_definitions": landmark_definitions,
+        "landmark_file": landmark_entry,
         "uv": "per-corner (triangles_uv), OBJ convention: origin bottom-left",
         "crop": {"name": crop, "description": crop_description, "ict_vertex_stop": vertex_stop},
         "mediapipe": mediapipe_header,

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ from ..geometry.rotations import euler_to_matrix
 from ..geometry.sh import sh_shade
 from ..params import FaceParams, ParamLayout
 from ..paths import HOME_ENV_VAR, default_face_model_path, find_local_ict_assets
+from . import surface_landmarks as sl
 from .decoder_identity import build_recipe, decoder_signature
 from .data import FaceModelData
 
@@ -53,7 +55,8 @@ class MorphableModel(nn.Module):
     ``albedo_basis`` (K_alb, 3V); ``triangles`` (F, 3) long; ``uv`` (U, 2);
     ``triangles_uv`` (F, 3) long; ``landmark_index`` (68,) long; ``region_labels`` (V,) long;
     and, when the file has them, ``mediapipe_triangle`` (468,) long and
-    ``mediapipe_barycentric`` (468, 3).
+    ``mediapipe_barycentric`` (468, 3). Landmark definitions (:mod:`.surface_landmarks`) are
+    non-persistent buffers (``state_dict`` is unchanged by them); see :meth:`landmark_points`.
     """
 
     def __init__(self, data: FaceModelData) -> None:
@@ -90,9 +93,51 @@ class MorphableModel(nn.Module):
         if self.has_mediapipe:
             self.register_buffer("mediapipe_triangle", t(data.extra["mediapipe/triangle"], torch.long))
             self.register_buffer("mediapipe_barycentric", t(data.extra["mediapipe/barycentric"]))
+        #: ICT's plain vertex-index landmark sets (``landmarks/jaw_*``), by name.
         self.landmark_sets = {
-            k[len("landmarks/"):]: torch.as_tensor(v).long() for k, v in data.extra.items() if k.startswith("landmarks/")
+            k[len(sl.PREFIX):]: torch.as_tensor(v).long()
+            for k, v in data.extra.items() if k.startswith(sl.PREFIX) and not sl.is_definition_key(k)
         }
+        self._init_definitions(data)
+
+    def _init_definitions(self, data: FaceModelData) -> None:
+        """Buffers of every landmark definition (see :mod:`.surface_landmarks`)."""
+        tris = data.triangles.astype("int64")
+        self._definitions: dict[str, dict[str, Any]] = {}
+        self._definitions[sl.ICT68] = {
+            "description": self.header.get("landmarks68", "iBUG-68 vertices of the face model (landmarks68)"),
+            "kind": "view of landmarks68 (vertex indices)",
+            "n_points": 68,
+        }
+        if self.has_mediapipe:
+            self._definitions[sl.MEDIAPIPE468] = {
+                "description": "MediaPipe canonical face mesh vertices (view of the mediapipe/* correspondence)",
+                "kind": "view of mediapipe/triangle + mediapipe/barycentric",
+                "n_points": int(len(data.extra["mediapipe/triangle"])),
+            }
+        for name, d in sl.read_definitions(data.extra, data.header).items():
+            d.validate(len(tris), data.n_vertices, source=f"face model {self.model_id}")
+            info = dict(d.info)
+            info.update(kind="surface points (triangle + barycentric)", n_points=d.n_points,
+                        n_contour=int(d.contour.sum()) if d.has_contour else 0)
+            self._definitions[name] = info
+            self.register_buffer(f"lmdef_{name}_corners", torch.as_tensor(d.corners(tris)).long(), persistent=False)
+            self.register_buffer(f"lmdef_{name}_bary", torch.as_tensor(d.barycentric).float(), persistent=False)
+            if d.has_contour:
+                rows = torch.as_tensor(np.flatnonzero(d.contour)).long()
+                cand = torch.as_tensor(d.contour_candidates[d.contour.astype(bool)]).long()
+                side = torch.sign(torch.as_tensor(d.points(data.mean_shape, tris)[d.contour.astype(bool), 0])).float()
+                self.register_buffer(f"lmdef_{name}_crow", rows, persistent=False)
+                self.register_buffer(f"lmdef_{name}_cand", cand.clamp_min(0), persistent=False)
+                self.register_buffer(f"lmdef_{name}_cvalid", cand >= 0, persistent=False)
+                self.register_buffer(f"lmdef_{name}_cside", torch.where(side == 0, torch.ones_like(side), side),
+                                     persistent=False)
+        if any(v.get("n_contour") for v in self._definitions.values()):
+            # vertices for estimating the head rotation from a mesh (Kabsch), away from eyes and lips
+            keep = ~np.isin(data.region_labels, [i for i, n in enumerate(self.region_names) if n in ("eyes", "lips")])
+            idx = np.flatnonzero(keep)
+            idx = idx[:: max(1, len(idx) // 256)]
+            self.register_buffer("_pose_ref_index", torch.as_tensor(idx).long(), persistent=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,6 +224,74 @@ class MorphableModel(nn.Module):
         """The 68 landmarks (B, 68, 3) of vertices (B, V, 3)."""
         return vertices[:, self.landmark_index]
 
+    # ------------------------------------------------------------------ landmark definitions
+    def landmark_names(self) -> list[str]:
+        """Names accepted by :meth:`landmark_points`: ``ict68``, ``mediapipe468`` (when present) and the stored ones."""
+        return list(self._definitions)
+
+    def has_landmarks(self, name: str) -> bool:
+        return name in self._definitions
+
+    def landmark_definition(self, name: str) -> dict[str, Any]:
+        """Metadata of definition ``name`` (a copy): description, point names, flip permutation, fit record, terms."""
+        self._require_definition(name)
+        return json_copy(self._definitions[name])
+
+    def _require_definition(self, name: str) -> None:
+        if name not in self._definitions:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._definitions), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(
+                f"face model {self.model_id} has no landmark definition {name!r} (it has {', '.join(self._definitions)})"
+                f"{hint}; a face model built by an older MLANet lacks the fitted definitions: rebuild it with "
+                f"{build_command()}"
+            )
+
+    def landmark_points(
+        self,
+        vertices: torch.Tensor,
+        name: str = sl.ICT68,
+        camera: Any = None,
+        rotation: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Points (B, L, 3) of landmark definition ``name`` on meshes ``vertices`` (B, V, 3), in their frame.
+
+        Without ``camera`` every point is its fixed surface point. With a camera
+        (:class:`~mlanet.geometry.camera.PinholeCamera`, vertices in its frame) the definition's
+        contour points follow the silhouette seen by it (:mod:`.surface_landmarks`); ``rotation``
+        (B, 3, 3), the head rotation, is estimated from the vertices when not given.
+        """
+        self._require_definition(name)
+        if name == sl.ICT68:
+            return vertices[:, self.landmark_index]
+        if name == sl.MEDIAPIPE468:
+            return self.mediapipe_points(vertices)
+        pts = sl.barycentric_points(vertices, getattr(self, f"lmdef_{name}_corners"), getattr(self, f"lmdef_{name}_bary"))
+        if camera is None or not self._definitions[name].get("n_contour"):
+            return pts
+        rows = getattr(self, f"lmdef_{name}_crow")
+        cand = getattr(self, f"lmdef_{name}_cand")  # (Lc, C)
+        if rotation is None:
+            ref = self.mean_shape[self._pose_ref_index]
+            rotation = sl.estimate_rotation(vertices[:, self._pose_ref_index], ref)
+        cand_cam = vertices[:, cand]  # (B, Lc, C, 3)
+        pick = sl.select_silhouette(cand_cam, getattr(self, f"lmdef_{name}_cvalid"), camera,
+                                    rotation.to(vertices.dtype), getattr(self, f"lmdef_{name}_cside"))
+        chosen = torch.gather(cand_cam, 2, pick[:, :, None, None].expand(-1, -1, 1, 3))[:, :, 0]
+        pts = pts.clone()
+        pts[:, rows] = chosen
+        return pts
+
+    def project_landmarks(
+        self, vertices: torch.Tensor, name: str, camera: Any, silhouette: bool = True, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """2D landmarks (B, L, 2) of definition ``name`` seen by ``camera``; contour points follow the
+        silhouette unless ``silhouette=False``."""
+        pts = self.landmark_points(vertices, name, camera=camera if silhouette else None, rotation=rotation)
+        return camera.project(pts)
+
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """Unit vertex normals (B, V, 3), outward."""
         return vertex_normals(vertices, self.triangles)
@@ -207,6 +320,13 @@ class MorphableModel(nn.Module):
             )
         corners = vertices[:, self.triangles[self.mediapipe_triangle]]  # (B, 468, 3, 3)
         return (corners * self.mediapipe_barycentric.to(vertices.dtype)[None, :, :, None]).sum(dim=2)
+
+
+def json_copy(obj: Any) -> Any:
+    """A deep copy of a JSON-like object (dicts, lists, scalars)."""
+    import json
+
+    return json.loads(json.dumps(obj))
 
 
 def load_face_model_data(path: str | os.PathLike[str] | None = None) -> FaceModelData:
