@@ -402,3 +402,34 @@ def test_box_rules_match_their_300w_calibration(shared):
         assert cal[name]["scale"] == pytest.approx(rule.scale, abs=0.005)
         assert cal[name]["dy"] == pytest.approx(rule.offset[1], abs=0.005)
         assert abs(cal[name]["dx"]) < 0.015
+
+
+def test_training_reads_the_store_with_the_samplers_seed(tmp_path, synthetic_data):
+    """`mlanet train` with data.store_dir: real-face samples come from the store, augmented from the sampler's seed."""
+    import json
+
+    from mlanet.cli import main as cli_main
+    from mlanet.train.sampling import MixtureDataset
+
+    pre = PreprocessCfg(input_size=64)
+    store_dir = tmp_path / "store"
+    _prepare(make_sources(), store_dir, preprocess=pre)
+    face_path = synthetic_data.save(tmp_path / "face.mlface.npz")
+
+    ds = StoreDataset(store_dir, seed=0, n_params=10)
+    mix = MixtureDataset([ds], [None])
+    a, b, c = mix[(0, 3, 7)], mix[(0, 3, 7)], mix[(0, 3, 8)]
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+
+    argv = ["train", "--out", str(tmp_path / "run"), "--set", f"face_model={face_path}",
+            "--set", "preprocess.input_size=64", "--set", "preprocess.roi_scale=1.4142135623730951",
+            "--set", f"data.store_dir={store_dir}", "--set", "data.synthetic=0.2", "--set", "optim.steps=2",
+            "--set", "optim.batch_size=4", "--set", "optim.warmup_steps=1", "--set", "data.val_synthetic=4",
+            "--set", "run.val_every=2", "--set", "run.ckpt_every=2", "--set", "run.log_every=1"]
+    assert cli_main(argv) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["step"] == 1 and summary["stopped_by"] == "finished"
+    # a store made for other preprocessing is refused, naming the store
+    bad = [a if not a.startswith("preprocess.input_size") else "preprocess.input_size=96" for a in argv]
+    bad[bad.index("--out") + 1] = str(tmp_path / "run2")
+    assert cli_main(bad) == 2  # one line naming the store, no traceback

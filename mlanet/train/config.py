@@ -39,6 +39,10 @@ class DataCfg:
     aflw2000_dir: str | None = None  # an AFLW2000-3D-layout folder used for TRAINING (never evaluate on it)
     aflw2000_list: str | None = None  # only these image stems (file, or a name in mlanet.data.splits)
     aflw2000_weight: float = 1.0
+    # a pre-decoded training store (`mlanet data prepare`): real faces with their labels, augmented on the fly
+    store_dir: str | None = None
+    store_weight: float = 1.0
+    store_sources: tuple[str, ...] = ()  # only these sources of the store (empty: all)
     augment: bool = True  # augmentation of real images (synthetic images are random already)
     num_workers: int = 0
     val_synthetic: int = 64  # held-back synthetic images (a disjoint seed) for validation

@@ -105,6 +105,19 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names))
         weights.append(d.aflw2000_weight)
         augments.append(augment)
+    if d.store_dir and d.store_weight > 0:
+        from ..data.store_dataset import StoreDataset
+
+        store = StoreDataset(d.store_dir, seed=cfg.run.seed, n_params=face_model.layout.total,
+                             input_size=pre.input_size, sources=list(d.store_sources) or None)
+        if store.store.preprocess != pre:
+            from ..errors import AssetError
+
+            raise AssetError(f"data.store_dir {d.store_dir}: built for preprocessing {store.store.preprocess.to_dict()}, "
+                             f"the run uses {pre.to_dict()}; rebuild it with `mlanet data prepare --input-size ...`")
+        sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
+        weights.append(d.store_weight)
+        augments.append(None)
     if not sources:
         raise ValueError("no training data: enable data.synthetic or give a data folder")
     return sources, weights, augments

@@ -59,7 +59,9 @@ class MixtureDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
         src, idx, aug_seed = key
-        sample = self.sources[src][idx]
+        source = self.sources[src]
+        # a source that augments itself takes the sampler's seed, so a resumed run sees the same samples
+        sample = source[(idx, aug_seed)] if getattr(source, "takes_aug_seed", False) else source[idx]
         augment = self.augments[src]
         if augment is not None:
             sample = augment(sample, torch.Generator().manual_seed(aug_seed))
