@@ -130,6 +130,56 @@ def cmd_label_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..errors import MLANetError
+    from ..fileutil import check_writable_dir
+    from .fits import FitCache, fit_source
+    from .labels import LabelCache
+
+    if args.limit is not None and args.limit < 1:
+        raise MLANetError(f"--limit {args.limit}: must be >= 1")
+    labels = LabelCache(args.labels)
+    available = labels.sources()
+    if not available:
+        raise MLANetError(f"--labels {args.labels}: holds no labelled source (run `mlanet data label` first)")
+    unknown = [s for s in (args.source or []) if s not in available]
+    if unknown:
+        raise MLANetError(f"--source {unknown[0]}: not in the label cache (has: {', '.join(available)})")
+    out = check_writable_dir(args.out, "--out")
+    model = _face_model(args.face_model)
+    cache = FitCache(out)
+    for src in args.source or available:
+        stats = fit_source(labels.load(src), model, cache, limit=args.limit, stratify=args.stratify,
+                           shard_size=args.shard_size, progress=not args.no_progress)
+        print(f"{src}: {stats.candidates} faces, {stats.hits} cached, {stats.fitted} fitted, {stats.skipped} skipped; "
+              f"{stats.faces_per_second:.2f} faces/s")
+    print(f"fits in {out}")
+    return 0
+
+
+def _face_model(path: str | None):
+    from ..morphable.model import MorphableModel, load_face_model_data
+
+    return MorphableModel(load_face_model_data(path))
+
+
+def cmd_fit_report(args: argparse.Namespace) -> int:
+    from ..errors import MLANetError
+    from ..fileutil import check_writable_file, write_json_atomic, write_text_atomic
+    from .fits import FitCache, fit_report, report_markdown
+
+    cache = FitCache(args.fits)
+    if not cache.sources():
+        raise MLANetError(f"--fits {args.fits}: holds no fits (run `mlanet data fit` first)")
+    json_path = check_writable_file(args.json, "--json")
+    rep = fit_report(cache)
+    write_json_atomic(json_path, rep, allow_nan=False)
+    md = Path(json_path).with_suffix(".md")
+    write_text_atomic(md, report_markdown(rep))
+    print(f"wrote {json_path} and {md}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="training data: derived labels (teacher 68 + pose, MediaPipe 468)")
     sub = p.add_subparsers(dest="data_cmd", required=True)
@@ -152,6 +202,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rp.add_argument("--markdown", default=None, metavar="OUT", help="also write a markdown table")
     rp.add_argument("--only", action="append", metavar="SOURCE", help="only these sources (repeatable)")
     rp.set_defaults(func=cmd_label_report)
+    ft = sub.add_parser("fit", help="robust face-model fits (pose, identity, expression) to every labelled face's "
+                                    "landmarks (cached, resumable; mlanet.data.fits)")
+    ft.add_argument("--labels", required=True, metavar="CACHE", help="label cache folder (mlanet data label)")
+    ft.add_argument("--out", required=True, metavar="FITCACHE", help="fit cache folder (created if needed)")
+    ft.add_argument("--source", action="append", metavar="NAME", help="only these sources (repeatable; default all)")
+    ft.add_argument("--limit", type=int, default=None, metavar="N", help="only N faces of each source")
+    ft.add_argument("--stratify", action="store_true", help="with --limit: N faces spread evenly over the source")
+    ft.add_argument("--face-model", default=None, metavar="FILE", help="face model file (default: the installed one)")
+    ft.add_argument("--shard-size", type=int, default=192, metavar="N", help="faces per shard (default 192)")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.set_defaults(func=cmd_fit)
+    fr = sub.add_parser("fit-report", help="fit residual per source and the spread of jawOpen / eyeBlink")
+    fr.add_argument("--fits", required=True, metavar="DIR", help="fit cache folder")
+    fr.add_argument("--json", required=True, metavar="OUT", help="report JSON to write (a .md is written next to it)")
+    fr.set_defaults(func=cmd_fit_report)
     from .store_cli import add_prepare_parser  # mlanet data prepare: the training store (mlanet.data.store)
 
     add_prepare_parser(sub)

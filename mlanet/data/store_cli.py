@@ -46,9 +46,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise MLANetError(f"--source {dup[0]} given twice (one folder per source name)")
     out = check_writable_dir(args.out, "--out")
     readers = [open_source(name, path) for name, path in specs]
+    extras = None
+    if args.labels or args.fits:
+        from .fits import LabelFitExtras
+
+        if not args.labels:
+            raise MLANetError("--fits needs --labels (fits are matched through the label entries)")
+        extras = LabelFitExtras(args.labels, args.fits)
     try:
         report = prepare_store(readers, out, input_size=args.input_size, margin=args.margin, limit=args.limit,
-                               shard_size=args.shard_size, progress=not args.quiet)
+                               shard_size=args.shard_size, progress=not args.quiet, extras=extras)
     except KeyboardInterrupt:
         print(f"interrupted; finished shards are kept in {out}: run the same command again to resume",
               file=sys.stderr)
@@ -80,6 +87,10 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--limit", type=int, help="only the first N faces of each source (quick stores)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"rows per shard, the unit of resumption (default {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--labels", default=None, metavar="DIR",
+                   help="label cache (mlanet data label): adds teacher68, pose, mp468 per sample")
+    p.add_argument("--fits", default=None, metavar="DIR",
+                   help="fit cache (mlanet data fit): adds fit_params and fit_ok per sample (needs --labels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
     return p

@@ -89,6 +89,8 @@ class LandmarkFit:
     residual_px: np.ndarray
     cost: np.ndarray
     settings: LandmarkFitSettings
+    #: (N, M) distance (crop px) of every point of every observation (in order) from its target; None after concat
+    point_distance_px: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rotation.shape[0])
@@ -333,11 +335,13 @@ def fit_landmarks(
     observations: Sequence[Observation],
     settings: LandmarkFitSettings | None = None,
     progress: ProgressFn | None = None,
+    init: LandmarkFit | None = None,
 ) -> LandmarkFit:
     """Fit pose, identity and expression of N faces to 2D landmarks (see the module docstring).
 
     All observations must have the same N; each gives (N, L, 2) crop pixels of the
-    ``settings.input_size`` crop camera.
+    ``settings.input_size`` crop camera. ``init`` (a fit of the same N faces, e.g. the previous
+    pass of an iteratively reweighted fit) replaces the yaw starts: the full fit starts from it.
     """
     s = settings or LandmarkFitSettings()
     say = progress or (lambda m: None)
@@ -367,11 +371,19 @@ def fit_landmarks(
     cam = PreprocessCfg(input_size=s.input_size).camera(1, dtype=torch.float64)
     prior_depth = PreprocessCfg().prior_depth_m
     starts = torch.tensor([math.radians(y) for y in s.yaw_starts_deg], dtype=torch.float64)
+    if init is not None and (len(init) != N or init.settings.input_size != s.input_size):
+        raise ValueError(f"init must be a fit of the same {N} faces at input size {s.input_size}")
     out_R, out_t, out_c, out_cost = [], [], [], []
     for a in range(0, N, s.chunk):
         sl_ = slice(a, min(a + s.chunk, N))
         b = sl_.stop - sl_.start
         prob = _Problem(comp, mean_U, basis_U, [x[sl_] for x in tgts], [w[sl_] for w in wts], cam, s, k_id)
+        if init is not None:
+            c0 = torch.cat([init.identity[sl_], init.expression[sl_]], 1).double().clone()
+            R, t, c, cost = _lm(prob, init.rotation[sl_].double(), init.translation[sl_].double(), c0, s.iterations, k_id)
+            out_R.append(R), out_t.append(t), out_c.append(c), out_cost.append(cost)
+            say(f"fit: {sl_.stop}/{N} faces")
+            continue
         # pose-only starts
         n_st = len(starts)
         big = _Problem(comp, mean_U, basis_U, [x[sl_].repeat(n_st, 1, 1) for x in tgts],
@@ -402,7 +414,7 @@ def fit_landmarks(
     d = torch.cat(dist)
     w = torch.cat(wts, 1)
     resid = ((d * (w > 0)).sum(1) / (w > 0).sum(1).clamp_min(1)).numpy()
-    return LandmarkFit(R, t, c[:, :k_id], c[:, k_id:], resid, cost.numpy(), s)
+    return LandmarkFit(R, t, c[:, :k_id], c[:, k_id:], resid, cost.numpy(), s, d.numpy())
 
 
 def _initial_translation(prob: _Problem, R: torch.Tensor, cam: Any, depth: float) -> torch.Tensor:
