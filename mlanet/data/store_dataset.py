@@ -31,6 +31,9 @@ Sample dict (the keys :func:`mlanet.train.sampling.make_collate` keeps, plus sto
     points_<def> (L, 2), visible_<def> (L,)   every landmark set of the store, in input pixels
     yaw_deg () float32 (NaN unknown)   store_row () int64    store_source () int64
     flipped () bool                    warp (3, 3) float32: store pixels -> input pixels (M)
+    points_teacher68, visible_teacher68   the ``teacher68`` extra (moved by M), when stored
+    fit_params (P,), fit_ok () bool    the ``fit_params`` / ``fit_ok`` extras, when stored (as fitted:
+                                       un-augmented crop camera, not flipped)
     x_<name>, has_x_<name>             stored extras (point sets moved by M; others as stored:
                                        flip-dependent ones such as a pose must use ``flipped``)
 
@@ -51,7 +54,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .augment import Augment, AugmentCfg, AugmentDraw
-from .landmarks import MP468_N_POINTS, check_flip_permutation
+from .landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
 from .sources.schema import DEFINITIONS
 from .store import Store
 
@@ -157,6 +160,8 @@ class StoreDataset(Dataset):
             d = spec.get("definition")
             if perm is None and d in DEFINITIONS:
                 perm = DEFINITIONS[d].flip_permutation
+            if perm is None and d == "aflw2000_68":  # AFLW2000-3D's 68 points are in iBUG-68 order
+                perm = IBUG68_FLIP_PERMUTATION
             self.extra_perms[name] = None if perm is None else check_flip_permutation(perm, spec["shape"][0])
 
     def __len__(self) -> int:
@@ -235,6 +240,14 @@ class StoreDataset(Dataset):
         out["yaw_deg"] = torch.tensor(-yaw if (d.flip and math.isfinite(yaw)) else yaw, dtype=torch.float32)
         out["store_row"] = torch.tensor(row, dtype=torch.long)
         out["store_source"] = torch.tensor(int(lab["source"][row]), dtype=torch.long)
+        # the loop's optional keys (mlanet.train.sampling.OPTIONAL_KEYS): teacher points and the fit
+        if "x_teacher68" in out:
+            t = out["x_teacher68"].float()
+            out["points_teacher68"] = t
+            out["visible_teacher68"] = torch.isfinite(t).all(-1) & out["has_x_teacher68"]
+        if "x_fit_params" in out:
+            ok = bool(out["has_x_fit_params"]) and bool(out.get("x_fit_ok", torch.tensor(0.0)).float().reshape(-1)[0] > 0.5)
+            out["fit_params"], out["fit_ok"] = out["x_fit_params"].float(), torch.tensor(ok)
         out["flipped"] = torch.tensor(bool(d.flip))
         out["warp"] = torch.from_numpy(m.astype(np.float32))
         return out

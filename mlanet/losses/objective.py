@@ -2,13 +2,16 @@
 
 Which terms apply depends on what each sample carries (the sample schema of
 :mod:`mlanet.data`): ``has_params`` -> vertex, 3D-landmark and colour supervision; ``landmarks_valid`` ->
-68-point landmark loss; ``has_mp468`` -> MediaPipe pseudo-landmark loss; every sample ->
+68-point landmark loss; ``visible_<set>`` -> that set's landmark loss through the face model's
+definition of it (ibug68, aflw21, mtfl5, teacher68 = aflw2000_68); ``has_mp468`` -> MediaPipe
+pseudo-landmark loss; ``fit_ok`` -> identity/expression supervision by the store's fit; every sample ->
 photometric loss on the rendered skin region and the regularisers. A term whose weight is 0
 is not computed (the photometric term is the only one that needs the renderer).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +21,8 @@ from ..morphable.model import MorphableModel
 from ..params import FaceParams
 from ..preprocess import PreprocessCfg
 from . import terms
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,20 @@ class LossCfg:
     #: (``ict68``: its iBUG-68 vertices, the default so far; ``ibug68``: 300-W's points, jaw on the
     #: silhouette of the crop camera; ``aflw2000_68``: AFLW2000-3D's points)
     landmark_definition: str = "ict68"
+    #: per-definition 2D landmark terms (``points_<set>`` / ``visible_<set>`` of the batch, see
+    #: :data:`mlanet.data.sources.schema.LANDMARK_SETS`): the face model's definition of the same name
+    #: projected by the crop camera (``ibug68``'s jaw on the silhouette, the others fixed surface
+    #: points), mean distance / crop size over visible points. Manual sets weigh 1; the teacher's
+    #: pseudo points (``aflw2000_68``) 0.3, about the ratio of the fits' noise sigmas (1.5 / 4 px,
+    #: :mod:`mlanet.data.fits`). A definition the face model lacks disables its term (logged).
+    #: Samples with a visible ``ibug68`` set skip the old ``landmarks`` term (no double counting).
+    landmarks_ibug68: float = 1.0
+    landmarks_aflw21: float = 1.0
+    landmarks_mtfl5: float = 1.0
+    landmarks_teacher68: float = 0.3
+    #: pseudo-3DMM fit supervision (``fit_params`` where ``fit_ok``): model-frame vertex distance (mm)
+    #: of identity + expression; half the weight of ground-truth ``vertices`` (the fit is a pseudo label)
+    fit_shape: float = 0.01
 
 
 @dataclass
@@ -65,6 +84,20 @@ class Objective:
             terms.AlbedoPriors(face_model) if (cfg.albedo_symmetry or cfg.albedo_smoothness) else None
         )
         face_model.landmark_definition(cfg.landmark_definition)  # KeyError naming the model's definitions
+        from ..data.sources.schema import LANDMARK_SETS
+
+        #: set name -> (definition, weight) of the per-definition landmark terms that run
+        self.sets: dict[str, tuple[str, float]] = {}
+        for name, (definition, _n) in LANDMARK_SETS.items():
+            w = float(getattr(cfg, f"landmarks_{name}"))
+            if not w:
+                continue
+            if not face_model.has_landmarks(definition):
+                logger.warning("face model %s has no landmark definition %r: the %r landmark term is off",
+                               face_model.model_id, definition, name)
+                continue
+            self.sets[name] = (definition, w)
+        self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
 
     def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor) -> LossOutput:
         fm, cfg, S = self.face_model, self.cfg, self.preprocess.input_size
@@ -74,13 +107,27 @@ class Objective:
         verts = fm(pred)
         lm_px = camera.project(fm.landmark_points(verts, cfg.landmark_definition, camera=camera,
                                                   rotation=euler_to_matrix(pred.rotation.to(verts.dtype))))
+        rotation = euler_to_matrix(pred.rotation.to(verts.dtype))
         out: dict[str, torch.Tensor] = {}
         if cfg.landmarks:
-            out["landmarks"] = cfg.landmarks * terms.landmark_loss(lm_px, batch["landmarks"], batch["landmarks_valid"], S)
+            valid = batch["landmarks_valid"].bool()
+            if "ibug68" in self.sets and "visible_ibug68" in batch:  # those samples have their own term
+                valid = valid & ~batch["visible_ibug68"].bool().any(-1, keepdim=True)
+            out["landmarks"] = cfg.landmarks * terms.landmark_loss(lm_px, batch["landmarks"], valid, S)
+        for name, (definition, w) in self.sets.items():
+            vis = batch.get(f"visible_{name}")
+            if vis is None or not bool(vis.any()):
+                continue
+            pts = camera.project(fm.landmark_points(verts, definition, camera=camera, rotation=rotation))
+            out[f"landmarks_{name}"] = w * terms.landmark_loss(pts, batch[f"points_{name}"], vis.bool(), S)
         if cfg.mediapipe and fm.has_mediapipe and bool(batch["has_mp468"].any()):
             valid = batch["has_mp468"][:, None].expand(-1, batch["mp468"].shape[1])
-            mp_px = camera.project(fm.mediapipe_points(verts))
+            mp_px = camera.project(fm.landmark_points(verts, "mediapipe468"))
             out["mediapipe"] = cfg.mediapipe * terms.landmark_loss(mp_px, batch["mp468"], valid, S)
+        if cfg.fit_shape and "fit_ok" in batch and bool(batch["fit_ok"].any()):
+            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
+            out["fit_shape"] = cfg.fit_shape * terms.fit_shape_loss(
+                fm, pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)

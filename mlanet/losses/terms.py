@@ -31,6 +31,45 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     return _masked_mean(dist, valid)
 
 
+def expression_flip_permutation(names: list[str]) -> torch.Tensor:
+    """(K,) long: expression ``k`` of a mirrored face is expression ``perm[k]`` of the original.
+
+    Pairs names that differ only in a ``_L``/``_R`` (or ``Left``/``Right``) suffix; every other
+    expression (symmetric shapes such as ``jawOpen``) maps to itself.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    perm = list(range(len(names)))
+    for i, n in enumerate(names):
+        for a, b in (("_L", "_R"), ("_R", "_L"), ("Left", "Right"), ("Right", "Left")):
+            if n.endswith(a) and n[: -len(a)] + b in index:
+                perm[i] = index[n[: -len(a)] + b]
+                break
+    return torch.as_tensor(perm, dtype=torch.long)
+
+
+def fit_shape_loss(face_model: MorphableModel, pred: FaceParams, fit_flat: torch.Tensor, fit_ok: torch.Tensor,
+                   flipped: torch.Tensor, expression_perm: torch.Tensor) -> torch.Tensor:
+    """Mean model-frame vertex distance (mm) to the shape of a pseudo-3DMM fit (identity + expression only).
+
+    ``fit_flat`` (B, P): flat :class:`~mlanet.params.ParamLayout` vectors (NaN rows where absent);
+    ``fit_ok`` (B,) bool; ``flipped`` (B,) bool: the sample was mirrored by its augmentation, so
+    the target expression is permuted with ``expression_perm`` and identity is not supervised
+    (a mirrored identity is not a coefficient permutation: the target identity is the prediction's,
+    detached). Pose, albedo and light of the fit are not used (the fit's pose is in the
+    un-augmented crop camera; albedo and light are not fitted).
+    """
+    if not bool(fit_ok.any()):
+        return pred.identity.sum() * 0.0
+    fm = face_model
+    target = FaceParams.from_flat(torch.nan_to_num(fit_flat[fit_ok]).to(pred.identity.dtype), fm.layout)
+    p_id, p_ex = pred.identity[fit_ok], pred.expression[fit_ok]
+    fl = flipped[fit_ok].bool()[:, None]
+    t_ex = torch.where(fl, target.expression[:, expression_perm.to(target.expression.device)], target.expression)
+    t_id = torch.where(fl, p_id.detach(), target.identity)
+    diff = fm.shape(p_id, p_ex) - fm.shape(t_id, t_ex)
+    return torch.linalg.vector_norm(diff, dim=-1).mean() * 1000.0
+
+
 def vertex_loss(
     face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor,
     vertex_subset: torch.Tensor | None = None,

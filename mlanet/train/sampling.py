@@ -12,8 +12,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..data.sources.schema import LANDMARK_SETS  # the optional landmark keys (re-exported)
+
 #: Keys every training sample carries (see mlanet.data); collation keeps exactly these.
 SAMPLE_KEYS = ("image", "landmarks", "landmarks_valid", "params", "has_params", "mp468", "has_mp468", "box", "index")
+
+#: Other optional keys: ``fit_params`` (P,) the store's pseudo-3DMM fit (NaN if absent), ``fit_ok``
+#: () bool, ``flipped`` () bool (the sample's augmentation mirrored it).
+OPTIONAL_KEYS = tuple(k for n in LANDMARK_SETS for k in (f"points_{n}", f"visible_{n}")) + ("fit_params", "fit_ok", "flipped")
 
 
 class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -71,7 +77,34 @@ class MixtureDataset(Dataset):
 
 
 def make_collate(n_params: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
-    """Collate to the common schema; samples without parameters get NaN vectors of length ``n_params``."""
+    """Collate to the common schema; samples without parameters get NaN vectors of length ``n_params``.
+
+    Keeps :data:`SAMPLE_KEYS`, ``source`` and :data:`OPTIONAL_KEYS`; a sample lacking an optional
+    key (or with a landmark set of the wrong size, or a fit vector not of length ``n_params``)
+    gets NaN / False for it.
+    """
+
+    def optional(s: dict[str, Any], key: str) -> torch.Tensor:
+        if key.startswith(("points_", "visible_")):
+            name = key.split("_", 1)[1]
+            n = LANDMARK_SETS[name][1]
+            p, v = s.get(f"points_{name}"), s.get(f"visible_{name}")
+            ok = p is not None and v is not None and tuple(torch.as_tensor(p).shape) == (n, 2) \
+                and tuple(torch.as_tensor(v).shape) == (n,)
+            if key.startswith("points_"):
+                return torch.as_tensor(p).float() if ok else torch.full((n, 2), float("nan"))
+            if not ok:
+                return torch.zeros(n, dtype=torch.bool)
+            return torch.as_tensor(v).bool() & torch.isfinite(torch.as_tensor(p)).all(-1)
+        if key == "fit_params":
+            v = s.get("fit_params")
+            ok = v is not None and torch.as_tensor(v).numel() == n_params and bool(s.get("fit_ok", False))
+            return torch.as_tensor(v).float().reshape(-1) if ok else torch.full((n_params,), float("nan"))
+        if key == "fit_ok":
+            v = s.get("fit_params")
+            ok = v is not None and torch.as_tensor(v).numel() == n_params and bool(s.get("fit_ok", False))
+            return torch.tensor(bool(ok and torch.isfinite(torch.as_tensor(v)).all()))
+        return torch.tensor(bool(s.get(key, False)))  # flipped
 
     def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -83,6 +116,8 @@ def make_collate(n_params: int) -> Callable[[list[dict[str, Any]]], dict[str, to
                     v = torch.full((n_params,), float("nan"))
                 values.append(torch.as_tensor(v))
             out[key] = torch.stack(values)
+        for key in OPTIONAL_KEYS:
+            out[key] = torch.stack([optional(s, key) for s in samples])
         return out
 
     return collate

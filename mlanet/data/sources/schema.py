@@ -263,3 +263,15 @@ class FaceSample:
 def make_key(source: str, rel: str) -> str:
     """A sample key: ``"<source>:<rel>"``, ``rel`` the file's path under the source root (``/`` separators)."""
     return f"{source}:{rel}"
+
+
+#: Optional 2D landmark sets ``points_<name>`` (L, 2) crop pixels + ``visible_<name>`` (L,) bool:
+#: set name -> (face-model landmark definition, L). The manual sets of a store (ibug68, aflw21,
+#: mtfl5) and the teacher's 68 points (``teacher68``, AFLW2000-3D's definition). A sample without
+#: a set (synthetic data, older readers) gets NaN points and False visibility from the collate.
+LANDMARK_SETS: dict[str, tuple[str, int]] = {
+    "ibug68": ("ibug68", 68),
+    "aflw21": ("aflw21", 21),
+    "mtfl5": ("mtfl5", 5),
+    "teacher68": ("aflw2000_68", 68),
+}
