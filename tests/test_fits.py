@@ -198,13 +198,19 @@ def test_store_extras_provider(tmp_path, synthetic_model):
 
 
 @pytest.mark.assets
-def test_real_faces_fit(shared, ict_data):
+def test_real_faces_fit(shared, ict_data, tmp_path):
+    pytest.importorskip("mediapipe")
+    from mlanet.cli import main as mlanet_main
     from mlanet.data.labels import LabelCache
     from mlanet.morphable.model import MorphableModel
 
-    root = Path("/tmp/mlanet_labels")
-    if not (root / "300w").is_dir():
-        pytest.skip("no real label cache at /tmp/mlanet_labels")
+    teacher = shared / "models" / "3ddfa_v2_mb05"
+    w300 = shared / "data" / "train" / "300w"
+    if not (teacher.is_dir() and w300.is_dir()):
+        pytest.skip("the 300-W training folder or the teacher folder is missing")
+    root = tmp_path / "labels"
+    assert mlanet_main(["data", "label", "--cache", str(root), "--limit", "4", "--teacher", str(teacher),
+                        "--no-progress", "--source", f"300w={w300}"]) == 0
     model = MorphableModel(ict_data)
     from mlanet.data.fits import fit_box_for, specs_for_rows
 
