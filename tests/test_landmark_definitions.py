@@ -461,3 +461,22 @@ def test_landmark_points_on_the_gpu_match_the_cpu(synthetic_data):
         assert torch.allclose(got, r, atol=1e-6), n
     # rotation estimated on the device too
     assert torch.allclose(g.landmark_points(v.cuda(), "ibug68", camera=cam_g).cpu(), ref["ibug68"], atol=1e-6)
+
+
+def test_the_fit_survives_a_thread_count_change():
+    """torch 2.13 + oneMKL: a batched LU solve after torch.set_num_threads hangs; the fitter must not use one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from mlanet.morphable.landmark_fit import _solve_spd\n"
+        "torch.set_num_threads(1); torch.nn.Conv2d(3, 8, 3)(torch.rand(1, 3, 32, 32)); torch.set_num_threads(2)\n"
+        "a = torch.rand(4, 40, 40, dtype=torch.float64); a = a @ a.transpose(1, 2) + torch.eye(40, dtype=torch.float64)\n"
+        "b = torch.rand(4, 40, dtype=torch.float64)\n"
+        "x = _solve_spd(a, b)\n"
+        "assert float((a @ x[..., None] - b[..., None]).abs().max()) < 1e-9\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

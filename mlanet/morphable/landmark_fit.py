@@ -283,6 +283,20 @@ class _Problem:
         return out
 
 
+def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve the batched symmetric positive-definite systems ``a (B, K, K) x = b (B, K)`` -> x (B, K).
+
+    Cholesky, not ``torch.linalg.solve``: with torch 2.13's oneMKL, a batched LU solve after the
+    process changed its thread count (``torch.set_num_threads``, e.g. by ``mlanet bench model
+    --torch-threads``) fails inside DLASWP and never returns. A matrix that is not numerically
+    positive definite falls back to a per-matrix LU solve, which is unaffected.
+    """
+    l_mat, info = torch.linalg.cholesky_ex(a)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(b[..., None], l_mat)[..., 0]
+    return torch.stack([torch.linalg.solve(a[i], b[i]) for i in range(a.shape[0])])
+
+
 def _lm(problem: _Problem, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, iterations: int, k_id: int):
     """Levenberg-Marquardt on (rotation, translation[, coefficients]); returns updated R, t, c, cost."""
     shape = c is not None
@@ -308,7 +322,7 @@ def _lm(problem: _Problem, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | N
             g = g * keep
         diag = torch.diagonal(A, dim1=1, dim2=2)
         A_lm = A + torch.diag_embed(lam[:, None] * diag + 1e-9)
-        delta = -torch.linalg.solve(A_lm, g[..., None])[..., 0]
+        delta = -_solve_spd(A_lm, g)
         R_new = _rodrigues(delta[:, :3]) @ R
         t_new = t + delta[:, 3:6]
         c_new = None
