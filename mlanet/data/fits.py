@@ -328,9 +328,9 @@ class FitCache:
         self.root = Path(root).expanduser()
 
     def source_dir(self, source: str) -> Path:
-        if not source or "/" in source or source.startswith("."):
-            raise ValueError(f"bad source name {source!r}")
-        return self.root / source
+        from .labels.cache import source_folder
+
+        return source_folder(self.root, source)
 
     def sources(self) -> list[str]:
         if not self.root.is_dir():

@@ -262,6 +262,13 @@ def _read_meta(z: Any, path: Path) -> dict[str, Any]:
     return meta
 
 
+def source_folder(root: Path, source: str) -> Path:
+    """``root / source`` for a plain source name (no path separators, not hidden); shared with the fit cache."""
+    if not source or "/" in source or source.startswith("."):
+        raise ValueError(f"bad source name {source!r}")
+    return root / source
+
+
 class LabelCache:
     """A label cache rooted at ``root`` (see the module docstring). Nothing is created until written."""
 
@@ -270,9 +277,7 @@ class LabelCache:
 
     # -------------------------------------------------------------- layout
     def source_dir(self, source: str) -> Path:
-        if not source or "/" in source or source.startswith("."):
-            raise ValueError(f"bad source name {source!r}")
-        return self.root / source
+        return source_folder(self.root, source)
 
     def sources(self) -> list[str]:
         """Source folders that have a manifest."""
