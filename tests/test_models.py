@@ -401,3 +401,35 @@ def test_cli_models_list_and_info(capsys, tmp_path, face_data):
     assert cli_main(["models", "info", "mlanet_mobile", "--set", "fuson=false"]) == 2
     assert "did you mean 'fusion'" in capsys.readouterr().err
     assert cli_main(["models", "info", "nope"]) == 2
+
+
+def test_sigmoid_expression_head_is_bounded_and_starts_at_its_prior(synthetic_data):
+    from mlanet.models.mlanet import EXPRESSION_LOGIT_INIT
+
+    layout = ParamLayout.for_face_model(synthetic_data)
+    cfg = MLANetConfig(backbone="efficientnet_lite0", width_mult=0.5, ca_stages=(4,), ca_blocks="last",
+                       last_channels=0, expression_activation="sigmoid")
+    net = MLANet(cfg, layout).eval()
+    x = torch.rand(2, 3, net.input_size, net.input_size)
+    sl = layout.slices()["expression"]
+    with torch.no_grad():
+        out = net(x)
+        assert torch.equal(out, net.prior.expand(2, -1))  # zero-initialised heads: exactly the prior
+        assert torch.allclose(out[:, sl], torch.sigmoid(torch.tensor(EXPRESSION_LOGIT_INIT)))
+        for head in net.heads.values():  # large random heads: the other groups leave [0, 1], expressions never
+            for p in head.parameters():
+                p.normal_(0.0, 50.0)
+        out = net(x)
+    assert float(out[:, sl].min()) >= 0.0 and float(out[:, sl].max()) <= 1.0
+    others = torch.cat([out[:, :sl.start], out[:, sl.stop:]], 1)
+    assert float(others.abs().max()) > 1.0
+
+
+def test_sigmoid_expression_head_refuses_a_pca_expression_basis(synthetic_data):
+    import dataclasses
+
+    bfm_like = dataclasses.replace(synthetic_data, header={**synthetic_data.header, "source": {"kind": "bfm09-front-mat"}})
+    with pytest.raises(ValueError, match="PCA"):
+        create_model("mlanet_mobile_lite", face_model=bfm_like)
+    assert create_model("mlanet_mobile_lite", face_model=bfm_like, expression_activation="linear") is not None
+    assert create_model("mlanet_mobile_lite", face_model=synthetic_data).config.expression_activation == "sigmoid"

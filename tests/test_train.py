@@ -103,3 +103,47 @@ def test_ddp_two_cpu_processes(tmp_path, face_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
     assert summary["step"] == 2
+
+
+def _dev_folder(folder, size=120):
+    """Three AFLW2000-3D-layout images (noise) with 68 points and one yaw per bin (10, 45, 75 degrees)."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for k, yaw in enumerate((10.0, 45.0, 75.0)):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"image{k:05d}.jpg")
+        pts = rng.uniform(35, 85, (68, 2))
+        savemat(folder / f"image{k:05d}.mat", {"pt3d_68": np.vstack([pts.T, np.zeros((1, 68))]),
+                                                "Pose_Para": np.array([[0.0, math.radians(yaw), 0, 0, 0, 0, 1.0]])})
+    return folder
+
+
+def test_dev_validation_chooses_the_checkpoint(tmp_path, face_path):
+    dev = _dev_folder(tmp_path / "dev")
+    extra = ("--set", f"data.val_aflw2000_dir={dev}", "--set", "data.val_definition=ict68",
+             "--set", "run.ckpt_every=100")
+    assert main(_args(tmp_path, face_path, 5, extra)) == 0
+    run = tmp_path / "run"
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [(l["step"], l["dev_nme_mean_bins"]) for l in lines if "dev_nme_mean_bins" in l]
+    assert [s for s, _ in vals] == [0, 2, 4, 4] or [s for s, _ in vals][:3] == [0, 2, 4]
+    assert all(f"dev_nme_bin{i}" in l for l in lines if "dev_nme_mean_bins" in l for i in range(3))
+    best = json.loads((run / "best.json").read_text())
+    step, value = min(vals, key=lambda sv: sv[1])
+    assert best["metric"] == "dev_nme_mean_bins" and best["value"] == pytest.approx(value)
+    assert best["step"] == step and (run / "checkpoints" / best["weights"]).is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best"]["step"] == step
+
+
+def test_validation_folder_is_never_a_training_source(tmp_path, face_path, capsys):
+    dev = _dev_folder(tmp_path / "dev")
+    extra = ("--set", f"data.val_aflw2000_dir={dev}", "--set", f"data.aflw2000_dir={dev}",
+             "--set", "data.val_definition=ict68")
+    assert main(_args(tmp_path, face_path, 2, extra)) == 2
+    assert "must not be trained on" in capsys.readouterr().err

