@@ -197,6 +197,58 @@ def test_store_extras_provider(tmp_path, synthetic_model):
     assert np.allclose(lab["x_teacher68"][0], expect, atol=1e-3)
 
 
+def test_frames_without_manual_points_are_placed_by_the_teachers_box(tmp_path):
+    """Video frames (no manual set) reach the store through LabelFitExtras.face_box: the teacher's 68-point box."""
+    from mlanet.data.labels.cache import LabelCache, LabelEntry
+    from mlanet.data.labels.labeller import annotation_digest, box_rule_for
+    from mlanet.data.sources.base import SourceReader
+    from mlanet.data.sources.exclusion import ExclusionGuard
+    from mlanet.data.sources.schema import FaceSample
+    from mlanet.data.store import Store, prepare_store
+
+    class Frames(SourceReader):
+        def __init__(self, samples):
+            self.source, self.terms = "video-folder", "test only"
+            super().__init__(Path("/fake/clips"), samples, [], [])
+
+    rng = np.random.default_rng(5)
+    samples, entries = [], []
+    for i in range(3):
+        img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        s = FaceSample(f"video-folder:clips/a.mp4#{i:06d}", "video-folder", "test only", Path("a.mp4"), {},
+                       loader=(lambda im=img: im))
+        samples.append(s)
+        if i < 2:  # the third frame has no teacher label: left out, counted
+            t68 = rng.uniform(100, 180, (68, 2))
+            t68[0], t68[1] = (100.0, 90.0), (180.0, 190.0)  # box x 100..180, y 90..190: side 100, centre (140, 140)
+            entries.append(LabelEntry(key=s.key, content=f"c{i}", box_rule=box_rule_for(s).tag,
+                                      annotation=annotation_digest(s), status=0, t68=t68,
+                                      pose=np.zeros(3), mp_status=0, mp468=None, manual={}))
+    lc = LabelCache(tmp_path / "labels")
+    lc.write_shard("video-folder", entries, {"labeller_id": "L1"})
+    lc.write_manifest("video-folder", {})
+    hashes = {s.key: f"c{i}" for i, s in enumerate(samples)}
+    extras = LabelFitExtras(tmp_path / "labels", None, hasher=lambda s: hashes[s.key])
+    centre, side, rule = extras.face_box(samples[0])
+    assert rule == "teacher68" and side == pytest.approx(100.0) and np.allclose(centre, [140.0, 140.0])
+    assert extras.face_box(samples[2]) is None
+    pre = PreprocessCfg(input_size=64)
+    report = prepare_store([Frames(samples)], tmp_path / "st", preprocess=pre, progress=False,
+                           guard=ExclusionGuard(dev_folder=None), extras=extras, box_fallback=extras.face_box)
+    st = Store(tmp_path / "st")
+    assert len(st) == 2 and report.manifest["sources"][0]["no_box"] == 1
+    assert st.labels["box_rule"].tolist() == ["teacher68", "teacher68"]
+    assert "teacher" in report.manifest["crop_rule"]["rules"]["teacher68"]["description"]
+    box = st.crop_box(0)  # centred on the teacher box, side roi_scale * 100 * size / input_size
+    assert box.size == pytest.approx(pre.roi_scale * 100.0 * st.size / 64)
+    assert box.x0 + box.size / 2 == pytest.approx(140.0) and box.y0 + box.size / 2 == pytest.approx(140.0)
+    assert lab_has(st, "teacher68") == [True, True]
+
+
+def lab_has(st, name):
+    return st.labels[f"has_x_{name}"].tolist()
+
+
 @pytest.mark.assets
 def test_real_faces_fit(shared, ict_data, tmp_path):
     pytest.importorskip("mediapipe")

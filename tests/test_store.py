@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlanet.morphable.model import MorphableModel
+
 from mlanet.data.augment import AugmentCfg, AugmentDraw
 from mlanet.data.sources import DEFINITIONS, ExclusionGuard, FaceSample, LandmarkSet
 from mlanet.data.sources.base import SourceReader
@@ -429,7 +431,23 @@ def test_training_reads_the_store_with_the_samplers_seed(tmp_path, synthetic_dat
     assert cli_main(argv) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 1 and summary["stopped_by"] == "finished"
-    # a store made for other preprocessing is refused, naming the store
-    bad = [a if not a.startswith("preprocess.input_size") else "preprocess.input_size=96" for a in argv]
+    # another input size is fine (the store rescales its crops); another crop scale is refused, naming the store
+    other = [a if not a.startswith("preprocess.input_size") else "preprocess.input_size=48" for a in argv]
+    other[other.index("--out") + 1] = str(tmp_path / "run_48")
+    assert cli_main(other) == 0
+    bad = [a if not a.startswith("preprocess.roi_scale") else "preprocess.roi_scale=1.6" for a in argv]
     bad[bad.index("--out") + 1] = str(tmp_path / "run2")
     assert cli_main(bad) == 2  # one line naming the store, no traceback
+    # a second store as its own mixture component; weights must match the folders
+    extra = argv + ["--set", f"data.extra_store_dirs=[{store_dir}]", "--set", "data.extra_store_weights=[0.5]"]
+    extra[extra.index("--out") + 1] = str(tmp_path / "run3")
+    assert cli_main(extra) == 0
+    from mlanet.config import load_config
+    from mlanet.train.config import TrainCfg
+    from mlanet.train.loop import build_sources
+
+    cfg = load_config(TrainCfg, None, [a for a in extra[extra.index("--set"):] if a != "--set"])
+    sources, weights, _ = build_sources(cfg, MorphableModel(synthetic_data))
+    assert weights == [0.2, 1.0, 0.5] and len(sources) == 3
+    mismatch = extra + ["--set", "data.extra_store_weights=[0.5, 0.1]"]
+    assert cli_main(mismatch) == 2

@@ -73,6 +73,8 @@ KINDS: tuple[str, ...] = ("manual", "teacher", "mediapipe")
 #: Label-cache columns -> face-model definitions of the pseudo sets.
 TEACHER_DEFINITION = "aflw2000_68"
 MEDIAPIPE_DEFINITION = "mediapipe468"
+#: the store's crop rule for samples placed by the teacher's points (:meth:`LabelFitExtras.face_box`)
+TEACHER_BOX_RULE = "teacher68"
 STATUS_FITTED, STATUS_NO_BOX, STATUS_NO_POINTS = 0, 1, 2
 STATUS_NAMES = {STATUS_FITTED: "fitted", STATUS_NO_BOX: "no face box", STATUS_NO_POINTS: "too few points"}
 
@@ -591,15 +593,39 @@ class LabelFitExtras:
             self._fit_tables[source] = self._fits.load(source) if self._fits is not None else FitTable(source, {})
         return self._fit_tables[source]
 
-    def __call__(self, sample: Any) -> dict[str, np.ndarray] | None:
-        from .labels.cache import lookup_key
+    #: how :meth:`face_box` places a crop (recorded in the store manifest)
+    rule_description = {
+        "rule": TEACHER_BOX_RULE,
+        "description": "samples without manual landmarks (video frames): the 68-equivalent face box is the box "
+                       "(side max(w, h), centre the box centre) of the 3DDFA_V2 teacher's 68 points from the "
+                       "label cache, as the ibug68 rule does with manual points",
+    }
+
+    def _row(self, sample: Any) -> tuple[Any, int | None, tuple[str, str, str]]:
         from .labels.labeller import annotation_digest, box_rule_for
 
         table = self._label_table(sample.source)
+        key = (self._hasher(sample), box_rule_for(sample).tag, annotation_digest(sample))
         if table is None or not len(table):
+            return table, None, key
+        return table, table.row(*key), key
+
+    def face_box(self, sample: Any) -> tuple[np.ndarray, float, str] | None:
+        """``(centre (2,), side68, "teacher68")`` in image pixels from the teacher's 68 points, or None."""
+        table, row, _key = self._row(sample)
+        if row is None or int(table["status"][row]) != 0:
             return None
-        content, rule, ann = self._hasher(sample), box_rule_for(sample).tag, annotation_digest(sample)
-        row = table.row(content, rule, ann)
+        pts = np.asarray(table["t68"][row], dtype=np.float64)[:, :2]
+        if not np.isfinite(pts).all():
+            return None
+        lo, hi = pts.min(0), pts.max(0)
+        side = float((hi - lo).max())
+        return ((lo + hi) / 2.0, side, TEACHER_BOX_RULE) if side > 1.0 else None
+
+    def __call__(self, sample: Any) -> dict[str, np.ndarray] | None:
+        from .labels.cache import lookup_key
+
+        table, row, (content, rule, ann) = self._row(sample)
         if row is None:
             return None
         out: dict[str, np.ndarray] = {}

@@ -461,6 +461,7 @@ def prepare_store(
     extras: Callable[[FaceSample], Mapping[str, np.ndarray] | None] | None = None,
     guard: ExclusionGuard | None = None,
     progress: bool = True,
+    box_fallback: Callable[[FaceSample], tuple[np.ndarray, float, str] | None] | None = None,
 ) -> PrepareReport:
     """Build (or finish) a store from training-source readers (see the module docstring).
 
@@ -478,6 +479,10 @@ def prepare_store(
         extras: per-sample extra arrays (see the module docstring).
         guard: the AFLW2000-3D guard (default :meth:`ExclusionGuard.default`).
         progress: show a progress bar (stderr).
+        box_fallback: ``fn(sample) -> (centre (2,), side68, rule name) | None`` in image pixels for
+            samples without a manual set (e.g. video frames placed by the teacher's 68 points,
+            :meth:`mlanet.data.fits.LabelFitExtras.face_box`); its rule is described by
+            ``box_fallback.rule_description`` in the manifest.
 
     Raises:
         AssetError: the planned or final keys name an AFLW2000-3D image; no sample has a face box.
@@ -506,6 +511,8 @@ def prepare_store(
         for i in _select(len(reader), limit):
             sample = reader[i]
             got = face_box(sample)
+            if got is None and box_fallback is not None:
+                got = box_fallback(sample)
             if got is None:
                 info.no_box += 1
                 continue
@@ -538,6 +545,10 @@ def prepare_store(
         "sources": [{"name": i.name, "root": i.root} for i in infos],
         "extras": extras_id,
     }
+    if box_fallback is not None:
+        owner = getattr(box_fallback, "__self__", None)  # a bound method: its object describes the rule
+        settings["box_fallback"] = (getattr(box_fallback, "rule_description", None)
+                                    or getattr(owner, "rule_description", None) or repr(box_fallback))
     plan_rows = [[it.sample.key, it.rule, *np.round(it.box.as_array(), 6).tolist()] for it in items]
     fingerprint = _sha256_json({"settings": settings, "rows": plan_rows})
     plan = {**settings, "n": N, "definitions": definitions, "fingerprint": fingerprint}
@@ -649,6 +660,8 @@ def prepare_store(
         if r == "face-crop":
             rule_table[r] = {name: {"image_size": list(fr.image_size), "side_ratio": fr.side_ratio,
                                     "calibration": fr.calibration} for name, fr in FACE_CROP_RULES.items()}
+        elif r not in BOX_RULES:  # placed by box_fallback
+            rule_table[r] = settings.get("box_fallback")
         else:
             rule_table[r] = asdict(BOX_RULES[r])
     manifest = {

@@ -55,7 +55,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         extras = LabelFitExtras(args.labels, args.fits)
     try:
         report = prepare_store(readers, out, input_size=args.input_size, margin=args.margin, limit=args.limit,
-                               shard_size=args.shard_size, progress=not args.quiet, extras=extras)
+                               shard_size=args.shard_size, progress=not args.quiet, extras=extras,
+                               box_fallback=extras.face_box if extras is not None else None)
     except KeyboardInterrupt:
         print(f"interrupted; finished shards are kept in {out}: run the same command again to resume",
               file=sys.stderr)

@@ -46,6 +46,9 @@ class DataCfg:
     store_dir: str | None = None
     store_weight: float = 1.0
     store_sources: tuple[str, ...] = ()  # only these sources of the store (empty: all)
+    # more stores, each its own mixture component (e.g. expression-clip frames at a higher rate)
+    extra_store_dirs: tuple[str, ...] = ()
+    extra_store_weights: tuple[float, ...] = ()
     augment: bool = True  # augmentation of real images (synthetic images are random already)
     num_workers: int = 0
     val_synthetic: int = 64  # held-back synthetic images (a disjoint seed) for validation
@@ -55,6 +58,9 @@ class DataCfg:
     val_definition: str = "aflw2000_68"  # the face model's landmark definition scored there
 
     def __post_init__(self) -> None:
+        if len(self.extra_store_dirs) != len(self.extra_store_weights):
+            raise ValueError(f"extra_store_dirs ({len(self.extra_store_dirs)}) and extra_store_weights "
+                             f"({len(self.extra_store_weights)}) must have the same length")
         if self.val_aflw2000_dir and self.aflw2000_dir and self.aflw2000_weight > 0:
             from pathlib import Path
 

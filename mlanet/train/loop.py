@@ -105,18 +105,22 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names))
         weights.append(d.aflw2000_weight)
         augments.append(augment)
-    if d.store_dir and d.store_weight > 0:
+    stores = [(d.store_dir, d.store_weight, list(d.store_sources) or None)] if d.store_dir else []
+    stores += [(path, w, None) for path, w in zip(d.extra_store_dirs, d.extra_store_weights)]
+    for path, weight, only in stores:
+        if weight <= 0:
+            continue
         from ..data.store_dataset import StoreDataset
 
-        store = StoreDataset(d.store_dir, seed=cfg.run.seed, n_params=face_model.layout.total,
-                             input_size=pre.input_size, sources=list(d.store_sources) or None)
+        store = StoreDataset(path, seed=cfg.run.seed, n_params=face_model.layout.total,
+                             input_size=pre.input_size, sources=only)
         if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
             from ..errors import AssetError
 
-            raise AssetError(f"data.store_dir {d.store_dir}: crops at roi_scale {store.store.preprocess.roi_scale}, "
+            raise AssetError(f"store {path}: crops at roi_scale {store.store.preprocess.roi_scale}, "
                              f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
         sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
-        weights.append(d.store_weight)
+        weights.append(weight)
         augments.append(None)
     if not sources:
         raise ValueError("no training data: enable data.synthetic or give a data folder")
