@@ -147,3 +147,50 @@ def test_validation_folder_is_never_a_training_source(tmp_path, face_path, capsy
              "--set", "data.val_definition=ict68")
     assert main(_args(tmp_path, face_path, 2, extra)) == 2
     assert "must not be trained on" in capsys.readouterr().err
+
+
+def test_channels_last_trains_the_same_network(tmp_path, face_path):
+    """run.channels_last only changes the memory layout: same steps, weights within float tolerance."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    extra = ("--set", "loss.photometric=0")
+    assert main(_args(a, face_path, 3, extra)) == 0
+    assert main(_args(b, face_path, 3, extra + ("--set", "run.channels_last=true"))) == 0
+    sa, _ = _last_weights(a / "run")
+    sb, mb = _last_weights(b / "run")
+    assert mb.extra["train_config"]["run"]["channels_last"] is True
+    ia = json.loads((a / "run" / "summary.json").read_text())["initial_metrics"]
+    ib = json.loads((b / "run" / "summary.json").read_text())["initial_metrics"]
+    assert ia["val_nme_pct"] == pytest.approx(ib["val_nme_pct"], rel=1e-5)  # same network before any update
+    assert sa.keys() == sb.keys()
+    for k in sa:  # Adam turns rounding-level gradient differences into up to lr-sized steps: 3 steps at 1e-3
+        if "running_" not in k and "num_batches" not in k:  # BN statistics follow the activations: not compared
+            assert torch.allclose(sa[k].float(), sb[k].float(), rtol=0, atol=4e-3), k
+
+
+def test_sigterm_stops_a_background_run_with_a_checkpoint(tmp_path, face_path):
+    """A background job ignores Ctrl-C's SIGINT; `kill PID` (SIGTERM) stops it after a step with a checkpoint."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "mlanet.cli", *_args(tmp_path, face_path, 100000,
+                                                      ["--set", "run.image_every=0", "--set", "run.val_every=0"])]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and sum(1 for _ in metrics.open()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # ignored, as in a background job
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    last = json.loads((tmp_path / "run" / "last.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by"] == "interrupted" and last["step"] == summary["step"] >= 1
+    assert "resume with --resume" in err

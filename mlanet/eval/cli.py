@@ -15,6 +15,8 @@ same ground-truth crops and prediction path (:mod:`mlanet.eval.landmarks68`).
 ``mlanet eval jitter VIDEO [VIDEO ...] --json OUT [--weights FILE | --untrained NAME]``: landmark
 jitter of the edge pipeline on near-static frames, temporal filter on and off, against
 MediaPipe face mesh (:mod:`mlanet.eval.jitter`); the model is opened as ``mlanet-video`` opens it.
+``mlanet eval expressions VIDEO [VIDEO ...] --json OUT [same model options]``: correlation of the fitted
+jawOpen / eyeBlink with MediaPipe's lip gap / eye aperture on the same frames (:mod:`mlanet.eval.expressions`).
 
 The 2D benchmarks score one landmark definition of the face model (``--landmarks``; default
 ``aflw2000_68`` for AFLW2000-3D, ``ibug68`` for ``landmarks68``, ``ict68`` where the face model
@@ -364,7 +366,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .micc import FOLDER_LAYOUT, MICC_RADIUS_M, MM_PER_M, UNITS
 
     p = subparsers.add_parser(
-        "eval", help="benchmarks: AFLW2000-3D and in-the-wild 68-point NME, video landmark jitter, MICC Florence dense RMSE"
+        "eval", help="benchmarks: AFLW2000-3D and in-the-wild 68-point NME, video landmark jitter and expression tracking, "
+        "MICC Florence dense RMSE"
     )
     sub = p.add_subparsers(dest="eval_cmd", required=True)
 
@@ -443,6 +446,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="horizontal field of view of the frame camera (default: mlanet-video's default)")
     g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="only the first N frames of each clip")
     j.set_defaults(func=cmd_jitter)
+
+    from .expressions import add_expressions_parser
+
+    add_expressions_parser(sub)
 
     m = sub.add_parser(
         "micc",

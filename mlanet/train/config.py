@@ -94,6 +94,8 @@ class RunCfg:
     val_every: int = 200
     ckpt_every: int = 500
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # NHWC activations and weights: depthwise-convolution networks train ~25 % faster on a CPU
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

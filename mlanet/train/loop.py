@@ -10,7 +10,8 @@ gloo on CPU). Rank 0 logs, validates and writes checkpoints. Outputs in ``run.ou
 * ``metrics.jsonl`` — one JSON object per log/validation event; ``tb/`` — TensorBoard scalars
   and image grids (input | render | overlay).
 
-Ctrl-C (or ``run.max_minutes``) stops after the current step with a checkpoint.
+Ctrl-C, SIGTERM (how a background run is stopped) or ``run.max_minutes`` stop after the current
+step with a checkpoint.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -342,9 +345,35 @@ def _load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], 
     return state_dict, state, int(info["step"])
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM (``kill PID``: how a background run is stopped, since a background job
+    ignores Ctrl-C's SIGINT) raises KeyboardInterrupt, so the loop stops with a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
-    """Run training; returns a summary (final step, last validation metrics, checkpoint path)."""
+    """Run training; returns a summary (final step, last validation metrics, checkpoint path).
+
+    Ctrl-C, SIGTERM or ``run.max_minutes`` stop it after the current step with a checkpoint
+    (``--resume`` continues exactly)."""
+    with _sigterm_as_interrupt():
+        return _train(cfg, resume)
+
+
+def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
     from ..models.registry import create_model, load_torchvision_resnet50
 
     rank, world, local_rank = _distributed()
@@ -376,6 +405,8 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
         init_from = init_from_weights(model, cfg.model.init_weights)
         log.info("initialised from %s", init_from)
     model.to(device)
+    if cfg.run.channels_last:
+        model.to(memory_format=torch.channels_last)
     face_model.to(device)
     objective = Objective(face_model, cfg.preprocess, cfg.loss)
 
@@ -435,6 +466,8 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
             # BatchNorm statistics change in the forward pass: keep them so an interrupted step can be undone
             in_progress = {k: v.detach().clone() for k, v in model.named_buffers()}
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if cfg.run.channels_last:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
                 pred = ddp_model(batch["image"])
