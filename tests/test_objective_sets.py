@@ -122,6 +122,19 @@ def test_ibug68_set_replaces_the_old_landmarks_term_for_its_samples(model):
     assert obj(batch, flat).terms["landmarks"].item() > 0.0
 
 
+def test_photometric_every_n_steps_keeps_the_average_weight(model):
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "photometric": 0.5, "photometric_every": 4}))
+    flat = _pred(model)
+    batch = _exact_batch(model, flat)
+    batch["image"] = torch.rand_like(batch["image"])
+    full = obj(batch, flat).terms["photometric"]  # no step: every term, its plain weight
+    assert "photometric" not in obj(batch, flat, step=3).terms and obj(batch, flat, step=3).render is None
+    on = obj(batch, flat, step=8).terms["photometric"]
+    assert float(on) == pytest.approx(4 * float(full), rel=1e-5)
+    with pytest.raises(ValueError, match="photometric_every"):
+        LossCfg(photometric_every=0)
+
+
 def test_missing_definitions_disable_their_terms(synthetic_model, caplog):
     with caplog.at_level(logging.WARNING):
         obj = Objective(synthetic_model, PRE, LossCfg(**{**OFF, "landmarks_mtfl5": 1.0}))

@@ -35,11 +35,11 @@ def _interrupt_on_call(monkeypatch, n):
     calls = {"n": 0}
     original = objective.Objective.__call__
 
-    def wrapped(self, batch, pred):
+    def wrapped(self, batch, pred, **kw):
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt
-        return original(self, batch, pred)
+        return original(self, batch, pred, **kw)
 
     monkeypatch.setattr(objective.Objective, "__call__", wrapped)
 

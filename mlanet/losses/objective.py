@@ -35,6 +35,9 @@ class LossCfg:
     vertices: float = 0.02
     vertex_colour: float = 0.5
     photometric: float = 0.5
+    #: run the renderer (photometric term) on every N-th step only (its weight is then N times larger on
+    #: those steps, the same on average); the renderer costs about as much as the network on a CPU
+    photometric_every: int = 1
     reg_identity: float = 1e-3
     reg_expression: float = 1e-3
     reg_albedo: float = 1e-3
@@ -59,6 +62,11 @@ class LossCfg:
     #: pseudo-3DMM fit supervision (``fit_params`` where ``fit_ok``): model-frame vertex distance (mm)
     #: of identity + expression; half the weight of ground-truth ``vertices`` (the fit is a pseudo label)
     fit_shape: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.photometric_every, bool) or not isinstance(self.photometric_every, int) \
+                or self.photometric_every < 1:
+            raise ValueError(f"photometric_every must be an integer >= 1, got {self.photometric_every!r}")
 
 
 @dataclass
@@ -99,8 +107,15 @@ class Objective:
             self.sets[name] = (definition, w)
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
 
-    def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor) -> LossOutput:
+    def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor, step: int | None = None) -> LossOutput:
+        """Loss of one batch; ``step`` (the optimisation step) selects the photometric steps
+        (``cfg.photometric_every``); ``None`` runs every term."""
         fm, cfg, S = self.face_model, self.cfg, self.preprocess.input_size
+        every = cfg.photometric_every
+        if step is None:
+            photometric = cfg.photometric
+        else:
+            photometric = cfg.photometric * every if step % every == 0 else 0.0
         B = pred_flat.shape[0]
         pred = FaceParams.from_flat(pred_flat.float(), fm.layout)
         camera = self.preprocess.camera(B, device=pred_flat.device)
@@ -139,7 +154,7 @@ class Objective:
             if cfg.vertex_colour:
                 out["vertex_colour"] = cfg.vertex_colour * terms.vertex_colour_loss(fm, pred, target, has_params)
         render = render_mask = None
-        if cfg.photometric:
+        if photometric:
             from ..render.rasterizer import interpolate
             from ..render.renderer import render_face
 
@@ -147,7 +162,7 @@ class Objective:
             skin = interpolate(self.skin[None, :, None].expand(B, -1, -1), r.fragments, fm.triangles)[..., 0]
             render, render_mask = r.image, r.mask * skin
             image = batch["image"].permute(0, 2, 3, 1).to(render.dtype)
-            out["photometric"] = cfg.photometric * terms.photometric_loss(render, image, render_mask)
+            out["photometric"] = photometric * terms.photometric_loss(render, image, render_mask)
         out["regulariser"] = terms.coefficient_regulariser(pred, cfg.reg_identity, cfg.reg_expression, cfg.reg_albedo)
         if cfg.lighting:
             out["lighting"] = cfg.lighting * terms.lighting_prior(pred)

@@ -471,7 +471,7 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
                 pred = ddp_model(batch["image"])
-            out = objective(batch, pred.float())
+            out = objective(batch, pred.float(), step=current)
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
