@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import zipfile
 
@@ -304,17 +305,244 @@ def test_build_albedo_model_end_to_end_on_synthetic_photos(synthetic_data):
     assert np.all(np.isfinite(build.model.mean)) and 0.3 < seen.mean() < 0.9
 
 
-@pytest.mark.assets
-def test_training_list_must_not_overlap_the_held_out_list(shared, tmp_path):
-    from mlanet.data.splits import AFLW2000_DEV_HELDOUT, read_name_list
-    from mlanet.morphable.albedo_sources import aflw_samples
+# ------------------------------------------------------------- `mlanet assets albedo` on training data
+def test_regional_reference_ignores_the_embedded_albedo(synthetic_data):
+    """The builder starts from (and is scaled to) the regional default, never the face model's own albedo."""
+    from mlanet.morphable.albedo_fit import regional_reference
 
-    with pytest.raises(AssetError, match="held-out"):
-        aflw_samples(shared / "data" / "aflw2000-3d-dev", "aflw2000_dev_heldout")
-    mixed = tmp_path / "mixed.txt"
-    mixed.write_text("image00002\n" + read_name_list(AFLW2000_DEV_HELDOUT)[0] + "\n")
-    with pytest.raises(AssetError, match="held-out"):
-        aflw_samples(shared / "data" / "aflw2000-3d-dev", str(mixed))
+    ref = regional_reference(synthetic_data)
+    np.testing.assert_allclose(ref, synthetic_data.albedo_mean, atol=1e-6)  # synthetic embeds the regional one
+    other = _copy_face(synthetic_data)
+    other.albedo_mean = np.full_like(other.albedo_mean, 0.9)
+    np.testing.assert_array_equal(regional_reference(other), ref)
+
+
+def _copy_face(data):
+    import copy
+
+    return copy.deepcopy(data)
+
+
+def test_select_faces_shares_the_cap_in_proportion_and_spreads_the_picks():
+    from mlanet.morphable.albedo_sources import select_faces
+
+    assert [len(i) for i in select_faces([5, 3], None)] == [5, 3]
+    assert [len(i) for i in select_faces([5, 3], 100)] == [5, 3]
+    picks = select_faces([1500, 500], 200)
+    assert [len(i) for i in picks] == [150, 50]
+    assert picks[0][0] == 0 and picks[0][-1] == 1499 and np.all(np.diff(picks[0]) > 0)  # evenly spread
+    assert sum(len(i) for i in select_faces([7, 7, 7], 10)) == 10
+    for a, b in zip(select_faces([1500, 500], 200), picks):  # deterministic
+        np.testing.assert_array_equal(a, b)
+
+
+def test_crop_window_keeps_the_builders_crop_exactly():
+    from mlanet.morphable.albedo_sources import crop_window
+    from mlanet.preprocess import box_from_points, crop_image, image_to_tensor
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    cfg = PreprocessCfg()
+    for centre in ((200.0, 150.0), (30.0, 20.0), (390.0, 290.0)):  # inside, and over two corners
+        lm = np.asarray(centre) + rng.uniform(-60, 60, (68, 2))
+        x0, y0, x1, y1 = crop_window(image.shape, lm, cfg.roi_scale)
+        full = crop_image(image_to_tensor(image), box_from_points(lm, cfg.roi_scale), 224)
+        win_lm = lm - (x0, y0)
+        win = crop_image(image_to_tensor(np.ascontiguousarray(image[y0:y1, x0:x1])),
+                         box_from_points(win_lm, cfg.roi_scale), 224)
+        torch.testing.assert_close(win, full, atol=1e-4, rtol=0)  # float32 rounding of the grid, << 1/255
+
+
+def _photos(synthetic_data, n: int, seed: int = 5):
+    """``n`` renders of the synthetic face (yaw, tint, lighting vary): (image uint8, 68 landmarks in pixels)."""
+    model = MorphableModel(synthetic_data)
+    rng = np.random.default_rng(seed)
+    cam = PreprocessCfg(input_size=S).camera(1, dtype=torch.float64)
+    base = synthetic_data.albedo_mean.astype(np.float64)
+    out = []
+    for yaw in np.linspace(-20.0, 20.0, n):
+        verts, img = _render(model, base * (1.0 + 0.1 * rng.normal(size=3)), float(yaw), _lighting(rng))
+        lm = cam.project(verts[:, model.landmark_index])[0].numpy()
+        out.append(((img[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8), lm))
+    return out
+
+
+def _write_300w(root, photos, stems=None):
+    """A 300-W folder: <stem>.png + <stem>.pts (1-based coordinates, as the release)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    stems = stems or [f"helen_{i}" for i in range(len(photos))]
+    for stem, (image, lm) in zip(stems, photos):
+        Image.fromarray(image).save(root / f"{stem}.png")
+        lines = ["version: 1", "n_points: 68", "{"] + [f"{x + 0.5:.3f} {y + 0.5:.3f}" for x, y in lm] + ["}"]
+        (root / f"{stem}.pts").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_face_file(synthetic_data, tmp_path_factory):
+    return synthetic_data.save(tmp_path_factory.mktemp("face") / "synthetic.mlface.npz")
+
+
+def _albedo_cli(*args: str) -> int:
+    from mlanet.cli import main
+
+    return main(["assets", "albedo", *map(str, args)])
+
+
+def test_albedo_command_builds_from_300w_and_records_sources_terms_and_command(
+        synthetic_data, synthetic_face_file, tmp_path, capsys):
+    from mlanet.data.sources.w300 import TERMS as W300_TERMS
+
+    root = _write_300w(tmp_path / "300w", _photos(synthetic_data, 4))
+    out = tmp_path / "albedo.npz"
+    assert _albedo_cli("--source", f"300w={root}", "--face-model", synthetic_face_file, "--out", out) == 0
+    assert "faces used (of selected) per source: 300w 4/4" in capsys.readouterr().out
+    f = AlbedoModelFile.load(out)
+    h = f.header
+    assert h["id"] == "mlanet-albedo-ict-v2" and f.n_components == synthetic_data.n_albedo
+    (src,) = h["sources"]
+    assert src["name"] == "300w" and src["path"] == str(root.resolve()) and src["terms"] == W300_TERMS
+    assert src["counts"] == {"in_folder": 4, "with_landmarks": 4, "selected": 4, "used": 4, "rejected_by_fit": 0}
+    assert src["faces"] == [f"300w:helen_{i}.png" for i in range(4)] and "ibug68" in src["landmarks"]["definition"]
+    assert h["terms"] == W300_TERMS and h["images"] == {"total": 4, "used": 4, "rejected": 0}
+    assert h["command"].startswith(f"mlanet assets albedo --source 300w={root.resolve()} --max-faces 2000 ")
+    assert f"--face-model {synthetic_face_file}" in h["command"] and f"--out {out.resolve()}" in h["command"]
+    assert "regional" in h["delighting"]["start_and_reference"]
+    assert h["fit"]["residual_median_px"] < 1.5
+
+
+def _write_video(path, frames):
+    import av
+
+    for codec in ("libx264", "mpeg4"):
+        try:
+            with av.open(str(path), "w") as c:
+                st = c.add_stream(codec, rate=10)
+                st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+                for fr in frames:
+                    for p in st.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                        c.mux(p)
+                for p in st.encode():
+                    c.mux(p)
+            return path
+        except Exception:  # noqa: BLE001 - encoder missing in this FFmpeg build: try the next
+            continue
+    pytest.skip("no H.264 or MPEG-4 encoder in this PyAV build")
+
+
+def test_albedo_command_takes_video_frames_with_teacher_points_from_a_label_cache(
+        synthetic_data, synthetic_face_file, tmp_path, capsys):
+    from mlanet.data.labels import LabelCache, LabelEntry, annotation_digest, box_rule_for
+    from mlanet.data.labels.labeller import ContentHasher
+    from mlanet.data.sources import VideoFolder
+
+    photos = _photos(synthetic_data, 6, seed=9)
+    w300 = _write_300w(tmp_path / "300w", photos[:3])
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    _write_video(clips / "talk.mp4", [p[0] for p in photos[3:] for _ in range(2)])  # frames 0..5: faces 3,3,4,4,5,5
+    # a label cache as `mlanet data label --every 1` leaves it, the teacher's points = the true landmarks;
+    # in frame 4 the teacher found no face
+    cache = LabelCache(tmp_path / "labels")
+    hasher, entries = ContentHasher(), []
+    for s in VideoFolder(clips, every=1):
+        i = s.meta["frame_index"]
+        entries.append(LabelEntry(key=s.key, content=hasher(s), box_rule=box_rule_for(s).tag,
+                                  annotation=annotation_digest(s), status=0 if i != 4 else 1,
+                                  t68=photos[3 + i // 2][1] if i != 4 else None))
+    cache.write_shard("video-folder", entries, {"labeller_id": "L1"})
+    cache.write_manifest("video-folder", {"labeller_id": "L1", "labeller": {"name": "fake", "terms": {"teacher": "T"}}})
+    out = tmp_path / "albedo.npz"
+    code = _albedo_cli("--source", f"300w={w300}", "--source", f"video-folder={clips}", "--labels", cache.root,
+                       "--every", 2, "--face-model", synthetic_face_file, "--out", out)
+    assert code == 0, capsys.readouterr().err
+    h = AlbedoModelFile.load(out).header
+    w, v = h["sources"]
+    assert (w["name"], v["name"]) == ("300w", "video-folder")
+    # frames 0, 2, 4 (every 2); frame 4 has no teacher points
+    assert v["counts"] == {"in_folder": 3, "with_landmarks": 2, "selected": 2, "used": 2, "rejected_by_fit": 0}
+    assert v["faces"] == ["video-folder:clips/talk.mp4#000000", "video-folder:clips/talk.mp4#000002"]
+    assert v["skipped"] == {"no face found by the teacher": 1} and w["counts"]["used"] == 3
+    assert v["landmarks"]["labeller_id"] == "L1" and v["landmarks"]["every"] == 2 and v["landmarks"]["terms"] == "T"
+    assert "research use only" in v["terms"] and v["path"] == str(clips.resolve())
+    assert h["terms"] == "; ".join(sorted({w["terms"], v["terms"]}))
+    assert "--every 2" in h["command"] and f"--labels {cache.root.resolve()}" in h["command"]
+
+
+@pytest.mark.parametrize("case", ["aflw2000_name", "dev_folder", "aflw2000_layout", "aflw_option", "list_option",
+                                  "mtfl", "aflw-crops", "video_without_labels"])
+def test_albedo_command_refuses_aflw2000_and_unfit_sources(case, synthetic_data, synthetic_face_file, tmp_path,
+                                                           monkeypatch, capsys):
+    """AFLW2000-3D (a file name, the dev folder, its layout, the old options) and unfit sources: exit 2, one line."""
+    shared = tmp_path / "shared"
+    dev = shared / "data" / "aflw2000-3d-dev"
+    monkeypatch.setenv("MLANET_SHARED", str(shared))
+    photos = _photos(synthetic_data, 2)
+    root = tmp_path / "src"
+    expect = {
+        "aflw2000_name": "AFLW2000-3D file(s) (e.g. ['image04375.png', 'image04375.pts']); AFLW2000-3D is "
+                         "validation only",
+        "dev_folder": "is the AFLW2000-3D dev folder",
+        "aflw2000_layout": "is in the AFLW2000-3D layout",
+        "aflw_option": "--aflw: the albedo is no longer built from AFLW2000-3D (validation only)",
+        "list_option": "--list: the albedo is no longer built from AFLW2000-3D (validation only)",
+        "mtfl": "--source mtfl: not used for the albedo: its images are 80x80",
+        "aflw-crops": "--source aflw-crops: not used for the albedo: its faces are 120x120 crops",
+        "video_without_labels": "video frames have no landmarks; give --labels DIR",
+    }[case]
+    if case == "aflw2000_name":
+        _write_300w(root, photos, ["helen_1", "image04375"])
+    elif case == "dev_folder":  # names that pass the number rule: only the dev-folder rule refuses it
+        root = _write_300w(dev, photos)
+    elif case == "aflw2000_layout":
+        _write_300w(root / "sub", photos, ["helen_1", "image01234"])
+        (root / "sub" / "image01234.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    else:
+        _write_300w(root, photos)
+    source = {"mtfl": "mtfl", "aflw-crops": "aflw-crops", "video_without_labels": "video-folder"}.get(case, "300w")
+    args = ["--source", f"{source}={root}", "--face-model", synthetic_face_file, "--out", tmp_path / "a.npz"]
+    if case == "aflw_option":
+        args = ["--aflw", dev, "--out", tmp_path / "a.npz"]
+    elif case == "list_option":
+        args += ["--list", "aflw2000_dev_train"]
+    elif case == "aflw2000_layout":
+        args[1] = f"300w={root}"
+    assert _albedo_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expect in err, err
+    assert not (tmp_path / "a.npz").exists()
+
+
+@pytest.mark.assets
+def test_albedo_command_on_real_300w_faces(shared, ict_model_file, tmp_path, monkeypatch, capsys):
+    """A few real 300-W faces on the real ICT model; the real dev folder is refused."""
+    monkeypatch.setenv("MLANET_SHARED", str(shared))
+    w300 = shared / "data" / "train" / "300w"
+    out = tmp_path / "albedo.npz"
+    code = _albedo_cli("--source", f"300w={w300}", "--max-faces", 8, "--face-model", ict_model_file, "--out", out)
+    assert code == 0, capsys.readouterr().err
+    f = AlbedoModelFile.load(out)
+    h = f.header
+    (src,) = h["sources"]
+    assert src["counts"]["in_folder"] == 1537 and src["counts"]["selected"] == 8 and src["counts"]["used"] >= 5
+    assert {k.split(":")[1].split("_")[0] for k in src["faces"]} == {"afw", "helen"}  # spread over the folder
+    assert "300-W" in h["terms"] and "aflw2000" not in json.dumps([src["path"], src["faces"]]).lower()
+    assert h["fit"]["residual_used_median_px"] < 6.0
+    skin = f.mean[ict_data_region(ict_model_file, "skin")]
+    assert 0.3 < float(skin.mean()) < 0.8
+    capsys.readouterr()
+    assert _albedo_cli("--source", f"300w={shared / 'data' / 'aflw2000-3d-dev'}", "--face-model", ict_model_file,
+                       "--out", tmp_path / "b.npz") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "AFLW2000-3D" in err and not (tmp_path / "b.npz").exists()
+
+
+def ict_data_region(path, region: str) -> np.ndarray:
+    from mlanet.morphable.data import FaceModelData
+
+    return FaceModelData.load(path).region_mask(region)
 
 
 @pytest.mark.assets
@@ -323,7 +551,15 @@ def test_shipped_albedo_file_matches_the_ict_face_model(ict_data):
     f.check_topology(ict_data.triangles, ict_data.n_vertices)
     assert f.n_components == 10 and f.header["dtype"] == "float16"
     assert "research use only" in f.header["terms"]
-    assert f.header["images"]["used"] >= 50
+    assert f.header["images"]["used"] >= 1000
+    # built from training data only: 300-W and video frames, never AFLW2000-3D (validation only)
+    assert {s["name"] for s in f.header["sources"]} <= {"300w", "video-folder"}
+    assert all(s["terms"] and s["counts"]["used"] > 0 for s in f.header["sources"])
+    assert f.header["command"].startswith("mlanet assets albedo --source 300w=")
+    assert "aflw2000" not in json.dumps([[s["name"], s["path"], s["faces"]] for s in f.header["sources"]]).lower()
+    from mlanet.data.sources import check_training_list
+
+    check_training_list([k for s in f.header["sources"] for k in s["faces"]])
     skin = ict_data.region_mask("skin")
     assert 0.3 < float(f.mean[skin].mean()) < 0.8  # a skin albedo, not black/white
 
@@ -332,9 +568,10 @@ def test_shipped_albedo_file_matches_the_ict_face_model(ict_data):
 def test_assets_build_embeds_the_data_driven_albedo(ict_data):
     """The session's ICT build uses the default (`auto`): the shipped albedo for the 'face' crop."""
     entry = ict_data.header["albedo_model"]
-    assert entry["id"] == "mlanet-albedo-ict-v1"
+    assert entry["id"] == "mlanet-albedo-ict-v2"
     assert "research use only" in entry["terms"] and "research use only" in ict_data.header["terms"]
-    assert entry["sources"][0]["terms"] == entry["terms"]
+    assert entry["terms"] == "; ".join(sorted({s["terms"] for s in entry["sources"]}))
+    assert {s["name"] for s in entry["sources"]} <= {"300w", "video-folder"}
     shipped = AlbedoModelFile.load(SHIPPED_ALBEDO["face"])
     np.testing.assert_allclose(ict_data.albedo_mean, shipped.mean)
     np.testing.assert_allclose(ict_data.albedo_basis, shipped.basis)

@@ -40,8 +40,11 @@ ALBEDO_FORMAT_NAME = "mlanet-albedo"
 ALBEDO_FORMAT_VERSION = 1
 #: Folder of albedo files shipped inside the package.
 SHIPPED_ALBEDO_DIR = Path(__file__).resolve().parent / "albedo_data"
-#: Shipped data-driven albedo per ICT crop (only crops listed here have one).
-SHIPPED_ALBEDO = {"face": SHIPPED_ALBEDO_DIR / "ict_face_albedo_v1.npz"}
+#: Shipped data-driven albedo per ICT crop (only crops listed here have one). ``mlanet-albedo-ict-v2``
+#: was built by ``mlanet assets albedo`` from training data only (300-W and expression-clip frames; its
+#: header records the sources, their terms and the command); v1, built from AFLW2000-3D dev images,
+#: is no longer shipped (AFLW2000-3D is validation only).
+SHIPPED_ALBEDO = {"face": SHIPPED_ALBEDO_DIR / "ict_face_albedo_v2.npz"}
 #: ``--albedo`` value selecting the hand-made regional model (MIT, no image data).
 REGIONAL = "regional"
 #: ``--albedo`` value selecting the shipped data-driven model where one exists, else regional.

@@ -16,7 +16,10 @@ Pipeline (one function per step; :func:`build_albedo_model` runs them in order):
    RGB, the library's basis, :mod:`mlanet.geometry.sh`) by least squares given the current mean
    albedo and the fitted camera-frame normals; observed colour / shading = the image's
    albedo; the mean albedo re-estimated. The scale ambiguity is fixed by setting the mean
-   albedo's skin brightness to the regional default's skin mean; the ambiguity between a
+   albedo's skin brightness to the regional default's skin mean (the hand-made regional
+   model of :func:`.albedo.default_albedo_model`, recomputed from the face model's geometry
+   and regions -- never the albedo the face model file embeds, which may itself be
+   data-driven; it is also the starting mean); the ambiguity between a
    person's skin tone and the photo's exposure / white balance is split by
    ``tone_split`` (the fraction of an image's per-channel deviation from the median image
    that stays in its albedo).
@@ -45,7 +48,7 @@ from ..geometry.rotations import euler_to_matrix
 from ..geometry.sh import LAMBERT_FACTORS, SH_C0, sh_basis
 from ..preprocess import PreprocessCfg, box_from_points, crop_image, image_to_tensor
 from ..render.rasterizer import rasterize
-from .albedo import smooth_over_mesh, vertex_adjacency
+from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model, smooth_over_mesh, vertex_adjacency
 from .albedo_file import AlbedoModelFile, topology_sha256
 from .data import FaceModelData
 from .model import MorphableModel
@@ -429,6 +432,17 @@ class FaceSample:
     landmarks: np.ndarray
 
 
+def regional_reference(face: FaceModelData) -> np.ndarray:
+    """(V, 3) float64 mean of the regional default albedo of ``face`` (no image data).
+
+    Recomputed from the face model's mean shape, triangles, regions and 68 landmarks as
+    ``mlanet assets build`` makes it, so a data-driven albedo embedded in ``face`` (e.g. an
+    earlier build of this pipeline, on other data) never leaks into a new one.
+    """
+    mean, _, _ = default_albedo_model(face.mean_shape, face.triangles, face.region_labels, face.landmarks68)
+    return np.asarray(mean, dtype=np.float64)
+
+
 @dataclass
 class AlbedoBuild:
     """Result of :func:`build_albedo_model`: the model and per-image diagnostics."""
@@ -444,7 +458,7 @@ def build_albedo_model(
     samples: Sequence[FaceSample],
     sources: list[dict[str, Any]],
     *,
-    albedo_id: str = "mlanet-albedo-ict-v1",
+    albedo_id: str = "mlanet-albedo-ict-v2",
     n_components: int | None = None,
     fit: FitSettings | None = None,
     unwrap_settings: UnwrapSettings | None = None,
@@ -455,10 +469,15 @@ def build_albedo_model(
     """Run the whole pipeline on ``samples`` and return an :class:`AlbedoModelFile` (not saved).
 
     Args:
-        face: the face model (its regional albedo is the starting mean and brightness reference).
+        face: the face model. Its geometry and regions give the regional default albedo
+            (:func:`regional_reference`), the starting mean and brightness reference; the
+            albedo the face model embeds is not used.
         sources: header entries, one per data source: ``name``, ``terms`` and anything useful.
         n_components: defaults to the face model's albedo size (keeps the parameter layout).
         mask_regions: regions whose albedo is replaced by the regional default (mean and basis).
+
+    ``samples`` must be named (``FaceSample.name``) uniquely, e.g. by training-sample key; the
+    header's ``rejected`` and ``fit.residual_px`` use these names.
     """
     say = progress or (lambda m: None)
     fit = fit or FitSettings()
@@ -475,6 +494,7 @@ def build_albedo_model(
         crops.append(crop_image(image_to_tensor(smp.image), box, cfg.input_size)[0])
         lms.append(torch.as_tensor(box.image_to_crop(np.asarray(smp.landmarks, dtype=np.float64), cfg.input_size)))
     crops_t = torch.stack(crops)
+    del crops  # (a copy is in crops_t; about 0.6 MB per face)
     say(f"fitting geometry to {len(samples)} images (68 landmarks, {cfg.input_size} px crop camera)")
     result = fit_geometry(model, torch.stack(lms), fit, progress=say)
     res = result.residual_px
@@ -488,12 +508,14 @@ def build_albedo_model(
     idx = np.nonzero(ok)[0]
     say(f"unwrapping colours of {len(idx)} images")
     colours, weights, normals = unwrap(model, result.vertices[idx], crops_t[idx], unwrap_settings)
+    del crops_t  # not needed by the delighting, whose arrays set the peak memory
     regions = face.region_labels
     names_r = face.region_names
     skin = np.isin(regions, [names_r.index(r) for r in ("skin", "nose") if r in names_r])
     light_mask = np.isin(regions, [names_r.index(r) for r in delight.lighting_regions if r in names_r])
+    reference = regional_reference(face)
     albedo, mean, lighting, dstats = remove_lighting(
-        colours, weights, normals, face.albedo_mean.astype(np.float64), skin, light_mask, delight, progress=say
+        colours, weights, normals, reference, skin, light_mask, delight, progress=say
     )
     mirror = mirror_map(face.mean_shape)
     wl = weights * light_mask[None]
@@ -505,7 +527,7 @@ def build_albedo_model(
     pmean, basis, ratio = pca_albedo(filled, K, face.triangles)
     if mask_regions:
         m = np.isin(regions, [names_r.index(r) for r in mask_regions])
-        pmean[m] = face.albedo_mean[m]
+        pmean[m] = reference[m]
         basis[:, m] = 0.0
     say(f"PCA: {K} components explain {ratio.sum():.1%} of the variance "
         f"({', '.join(f'{r:.1%}' for r in ratio[:5])}, ...)")
@@ -542,8 +564,10 @@ def build_albedo_model(
         "delighting": {
             "sh": "2nd order, 9 coefficients x RGB, mlanet.geometry.sh basis with Lambertian factors",
             "lighting_regions": list(delight.lighting_regions),
+            "start_and_reference": f"{DEFAULT_ALBEDO_ID} (the hand-made regional model, no image data), "
+                                   "recomputed from the face model's geometry and regions",
             "brightness": "mean albedo's skin+nose luma fixed to the regional default's "
-                          f"({float((face.albedo_mean[skin] @ _LUMA).mean()):.4f})",
+                          f"({float((reference[skin] @ _LUMA).mean()):.4f})",
             **dstats,
         },
         "symmetry_fill": {k: round(v, 4) for k, v in fstats.items()},

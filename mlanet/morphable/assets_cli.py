@@ -124,36 +124,80 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _albedo_command(args: argparse.Namespace, specs: list[tuple[str, Path]], face_model: str) -> str:
+    """The ``mlanet assets albedo`` command that rebuilds this file: every option explicit, paths absolute."""
+    import shlex
+
+    parts = ["mlanet", "assets", "albedo"]
+    for name, path in specs:
+        parts += ["--source", f"{name}={Path(path).expanduser().resolve()}"]
+    if args.labels:
+        parts += ["--labels", str(Path(args.labels).expanduser().resolve())]
+    if any(n == "video-folder" for n, _ in specs):
+        parts += ["--every", str(args.every)]
+    parts += ["--max-faces", str(args.max_faces) if args.max_faces else "0"]
+    parts += ["--face-model", face_model, "--out", str(Path(args.out).expanduser().resolve()), "--id", args.id,
+              "--dtype", args.dtype, "--max-residual-px", f"{args.max_residual_px:g}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def cmd_albedo(args: argparse.Namespace) -> int:
-    from .albedo_fit import FitSettings, build_albedo_model
-    from .albedo_sources import AFLW_TERMS, aflw_samples
+    from ..data.cli import parse_source_spec
+    from ..data.sources import ExclusionGuard, check_training_list
+    from ..errors import AssetError, MLANetError
     from ..fileutil import check_writable_file
+    from ..paths import default_face_model_path
+    from ..preprocess import PreprocessCfg
+    from .albedo_fit import FitSettings, build_albedo_model
+    from .albedo_sources import ALBEDO_SOURCES, load_faces, open_albedo_sources, select_faces, source_entry
     from .model import load_face_model_data
 
+    if args.aflw is not None or args.list is not None:
+        raise AssetError(
+            f"{'--aflw' if args.aflw is not None else '--list'}: the albedo is no longer built from AFLW2000-3D "
+            "(validation only); build it from training data: --source 300w=DIR [--source video-folder=DIR "
+            "--labels DIR]"
+        )
+    if not args.source:
+        raise MLANetError(f"give at least one --source NAME=PATH (albedo sources: {', '.join(ALBEDO_SOURCES)})")
+    if args.max_faces is not None and args.max_faces < 0:
+        raise MLANetError(f"--max-faces {args.max_faces}: must be >= 2 (0: no cap)")
+    if args.max_faces is not None and 0 < args.max_faces < 2:
+        raise MLANetError(f"--max-faces {args.max_faces}: the PCA needs at least 2 faces")
+    specs = [parse_source_spec(s) for s in args.source]
     check_writable_file(args.out, "--out")
     t0 = time.perf_counter()
+    face_path = Path(args.face_model).expanduser().resolve() if args.face_model else default_face_model_path()
     face = load_face_model_data(args.face_model)
-    root = Path(args.aflw).expanduser()
-    _say(f"reading AFLW2000-3D images of list {args.list} from {root}")
-    samples = aflw_samples(root, args.list)
-    sources = [{
-        "name": "AFLW2000-3D (dev subset, training half)",
-        "path": str(root),
-        "list": str(args.list),
-        "images": [s.name for s in samples],
-        "landmarks": "pt3d_68 ground truth (x, y)",
-        "terms": AFLW_TERMS,
-    }]
-    build = build_albedo_model(
-        face, samples, sources, albedo_id=args.id,
-        fit=FitSettings(max_residual_px=args.max_residual_px), progress=_say,
-    )
-    out = build.model.save(Path(args.out).expanduser(), dtype=args.dtype)
+    guard = ExclusionGuard.default()
+    sources = open_albedo_sources(specs, labels=args.labels, every=args.every, guard=guard, progress=_say)
+    picks = select_faces([len(s.samples) for s in sources], args.max_faces or None)
+    keys = [[src.samples[int(i)].key for i in idx] for src, idx in zip(sources, picks)]
+    paths = [str(src.samples[int(i)].image_path) for src, idx in zip(sources, picks) for i in idx]
+    check_training_list([k for ks in keys for k in ks] + paths, guard, what="the albedo's faces")
+    fit = FitSettings(max_residual_px=args.max_residual_px)
+    roi = PreprocessCfg(input_size=fit.input_size).roi_scale
+    samples = []
+    for src, idx in zip(sources, picks):
+        _say(f"{src.name}: decoding {len(idx)} of {len(src.samples)} faces")
+        samples += load_faces(src, idx, roi, progress=_say)
+    t_load = time.perf_counter() - t0
+    entries = [source_entry(src, ks, []) for src, ks in zip(sources, keys)]
+    try:
+        build = build_albedo_model(face, samples, entries, albedo_id=args.id, fit=fit, progress=_say)
+    except ValueError as exc:  # too few faces, or too few fitted within --max-residual-px
+        raise AssetError(f"cannot build the albedo: {exc}") from None
     h = build.model.header
+    h["sources"] = [source_entry(src, ks, build.rejected) for src, ks in zip(sources, keys)]
+    h["command"] = _albedo_command(args, specs, str(face_path))
+    h["max_faces"] = args.max_faces or None
+    h["seconds"] = {"read": round(t_load, 1), "total": round(time.perf_counter() - t0, 1)}
+    out = build.model.save(Path(args.out).expanduser(), dtype=args.dtype)
+    used = ", ".join(f"{e['name']} {e['counts']['used']}/{e['counts']['selected']}" for e in h["sources"])
     print(
         f"wrote albedo model {h['id']} to {out}\n"
-        f"  images used {h['images']['used']}, rejected {h['images']['rejected']} (> {args.max_residual_px} px); "
-        f"median fit residual {h['fit']['residual_median_px']:.2f} px; "
+        f"  faces used (of selected) per source: {used}; rejected {h['images']['rejected']} "
+        f"(> {args.max_residual_px} px); median fit residual {h['fit']['residual_median_px']:.2f} px; "
         f"{build.model.n_components} components explain {h['explained_variance_total']:.1%}; "
         f"terms: {h['terms']}; built in {time.perf_counter() - t0:.0f} s"
     )
@@ -240,16 +284,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     outputs(f)
     f.set_defaults(func=cmd_fetch)
 
-    a = sub.add_parser("albedo", help="build a data-driven albedo model file from face photos (AFLW2000-3D)")
-    a.add_argument("--aflw", required=True, help="AFLW2000-3D folder (imageXXXXX.jpg + .mat)")
-    a.add_argument("--list", default="aflw2000_dev_train",
-                   help="image list (a file or a named list; default: %(default)s; never the held-out list)")
+    from .albedo_sources import DEFAULT_EVERY, DEFAULT_MAX_FACES
+
+    a = sub.add_parser("albedo", help="build a data-driven albedo model file from training faces (300-W, video frames)")
+    a.add_argument("--source", action="append", metavar="NAME=PATH",
+                   help="a training source and its folder: 300w=DIR (manual 68 points) or video-folder=DIR "
+                        "(frames, teacher 68 points from --labels); repeatable. aflw-crops and mtfl are too "
+                        "small; AFLW2000-3D is refused (validation only)")
+    a.add_argument("--labels", metavar="DIR", help="label cache from `mlanet data label` (68 points for video frames)")
+    a.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="K",
+                   help="video-folder: every K-th frame (default: %(default)s; the label cache must hold them)")
+    a.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES, metavar="N",
+                   help="at most N faces, shared among the sources in proportion to their faces, evenly spaced "
+                        "within each (default: %(default)s; 0: all)")
+    a.add_argument("--aflw", help=argparse.SUPPRESS)  # removed: an error that says why
+    a.add_argument("--list", help=argparse.SUPPRESS)
     a.add_argument("--face-model", help="face model to build on (default: the default model)")
     a.add_argument("--out", required=True, help="albedo file to write (.npz)")
-    a.add_argument("--id", default="mlanet-albedo-ict-v1", help="albedo model id (default: %(default)s)")
+    a.add_argument("--id", default="mlanet-albedo-ict-v2", help="albedo model id (default: %(default)s)")
     a.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="array dtype in the file")
     a.add_argument("--max-residual-px", type=float, default=6.0,
-                   help="reject images whose mean landmark fit residual (224 px crop) exceeds this")
+                   help="reject faces whose mean landmark fit residual (224 px crop) exceeds this")
     a.set_defaults(func=cmd_albedo)
 
     from .landmark_cli import add_landmarks_parser

@@ -171,6 +171,17 @@ def build_recipe(header: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _shipped_albedo_id(crop: str) -> str | None:
+    """The id of the albedo model ``mlanet assets build --albedo auto`` embeds for ``crop`` (None: none)."""
+    try:
+        from .albedo_file import SHIPPED_ALBEDO, AlbedoModelFile
+
+        path = SHIPPED_ALBEDO.get(crop)
+        return AlbedoModelFile.load(path).id if path is not None and path.is_file() else None
+    except Exception:  # noqa: BLE001 - a hint must not fail
+        return None
+
+
 def rebuild_hint(recipe: Mapping[str, Any] | None) -> str:
     """How to get the face model described by ``recipe`` (:func:`build_recipe`): a command or a flag."""
     recipe = recipe or {}
@@ -183,7 +194,7 @@ def rebuild_hint(recipe: Mapping[str, Any] | None) -> str:
     crop = recipe.get("crop") or "face"
     albedo = recipe.get("albedo") or ""
     if albedo.startswith("mlanet-albedo-"):
-        albedo_flag = " --albedo auto" if crop == "face" else " --albedo ALBEDO_FILE"
+        albedo_flag = " --albedo auto" if albedo == _shipped_albedo_id(crop) else " --albedo ALBEDO_FILE"
     else:
         albedo_flag = " --albedo regional" if albedo else ""
     release = f"ICT-FaceKit release {recipe['upstream_commit']}" if recipe.get("upstream_commit") else "ICT-FaceKit"
