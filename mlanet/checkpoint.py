@@ -127,8 +127,15 @@ def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tenso
 
 
 def resolve_weights(path: str | os.PathLike[str]) -> Path:
-    """A weights file, or a training run folder (its ``last.json`` names the newest checkpoint)."""
+    """A weights file, a training run folder (its ``last.json`` names the newest checkpoint), or a run's
+    ``best.json`` / ``last.json`` (the checkpoint it names: ``best.json``, the one chosen on validation)."""
     path = Path(path).expanduser()
+    if path.name in ("best.json", "last.json") and path.is_file():
+        try:
+            name = json.loads(path.read_text())["weights"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise AssetError(f"{path}: unreadable ({exc})") from None
+        return path.parent / "checkpoints" / name
     last = path / "last.json"
     if path.is_dir():
         if not last.is_file():

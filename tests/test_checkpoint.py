@@ -64,6 +64,13 @@ def test_resolve_weights_from_a_run_folder(tmp_path):
     (tmp_path / "last.json").write_text(json.dumps({"weights": "step_0000007.safetensors"}))
     assert resolve_weights(tmp_path) == tmp_path / "checkpoints" / "step_0000007.safetensors"
     assert resolve_weights(tmp_path / "x.safetensors") == tmp_path / "x.safetensors"
+    (tmp_path / "best.json").write_text(json.dumps({"weights": "step_0000003.safetensors", "value": 4.2}))
+    assert resolve_weights(tmp_path / "best.json") == tmp_path / "checkpoints" / "step_0000003.safetensors"
+    assert resolve_weights(tmp_path / "last.json") == tmp_path / "checkpoints" / "step_0000007.safetensors"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "best.json").write_text("{")
+    with pytest.raises(AssetError, match="unreadable"):
+        resolve_weights(tmp_path / "broken" / "best.json")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(AssetError, match="without last.json"):
