@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         rows["teacher"] = {"axis": "reference", "input_size": TEACHER_SIZE, "note": "3DDFA_V2 MobileNetV1 x0.5",
                            "parameters": int(tf["parameters"]), "gmacs": round(tf["gmacs"], 4),
                            "coordinate_attention_modules": 0, "fusion_modules": 0}
-        # today's mlanet_mobile as it runs (its shipped weights' input size)
-        ref_pre, _ = registered_preprocess("mlanet_mobile")
-        entries = [("mlanet_mobile (shipped)", "reference", MODELS["mlanet_mobile"][0].to_dict(), ref_pre.input_size,
+        # the retired MobileNetV2 mlanet_mobile as it ran (128 px)
+        ref_pre, _ = registered_preprocess("mlanet_mobilenetv2")
+        entries = [("mlanet_mobilenetv2 (retired mlanet_mobile)", "reference", MODELS["mlanet_mobilenetv2"][0].to_dict(),
+                    ref_pre.input_size,
                     "MobileNetV2, CA every block, AFF on 1280-wide stage 4")] + variants
         for i, (name, axis, config, size, note) in enumerate(entries):
             model = _build(dict(config), size, face_model, f"ablation_{i}")

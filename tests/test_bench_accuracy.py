@@ -134,7 +134,7 @@ def test_checkpoint_and_untrained_default_labels_all_bins(shared: Path, ict_mode
 
     face_model = MorphableModel.load(ict_model_file)
     torch.manual_seed(1)
-    net = create_model("mlanet_mobile", face_model=face_model, preprocess=PreprocessCfg(input_size=96))
+    net = create_model("mlanet_mobile", face_model=face_model, preprocess=PreprocessCfg(input_size=64))
     ckpt = save_model(net, tmp_path / "tiny" / "checkpoints" / "step_0000001.safetensors", face_model)
 
     out = tmp_path / "out"
@@ -143,8 +143,8 @@ def test_checkpoint_and_untrained_default_labels_all_bins(shared: Path, ict_mode
     res = json.loads(path.read_text())["results"]
     first, second = res["models"]
     assert first["label"] == "mlanet_mobile (tiny/step_0000001)" and first["kind"] == "checkpoint"
-    assert first["weights"] == {"path": str(ckpt), "sha256": file_sha256(ckpt)} and first["input_size"] == 96
-    assert second["label"] == "untrained" and second["input_size"] == 224
+    assert first["weights"] == {"path": str(ckpt), "sha256": file_sha256(ckpt)} and first["input_size"] == 64
+    assert second["label"] == "untrained" and second["input_size"] == 96  # mlanet_mobile's registered input size
     for m in (first, second):
         assert all(c > 0 for c in m["n_bins"]) and m["n"] == 10
         _check_entry(m)

@@ -299,9 +299,9 @@ def test_teacher_timed_in_the_same_run_with_ratios(tmp_path):
 
 
 def test_models_run_at_their_own_input_size_by_default():
-    model = ml._build_model("mlanet_mobile_lite", _fake_face_model(), None)
-    assert model.input_size == 96 and "registry default" in ml._model_preprocess("mlanet_mobile_lite", None)[1]
-    assert ml._build_model("mlanet_mobile_lite", _fake_face_model(), 64).input_size == 64
+    model = ml._build_model("mlanet_mobile_lite_128", _fake_face_model(), None)  # a network without shipped weights
+    assert model.input_size == 128 and "registry default" in ml._model_preprocess("mlanet_mobile_lite_128", None)[1]
+    assert ml._build_model("mlanet_mobile_lite_128", _fake_face_model(), 64).input_size == 64
 
 
 def _fake_face_model():

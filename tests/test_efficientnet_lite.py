@@ -244,7 +244,7 @@ def test_strictness(tmp_path, layout):
     with pytest.raises(AssetError, match="no tensor matched"):
         load_efficientnet_lite0(EfficientNetLiteBackbone(), {"conv1.weight": torch.zeros(64, 3, 7, 7)})
     with pytest.raises(ValueError, match="efficientnet_lite0 backbone"):
-        load_efficientnet_lite0(create_model("mlanet_mobile", layout=layout), state)
+        load_efficientnet_lite0(create_model("mlanet_mobilenetv2", layout=layout), state)
 
     class Evil:
         def __reduce__(self):
@@ -306,11 +306,22 @@ def test_ca_placement_on_the_other_backbones(layout):
 
 
 def test_registry(layout):
-    assert {"mlanet_r50", "mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128"} <= set(list_models())
-    assert MODELS["mlanet_mobile"][0] == MLANetConfig(backbone="mobilenetv2", width_mult=1.0)  # unchanged
+    assert {"mlanet_r50", "mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128",
+            "mlanet_mobilenetv2"} <= set(list_models())
+    lite = MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0,
+                        expression_activation="sigmoid")
+    # mlanet_mobile is the EfficientNet-Lite0 design; the config of the checkpoints trained as mlanet_mobile_lite
+    assert MODELS["mlanet_mobile"][0] == MODELS["mlanet_mobile_lite"][0] == lite
+    assert MODELS["mlanet_mobilenetv2"][0] == MLANetConfig(backbone="mobilenetv2", width_mult=1.0)  # retired design
     assert MODELS["mlanet_r50"][0] == MLANetConfig(backbone="resnet50")
-    model = create_model("mlanet_mobile_lite", layout=layout).eval()
-    assert model.preprocess == DEFAULT_PREPROCESS["mlanet_mobile_lite"]
+    assert DEFAULT_PREPROCESS["mlanet_mobile"] == DEFAULT_PREPROCESS["mlanet_mobile_lite"] == PreprocessCfg(
+        input_size=96, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    # the alias builds the same network under its own name (runs configured with it keep writing it)
+    alias = create_model("mlanet_mobile_lite", layout=layout)
+    assert alias.name == "mlanet_mobile_lite" and alias.config == MODELS["mlanet_mobile"][0]
+    assert create_model("mlanet_mobilenetv2", layout=layout).input_size == 128
+    model = create_model("mlanet_mobile", layout=layout).eval()
+    assert model.preprocess == DEFAULT_PREPROCESS["mlanet_mobile"]
     assert model.input_size == 96 and model.preprocess.mean == el.PRETRAINED_MEAN
     d = model.describe()
     assert d["coordinate_attention_modules"] == 2 and d["fusion_modules"] == 3 and d["feature_channels"] == 320
@@ -364,7 +375,8 @@ def test_shipped_mlanet_mobile_gives_the_outputs_it_gave_before_the_lite_backbon
         pytest.skip("no shipped mlanet_mobile weights in this checkout")
     golden = np.load(GOLDEN)
     if hashlib.sha256(SHIPPED_MOBILE.read_bytes()).hexdigest() != str(golden["weights_sha256"]):
-        pytest.skip("the shipped mlanet_mobile weights changed since the golden outputs were recorded; regenerate them")
+        pytest.skip("the shipped mlanet_mobile is no longer the MobileNetV2 file the golden outputs were recorded with "
+                    "(it is the EfficientNet-Lite0 network now)")
     model = create_model("mlanet_mobile", checkpoint=SHIPPED_MOBILE)
     assert model.config == MLANetConfig(backbone="mobilenetv2")  # new fields at their defaults
     x = np.random.default_rng(int(golden["input_seed"])).random(tuple(golden["input_shape"]), dtype=np.float32)

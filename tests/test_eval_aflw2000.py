@@ -382,9 +382,10 @@ def test_cli_without_weights_says_so(tmp_path: Path, capsys, monkeypatch) -> Non
     rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "no shipped weights for mlanet_r50" in err and "--weights FILE" in err
-    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json"), "--model", "mlanet_mobile"])
-    assert rc == 2 and "mlanet_mobile" in capsys.readouterr().err
+    assert "no shipped weights for mlanet_mobile" in err and "--weights FILE" in err  # the default network
+    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(tmp_path / "r.json"), "--model", "mlanet_r50"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mlanet_r50" in err
     assert not (tmp_path / "r.json").exists()
 
 

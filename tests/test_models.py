@@ -82,8 +82,14 @@ def test_output_shape_and_untrained_output_is_the_prior(name, layout):
     assert torch.equal(p.translation[0], torch.tensor([0.0, 0.0, SMALL.prior_depth_m]))
     assert torch.allclose(p.lighting[0, :, 0], torch.full((3,), UNIT_AMBIENT_SH_DC))
     assert torch.count_nonzero(p.lighting[0, :, 1:]) == 0
-    for group in ("identity", "expression", "albedo", "rotation"):
+    for group in ("identity", "albedo", "rotation"):
         assert torch.count_nonzero(getattr(p, group)) == 0
+    if model.config.expression_activation == "linear":
+        assert torch.count_nonzero(p.expression) == 0
+    else:  # sigmoid blendshape head (mlanet_mobile): every weight at the head's prior inside (0, 1)
+        from mlanet.models.mlanet import EXPRESSION_LOGIT_INIT
+
+        assert torch.allclose(p.expression, torch.sigmoid(torch.tensor(EXPRESSION_LOGIT_INIT)).expand_as(p.expression))
     assert model.predict(x).translation.shape == (2, 3)
     d = model.describe()
     assert d["name"] == name and d["output_size"] == layout.total and d["layout"] == layout.to_dict()
@@ -364,8 +370,10 @@ def test_checkpoint_round_trip_and_face_model_check(tmp_path, face_data, layout)
 
 # --------------------------------------------------------------------------------------- registry
 def test_registry_errors(layout):
-    assert list_models() == ["mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128", "mlanet_r50"]
-    with pytest.raises(ValueError, match="mlanet_mobile, mlanet_mobile_lite, mlanet_mobile_lite_128, mlanet_r50"):
+    assert list_models() == ["mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128", "mlanet_mobilenetv2",
+                             "mlanet_r50"]
+    with pytest.raises(ValueError, match="mlanet_mobile, mlanet_mobile_lite, mlanet_mobile_lite_128, mlanet_mobilenetv2, "
+                                         "mlanet_r50"):
         create_model("mlanet_r101", layout=layout)
     with pytest.raises(ValueError, match="valid fields: backbone, block_attention"):
         create_model("mlanet_r50", layout=layout, attention=False)
@@ -380,7 +388,8 @@ def test_cli_models_list_and_info(capsys, tmp_path, face_data):
     out = capsys.readouterr().out
     assert "ICT-FaceKit sizes" in out  # no default face model in the test's MLANET_HOME
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("mlanet_")}
-    assert set(lines) == {"mlanet_r50", "mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128"}
+    assert set(lines) == {"mlanet_r50", "mlanet_mobile", "mlanet_mobile_lite", "mlanet_mobile_lite_128",
+                          "mlanet_mobilenetv2"}
     for line in lines.values():
         assert re.search(r"\d+(\.\d+)?[KM] params +\d+\.\d{3} GMACs @ 64", line), line
 

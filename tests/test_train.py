@@ -194,3 +194,19 @@ def test_sigterm_stops_a_background_run_with_a_checkpoint(tmp_path, face_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stopped_by"] == "interrupted" and last["step"] == summary["step"] >= 1
     assert "resume with --resume" in err
+
+
+@pytest.mark.assets
+def test_aflw2000_images_are_refused_as_a_training_source(tmp_path, face_path, shared, capsys):
+    """data.aflw2000_dir reads AFLW2000-3D-layout folders (e.g. 300W-LP), never AFLW2000-3D's own images."""
+    import shutil
+
+    dev = shared / "data" / "aflw2000-3d-dev"
+    copy = tmp_path / "copied"
+    copy.mkdir()
+    for mat in sorted(dev.glob("*.mat"))[:3]:
+        shutil.copy(mat, copy / mat.name)
+        shutil.copy(mat.with_suffix(".jpg"), copy / mat.with_suffix(".jpg").name)
+    assert main(_args(tmp_path, face_path, 2, ("--set", f"data.aflw2000_dir={copy}"))) == 2
+    err = capsys.readouterr().err
+    assert "AFLW2000-3D" in err and "validation only" in err and "Traceback" not in err

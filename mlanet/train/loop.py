@@ -104,8 +104,13 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
 
         from ..data.splits import read_name_list
 
+        from ..data.sources.exclusion import check_training_list
+
         names = read_name_list(d.aflw2000_list) if d.aflw2000_list else None
-        sources.append(AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names))
+        ds = AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names)
+        # an AFLW2000-3D-layout folder (e.g. 300W-LP) may train; AFLW2000-3D itself is validation only
+        check_training_list([r.image_path for r in ds.records], what=f"data.aflw2000_dir {d.aflw2000_dir}")
+        sources.append(ds)
         weights.append(d.aflw2000_weight)
         augments.append(augment)
     stores = [(d.store_dir, d.store_weight, list(d.store_sources) or None)] if d.store_dir else []
@@ -150,7 +155,9 @@ def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
 
     path = resolve_weights(weights)
     state, meta = load_weights(path)
-    if meta.model_name != model.name or meta.layout != model.layout:
+    from ..models.registry import canonical_name
+
+    if canonical_name(meta.model_name) != canonical_name(model.name) or meta.layout != model.layout:
         raise AssetError(
             f"{path}: model.init_weights holds {meta.model_name} with layout {meta.layout.sizes}; "
             f"this run trains {model.name} with layout {model.layout.sizes}"

@@ -1,4 +1,9 @@
-"""``mlanet weights``: list the shipped weights, show their release block, pack new ones, rebind old ones."""
+"""``mlanet weights``: list the shipped weights, show their release block, pack new ones, rebind old ones.
+
+``mlanet weights pack --weights RUN_DIR --name mlanet_mobile --out mlanet/weights/mlanet_mobile.safetensors``
+packs the checkpoint the run's ``best.json`` names (chosen on the AFLW2000-3D dev images) as FP16, at most
+10 MB, with a release block (:mod:`mlanet.weights.pack`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import json
 
 def cmd_list(args: argparse.Namespace) -> int:
     from ..checkpoint import read_meta
-    from . import MODEL_CARD, SHIPPED, default_weights_path
+    from . import MODEL_CARD, NOT_SHIPPED, SHIPPED, default_weights_path
 
     for name in SHIPPED:
         path = default_weights_path(name)
@@ -23,6 +28,8 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{'tensor checksum' if meta.tensors_sha256 else 'no tensor checksum'})")
         if rel.get("notice"):
             print(f"  {rel['notice']}")
+    for name, why in NOT_SHIPPED.items():
+        print(f"{name}: {why}")
     print(f"model card: {MODEL_CARD}")
     return 0
 
@@ -45,10 +52,35 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .pack import pack_weights
+    import sys
 
-    out = pack_weights(args.weights, args.out, stages=args.stage)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    from ..checkpoint import read_meta
+    from .pack import pack_weights, release_info, unbuildable_albedo
+
+    out = pack_weights(args.weights, args.out, stages=args.stage, name=args.name, stores=args.store,
+                       max_bytes=int(args.max_mb * 1e6) if args.max_mb > 0 else None)
+    rel = release_info(out) or {}
+    chosen, src = rel.get("chosen", {}), rel.get("packed_from", {})
+    how, value = chosen.get("by"), chosen.get("value")
+    if how == "best.json":
+        how = f"best.json: step {chosen.get('step')}, {chosen.get('metric')} " + (
+            f"{value:.2f}" if isinstance(value, (int, float)) else str(value))
+    renamed = f", trained as {rel['trained_as']}" if rel.get("trained_as") else ""
+    print(f"packed {src.get('file')} of run {src.get('run')} ({how}) as {rel.get('model')}{renamed}")
+    for st in rel.get("stages", []):
+        if not st.get("finished"):
+            print(f"warning: run {st['run']} has not finished (no summary.json; {st.get('steps')} of "
+                  f"{st.get('planned_steps', '?')} steps)", file=sys.stderr)
+    if not rel.get("stores"):
+        print("warning: no training store found (the run's data.store_dir / extra_store_dirs, or --store): the "
+              "release block's data terms are the recipe's defaults, not the store manifests'", file=sys.stderr)
+    albedo = unbuildable_albedo(read_meta(out).face_model)
+    if albedo:
+        print(f"warning: these weights were trained with a face model that embeds albedo model {albedo}, which this "
+              "checkout no longer ships: a face model built now (`mlanet assets build`) has another albedo, and the "
+              "weights will refuse it", file=sys.stderr)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {size / 1e6:.2f} MB)")
     return 0
 
 
@@ -61,6 +93,8 @@ def cmd_rebind(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from . import MAX_SHIPPED_BYTES
+
     p = subparsers.add_parser("weights", help="shipped default weights: list, info, pack")
     sub = p.add_subparsers(dest="weights_cmd", required=True)
     ls = sub.add_parser("list", help="the shipped weights of each network")
@@ -69,9 +103,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("weights", help="a network name (mlanet_mobile) or a weights file / run folder")
     info.set_defaults(func=cmd_info)
     pk = sub.add_parser("pack", help="convert a training checkpoint to FP16 shipped weights with a release block")
-    pk.add_argument("--weights", required=True, metavar="FILE|RUN_DIR", help="the final checkpoint or its run folder")
+    pk.add_argument("--weights", required=True, metavar="RUN_DIR|FILE",
+                    help="a training run folder (packs the checkpoint its best.json names, chosen on the dev images; "
+                    "else its newest) or a checkpoint file")
     pk.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
-    pk.add_argument("--stage", action="append", metavar="RUN_DIR", help="training run folders in order (repeatable)")
+    pk.add_argument("--name", default=None, metavar="MODEL",
+                    help="the registered name to ship as (default: the checkpoint's, canonical: mlanet_mobile_lite "
+                    "-> mlanet_mobile); its architecture must be exactly that name's")
+    pk.add_argument("--stage", action="append", metavar="RUN_DIR",
+                    help="training run folders in order (repeatable; default: the run the checkpoint comes from)")
+    pk.add_argument("--store", action="append", metavar="DIR",
+                    help="a training store (repeatable; default: data.store_dir and data.extra_store_dirs of the run's "
+                    "config.yaml, those found)")
+    pk.add_argument("--max-mb", type=float, default=MAX_SHIPPED_BYTES / 1e6, metavar="MB",
+                    help=f"refuse to write a bigger file (default {MAX_SHIPPED_BYTES / 1e6:g}; 0: no limit)")
     pk.set_defaults(func=cmd_pack)
     rb = sub.add_parser("rebind", help="upgrade a checkpoint from before decoder signatures, given the face-model "
                         "file it was made with (its checksum must match)")
