@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,9 +32,6 @@ from mlanet.morphable.synthetic import make_synthetic_face_model
 from mlanet.params import ParamLayout
 from mlanet.preprocess import PreprocessCfg
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "tests" / "golden" / "mlanet_mobile_shipped_outputs.npz"
-SHIPPED_MOBILE = REPO / "mlanet" / "weights" / "mlanet_mobile.safetensors"
 
 #: EfficientNet-Lite0 (kernel, stride, expansion, channels, repeats), written out here independently of the module.
 LITE0 = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3),
@@ -367,20 +363,3 @@ def test_coordinate_attention_per_direction_equals_the_shared_encoding():
     x = torch.randn(2, 48, 7, 5)
     for a, b in zip(ca._attention_maps_per_direction(x), ca.attention_maps(x)):
         torch.testing.assert_close(a, b)
-
-
-# ----------------------------------------------------------------------------------- shipped mlanet_mobile
-def test_shipped_mlanet_mobile_gives_the_outputs_it_gave_before_the_lite_backbone():
-    if not SHIPPED_MOBILE.is_file():
-        pytest.skip("no shipped mlanet_mobile weights in this checkout")
-    golden = np.load(GOLDEN)
-    if hashlib.sha256(SHIPPED_MOBILE.read_bytes()).hexdigest() != str(golden["weights_sha256"]):
-        pytest.skip("the shipped mlanet_mobile is no longer the MobileNetV2 file the golden outputs were recorded with "
-                    "(it is the EfficientNet-Lite0 network now)")
-    model = create_model("mlanet_mobile", checkpoint=SHIPPED_MOBILE)
-    assert model.config == MLANetConfig(backbone="mobilenetv2")  # new fields at their defaults
-    x = np.random.default_rng(int(golden["input_seed"])).random(tuple(golden["input_shape"]), dtype=np.float32)
-    with torch.no_grad():
-        out = model(torch.from_numpy(x)).numpy()
-    # golden: computed by the code before this change (commit 3a9b1b6) on the same inputs
-    np.testing.assert_allclose(out, golden["params"], rtol=0, atol=1e-5)
