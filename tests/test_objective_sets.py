@@ -173,6 +173,33 @@ def test_fit_shape_term(model):
     assert obj(flipped, flat).terms["fit_shape"].item() > 0.1
 
 
+def test_fit_expression_term(model):
+    names = model.expression_names
+    chosen = names[0]  # mirrored with names[1] (see the flip permutation above)
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (chosen,)}))
+    flat = _pred(model)
+    batch = _exact_batch(model, flat)
+    assert "fit_expression" not in obj(batch, flat).terms  # no fits in the batch
+    fit = FaceParams.from_flat(flat.clone(), model.layout)
+    other = fit.expression.clone()
+    other[:, 2:] += 0.4  # shapes that are not chosen do not count
+    batch["fit_params"] = fit.replace(expression=other, identity=fit.identity + 1.0).to_flat()
+    batch["fit_ok"] = torch.ones(3, dtype=torch.bool)
+    assert obj(batch, flat).terms["fit_expression"].item() < 1e-6
+    off = fit.expression.clone()
+    off[:, 0] += 0.25
+    batch["fit_params"] = fit.replace(expression=off).to_flat()
+    assert obj(batch, flat).terms["fit_expression"].item() == pytest.approx(0.25, rel=1e-4)
+    batch["fit_ok"] = torch.tensor([True, False, False])
+    assert obj(batch, flat).terms["fit_expression"].item() == pytest.approx(0.25, rel=1e-4)
+    # mirrored sample: compared with the fit's permuted weights
+    batch["fit_ok"] = torch.ones(3, dtype=torch.bool)
+    batch["fit_params"] = fit.replace(expression=fit.expression[:, obj.expression_perm]).to_flat()
+    batch["flipped"] = torch.ones(3, dtype=torch.bool)
+    assert obj(batch, flat).terms["fit_expression"].item() < 1e-6
+    with pytest.raises(ValueError, match="no expression"):
+        Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": ("noSuchShape",)}))
+
 def test_collate_fills_absent_optional_keys():
     s = {"image": torch.zeros(3, 8, 8), "landmarks": torch.zeros(68, 2), "landmarks_valid": torch.ones(68, dtype=torch.bool),
          "params": torch.zeros(4), "has_params": torch.tensor(True), "mp468": torch.zeros(468, 2),

@@ -62,6 +62,10 @@ class LossCfg:
     #: pseudo-3DMM fit supervision (``fit_params`` where ``fit_ok``): model-frame vertex distance (mm)
     #: of identity + expression; half the weight of ground-truth ``vertices`` (the fit is a pseudo label)
     fit_shape: float = 0.01
+    #: pseudo-3DMM fit supervision of chosen expression weights directly (L1 on the coefficients, where
+    #: ``fit_ok``): the jaw moves few vertices, so the vertex term above hardly teaches jawOpen
+    fit_expression: float = 0.0
+    fit_expression_names: tuple[str, ...] = ("jawOpen",)
 
     def __post_init__(self) -> None:
         if isinstance(self.photometric_every, bool) or not isinstance(self.photometric_every, int) \
@@ -106,6 +110,13 @@ class Objective:
                 continue
             self.sets[name] = (definition, w)
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
+        missing = [n for n in cfg.fit_expression_names if n not in face_model.expression_names]
+        if cfg.fit_expression and missing:
+            raise ValueError(f"loss.fit_expression_names: the face model has no expression {missing} "
+                             f"(it has {', '.join(face_model.expression_names[:8])}, ...)")
+        self.fit_expression_index = torch.tensor(
+            [face_model.expression_names.index(n) for n in cfg.fit_expression_names if n in face_model.expression_names],
+            dtype=torch.long)
 
     def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor, step: int | None = None) -> LossOutput:
         """Loss of one batch; ``step`` (the optimisation step) selects the photometric steps
@@ -143,6 +154,11 @@ class Objective:
             flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
             out["fit_shape"] = cfg.fit_shape * terms.fit_shape_loss(
                 fm, pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm)
+        if cfg.fit_expression and len(self.fit_expression_index) and "fit_ok" in batch and bool(batch["fit_ok"].any()):
+            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
+            out["fit_expression"] = cfg.fit_expression * terms.fit_expression_loss(
+                pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm,
+                self.fit_expression_index, fm.layout)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
