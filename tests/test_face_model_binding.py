@@ -99,7 +99,7 @@ def test_signature_refuses_other_sizes(synthetic_data):
 
 def test_binding_message_names_the_file_the_difference_and_the_command(synthetic_data):
     face = MorphableModel(synthetic_data)
-    stored = face.describe() | {"build": {"kind": "ict-facekit", "crop": "face", "albedo": "mlanet-albedo-ict-v1",
+    stored = face.describe() | {"build": {"kind": "ict-facekit", "crop": "face", "albedo": "mlanet-albedo-ict-v2",
                                           "upstream_commit": "da5f95a"}}
     other = _copy(synthetic_data)
     other.albedo_basis = other.albedo_basis * 1.5
@@ -108,6 +108,11 @@ def test_binding_message_names_the_file_the_difference_and_the_command(synthetic
     msg = str(err.value)
     assert msg.startswith("w.safetensors: trained for another face model")
     assert "albedo_basis" in msg and "--crop face --albedo auto" in msg and "da5f95a" in msg and "\n" not in msg
+    # an albedo model that no longer ships (v1) cannot come from --albedo auto: the user passes its file
+    old_albedo = stored | {"build": {**stored["build"], "albedo": "mlanet-albedo-ict-v1"}}
+    with pytest.raises(AssetError) as err:
+        check_binding("w.safetensors", old_albedo, MorphableModel(other).describe())
+    assert "--albedo ALBEDO_FILE" in str(err.value) and "mlanet-albedo-ict-v1" in str(err.value)
     # Another model id is named as such; a description without a decoder signature needs the same file.
     assert "model id" in " ".join(binding_problems(stored, face.describe() | {"model_id": "x"}))
     legacy = {k: v for k, v in stored.items() if k not in ("decoder", "build")}
