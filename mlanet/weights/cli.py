@@ -69,7 +69,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     print(f"packed {src.get('file')} of run {src.get('run')} ({how}) as {rel.get('model')}{renamed}")
     for st in rel.get("stages", []):
         if not st.get("finished"):
-            print(f"warning: run {st['run']} has not finished (no summary.json; {st.get('steps')} of "
+            print(f"warning: run {st['run']} has not finished ({st.get('stopped_by')}; {st.get('steps')} of "
                   f"{st.get('planned_steps', '?')} steps)", file=sys.stderr)
     if not rel.get("stores"):
         print("warning: no training store found (the run's data.store_dir / extra_store_dirs, or --store): the "

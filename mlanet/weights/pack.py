@@ -247,7 +247,9 @@ def _stage_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = Path(run_dir)
     info: dict[str, Any] = {"run": run.name}
     summary = _read_json(run / "summary.json")
-    info["finished"] = summary is not None
+    # finished: ran its planned steps; a run stopped on purpose (e.g. to start the next stage) says so in
+    # its summary.json's stopped_by
+    info["finished"] = summary is not None and summary.get("stopped_by") == "finished"
     if summary is not None:
         info.update({"steps": summary.get("step", -1) + 1, "stopped_by": summary.get("stopped_by"),
                      "minutes": round(float(summary.get("seconds", 0.0)) / 60.0, 1), "val": summary.get("metrics")})
