@@ -231,11 +231,27 @@ class _Problem:
 
     def evaluate(self, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, jac: bool, shape_jac: bool):
         """Residuals (b, M), Jacobian (b, M, 6 [+ K]) if ``jac``; c None = mean shape."""
+        parts = list(self._per_definition(R, t, c, jac, shape_jac))
+        r = torch.cat([p[0] for p in parts], 1)
+        return r, (torch.cat([p[1] for p in parts], 1) if jac else None)
+
+    def normal_equations(self, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, shape_jac: bool):
+        """Residuals (b, M), ``J^T J`` (b, P, P) and ``J^T r`` (b, P), summed definition by definition
+        (the stacked Jacobian of all definitions is never built: that copy dominated the fit's time)."""
+        res, A, g = [], None, None
+        for r_c, J_c in self._per_definition(R, t, c, True, shape_jac):
+            Jt = J_c.transpose(1, 2)
+            a_c, g_c = Jt @ J_c, (Jt @ r_c[..., None])[..., 0]
+            A, g = (a_c, g_c) if A is None else (A + a_c, g + g_c)
+            res.append(r_c)
+        return torch.cat(res, 1), A, g
+
+    def _per_definition(self, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, jac: bool, shape_jac: bool):
+        """Per definition: residuals (b, 2L) and, if ``jac``, the Jacobian (b, 2L, 6 [+ K])."""
         b = R.shape[0]
         X = self.mean_U[None].expand(b, -1, -1) if c is None else self.mean_U + torch.einsum("bk,kud->bud", c, self.basis_U)
         f = self.cam.fx[0]
         cx, cy = self.cam.cx[0], self.cam.cy[0]
-        res, jacs = [], []
         for comp, tgt, sw in zip(self.comp, self.targets, self.sw):
             P = (X[:, comp.corners] * comp.bary[None, :, :, None]).sum(2)  # (b, L, 3) model frame
             Bp = None
@@ -259,7 +275,7 @@ class _Problem:
             u = f * Xcam[..., 0] / z + cx
             v = f * Xcam[..., 1] / z + cy
             r = torch.stack([u - tgt[..., 0], v - tgt[..., 1]], -1) * sw[..., None]  # (b, L, 2)
-            res.append(r.reshape(b, -1))
+            J = None
             if jac:
                 zero = torch.zeros_like(z)
                 D = torch.stack([
@@ -272,9 +288,8 @@ class _Problem:
                 if shape_jac:
                     parts.append(D @ R[:, None] @ Bp)  # (b, L, 2, K)
                 J = torch.cat(parts, -1)
-                jacs.append(J.reshape(b, -1, J.shape[-1]))
-        r = torch.cat(res, 1)
-        return r, (torch.cat(jacs, 1) if jac else None)
+                J = J.reshape(b, -1, J.shape[-1])
+            yield r.reshape(b, -1), J
 
     def cost(self, r: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         out = (r**2).sum(1)
@@ -300,13 +315,13 @@ def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _lm(problem: _Problem, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, iterations: int, k_id: int):
     """Levenberg-Marquardt on (rotation, translation[, coefficients]); returns updated R, t, c, cost."""
     shape = c is not None
-    r, J = problem.evaluate(R, t, c, True, shape)
+    r, JtJ, Jtr = problem.normal_equations(R, t, c, shape)
     cost = problem.cost(r, c)
     lam = torch.full_like(cost, 1e-3)
     prior = torch.cat([torch.zeros(6, dtype=torch.float64), problem.prior]) if shape else torch.zeros(6, dtype=torch.float64)
     for _ in range(iterations):
-        A = J.transpose(1, 2) @ J
-        g = (J.transpose(1, 2) @ r[..., None])[..., 0]
+        A = JtJ
+        g = Jtr.clone()
         if shape:
             g[:, 6:] += problem.prior * c
         A = A + torch.diag_embed(prior.expand(A.shape[0], -1))
@@ -329,7 +344,7 @@ def _lm(problem: _Problem, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | N
         if shape:
             c_new = c + delta[:, 6:]
             c_new[:, k_id:] = c_new[:, k_id:].clamp(0.0, 1.0)
-        r_new, J_new = problem.evaluate(R_new, t_new, c_new, True, shape)
+        r_new, JtJ_new, Jtr_new = problem.normal_equations(R_new, t_new, c_new, shape)
         cost_new = problem.cost(r_new, c_new)
         ok = torch.isfinite(cost_new) & (cost_new < cost)
         okv = ok[:, None]
@@ -338,7 +353,8 @@ def _lm(problem: _Problem, R: torch.Tensor, t: torch.Tensor, c: torch.Tensor | N
         if shape:
             c = torch.where(okv, c_new, c)
         r = torch.where(okv, r_new, r)
-        J = torch.where(ok[:, None, None], J_new, J)
+        JtJ = torch.where(ok[:, None, None], JtJ_new, JtJ)
+        Jtr = torch.where(okv, Jtr_new, Jtr)
         cost = torch.where(ok, cost_new, cost)
         lam = torch.where(ok, (lam / 3).clamp_min(1e-7), (lam * 4).clamp_max(1e7))
     return R, t, c, cost
