@@ -4,8 +4,8 @@
 
 Stages of one model are drawn end to end (the step axis of each run continues where the
 previous one stopped) when they are given in order with ``--chain``. Panels: total loss and the
-landmark term (per logged step, with a running median), learning rate, and the held-back
-synthetic validation NME (%). Reads only the files; writes one PNG atomically.
+landmark terms (per logged step, with a running median), learning rate, and the validation NME (%):
+held-back synthetic faces, and the AFLW2000-3D dev images (mean of yaw bins) where the run scored them. Reads only the files; writes one PNG atomically.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ def running_median(values: list[float], k: int = 9) -> list[float]:
     return [statistics.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
 
 
+#: the 2D landmark terms summed in the second panel (whichever a run logged)
+LANDMARK_TERMS = ("loss/landmarks", "loss/landmarks_ibug68", "loss/landmarks_aflw21", "loss/landmarks_mtfl5",
+                  "loss/landmarks_teacher68", "loss/mediapipe")
+
+
+def _landmark_sum(row: dict) -> float:
+    return float(sum(row.get(k, 0.0) for k in LANDMARK_TERMS))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run folders (or metrics.jsonl files)")
@@ -62,16 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         val = [r for r in rows if "val_nme_pct" in r]
         init = [r for r in rows if "initial_val_nme_pct" in r]
         steps = [offset + r["step"] for r in train]
-        for ax, key in ((axes[0], "loss/total"), (axes[1], "loss/landmarks")):
-            vals = [r[key] for r in train]
+        for ax, key in ((axes[0], "loss/total"), (axes[1], LANDMARK_TERMS)):
+            vals = [r[key] if isinstance(key, str) else _landmark_sum(r) for r in train]
             (line,) = ax.plot(steps, running_median(vals), label=label)
             ax.plot(steps, vals, alpha=0.25, color=line.get_color())
         axes[2].plot(steps, [r["lr"] for r in train], label=label)
         vsteps = [offset + max(r["step"], 0) for r in init + val]
-        axes[3].plot(vsteps, [r.get("val_nme_pct", r.get("initial_val_nme_pct")) for r in init + val], "o-", label=label)
+        (vline,) = axes[3].plot(vsteps, [r.get("val_nme_pct", r.get("initial_val_nme_pct")) for r in init + val], "o-",
+                                label=f"{label}: synthetic")
+        dev = [r for r in init + val if "dev_nme_mean_bins" in r or "initial_dev_nme_mean_bins" in r]
+        if dev:  # the AFLW2000-3D dev images (validation only), mean of yaw bins
+            axes[3].plot([offset + max(r["step"], 0) for r in dev],
+                         [r.get("dev_nme_mean_bins", r.get("initial_dev_nme_mean_bins")) for r in dev], "s--",
+                         color=vline.get_color(), label=f"{label}: AFLW2000-3D dev, mean of bins")
         if args.chain and train:
             offset = steps[-1] + 1
-    for ax, t in zip(axes, ("total loss", "landmark loss", "learning rate", "synthetic val NME (%)")):
+    for ax, t in zip(axes, ("total loss", "landmark terms (sum)", "learning rate", "validation NME (%)")):
         ax.set_title(t)
         ax.set_xlabel("step" + (" (stages chained)" if args.chain else ""))
         ax.grid(alpha=0.3)
