@@ -135,7 +135,7 @@ def informative_untrained_model(face_model, input_size: int, name: str = "mlanet
     Freshly initialised, the heads sit on the neutral prior and BatchNorm statistics are 0/1, so
     every image gives nearly the same face and a vertex-space parity check could not tell a broken
     backend from a working one. Calibrating BatchNorm on random images (cumulative average) and
-    giving the last head layers weights N(0, 0.002) moves the vertices by ~30 mm between random
+    giving the last head layers weights N(0, 0.002 * sqrt(1280 / pooled width)) moves the vertices by ~30 mm between random
     images while the pose stays plausible (depth ~1.0-1.05 m, angles < 0.1 rad).
     """
     import torch
@@ -152,7 +152,8 @@ def informative_untrained_model(face_model, input_size: int, name: str = "mlanet
         m.train()
         for _ in range(4):
             m(torch.rand(16, 3, input_size, input_size, generator=gen))
+        std = 0.002 * (1280 / m.feature_channels) ** 0.5  # the same output spread for any pooled width
         for head in m.heads.values():
-            head[-1].weight.normal_(0.0, 0.002, generator=gen)
+            head[-1].weight.normal_(0.0, std, generator=gen)
             head[-1].bias.normal_(0.0, 0.01, generator=gen)
     return m.eval()
