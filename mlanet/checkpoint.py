@@ -130,21 +130,16 @@ def resolve_weights(path: str | os.PathLike[str]) -> Path:
     """A weights file, a training run folder (its ``last.json`` names the newest checkpoint), or a run's
     ``best.json`` / ``last.json`` (the checkpoint it names: ``best.json``, the one chosen on validation)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / "last.json").is_file():
+            raise AssetError(f"{path}: a folder without last.json; pass a .safetensors file or a training run folder")
+        path = path / "last.json"
     if path.name in ("best.json", "last.json") and path.is_file():
         try:
             name = json.loads(path.read_text())["weights"]
         except (json.JSONDecodeError, KeyError) as exc:
             raise AssetError(f"{path}: unreadable ({exc})") from None
         return path.parent / "checkpoints" / name
-    last = path / "last.json"
-    if path.is_dir():
-        if not last.is_file():
-            raise AssetError(f"{path}: a folder without last.json; pass a .safetensors file or a training run folder")
-        try:
-            name = json.loads(last.read_text())["weights"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise AssetError(f"{last}: unreadable ({exc})") from None
-        return path / "checkpoints" / name
     return path
 
 

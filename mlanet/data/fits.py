@@ -582,6 +582,7 @@ class LabelFitExtras:
         self._hasher = hasher or ContentHasher()
         self._tables: dict[str, Any] = {}
         self._fit_tables: dict[str, FitTable] = {}
+        self._rows: dict[str, tuple[Any, int | None, tuple[str, str, str]]] = {}
 
     def _label_table(self, source: str) -> Any:
         if source not in self._tables:
@@ -602,13 +603,18 @@ class LabelFitExtras:
     }
 
     def _row(self, sample: Any) -> tuple[Any, int | None, tuple[str, str, str]]:
+        """The sample's label table, row and lookup key; memoised by sample key, since the store asks twice
+        (face_box while planning, the extras while writing) and hashing decodes the pixels."""
         from .labels.labeller import annotation_digest, box_rule_for
 
+        memo = self._rows.get(sample.key)
+        if memo is not None:
+            return memo
         table = self._label_table(sample.source)
         key = (self._hasher(sample), box_rule_for(sample).tag, annotation_digest(sample))
-        if table is None or not len(table):
-            return table, None, key
-        return table, table.row(*key), key
+        row = table.row(*key) if table is not None and len(table) else None
+        self._rows[sample.key] = (table, row, key)
+        return table, row, key
 
     def face_box(self, sample: Any) -> tuple[np.ndarray, float, str] | None:
         """``(centre (2,), side68, "teacher68")`` in image pixels from the teacher's 68 points, or None."""
