@@ -33,3 +33,7 @@ class OfflineError(MLANetError):
 
 class NonFiniteOutputError(MLANetError):
     """A network produced NaN or infinite parameters (damaged weights or a broken export)."""
+
+
+class ConfigError(MLANetError, ValueError):
+    """A configuration value does not fit the data or face model it is used with (names the key)."""

@@ -195,7 +195,21 @@ def test_photometric_parts():
     _close(blurred.sum(), _sample()["image"].sum(), rtol=1e-3, atol=0)
 
 
+def test_wide_rotation_draws_the_wider_range_at_its_rate():
+    narrow = Augment(AugmentCfg(rotation_deg=15.0))
+    wide = Augment(AugmentCfg(rotation_deg=15.0, wide_rotation_prob=0.25, wide_rotation_deg=180.0))
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = np.degrees([narrow.draw(S, g1).rotation for _ in range(800)])
+    b = np.degrees([wide.draw(S, g2).rotation for _ in range(800)])
+    assert np.abs(a).max() <= 15.0
+    beyond = np.abs(b) > 15.0
+    assert 0.15 < beyond.mean() < 0.3 and np.abs(b).max() > 150.0  # ~ 0.25 * 165 / 180 of the draws
+    assert torch.equal(g1.get_state(), g2.get_state())  # the same number of draws either way
+
+
 def test_cfg_validation():
+    with pytest.raises(ValueError, match="wide_rotation_prob"):
+        AugmentCfg(wide_rotation_prob=-0.1)
     with pytest.raises(ValueError, match="flip_prob"):
         AugmentCfg(flip_prob=1.5)
     with pytest.raises(ValueError, match="scale"):

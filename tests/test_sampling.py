@@ -49,3 +49,49 @@ def test_mixture_dataset_applies_augmentation_deterministically():
     ds = MixtureDataset([Src(), Src()], [None, aug])
     assert float(ds[(0, 2, 9)]["value"]) == 2.0
     assert float(ds[(1, 2, 9)]["value"]) == float(ds[(1, 2, 9)]["value"]) != 2.0
+
+
+def test_item_weights_steer_the_draws_within_a_source_and_resume_exactly():
+    import numpy as np
+
+    w = np.zeros(50)
+    w[:5] = 1.0  # only the first five items may be drawn
+    s = MixtureBatchSampler([50, 10], [1.0, 1.0], 16, 30, seed=2, item_weights=[w, None])
+    keys = [k for batch in s for k in batch]
+    assert {i for src, i, _ in keys if src == 0} <= set(range(5))
+    assert len({i for src, i, _ in keys if src == 1}) > 5  # the other source stays uniform
+    resumed = MixtureBatchSampler([50, 10], [1.0, 1.0], 16, 30, seed=2, start_step=20, item_weights=[w, None])
+    assert list(s)[20:] == list(resumed)
+    import pytest
+
+    with pytest.raises(ValueError, match="item_weights"):
+        MixtureBatchSampler([50], [1.0], 4, 2, seed=0, item_weights=[np.ones(49)])
+    with pytest.raises(ValueError, match="item_weights"):
+        MixtureBatchSampler([50], [1.0], 4, 2, seed=0, item_weights=[np.full(50, -1.0)])
+
+
+def test_yaw_balanced_weights_even_out_the_bins():
+    import numpy as np
+    import pytest
+
+    from mlanet.train.sampling import yaw_balanced_weights
+
+    yaw = np.array([5.0] * 70 + [45.0] * 20 + [80.0] * 10 + [np.nan] * 20)
+    bins = np.digitize(yaw, (30.0, 60.0), right=True)
+    known = np.isfinite(yaw)
+
+    def shares(strength):
+        w = yaw_balanced_weights(yaw, strength)
+        return [w[known & (bins == k)].sum() / w[known].sum() for k in range(3)], w
+
+    (uniform, w0) = shares(0.0)
+    assert np.allclose(w0, 1.0) and np.allclose(uniform, [0.7, 0.2, 0.1])
+    equal, w1 = shares(1.0)
+    assert np.allclose(equal, [1 / 3] * 3)
+    half, _ = shares(0.5)
+    assert 0.7 > half[0] > 1 / 3 and 0.1 < half[2] < 1 / 3
+    # items of unknown yaw keep their share of the draws (weight = the mean)
+    assert np.isclose(w1[~known].sum() / w1.sum(), 20 / 120)
+    assert np.isclose(w1.mean(), 1.0)
+    with pytest.raises(ValueError, match="strength"):
+        yaw_balanced_weights(yaw, 1.5)

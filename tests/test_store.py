@@ -451,3 +451,20 @@ def test_training_reads_the_store_with_the_samplers_seed(tmp_path, synthetic_dat
     assert weights == [0.2, 1.0, 0.5] and len(sources) == 3
     mismatch = extra + ["--set", "data.extra_store_weights=[0.5, 0.1]"]
     assert cli_main(mismatch) == 2
+    # the store's rotation ranges and the yaw balance reach the main store (not the extra one)
+    tuned = [a for a in extra[extra.index("--set"):] if a != "--set"] + [
+        "data.store_rotation_deg=30", "data.store_wide_rotation_prob=0.2", "data.store_yaw_balance=1.0"]
+    cfg = load_config(TrainCfg, None, tuned)
+    sources, _, _ = build_sources(cfg, MorphableModel(synthetic_data))
+    main_store, extra_store = sources[1], sources[2]
+    assert main_store.augment.cfg.rotation_deg == 30.0 and main_store.augment.cfg.wide_rotation_prob == 0.2
+    yaw = main_store.abs_yaw_deg()
+    assert np.isfinite(yaw).sum() == 3  # the three AFLW-like faces carry a yaw; the others have no pose label
+    assert main_store.item_weights is not None and extra_store.item_weights is None
+    assert np.allclose(main_store.item_weights, 1.0)  # yaw 10, 20, 30: one bin, nothing to even out
+    cfg = load_config(TrainCfg, None, [a for a in extra[extra.index("--set"):] if a != "--set"] + ["data.augment=false"])
+    assert build_sources(cfg, MorphableModel(synthetic_data))[0][1].augment is None
+    # a fit_expression name the face model lacks: one line, exit 2
+    typo = argv + ["--set", "loss.fit_expression=0.5", "--set", "loss.fit_expression_names=[jawOpenn]"]
+    typo[typo.index("--out") + 1] = str(tmp_path / "run4")
+    assert cli_main(typo) == 2

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
 
 _LUMA = (0.299, 0.587, 0.114)
-_N_DRAWS = 19
+_N_DRAWS = 21
 _POLICIES = ("skip_geometry", "drop_params")
 
 
@@ -64,6 +64,9 @@ class AugmentCfg:
         shift: maximum translation per axis, fraction of the crop side S (uniform).
         scale: zoom range (low, high), drawn log-uniformly; > 1 enlarges the face.
         rotation_deg: maximum in-plane rotation, degrees (uniform in +-rotation_deg).
+        wide_rotation_prob: probability that the rotation is drawn from +-wide_rotation_deg
+            instead (faces lying or upside down in the image; 0 disables).
+        wide_rotation_deg: that wider range, degrees.
         flip_prob: probability of a horizontal flip.
         brightness: brightness factor drawn uniformly in [1 - brightness, 1 + brightness].
         contrast: contrast factor in [1 - contrast, 1 + contrast].
@@ -78,6 +81,8 @@ class AugmentCfg:
     shift: float = 0.05
     scale: tuple[float, float] = (0.9, 1.1)
     rotation_deg: float = 15.0
+    wide_rotation_prob: float = 0.0
+    wide_rotation_deg: float = 180.0
     flip_prob: float = 0.5
     brightness: float = 0.25
     contrast: float = 0.25
@@ -97,7 +102,8 @@ class AugmentCfg:
         check(0 <= self.shift < 1, f"shift must be in [0, 1), got {self.shift}")
         check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], f"scale must be 0 < low <= high, got {self.scale}")
         check(0 <= self.rotation_deg <= 180, f"rotation_deg must be in [0, 180], got {self.rotation_deg}")
-        for name in ("flip_prob", "blur_prob", "occlusion_prob"):
+        check(0 <= self.wide_rotation_deg <= 180, f"wide_rotation_deg must be in [0, 180], got {self.wide_rotation_deg}")
+        for name in ("flip_prob", "blur_prob", "occlusion_prob", "wide_rotation_prob"):
             check(0 <= getattr(self, name) <= 1, f"{name} must be a probability, got {getattr(self, name)}")
         for name in ("brightness", "contrast", "saturation"):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -257,7 +263,8 @@ class Augment:
         return AugmentDraw(
             flip=u[0] < cfg.flip_prob,
             scale=scale,
-            rotation=math.radians(sym(u[2], cfg.rotation_deg)),
+            rotation=math.radians(sym(u[20], cfg.wide_rotation_deg) if u[19] < cfg.wide_rotation_prob
+                                  else sym(u[2], cfg.rotation_deg)),
             shift=(sym(u[3], cfg.shift * size), sym(u[4], cfg.shift * size)),
             brightness=1.0 + sym(u[5], cfg.brightness),
             contrast=1.0 + sym(u[6], cfg.contrast),

@@ -139,6 +139,8 @@ class StoreDataset(Dataset):
         self.input_size = int(input_size or st.input_size)
         self.augment = Augment(augment) if augment is not None else None
         self.seed, self.epoch, self.n_params, self.use_cv2 = int(seed), 0, int(n_params), use_cv2
+        #: optional (len(self),) sampling weights for MixtureBatchSampler (None = uniform)
+        self.item_weights: np.ndarray | None = None
         mask = np.ones(len(st), bool) if include_failed else st.labels["ok"].copy()
         if sources is not None:
             names = [s["name"] for s in st.sources]
@@ -166,6 +168,17 @@ class StoreDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def abs_yaw_deg(self) -> np.ndarray:
+        """(len(self),) absolute head yaw of each sample, degrees: the source's own yaw where it has
+        one (AFLW), else the teacher's pose label; NaN where neither is known."""
+        lab = self.store.labels
+        yaw = np.asarray(lab["yaw_deg"], dtype=np.float64)[self.rows]
+        if "x_pose" in lab:  # teacher (pitch, yaw, roll), radians
+            teacher = np.degrees(np.asarray(lab["x_pose"], dtype=np.float64)[self.rows, 1])
+            has = np.asarray(lab["has_x_pose"], bool)[self.rows]
+            yaw = np.where(np.isfinite(yaw), yaw, np.where(has, teacher, np.nan))
+        return np.abs(yaw)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation of integer indices (call once per epoch, as with DistributedSampler)."""

@@ -112,8 +112,14 @@ class Objective:
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
         missing = [n for n in cfg.fit_expression_names if n not in face_model.expression_names]
         if cfg.fit_expression and missing:
-            raise ValueError(f"loss.fit_expression_names: the face model has no expression {missing} "
-                             f"(it has {', '.join(face_model.expression_names[:8])}, ...)")
+            import difflib
+
+            from ..errors import ConfigError
+
+            near = {n: difflib.get_close_matches(n, face_model.expression_names, n=2, cutoff=0.5) for n in missing}
+            hint = "; ".join(f"{n}: did you mean {' or '.join(c)}?" for n, c in near.items() if c)
+            raise ConfigError(f"loss.fit_expression_names: the face model has no expression {missing}"
+                              + (f" ({hint})" if hint else f" (it has {', '.join(face_model.expression_names)})"))
         self.fit_expression_index = torch.tensor(
             [face_model.expression_names.index(n) for n in cfg.fit_expression_names if n in face_model.expression_names],
             dtype=torch.long)

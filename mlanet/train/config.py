@@ -50,6 +50,14 @@ class DataCfg:
     extra_store_dirs: tuple[str, ...] = ()
     extra_store_weights: tuple[float, ...] = ()
     augment: bool = True  # augmentation of real images (synthetic images are random already)
+    # the stores' in-plane rotation: +-store_rotation_deg, and with probability store_wide_rotation_prob
+    # +-store_wide_rotation_deg instead (faces lying or upside down)
+    store_rotation_deg: float = 15.0
+    store_wide_rotation_prob: float = 0.0
+    store_wide_rotation_deg: float = 180.0
+    # draw the main store's faces evenly over the benchmark's yaw bins (0 = as stored, 1 = equal bins;
+    # see mlanet.train.sampling.yaw_balanced_weights)
+    store_yaw_balance: float = 0.0
     num_workers: int = 0
     val_synthetic: int = 64  # held-back synthetic images (a disjoint seed) for validation
     # an AFLW2000-3D-layout folder scored at every validation (standard protocol, mean of yaw bins);

@@ -115,18 +115,26 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         augments.append(augment)
     stores = [(d.store_dir, d.store_weight, list(d.store_sources) or None)] if d.store_dir else []
     stores += [(path, w, None) for path, w in zip(d.extra_store_dirs, d.extra_store_weights)]
-    for path, weight, only in stores:
+    for k, (path, weight, only) in enumerate(stores):
         if weight <= 0:
             continue
         from ..data.store_dataset import StoreDataset
 
-        store = StoreDataset(path, seed=cfg.run.seed, n_params=face_model.layout.total,
+        from ..data.augment import AugmentCfg
+
+        aug = AugmentCfg(rotation_deg=d.store_rotation_deg, wide_rotation_prob=d.store_wide_rotation_prob,
+                         wide_rotation_deg=d.store_wide_rotation_deg) if d.augment else None
+        store = StoreDataset(path, aug, seed=cfg.run.seed, n_params=face_model.layout.total,
                              input_size=pre.input_size, sources=only)
         if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
             from ..errors import AssetError
 
             raise AssetError(f"store {path}: crops at roi_scale {store.store.preprocess.roi_scale}, "
                              f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
+        if k == 0 and d.store_dir and d.store_yaw_balance > 0:  # the main store only
+            from .sampling import yaw_balanced_weights
+
+            store.item_weights = yaw_balanced_weights(store.abs_yaw_deg(), d.store_yaw_balance)
         sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
         weights.append(weight)
         augments.append(None)
@@ -440,7 +448,8 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
 
     sources, weights, augments = build_sources(cfg, data_face_model)
     sampler = MixtureBatchSampler([len(s) for s in sources], weights, cfg.optim.batch_size, cfg.optim.steps,
-                                  seed=cfg.run.seed, rank=rank, start_step=start_step)
+                                  seed=cfg.run.seed, rank=rank, start_step=start_step,
+                                  item_weights=[getattr(s, "item_weights", None) for s in sources])
     loader = DataLoader(MixtureDataset(sources, augments), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=make_collate(face_model.layout.total), persistent_workers=False)
 

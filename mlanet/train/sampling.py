@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -22,13 +23,53 @@ SAMPLE_KEYS = ("image", "landmarks", "landmarks_valid", "params", "has_params", 
 OPTIONAL_KEYS = tuple(k for n in LANDMARK_SETS for k in (f"points_{n}", f"visible_{n}")) + ("fit_params", "fit_ok", "flipped")
 
 
+def yaw_balanced_weights(abs_yaw_deg: np.ndarray, strength: float,
+                         edges_deg: Sequence[float] = (30.0, 60.0)) -> np.ndarray:
+    """Per-item sampling weights that even out the head-yaw bins of the benchmark.
+
+    Args:
+        abs_yaw_deg: (N,) absolute yaw, degrees (NaN = unknown: weight 1 relative to the mean).
+        strength: 0 = uniform; 1 = every yaw bin ([0, 30], (30, 60], > 60 degrees) drawn equally
+            often; in between, a bin holding a fraction ``f`` of the items is drawn ``~ f^(1 - strength)``.
+        edges_deg: bin edges, degrees.
+    Returns:
+        (N,) float64 weights with mean 1 (unnormalised sampling probabilities).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"yaw balance strength must be in [0, 1], got {strength}")
+    y = np.asarray(abs_yaw_deg, dtype=np.float64)
+    w = np.ones(len(y))
+    known = np.isfinite(y)
+    if strength > 0 and known.any():
+        bins = np.digitize(y[known], edges_deg, right=True)
+        counts = np.bincount(bins, minlength=len(edges_deg) + 1).astype(np.float64)
+        w[known] = (counts[bins] / known.sum()) ** -strength
+        w[known] *= known.sum() / w[known].sum()  # known items keep their share of the draws
+    return w / w.mean() if len(w) else w
+
+
 class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
-    """Yields ``steps - start_step`` batches of ``(source, index, aug_seed)`` keys."""
+    """Yields ``steps - start_step`` batches of ``(source, index, aug_seed)`` keys.
+
+    ``item_weights`` (optional, one entry per source): unnormalised (N_source,) sampling weights of
+    that source's items (None = uniform), e.g. :func:`yaw_balanced_weights`.
+    """
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, steps: int, *,
-                 seed: int, rank: int = 0, start_step: int = 0) -> None:
+                 seed: int, rank: int = 0, start_step: int = 0,
+                 item_weights: Sequence[np.ndarray | None] | None = None) -> None:
         if len(sizes) != len(weights) or not sizes:
             raise ValueError("need one weight per data source")
+        item_weights = list(item_weights) if item_weights is not None else [None] * len(sizes)
+        if len(item_weights) != len(sizes):
+            raise ValueError("need one item_weights entry (or None) per data source")
+        self.item_weights: list[torch.Tensor | None] = []
+        for n, iw in zip(sizes, item_weights):
+            if iw is not None:
+                iw = torch.as_tensor(np.asarray(iw, dtype=np.float64))
+                if iw.shape != (n,) or not torch.isfinite(iw).all() or (iw < 0).any() or (n and iw.sum() <= 0):
+                    raise ValueError(f"item_weights must be {n} finite non-negative values with a positive sum")
+            self.item_weights.append(iw)
         w = torch.tensor([float(x) if n > 0 else 0.0 for x, n in zip(weights, sizes)], dtype=torch.float64)
         if w.sum() <= 0:
             raise ValueError("all data sources are empty or have weight 0")
@@ -44,7 +85,9 @@ class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
         sources = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=g)
         keys = []
         for src in sources.tolist():
-            idx = int(torch.randint(self.sizes[src], (1,), generator=g))
+            iw = self.item_weights[src]
+            idx = int(torch.randint(self.sizes[src], (1,), generator=g) if iw is None
+                      else torch.multinomial(iw, 1, generator=g))
             aug = int(torch.randint(2**31 - 1, (1,), generator=g))
             keys.append((src, idx, aug))
         return keys
