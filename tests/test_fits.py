@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mlanet.data.fits import (
+    fit_model_keys,
     FitCache,
     FitOutcome,
     LabelFitExtras,
@@ -272,3 +274,49 @@ def test_real_faces_fit(shared, ict_data, tmp_path):
     out = robust_fit(model, specs_for_rows("300w", t.arrays, rows, boxes, FAST), FAST)
     assert np.all(out.residual_px < 6.0)
     assert np.all(out.set_residual_px["mediapipe"] < 8.0)
+
+
+def test_fits_follow_the_face_models_geometry_not_its_albedo(tmp_path, synthetic_data):
+    """A new albedo keeps the fits; a changed shape basis refits; shards keyed only by the whole decoder
+    (format 1 before geometry keys) still match that very face model; the store takes matching fits only."""
+    import dataclasses
+
+    from mlanet.data.labels.cache import LabelCache
+    from mlanet.morphable.model import MorphableModel
+
+    base = MorphableModel(synthetic_data)
+    new_albedo = MorphableModel(dataclasses.replace(synthetic_data, albedo_mean=np.clip(synthetic_data.albedo_mean * 0.8, 0, 1)))
+    moved = MorphableModel(dataclasses.replace(synthetic_data, mean_shape=synthetic_data.mean_shape * 1.01))
+    kb, ka, km = (fit_model_keys(m) for m in (base, new_albedo, moved))
+    assert kb["geometry_sha256"] == ka["geometry_sha256"] and kb["decoder_sha256"] != ka["decoder_sha256"]
+    assert kb["geometry_sha256"] != km["geometry_sha256"]
+
+    lc = LabelCache(tmp_path / "labels")
+    lc.write_shard("fake68", _label_table(4), {"labeller_id": "L1"})
+    lc.write_manifest("fake68", {})
+    table = lc.load("fake68")
+    cache = FitCache(tmp_path / "fits")
+    st = fit_source(table, base, cache, FAST, progress=False, fitter=FakeFitter())
+    assert st.fitted == 4
+    st = fit_source(table, new_albedo, cache, FAST, progress=False, fitter=FakeFitter())
+    assert (st.fitted, st.hits) == (0, 4)  # the albedo does not enter a landmark fit
+    st = fit_source(table, moved, cache, FAST, progress=False, fitter=FakeFitter())
+    assert (st.fitted, st.hits) == (4, 0)
+    assert len(cache.load("fake68", model_keys=kb)) == 4 and len(cache.load("fake68", model_keys=km)) == 4
+    assert len(cache.load("fake68")) == 8
+    extras = LabelFitExtras(tmp_path / "labels", tmp_path / "fits", face_model=moved)
+    assert len(extras._fit_table("fake68")) == 4
+    assert extras.details == {"fits_geometry_sha256": km["geometry_sha256"]}
+
+    # a legacy shard (decoder_sha256 only) matches the face model whose whole decoder it names
+    legacy = FitCache(tmp_path / "legacy")
+    for path in cache.shard_paths("fake68"):
+        z = np.load(path)
+        meta = json.loads(str(z["meta"]))
+        if meta["geometry_sha256"] != kb["geometry_sha256"]:
+            continue
+        meta.pop("geometry_sha256")
+        meta = {k: v for k, v in meta.items() if k not in ("format", "version", "source")}
+        legacy.write_shard("fake68", {k: z[k] for k in z.files if k != "meta"}, meta)
+    assert len(legacy.load("fake68", model_keys=kb)) == 4
+    assert len(legacy.load("fake68", model_keys=ka)) == 0  # another whole decoder: unknown geometry, refit

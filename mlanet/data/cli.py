@@ -166,13 +166,13 @@ def _face_model(path: str | None):
 def cmd_fit_report(args: argparse.Namespace) -> int:
     from ..errors import MLANetError
     from ..fileutil import check_writable_file, write_json_atomic, write_text_atomic
-    from .fits import FitCache, fit_report, report_markdown
+    from .fits import FitCache, fit_model_keys, fit_report, report_markdown
 
     cache = FitCache(args.fits)
     if not cache.sources():
         raise MLANetError(f"--fits {args.fits}: holds no fits (run `mlanet data fit` first)")
     json_path = check_writable_file(args.json, "--json")
-    rep = fit_report(cache)
+    rep = fit_report(cache, model_keys=fit_model_keys(_face_model(args.face_model)))
     write_json_atomic(json_path, rep, allow_nan=False)
     md = Path(json_path).with_suffix(".md")
     write_text_atomic(md, report_markdown(rep))
@@ -216,6 +216,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fr = sub.add_parser("fit-report", help="fit residual per source and the spread of jawOpen / eyeBlink")
     fr.add_argument("--fits", required=True, metavar="DIR", help="fit cache folder")
     fr.add_argument("--json", required=True, metavar="OUT", help="report JSON to write (a .md is written next to it)")
+    fr.add_argument("--face-model", default=None, metavar="FILE",
+                    help="report the fits made for this face model's geometry (default: the installed one)")
     fr.set_defaults(func=cmd_fit_report)
     from .store_cli import add_prepare_parser  # mlanet data prepare: the training store (mlanet.data.store)
 

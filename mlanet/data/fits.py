@@ -35,8 +35,11 @@ inlier points (Cauchy weight > 0.5) and a quality flag ``ok``.
 Cache (:class:`FitCache`): ``<root>/<source>/shard-<time>-<id>.npz`` column arrays + a JSON
 ``meta``; an entry is a hit when the label entry's lookup key
 (:func:`mlanet.data.labels.lookup_key`) matches and the shard's ``fitter_id`` (fitter name,
-version, settings) and ``decoder_sha256`` (hash of the face model's
-:func:`~mlanet.morphable.decoder_identity.decoder_signature`) equal the current ones.
+version, settings) and the face model's *fit geometry* (``geometry_sha256``,
+:func:`fit_model_keys`: the decoder signature without the albedo arrays, plus the parameter
+layout) equal the current ones: a new albedo model keeps the fits, a changed shape basis or
+landmark definition refits. Shards written before ``geometry_sha256`` existed match through
+their whole-decoder ``decoder_sha256``. When a face has several matching fits, the newest wins.
 Shards are written atomically; a killed run resumes at the next unfinished chunk.
 """
 
@@ -296,6 +299,25 @@ def decoder_sha256(model: Any) -> str:
     return hashlib.sha256(json.dumps(model.decoder_signature, sort_keys=True).encode()).hexdigest()
 
 
+def fit_model_keys(model: Any) -> dict[str, str]:
+    """The keys a fit shard is matched by: ``geometry_sha256`` (what a landmark fit depends on:
+    the decoder signature without the albedo arrays, and the parameter layout the params are
+    stored in) and ``decoder_sha256`` (the whole decoder; how shards of format 1 were keyed)."""
+    from ..params import ParamLayout
+
+    sig = model.decoder_signature
+    geometry = {**sig, "arrays": {k: v for k, v in sig["arrays"].items() if not k.startswith("albedo")},
+                "layout": ParamLayout.for_face_model(model).to_dict()}
+    return {"geometry_sha256": hashlib.sha256(json.dumps(geometry, sort_keys=True).encode()).hexdigest(),
+            "decoder_sha256": decoder_sha256(model)}
+
+
+def _shard_matches(meta: Mapping[str, Any], keys: Mapping[str, str]) -> bool:
+    if "geometry_sha256" in meta:
+        return meta["geometry_sha256"] == keys["geometry_sha256"]
+    return meta.get("decoder_sha256") == keys["decoder_sha256"]
+
+
 def fitter_id(settings: RobustFitSettings, preprocess: PreprocessCfg | None = None) -> str:
     body = {"name": FITTER_NAME, "version": FITTER_VERSION, "settings": settings.to_dict(),
             "roi_scale": (preprocess or PreprocessCfg()).roi_scale}
@@ -354,7 +376,7 @@ class FitCache:
             np.savez(fh, meta=np.array(json.dumps(body)), **arrays)
         return path
 
-    def _iter(self, source: str, fitter: str | None, decoder: str | None):
+    def _iter(self, source: str, fitter: str | None, model_keys: Mapping[str, str] | None):
         for path in self.shard_paths(source):
             try:
                 z = np.load(path, allow_pickle=False)
@@ -363,21 +385,23 @@ class FitCache:
                     logger.warning("%s: not a fit-cache shard of version %s; ignored", path, FORMAT_VERSION)
                     continue
                 if (fitter is not None and meta.get("fitter_id") != fitter) or (
-                        decoder is not None and meta.get("decoder_sha256") != decoder):
+                        model_keys is not None and not _shard_matches(meta, model_keys)):
                     continue
                 yield {k: z[k] for k in z.files if k != "meta"}, meta
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
                 logger.warning("%s: unreadable fit shard (%s); ignored", path, exc)
 
-    def existing(self, source: str, fitter: str, decoder: str) -> set[str]:
+    def existing(self, source: str, fitter: str, model_keys: Mapping[str, str]) -> set[str]:
+        """Label lookups already fitted by ``fitter`` for a face model of these :func:`fit_model_keys`."""
         out: set[str] = set()
-        for arrays, _ in self._iter(source, fitter, decoder):
+        for arrays, _ in self._iter(source, fitter, model_keys):
             out.update(arrays["label_lookup"].tolist())
         return out
 
-    def load(self, source: str, fitter: str | None = None, decoder: str | None = None) -> FitTable:
+    def load(self, source: str, fitter: str | None = None, model_keys: Mapping[str, str] | None = None) -> FitTable:
+        """All fits of ``source`` (only those of ``fitter`` / a face model with these keys, when given)."""
         parts, metas = [], []
-        for arrays, meta in self._iter(source, fitter, decoder):
+        for arrays, meta in self._iter(source, fitter, model_keys):
             parts.append(arrays)
             metas.append(meta)
         if not parts:
@@ -429,17 +453,17 @@ def fit_source(
     fit_fn = fitter or robust_fit
     source = table.source
     arrays = table.arrays
-    fid, dsha = fitter_id(s), decoder_sha256(model)
+    fid, keys = fitter_id(s), fit_model_keys(model)
     stats = FitRunStats(source)
     lookups = [lookup_key(c, b, a) for c, b, a in zip(arrays["content"].tolist(), arrays["box_rule"].tolist(),
                                                       arrays["annotation"].tolist())]
     rows = select_rows(len(lookups), limit, stratify)
     stats.candidates = len(rows)
-    done = cache.existing(source, fid, dsha)
+    done = cache.existing(source, fid, keys)
     todo = [int(r) for r in rows if lookups[r] not in done]
     todo = list(dict.fromkeys(todo))
     stats.hits = len(rows) - len(todo)
-    meta = {"fitter_id": fid, "decoder_sha256": dsha, "fitter": {"name": FITTER_NAME, "version": FITTER_VERSION,
+    meta = {"fitter_id": fid, **keys, "fitter": {"name": FITTER_NAME, "version": FITTER_VERSION,
             "settings": s.to_dict()}, "label_source": source,
             "layout": __import__("mlanet.params", fromlist=["ParamLayout"]).ParamLayout.for_face_model(model).to_dict(),
             "expression_names": list(getattr(model, "expression_names", [])),
@@ -501,13 +525,14 @@ def _pct(v: np.ndarray, qs: Sequence[float]) -> dict[str, float | None]:
 
 
 def fit_report(cache: FitCache, expressions: Sequence[str] = ("jawOpen", "eyeBlink_L", "eyeBlink_R"),
-               sources: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fit residual per source (median / p90 px and NME) and the spread of the fitted ``expressions``."""
+               sources: Sequence[str] | None = None, model_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Fit residual per source (median / p90 px and NME) and the spread of the fitted ``expressions``
+    (only the fits made for a face model of ``model_keys`` (:func:`fit_model_keys`), when given)."""
     from ..params import ParamLayout
 
     out: dict[str, Any] = {"fitter": {"name": FITTER_NAME, "version": FITTER_VERSION}, "sources": {}}
     for src in sources or cache.sources():
-        t = cache.load(src)
+        t = cache.load(src, model_keys=model_keys)
         if not len(t):
             continue
         meta = t.metas[-1]
@@ -564,6 +589,9 @@ class LabelFitExtras:
     camera of the store's network crop) and ``fit_ok`` (1.0 / 0.0). A sample is matched to its
     label entry by content hash + crop rule + manual-label digest (the label cache's key), and
     the fit by that key; a fit whose box differs from the sample's store box is not ``ok``.
+    With ``face_model``, only fits made for that face model's geometry (:func:`fit_model_keys`)
+    are used, and the store manifest records its ``geometry_sha256``; without it, the newest fit
+    of each face whatever the face model (tests and old stores).
     """
 
     name = "label-fit-extras"
@@ -571,8 +599,13 @@ class LabelFitExtras:
     point_sets = {"teacher68": "aflw2000_68", "mp468": "mediapipe468"}
 
     def __init__(self, labels: str | os.PathLike[str] | None, fits: str | os.PathLike[str] | None,
-                 hasher: Callable[[Any], str] | None = None, preprocess: PreprocessCfg | None = None) -> None:
+                 hasher: Callable[[Any], str] | None = None, preprocess: PreprocessCfg | None = None,
+                 face_model: Any | None = None) -> None:
         from .labels import LabelCache
+
+        self._model_keys = fit_model_keys(face_model) if face_model is not None else None
+        #: recorded in the store manifest's extras identity
+        self.details = {"fits_geometry_sha256": self._model_keys["geometry_sha256"]} if self._model_keys else {}
 
         self._pre = preprocess or PreprocessCfg()
         from .labels.labeller import ContentHasher
@@ -591,7 +624,8 @@ class LabelFitExtras:
 
     def _fit_table(self, source: str) -> FitTable | None:
         if source not in self._fit_tables:
-            self._fit_tables[source] = self._fits.load(source) if self._fits is not None else FitTable(source, {})
+            self._fit_tables[source] = (self._fits.load(source, model_keys=self._model_keys) if self._fits is not None
+                                        else FitTable(source, {}))
         return self._fit_tables[source]
 
     #: how :meth:`face_box` places a crop (recorded in the store manifest)

@@ -323,6 +323,7 @@ def _extras_identity(extras: Callable[..., Any] | None) -> dict[str, Any] | None
         "name": str(getattr(extras, "name", getattr(extras, "__qualname__", type(extras).__qualname__))),
         "version": getattr(extras, "version", None),
         "point_sets": {str(k): v for k, v in dict(getattr(extras, "point_sets", {}) or {}).items()},
+        **dict(getattr(extras, "details", {}) or {}),
     }
 
 

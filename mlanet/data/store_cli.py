@@ -52,7 +52,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         if not args.labels:
             raise MLANetError("--fits needs --labels (fits are matched through the label entries)")
-        extras = LabelFitExtras(args.labels, args.fits)
+        from .cli import _face_model
+
+        # fits are used only where they were made for this face model's geometry
+        extras = LabelFitExtras(args.labels, args.fits, face_model=_face_model(args.face_model) if args.fits else None)
     try:
         report = prepare_store(readers, out, input_size=args.input_size, margin=args.margin, limit=args.limit,
                                shard_size=args.shard_size, progress=not args.quiet, extras=extras,
@@ -91,7 +94,10 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--labels", default=None, metavar="DIR",
                    help="label cache (mlanet data label): adds teacher68, pose, mp468 per sample")
     p.add_argument("--fits", default=None, metavar="DIR",
-                   help="fit cache (mlanet data fit): adds fit_params and fit_ok per sample (needs --labels)")
+                   help="fit cache (mlanet data fit): adds fit_params and fit_ok per sample (needs --labels); only "
+                        "fits made for the face model's geometry are used")
+    p.add_argument("--face-model", default=None, metavar="FILE",
+                   help="face model the fits must match (default: the installed one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
     return p
