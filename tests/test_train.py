@@ -210,3 +210,25 @@ def test_aflw2000_images_are_refused_as_a_training_source(tmp_path, face_path, s
     assert main(_args(tmp_path, face_path, 2, ("--set", f"data.aflw2000_dir={copy}"))) == 2
     err = capsys.readouterr().err
     assert "AFLW2000-3D" in err and "validation only" in err and "Traceback" not in err
+
+
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_write():
+    """SIGTERM arriving inside torch.save broke the archive ("unexpected pos"); the gate holds it until the
+    write is complete, then stops the loop; the run's final write drops a held signal (it is stopping)."""
+    import signal
+
+    from mlanet.train.loop import _InterruptGate
+
+    gate = _InterruptGate()
+    with pytest.raises(KeyboardInterrupt):
+        gate.handler(signal.SIGTERM, None)
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with gate.writing():
+            gate.handler(signal.SIGTERM, None)  # held: no exception inside the write
+            written.append("checkpoint")
+    assert written == ["checkpoint"]
+    with gate.writing(raise_held=False):
+        gate.handler(signal.SIGTERM, None)
+    with gate.writing():  # nothing held any more
+        pass

@@ -360,22 +360,56 @@ def _load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], 
     return state_dict, state, int(info["step"])
 
 
+class _InterruptGate:
+    """Turns SIGTERM (``kill PID``: how a background run is stopped, since a background job ignores Ctrl-C's
+    SIGINT) and, where Python's own handler is installed, SIGINT into KeyboardInterrupt, except while a
+    checkpoint is being written: there the signal is held and raised when the write is complete, so a stop
+    never leaves a half-written checkpoint (``torch.save`` interrupted mid-archive fails with
+    "unexpected pos")."""
+
+    def __init__(self) -> None:
+        self._writing = 0
+        self._pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self._writing:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def writing(self, raise_held: bool = True):
+        """A block that a stop signal waits for (checkpoint and ``best.json`` writes). A signal held meanwhile
+        is raised at the end, or dropped with ``raise_held=False`` (the run's final write: it is stopping)."""
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+        if not self._writing and self._pending:
+            self._pending = False
+            if raise_held:
+                raise KeyboardInterrupt
+
+
+_GATE = _InterruptGate()
+
+
 @contextmanager
-def _sigterm_as_interrupt():
-    """Within the block, SIGTERM (``kill PID``: how a background run is stopped, since a background job
-    ignores Ctrl-C's SIGINT) raises KeyboardInterrupt, so the loop stops with a checkpoint."""
+def _stop_signals_as_interrupt():
+    """Within the block, SIGTERM (and SIGINT unless ignored) raise KeyboardInterrupt through ``_GATE``,
+    so the loop stops with a checkpoint and a signal during a checkpoint write waits for it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _GATE.handler)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _GATE.handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -384,7 +418,7 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
 
     Ctrl-C, SIGTERM or ``run.max_minutes`` stop it after the current step with a checkpoint
     (``--resume`` continues exactly)."""
-    with _sigterm_as_interrupt():
+    with _stop_signals_as_interrupt():
         return _train(cfg, resume)
 
 
@@ -513,9 +547,10 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
                 validated = True
             improved = validated and _improves(metrics, best)
             if is_main and ((cfg.run.ckpt_every and step > start_step and step % cfg.run.ckpt_every == 0) or improved):
-                ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
-                if improved:
-                    best = _write_best(out_dir, step, ckpt_path, metrics)
+                with _GATE.writing():
+                    ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+                    if improved:
+                        best = _write_best(out_dir, step, ckpt_path, metrics)
             if cfg.run.max_minutes and (time.perf_counter() - t_start) / 60.0 > cfg.run.max_minutes:
                 stopped_by = "time limit"
                 break
@@ -531,12 +566,14 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
         progress.close()
     replicas_in_sync = _check_replicas_in_sync(model) if world > 1 else None
     if is_main and step >= start_step:
-        if not metrics or stopped_by != "finished":
-            metrics = run_validation()
-            writer.scalars(step, metrics)
-        ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
-        if _improves(metrics, best):
-            best = _write_best(out_dir, step, ckpt_path, metrics)
+        # the run is stopping: a further stop signal during the last validation and write is dropped
+        with _GATE.writing(raise_held=False):
+            if not metrics or stopped_by != "finished":
+                metrics = run_validation()
+                writer.scalars(step, metrics)
+            ckpt_path = _save(out_dir, model, face_model, cfg, step, optimizer, scheduler, scaler, metrics)
+            if _improves(metrics, best):
+                best = _write_best(out_dir, step, ckpt_path, metrics)
     writer.close()
     summary = {"step": step, "stopped_by": stopped_by, "metrics": metrics, "initial_metrics": initial_metrics,
                "best": best,
