@@ -192,6 +192,8 @@ class OnnxRuntimeBackend:
         from ..preprocess import PreprocessCfg
 
         self.path = Path(path)
+        #: what errors name (the cached export of a checkpoint names the checkpoint)
+        self.name = str(self.path)
         proto = load_onnx_proto(self.path)
         meta = metadata_from_proto(proto, str(self.path))
         if meta.get("kind") != KIND_NETWORK:
@@ -241,7 +243,7 @@ class OnnxRuntimeBackend:
 
     def __call__(self, images: Any) -> np.ndarray:
         arr = _as_images(images, self.input_size, f"{self.path}")
-        return require_finite_params(self.session.run(["params"], {"images": arr})[0], str(self.path))
+        return require_finite_params(self.session.run(["params"], {"images": arr})[0], self.name)
 
     def warmup(self) -> None:
         self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))

@@ -632,9 +632,19 @@ def test_nan_weights_fail_the_run(tmp_path: Path, face_model_file: Path, shared:
     rc = video_cli.main([str(image), "--out", str(out), "--weights", str(weights), "--face-model", str(face_model_file),
                          "--quiet", "--no-video"])
     _, err = capsys.readouterr()
+    # the default CPU backend exports the checkpoint to ONNX once and says so on a line of its own
+    notice, _, err = err.partition("\n") if err.startswith("exporting nan.safetensors to ONNX") else ("", "", err)
     _assert_user_error(rc, "", err, ("nan.safetensors",))
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed" and run["frames_done"] == 0 and "nan.safetensors" in run["reason"]
+    assert notice and run["backend"]["backend"] == "onnxruntime"
+    # the same on PyTorch
+    out2 = tmp_path / "run_torch"
+    rc = video_cli.main([str(image), "--out", str(out2), "--weights", str(weights), "--face-model", str(face_model_file),
+                         "--quiet", "--no-video", "--backend", "torch"])
+    _assert_user_error(rc, "", capsys.readouterr()[1], ("nan.safetensors",))
+    run = json.loads((out2 / "run.json").read_text())
+    assert run["status"] == "failed" and run["backend"]["backend"] == "torch"
 
 
 # ---------------------------------------------------------------------------------------------- newcomer papercuts

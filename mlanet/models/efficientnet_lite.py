@@ -64,7 +64,6 @@ Terms of the pretrained weights
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import math
@@ -77,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AssetError
+from ..fileutil import file_sha256
 from .backbones import (
     ALL_STAGES,
     STAGE_STRIDES,
@@ -280,14 +280,6 @@ def pretrained_weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _lite_backbone(model: Any) -> tuple[EfficientNetLiteBackbone, str]:
     from .registry import _unwrap
 
@@ -340,13 +332,13 @@ def load_efficientnet_lite0(
     sha = None
     if source is None:
         path = pretrained_weights_path()
-        sha = _sha256(path)
+        sha = file_sha256(path)
         if sha != PRETRAINED_SHA256:
             raise AssetError(f"{path}: SHA-256 {sha} differs from the {PRETRAINED_PACKAGE} {PRETRAINED_PACKAGE_VERSION} "
                              f"release's {PRETRAINED_SHA256}; reinstall the package")
         source = path
     elif not isinstance(source, Mapping) and Path(source).is_file():
-        sha = _sha256(Path(source))
+        sha = file_sha256(Path(source))
     state, where = _read_state_dict(source)
     key_map = backbone.pretrained_key_map()
     target = backbone.state_dict()

@@ -275,7 +275,7 @@ def _from_checkpoint(
     if preprocess is not None and preprocess != meta.preprocess:
         raise AssetError(f"{path}: checkpoint preprocessing {meta.preprocess.to_dict()} differs from the requested one")
     if face_model is not None:
-        _check_face_model(path, meta, describe_face_model(face_model))
+        check_checkpoint_binding(path, meta, describe_face_model(face_model))
     model = MLANet(config, meta.layout, meta.preprocess, name=meta.model_name)
     try:
         model.load_state_dict(state, strict=True)
@@ -284,7 +284,8 @@ def _from_checkpoint(
     return model.eval()
 
 
-def _check_face_model(path: Path, meta: CheckpointMeta, given: dict[str, Any]) -> None:
+def check_checkpoint_binding(path: Path, meta: CheckpointMeta, given: dict[str, Any]) -> None:
+    """Raise AssetError (naming ``path``) unless the face model described by ``given`` decodes this checkpoint."""
     from ..morphable.decoder_identity import check_binding
 
     check_binding(str(path), meta.face_model, given)
