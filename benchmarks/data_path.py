@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, time_call, write_record  # noqa: E402
+from record import RESULTS, load_average_1min, time_call, write_record  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
@@ -46,12 +46,6 @@ from mlanet.data.store import Store  # noqa: E402
 from mlanet.data.store_dataset import StoreDataset  # noqa: E402
 from mlanet.train.sampling import make_collate  # noqa: E402
 
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 class _WithSource(torch.utils.data.Dataset):
@@ -129,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlanet.losses.objective import LossCfg, Objective
 
-    load_start = _loadavg()
+    load_start = load_average_1min()
     t_start = time.perf_counter()
     store = Store(args.store)
     face_model = model = None
@@ -212,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verdict: loader {v['loader_samples_per_s']:.0f} samples/s = {ratio:.1f} x the fastest training "
               f"rate ({fastest:.1f} samples/s); loader is {'' if v['loader_is_bottleneck'] else 'not '}the bottleneck")
     results["load_average_1min_start"] = load_start
-    results["load_average_1min_end"] = _loadavg()
+    results["load_average_1min_end"] = load_average_1min()
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     out = write_record("data_path", results, out_dir=Path(args.out or RESULTS) / "data")
     print(f"wrote {out}")

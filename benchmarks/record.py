@@ -1,3 +1,4 @@
 """Compatibility shim: the record helpers live in :mod:`mlanet.edge.bench.record` (used by ``mlanet bench``)."""
 
-from mlanet.edge.bench.record import RESULTS, environment, time_call, write_record  # noqa: F401
+from mlanet.edge.bench.record import (  # noqa: F401
+    RESULTS, environment, load_average_1min, time_call, write_record)

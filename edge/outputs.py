@@ -8,8 +8,14 @@ Layout of the output folder::
     params.npz                      one row per face per frame (see PARAMS_ARRAYS) + frames_done
     tracks.json                     per track: frames, mean identity/albedo, files
     blendshapes.csv                 frame, time_s, track_id, ARKit weights (expression shapes with ARKit names)
-    meshes/track_003/frame_000120.obj   per-frame meshes with UVs (y-up, metres; see writers.meshes)
-    meshes/IMG_0042.jpg/track_003.obj   the same for a photo folder / single image: one folder per photo
+    meshes/track_003.mlmesh.npz     the track's mesh sequence (default, --meshes sequence): topology once,
+                                    int16 vertices per frame, metres, camera frame; see
+                                    writers.mesh_sequence (load_mesh_sequence); meshes/track_003.mlmesh.npz.partial
+                                    is its spool while the run is going (never a finished file)
+    meshes/track_003/frame_000120.obj   per-frame meshes with UVs on request (--meshes obj|ply; y-up, metres;
+                                    see writers.meshes)
+    meshes/IMG_0042.jpg/track_003.obj   a photo folder / single image: one OBJ (PLY with --meshes ply) per
+                                    face per photo, in one folder per photo (a photo is not a sequence)
     tracks/track_003.glb            the track's mesh + ARKit morph targets + head pose, animated over time
     run.json                        what was run (input, weights metadata, face model, camera, config),
                                     status ("running", "complete", "interrupted", "input_damaged",
@@ -21,8 +27,10 @@ and a failure (a full disk, a damaged artifact) finalise all files for the frame
 they can, and only ``complete`` says the run ended normally. ``--resume`` continues from
 ``frames_done`` (also after a failure): rows at or after it are discarded, the overlay
 video's first frames are re-encoded into the new file (an H.264 stream cannot be appended to),
-the CSV is cut back, and track ids continue after the largest one used (tracker state is not
-restored, so a face visible across the break gets a new id).
+the CSV is cut back, mesh sequences are cut back to the frames before it (from their spool after
+a hard kill, which is then finished; a sequence left empty is removed), and track ids continue
+after the largest one used (tracker state is not restored, so a face visible across the break
+gets a new id and a new sequence file).
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ log = logging.getLogger(__name__)
 #: Frames between checkpoints of params.npz and run.json.
 CHECKPOINT_EVERY = 25
 
+#: Values of ``--meshes`` / ``OutputOptions.meshes`` (None: no meshes).
+MESH_KINDS = ("sequence", "obj", "ply")
+
 #: Arrays of params.npz with one row per face per frame.
 #: ``source_name`` (str) is the file each row came from: the photo's file name for photo folders
 #: and single images (``Frame.name``), else the input file's name.
@@ -60,10 +71,11 @@ RUN_FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Which outputs to write: ``meshes`` "obj" | "ply" | None, every ``mesh_every`` frames;
-    ``video`` overlay; ``glb`` per track; ``texture`` photo texture for the GLBs."""
+    """Which outputs to write: ``meshes`` "sequence" (one compact file per track) | "obj" | "ply"
+    (one file per face per frame) | None, every ``mesh_every`` frames; ``video`` overlay; ``glb``
+    per track; ``texture`` photo texture for the GLBs."""
 
-    meshes: str | None = "obj"
+    meshes: str | None = "sequence"
     mesh_every: int = 1
     video: bool = True
     glb: bool = True
@@ -123,6 +135,7 @@ class VideoRunOutputs:
         self.first_track_id = 0
         self._video = None
         self._csv = None
+        self._sequences: dict[int, Any] = {}  # track id -> MeshSequenceWriter
         self._best_texture: dict[int, tuple[float, np.ndarray]] = {}
         self._t0_ns: int | None = None
         run_file = self.out_dir / "run.json"
@@ -149,8 +162,11 @@ class VideoRunOutputs:
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if options.meshes not in (None, *MESH_KINDS):
+            raise MLANetError(f"meshes: unknown kind {options.meshes!r}; use one of {', '.join(MESH_KINDS)} or None")
         if resume:
             self._load_previous(run_file)
+            self._resume_sequences()
         self._open_streams()
         self._write_run("running")  # from here on the folder always says what state the run is in
 
@@ -190,6 +206,41 @@ class VideoRunOutputs:
         self.first_track_id = int(max(self.rows["track_id"], default=-1)) + 1
         self.run_info["resumed_at_frame"] = done
         log.info("resume: %d frames done, track ids continue at %d", done, self.first_track_id)
+
+    def _resume_sequences(self) -> None:
+        """Cut every track's mesh sequence back to the frames before ``start_frame`` (whatever
+        ``--meshes`` is now): an unfinished spool (hard kill) is finished with its frames kept, a
+        finished file holding later frames is rewritten, one left empty is removed. Old tracks get
+        no new frames (ids continue after the largest one), so each is finished here."""
+        from .writers.mesh_sequence import SPOOL_SUFFIX, SUFFIX
+
+        folder = self.out_dir / "meshes"
+        if not folder.is_dir():
+            return
+        ids = set()
+        for p in folder.glob(f"track_*{SUFFIX}*"):
+            stem = p.name[len("track_"):]
+            for end in (SUFFIX + SPOOL_SUFFIX, SUFFIX):
+                if stem.endswith(end) and stem[: -len(end)].isdigit():
+                    ids.add(int(stem[: -len(end)]))
+                    break
+        for tid in sorted(ids):
+            writer = self._sequence_writer(tid)
+            kept = writer.resume_from(self.start_frame)
+            writer.close()
+            log.info("resume: %s keeps %d frames", writer.path.name, kept)
+
+    def _sequence_writer(self, track_id: int):
+        from .writers.mesh_sequence import MeshSequenceWriter, sequence_path
+
+        fm = self.face_model
+        return MeshSequenceWriter(
+            sequence_path(self.out_dir / "meshes", track_id),
+            triangles=fm.triangles.cpu().numpy(), n_vertices=int(fm.n_vertices), uv=fm.uv.cpu().numpy(),
+            triangles_uv=fm.triangles_uv.cpu().numpy(),
+            meta={"track_id": int(track_id),
+                  "face_model": {k: self.run_info["face_model"].get(k) for k in ("model_id", "content_sha256")},
+                  "source": self.source_name, "fps": self.fps, "mesh_every": self.options.mesh_every})
 
     @staticmethod
     def _video_frames(path: Path) -> int:
@@ -242,7 +293,7 @@ class VideoRunOutputs:
             expr = np.asarray(f.params[self.layout.slices()["expression"]])
             self._csv.write(frame.index, t, f.track_id, self.arkit.weights(expr))
             if self.options.meshes and frame.index % self.options.mesh_every == 0:
-                self._write_mesh(frame.index, f, frame.name if frame.independent else None)
+                self._write_mesh(frame.index, t, f, frame.name if frame.independent else None)
             if self.options.texture and self.texture_fn is not None:
                 self._maybe_texture(frame.image, f)
         if self.options.video and result.rendered is not None:
@@ -263,17 +314,25 @@ class VideoRunOutputs:
         if self.frames_done % CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
-    def _write_mesh(self, index: int, f: Any, photo: str | None = None) -> None:
-        """``meshes/track_<id>/frame_<index>.<ext>``; for an independent photo ``meshes/<photo>/track_<id>.<ext>``."""
+    def _write_mesh(self, index: int, t: float, f: Any, photo: str | None = None) -> None:
+        """Add the frame to ``meshes/track_<id>.mlmesh.npz`` (kind "sequence"), or write
+        ``meshes/track_<id>/frame_<index>.<ext>``; an independent photo gets ``meshes/<photo>/track_<id>.<ext>``
+        (OBJ for the kind "sequence")."""
         from .writers.meshes import write_obj, write_ply
 
+        if self.options.meshes == "sequence" and photo is None:
+            writer = self._sequences.get(f.track_id)
+            if writer is None:
+                writer = self._sequences[f.track_id] = self._sequence_writer(f.track_id)
+            writer.add(index, t, f.vertices)
+            return
         fm = self.face_model
         if photo is not None:
             folder, stem = self.out_dir / "meshes" / photo, f"track_{f.track_id:03d}"
         else:
             folder, stem = self.out_dir / "meshes" / f"track_{f.track_id:03d}", f"frame_{index:06d}"
         tri, uv, tri_uv = (fm.triangles.cpu().numpy(), fm.uv.cpu().numpy(), fm.triangles_uv.cpu().numpy())
-        if self.options.meshes == "obj":
+        if self.options.meshes in ("obj", "sequence"):
             write_obj(folder / f"{stem}.obj", f.vertices, tri, uv, tri_uv)
         else:
             write_ply(folder / f"{stem}.ply", f.vertices, tri, uv, tri_uv)
@@ -386,7 +445,7 @@ class VideoRunOutputs:
 
         self.run_info.update({"stats": stats, "message": message, "elapsed_s": elapsed_s})
         errors: list[Exception] = []
-        for step in (self._close_video, self._close_csv, self._write_tracks,
+        for step in (self._close_video, self._close_csv, self._close_sequences, self._write_tracks,
                      lambda: write_params_npz(self.out_dir / "params.npz", **self._arrays())):
             try:
                 step()
@@ -417,12 +476,33 @@ class VideoRunOutputs:
             finally:
                 csv.close()
 
+    def _close_sequences(self) -> None:
+        """Finish every track's mesh sequence with the frames done (each on its own; the first error is raised)."""
+        sequences, self._sequences = self._sequences, {}
+        first: Exception | None = None
+        for writer in sequences.values():
+            try:
+                writer.truncate_from(self.frames_done)  # faces of a frame in flight when the run stopped
+                writer.close()
+            except Exception as exc:  # noqa: BLE001 - its spool stays for --resume
+                if first is None:
+                    first = exc
+                else:
+                    log.warning("%s: %s", writer.path, error_line(exc))
+        if first is not None:
+            raise first
+
     def _write_tracks(self) -> None:
+        from .writers.mesh_sequence import sequence_path
+
         tracks = self._tracks()
         if self.options.glb and tracks:
             self._write_glbs(tracks)
-        for tr in tracks.values():
+        for tid, tr in tracks.items():
             tr.pop("rows")
+            seq = sequence_path(self.out_dir / "meshes", tid)
+            if seq.exists():
+                tr["mesh_sequence"] = os.path.relpath(seq, self.out_dir)
         write_json_atomic(self.out_dir / "tracks.json", {"tracks": list(tracks.values())})
 
 

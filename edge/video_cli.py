@@ -1,7 +1,8 @@
 """``mlanet-video IN --out DIR``: fit every face of a video (or image folder) and write the results.
 
 Outputs (see :mod:`mlanet.edge.outputs`): the overlay video (H.264), per-frame parameters and
-per-track results (NPZ + JSON), per-frame OBJ/PLY meshes with UVs, one animated GLB per track
+per-track results (NPZ + JSON), one compact mesh sequence per track (or per-frame OBJ/PLY meshes
+with UVs on request), one animated GLB per track
 with ARKit-named morph targets, ARKit blendshape weights as CSV, and per-stage timing.
 Ctrl-C finishes the frame in flight and leaves valid files for the frames done; ``--resume``
 continues an interrupted run. A run that fails after the output folder exists (a full disk, a
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     add_pipeline_arguments(p)
     o = p.add_argument_group("outputs")
-    o.add_argument("--meshes", choices=("obj", "ply", "none"), default="obj", help="per-frame mesh format (default obj)")
+    o.add_argument("--meshes", choices=("sequence", "obj", "ply", "none"), default="sequence",
+                   help="sequence (default): one compact file per track, meshes/track_NNN.mlmesh.npz (topology once, "
+                   "int16 vertices per frame; read it with mlanet.edge.writers.mesh_sequence.load_mesh_sequence); "
+                   "obj or ply: one file per face per frame; none. Photos get one OBJ (or PLY) per face each")
     o.add_argument("--mesh-every", type=positive_int, default=1, metavar="N",
                    help="write a mesh every N frames (default 1)")
     o.add_argument("--no-video", action="store_true", help="do not render or write the overlay video")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlanet.edge import live_cli, video_cli
+from mlanet.edge import outputs as outputs_mod
 
 pytestmark = [pytest.mark.assets, pytest.mark.gl]
 
@@ -74,9 +75,14 @@ def test_video_outputs(clip_120, ict_model_file, tmp_path):
         assert set(fi.tolist()) == set(range(24))  # a face in every frame of the single-face clip
         assert len(set(tid.tolist())) == 1
         assert z["params"].shape[1] == z["raw_params"].shape[1] and z["landmarks2d"].shape[1:] == (68, 2)
-    objs = sorted((out / "meshes").rglob("*.obj"))
-    assert len(objs) == 24
-    text = objs[0].read_text()
+    assert not list((out / "meshes").rglob("*.obj"))  # the default: one mesh sequence per track
+    from mlanet.edge.writers.mesh_sequence import load_mesh_sequence
+
+    with load_mesh_sequence(out / "meshes" / "track_000.mlmesh.npz") as seq:
+        assert seq.frames.tolist() == list(range(24)) and seq.n_vertices > 9000 and seq.uv is not None
+        assert seq.max_abs_error_m < 1e-5 and seq.meta["face_model"]["model_id"] == run["face_model"]["model_id"]
+        text = seq.to_obj(0, out / "frame0.obj").read_text()
+    (out / "frame0.obj").unlink()
     assert text.count("\nv ") > 9000 and "\nvt " in text and "\nf " in text
     rows = list(csv.reader((out / "blendshapes.csv").open()))
     assert rows[0][:3] == ["frame", "time_s", "track_id"] and "jawOpen" in rows[0] and len(rows) == 25
@@ -94,18 +100,23 @@ def test_video_outputs(clip_120, ict_model_file, tmp_path):
     assert _video(clip_120, out, ict_model_file) == 2
 
 
-def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
-    from mlanet.edge import outputs as outputs_mod
-
-    out = tmp_path / "run"
+def _interrupt_writes_at(monkeypatch, frame_index):
+    """Make the outputs raise KeyboardInterrupt (Ctrl-C) when frame ``frame_index`` is written; returns
+    the real write, to put back with ``monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", ...)``."""
     real_write = outputs_mod.VideoRunOutputs.write
 
     def interrupting_write(self, result):
-        if result.frame.index == 10:
+        if result.frame.index == frame_index:
             raise KeyboardInterrupt
         real_write(self, result)
 
     monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", interrupting_write)
+    return real_write
+
+
+def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_write = _interrupt_writes_at(monkeypatch, 10)
     assert _video(clip_120, out, ict_model_file, "--meshes", "ply") == 130
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["frames_done"] == 10
@@ -124,6 +135,28 @@ def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
     assert len(list((out / "meshes").rglob("*.ply"))) == 24
     # resuming a complete run says so
     assert _video(clip_120, out, ict_model_file, "--resume") == 2
+
+
+def test_ctrl_c_then_resume_default_mesh_sequence(clip_120, ict_model_file, tmp_path, monkeypatch):
+    """The default --meshes sequence across Ctrl-C + --resume: finished files for the frames done, and
+    the resumed frames in a new track's file (track ids continue after a break)."""
+    from mlanet.edge.writers.mesh_sequence import load_mesh_sequence
+
+    out = tmp_path / "run"
+    real_write = _interrupt_writes_at(monkeypatch, 10)
+    assert _video(clip_120, out, ict_model_file, "--no-video", "--no-glb") == 130
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == ["track_000.mlmesh.npz"]
+    with load_mesh_sequence(out / "meshes" / "track_000.mlmesh.npz") as seq:
+        assert seq.frames.tolist() == list(range(10))
+    monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", real_write)
+    assert _video(clip_120, out, ict_model_file, "--no-video", "--no-glb", "--resume") == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    frames = []
+    for path in sorted((out / "meshes").iterdir()):
+        with load_mesh_sequence(path) as seq:
+            frames += seq.frames.tolist()
+    assert sorted(frames) == list(range(24)) and len(list((out / "meshes").iterdir())) == 2
+    assert not list(out.rglob("*.partial"))
 
 
 def test_truncated_clip_keeps_the_frames_read(clip_120, ict_model_file, tmp_path, capsys):

@@ -34,7 +34,7 @@ def _rot(pitch: float, yaw: float, roll: float) -> np.ndarray:
 
 
 def test_importing_the_writers_is_light():
-    mods = ", ".join(f"mlanet.edge.writers.{m}" for m in ("video", "meshes", "gltf", "tables"))
+    mods = ", ".join(f"mlanet.edge.writers.{m}" for m in ("video", "meshes", "mesh_sequence", "gltf", "tables"))
     code = f"import sys, json, {mods}; print(json.dumps([m for m in ('av', 'cv2', 'torch') if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

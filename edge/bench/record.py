@@ -82,6 +82,14 @@ def _gpu_driver() -> str | None:
     return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
 
 
+def load_average_1min() -> float | None:
+    """The 1-minute load average (None where the OS has none): above the core count, other work competed."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def environment() -> dict[str, Any]:
     """Device, driver, library versions, commit and command line for a record."""
     import torch
