@@ -5,6 +5,8 @@ filter on/off, ``r`` start/stop recording the overlay (H.264, ``mlanet-live-<tim
 ``--record-dir``), ``q`` or Esc quit. ``--video FILE`` replays a file in real time as if it were a
 camera (stale frames are dropped when the pipeline is slower than the source; ``--replay-fps``
 changes the rate). ``--no-window`` runs headless: it prints the stage timing every few seconds and can record with ``--record``.
+``--send vmc://HOST:PORT`` streams ARKit blendshapes and head pose to VMC receivers and ``--serve``
+shows the fitted head in a browser (:mod:`mlanet.edge.send`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from ..fileutil import check_writable_dir, check_writable_file
 from .loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
                       open_detector, open_model, positive_int, run_cli)
+from .send import LiveSenders, add_send_arguments
 from .video_cli import add_pipeline_arguments, pipeline_cfg_from_args
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many seconds")
     o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON at the end")
     add_verbose_argument(o)
+    add_send_arguments(p, serve=True)
     return p
 
 
@@ -146,6 +150,11 @@ def _run(args: argparse.Namespace) -> int:
 
         window = GlfwWindow(1280, 720, "mlanet-live")  # fails early and clearly without a display
     backend, face_model = open_model(args)
+    try:
+        senders = LiveSenders(args, face_model)  # a bad --send or a --serve port in use: before the camera opens
+    except BaseException:
+        backend.close()
+        raise
     if args.camera is not None:
         with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
             source = CameraSource(args.camera, width=args.width, height=args.height)
@@ -181,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         recent = [t for t in frame_times[-30:] if now - t < 2.0]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
         session.record(image)
+        senders.publish(result)
         if window is not None:
             window.show(draw_hud(image, fps, result.stage_ms, len(result.faces), session.mode, session.recorder is not None))
 
@@ -212,6 +222,9 @@ def _run(args: argparse.Namespace) -> int:
         session.stop_recording()
         stats = pipeline.stats.summary()
         stats["dropped_frames"] = int(getattr(source, "dropped", 0))
+        senders.close()
+        if senders.active:
+            stats["live_outputs"] = senders.summary()
         if args.json_stats:
             from ..fileutil import write_json_atomic
 

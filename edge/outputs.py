@@ -398,31 +398,20 @@ class VideoRunOutputs:
 
     def _write_glbs(self, tracks: dict[int, dict[str, Any]]) -> None:
         from .writers.gltf import write_track_glb
+        from .writers.tables import arkit_morph_mesh
 
         a = self._arrays()
-        fm = self.face_model
         s = self.layout.slices()
         with torch.no_grad():
-            K = self.layout.expression
-            zeros_id = torch.zeros(1, self.layout.identity)
-            base = fm.shape(zeros_id, torch.zeros(1, K))
-            onehot = fm.shape(zeros_id.expand(K, -1), torch.eye(K)) - base  # (K, V, 3) per unit weight
-            basis = self.arkit.basis(onehot.numpy())
             for tid, tr in tracks.items():
                 rows = tr["rows"]
                 p = torch.from_numpy(a["params"][rows])
                 fp = FaceParams.from_flat(p, self.layout)
-                neutral = fm.shape(torch.tensor([tr["identity"]]), torch.zeros(1, K))[0].numpy()
                 texture = self._best_texture.get(tid, (None, None))[1]
                 path = self.out_dir / "tracks" / f"track_{tid:03d}.glb"
                 write_track_glb(
                     path,
-                    neutral_vertices=neutral,
-                    triangles=fm.triangles.cpu().numpy(),
-                    uv=fm.uv.cpu().numpy(),
-                    triangles_uv=fm.triangles_uv.cpu().numpy(),
-                    expression_basis=basis,
-                    morph_names=self.arkit.names,
+                    **arkit_morph_mesh(self.face_model, self.arkit, np.asarray(tr["identity"])),
                     times_s=a["time_s"][rows],
                     weights=self.arkit.weights(a["params"][rows][:, s["expression"]]),
                     rotations=euler_to_matrix(fp.rotation).numpy(),

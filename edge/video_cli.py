@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     add_verbose_argument(o)
+    from .send import add_send_arguments
+
+    add_send_arguments(p, serve=False)  # --send replays the input at its own frame rate
     return p
 
 
@@ -123,6 +126,13 @@ def _run(args: argparse.Namespace) -> int:
         check_writable_file(args.json_stats, "--json-stats")
     cfg = pipeline_cfg_from_args(args, render=not args.no_video)
     backend, face_model = open_model(args)
+    from .send import LiveSenders
+
+    try:
+        senders = LiveSenders(args, face_model, file_replay=True)
+    except BaseException:
+        backend.close()
+        raise
     options = OutputOptions(
         meshes=None if args.meshes == "none" else args.meshes,
         mesh_every=args.mesh_every,
@@ -133,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         source = open_source(args.input, image_sequence=args.image_sequence)
     except BaseException:
+        senders.close()
         backend.close()
         raise
     outputs = None
@@ -174,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 _name_output_folder(exc, outputs.out_dir)
                 raise
+            senders.publish(result)
 
         try:
             pipeline.run(source, write, max_frames=remaining, on_frame=on_frame)
@@ -204,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if pipeline is not None:
             pipeline.close()
+        senders.close()
         source.close()
         backend.close()
     n = outputs.frames_done if outputs is not None else 0

@@ -23,6 +23,15 @@ Triangles
     ``(v1 - v0) x (v2 - v0)`` is the outward normal. In image pixel coordinates (y down) a
     front face has *negative* shoelace area (it appears clockwise).
 
+VMC protocol frame (``/VMC/Ext/Bone/Pos``; Unity style)
+    Left-handed, metres: +x right, +y up, +z forward, for an avatar that faces the camera and
+    does what the performer does (the performer's left is the avatar's left, as ARKit's
+    ``...Left`` blendshapes are the face's own left). Every OpenCV camera axis flips:
+    ``u = -x_cam`` (``OPENCV_TO_VMC``); a head rotation ``R`` (model -> camera) is
+    ``OPENCV_TO_VMC @ R @ OPENCV_TO_VMC^T = R`` in that frame, and the head's position is
+    ``-t``: where the head is relative to the camera (``z < 0``: in front of it, the avatar
+    facing +z towards it). :func:`camera_pose_to_vmc` converts.
+
 Colour
     RGB float in [0, 1] inside the library. BGR uint8 exists only at the OpenCV boundary.
 
@@ -39,6 +48,8 @@ H W image size, K basis modes.
 from __future__ import annotations
 
 import numpy as np
+
+from .geometry.quaternions import matrices_to_quaternions
 
 #: Offset from a pixel's integer index to its centre, in pixels.
 PIXEL_CENTER_OFFSET: float = 0.5
@@ -67,3 +78,30 @@ def y_up_to_model_frame(vertices: np.ndarray, metres_per_unit: float) -> np.ndar
     if v.shape[-1] != 3:
         raise ValueError(f"vertices must have a last dimension of 3, got shape {v.shape}")
     return (v @ Y_UP_TO_MODEL_FRAME.T) * metres_per_unit
+
+
+#: OpenCV camera frame -> the VMC protocol's Unity-style frame (see the module docstring): a
+#: reflection (det -1), because Unity's frame is left-handed.
+OPENCV_TO_VMC: np.ndarray = -np.eye(3)
+
+
+def camera_pose_to_vmc(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A head pose ``x_cam = R @ x_model + t`` as the VMC protocol's position and rotation.
+
+    Args:
+        rotation: (3, 3) proper rotation, model frame -> OpenCV camera frame.
+        translation: (3,) metres, OpenCV camera frame.
+
+    Returns:
+        ``(position, quaternion)``: (3,) metres and (4,) unit quaternion ``x, y, z, w`` (Unity's
+        order), both in the VMC frame; the identity rotation (facing the camera) is ``(0, 0, 0, 1)``.
+    """
+    R = np.asarray(rotation, dtype=np.float64)
+    t = np.asarray(translation, dtype=np.float64)
+    if R.shape != (3, 3) or t.shape != (3,):
+        raise ValueError(f"rotation must be (3, 3) and translation (3,), got {R.shape} and {t.shape}")
+    R_vmc = OPENCV_TO_VMC @ R @ OPENCV_TO_VMC.T
+    q = matrices_to_quaternions(R_vmc[None])[0]
+    if q[3] < 0.0:  # one of the two equal quaternions, w >= 0
+        q = -q
+    return OPENCV_TO_VMC @ t, q

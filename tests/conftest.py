@@ -157,3 +157,26 @@ def informative_untrained_model(face_model, input_size: int, name: str = "mlanet
             head[-1].weight.normal_(0.0, std, generator=gen)
             head[-1].bias.normal_(0.0, 0.01, generator=gen)
     return m.eval()
+
+
+@pytest.fixture(scope="session")
+def obama_clip_24(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 24 frames of the shared 720p Obama clip at 640x360, 25 fps, re-encoded with PyAV (keeps
+    the command-line tests fast)."""
+    import av
+    import numpy as np
+
+    out = tmp_path_factory.mktemp("clips") / "obama_360p_24.mp4"
+    with av.open(str(shared / "data/video/obama_720p.mp4")) as src, \
+            av.open(str(out), "w", options={"movflags": "faststart"}) as dst:
+        st = dst.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 640, 360, "yuv420p"
+        for i, f in enumerate(src.decode(video=0)):
+            if i == 24:
+                break
+            img = f.to_ndarray(format="rgb24")[::2, ::2]
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                dst.mux(pkt)
+        for pkt in st.encode():
+            dst.mux(pkt)
+    return out

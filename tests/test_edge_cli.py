@@ -40,30 +40,10 @@ def _video(args, out, model_file, *extra):
                            str(model_file), "--quiet", *extra])
 
 
-@pytest.fixture(scope="module")
-def clip_120(shared, tmp_path_factory):
-    """The first 24 frames of the 720p clip at 640x360 (keeps the CLI tests fast), re-encoded with PyAV."""
-    import av
-
-    out = tmp_path_factory.mktemp("clips") / "obama_360p_24.mp4"
-    with av.open(str(shared / OBAMA)) as src, av.open(str(out), "w", options={"movflags": "faststart"}) as dst:
-        st = dst.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = 640, 360, "yuv420p"
-        for i, f in enumerate(src.decode(video=0)):
-            if i == 24:
-                break
-            img = f.to_ndarray(format="rgb24")[::2, ::2]
-            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                dst.mux(pkt)
-        for pkt in st.encode():
-            dst.mux(pkt)
-    return out
-
-
-def test_video_outputs(clip_120, ict_model_file, tmp_path):
+def test_video_outputs(obama_clip_24, ict_model_file, tmp_path):
     out = tmp_path / "run"
     stats = tmp_path / "stats.json"
-    assert _video(clip_120, out, ict_model_file, "--json-stats", str(stats), "--overlays", "landmarks,wireframe",
+    assert _video(obama_clip_24, out, ict_model_file, "--json-stats", str(stats), "--overlays", "landmarks,wireframe",
                   "--texture") == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["frames_done"] == 24
@@ -97,7 +77,7 @@ def test_video_outputs(clip_120, ict_model_file, tmp_path):
     assert all(st["stages"][s]["p50_ms"] is not None for s in ("decode", "infer", "render", "encode"))
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob("*.tmp"))  # no temporary files left
     # a second run into the same folder is refused without --resume
-    assert _video(clip_120, out, ict_model_file) == 2
+    assert _video(obama_clip_24, out, ict_model_file) == 2
 
 
 def _interrupt_writes_at(monkeypatch, frame_index):
@@ -114,17 +94,17 @@ def _interrupt_writes_at(monkeypatch, frame_index):
     return real_write
 
 
-def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
+def test_ctrl_c_then_resume(obama_clip_24, ict_model_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_write = _interrupt_writes_at(monkeypatch, 10)
-    assert _video(clip_120, out, ict_model_file, "--meshes", "ply") == 130
+    assert _video(obama_clip_24, out, ict_model_file, "--meshes", "ply") == 130
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["frames_done"] == 10
     assert _count_video_frames(out / "overlay.mp4")[0] == 10
     assert len(list(csv.reader((out / "blendshapes.csv").open()))) == 11
     assert (out / "tracks").is_dir() and list((out / "tracks").glob("*.glb"))
     monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", real_write)
-    assert _video(clip_120, out, ict_model_file, "--meshes", "ply", "--resume") == 0
+    assert _video(obama_clip_24, out, ict_model_file, "--meshes", "ply", "--resume") == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["frames_done"] == 24 and run["resumed_at_frame"] == 10
     assert _count_video_frames(out / "overlay.mp4")[0] == 24
@@ -134,22 +114,22 @@ def test_ctrl_c_then_resume(clip_120, ict_model_file, tmp_path, monkeypatch):
         assert sorted(z["frame_index"].tolist()) == list(range(24))
     assert len(list((out / "meshes").rglob("*.ply"))) == 24
     # resuming a complete run says so
-    assert _video(clip_120, out, ict_model_file, "--resume") == 2
+    assert _video(obama_clip_24, out, ict_model_file, "--resume") == 2
 
 
-def test_ctrl_c_then_resume_default_mesh_sequence(clip_120, ict_model_file, tmp_path, monkeypatch):
+def test_ctrl_c_then_resume_default_mesh_sequence(obama_clip_24, ict_model_file, tmp_path, monkeypatch):
     """The default --meshes sequence across Ctrl-C + --resume: finished files for the frames done, and
     the resumed frames in a new track's file (track ids continue after a break)."""
     from mlanet.edge.writers.mesh_sequence import load_mesh_sequence
 
     out = tmp_path / "run"
     real_write = _interrupt_writes_at(monkeypatch, 10)
-    assert _video(clip_120, out, ict_model_file, "--no-video", "--no-glb") == 130
+    assert _video(obama_clip_24, out, ict_model_file, "--no-video", "--no-glb") == 130
     assert sorted(p.name for p in (out / "meshes").iterdir()) == ["track_000.mlmesh.npz"]
     with load_mesh_sequence(out / "meshes" / "track_000.mlmesh.npz") as seq:
         assert seq.frames.tolist() == list(range(10))
     monkeypatch.setattr(outputs_mod.VideoRunOutputs, "write", real_write)
-    assert _video(clip_120, out, ict_model_file, "--no-video", "--no-glb", "--resume") == 0
+    assert _video(obama_clip_24, out, ict_model_file, "--no-video", "--no-glb", "--resume") == 0
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     frames = []
     for path in sorted((out / "meshes").iterdir()):
@@ -159,8 +139,8 @@ def test_ctrl_c_then_resume_default_mesh_sequence(clip_120, ict_model_file, tmp_
     assert not list(out.rglob("*.partial"))
 
 
-def test_truncated_clip_keeps_the_frames_read(clip_120, ict_model_file, tmp_path, capsys):
-    data = clip_120.read_bytes()
+def test_truncated_clip_keeps_the_frames_read(obama_clip_24, ict_model_file, tmp_path, capsys):
+    data = obama_clip_24.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])  # faststart: the index survives, the tail of the data does not
     out = tmp_path / "run"
@@ -187,18 +167,18 @@ def test_unreadable_inputs_are_clear(shared, ict_model_file, tmp_path, capsys):
     assert "missing.mp4" in capsys.readouterr().err
 
 
-def test_no_weights_message(clip_120, ict_model_file, tmp_path, capsys, monkeypatch):
+def test_no_weights_message(obama_clip_24, ict_model_file, tmp_path, capsys, monkeypatch):
     import mlanet.weights
 
     monkeypatch.setattr(mlanet.weights, "default_weights_path", lambda name: None)  # an install without weights
-    assert video_cli.main([str(clip_120), "--out", str(tmp_path / "r"), "--face-model", str(ict_model_file)]) == 2
+    assert video_cli.main([str(obama_clip_24), "--out", str(tmp_path / "r"), "--face-model", str(ict_model_file)]) == 2
     assert "--untrained" in capsys.readouterr().err
 
 
-def test_live_headless_replay(clip_120, ict_model_file, tmp_path):
+def test_live_headless_replay(obama_clip_24, ict_model_file, tmp_path):
     stats = tmp_path / "live.json"
     rec = tmp_path / "rec.mp4"
-    rc = live_cli.main(["--video", str(clip_120), "--replay-fps", "8", "--no-window", "--untrained", "mlanet_mobile",
+    rc = live_cli.main(["--video", str(obama_clip_24), "--replay-fps", "8", "--no-window", "--untrained", "mlanet_mobile",
                         "--face-model", str(ict_model_file), "--record", str(rec), "--json-stats", str(stats)])
     assert rc == 0
     st = json.loads(stats.read_text())
@@ -275,13 +255,13 @@ def test_live_session_keys(tmp_path):
     assert s.quit
 
 
-def test_live_window(clip_120, ict_model_file, tmp_path):
+def test_live_window(obama_clip_24, ict_model_file, tmp_path):
     import os
 
     if not os.environ.get("DISPLAY"):
         pytest.skip("no DISPLAY (CI runs the suite under Xvfb)")
     stats = tmp_path / "live.json"
-    rc = live_cli.main(["--video", str(clip_120), "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file),
+    rc = live_cli.main(["--video", str(obama_clip_24), "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file),
                         "--max-frames", "5", "--json-stats", str(stats), "--overlays", "wireframe"])
     assert rc == 0 and json.loads(stats.read_text())["frames"] >= 1
 
@@ -323,7 +303,7 @@ def test_sigint_leaves_valid_outputs_and_resume_finishes(shared, ict_model_file,
     assert run["frames_done"] == 80 and _count_video_frames(out / "overlay.mp4")[0] == 80
 
 
-def test_onnx_backend_through_the_cli(clip_120, ict_model_file, tmp_path):
+def test_onnx_backend_through_the_cli(obama_clip_24, ict_model_file, tmp_path):
     from mlanet.export.onnx_export import export_onnx
     from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
@@ -331,7 +311,7 @@ def test_onnx_backend_through_the_cli(clip_120, ict_model_file, tmp_path):
     face_model = MorphableModel.load(ict_model_file)
     onnx_path = export_onnx(create_model("mlanet_mobile", face_model=face_model).eval(), face_model, tmp_path / "m.onnx")
     out = tmp_path / "run"
-    rc = video_cli.main([str(clip_120), "--out", str(out), "--weights", str(onnx_path), "--face-model",
+    rc = video_cli.main([str(obama_clip_24), "--out", str(out), "--weights", str(onnx_path), "--face-model",
                          str(ict_model_file), "--max-frames", "4", "--no-video", "--meshes", "none", "--quiet"])
     assert rc == 0
     run = json.loads((out / "run.json").read_text())

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...geometry.quaternions import matrices_to_quaternions, quaternions_to_matrices  # noqa: F401 (re-exported)
 from . import WriterError, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -72,62 +73,6 @@ ORTHONORMAL_TOL = 1e-3
 
 
 # ---------------------------------------------------------------------------- math helpers
-def matrices_to_quaternions(R: np.ndarray) -> np.ndarray:
-    """Unit quaternions (N, 4) ``xyzw`` of rotation matrices (N, 3, 3), sign-continuous.
-
-    Shepperd's method per matrix (numerically safe for every angle), normalised; each
-    quaternion's sign is then chosen so that its dot product with the previous one is >= 0, so
-    that interpolating consecutive keyframes never takes the long way round.
-    """
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim != 3 or R.shape[1:] != (3, 3):
-        raise ValueError(f"rotations must be (N, 3, 3), got {R.shape}")
-    m00, m11, m22 = R[:, 0, 0], R[:, 1, 1], R[:, 2, 2]
-    trace = m00 + m11 + m22
-    # Four candidate formulas; pick the one with the largest pivot per matrix.
-    cand = np.stack([trace, m00, m11, m22], axis=1)
-    pick = np.argmax(cand, axis=1)
-    q = np.empty((len(R), 4))  # x, y, z, w
-    for k in range(4):
-        sel = pick == k
-        if not np.any(sel):
-            continue
-        r = R[sel]
-        if k == 0:
-            s = 2.0 * np.sqrt(np.maximum(1.0 + trace[sel], 1e-300))
-            q[sel] = np.stack([(r[:, 2, 1] - r[:, 1, 2]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s,
-                               (r[:, 1, 0] - r[:, 0, 1]) / s, 0.25 * s], axis=1)
-        elif k == 1:
-            s = 2.0 * np.sqrt(np.maximum(1.0 + r[:, 0, 0] - r[:, 1, 1] - r[:, 2, 2], 1e-300))
-            q[sel] = np.stack([0.25 * s, (r[:, 0, 1] + r[:, 1, 0]) / s,
-                               (r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 2, 1] - r[:, 1, 2]) / s], axis=1)
-        elif k == 2:
-            s = 2.0 * np.sqrt(np.maximum(1.0 + r[:, 1, 1] - r[:, 0, 0] - r[:, 2, 2], 1e-300))
-            q[sel] = np.stack([(r[:, 0, 1] + r[:, 1, 0]) / s, 0.25 * s,
-                               (r[:, 1, 2] + r[:, 2, 1]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s], axis=1)
-        else:
-            s = 2.0 * np.sqrt(np.maximum(1.0 + r[:, 2, 2] - r[:, 0, 0] - r[:, 1, 1], 1e-300))
-            q[sel] = np.stack([(r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 1, 2] + r[:, 2, 1]) / s,
-                               0.25 * s, (r[:, 1, 0] - r[:, 0, 1]) / s], axis=1)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    for i in range(1, len(q)):
-        if np.dot(q[i], q[i - 1]) < 0.0:
-            q[i] = -q[i]
-    return q
-
-
-def quaternions_to_matrices(q: np.ndarray) -> np.ndarray:
-    """Rotation matrices (N, 3, 3) of quaternions (N, 4) ``xyzw`` (normalised first)."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
-
-
 def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """Unit area-weighted vertex normals (V, 3); isolated/degenerate vertices get +Z."""
     v = vertices.astype(np.float64)
@@ -302,7 +247,17 @@ def _check_animation(path: Path, K: int, times_s: Any, weights: Any, rotations: 
     return {"t": t, "w": w, "R": R, "tr": tr}
 
 
-def write_track_glb(
+def write_track_glb(path: str | os.PathLike[str], **mesh_and_animation: Any) -> Path:
+    """Write one face track as a self-contained GLB 2.0 file (atomically); the keyword arguments
+    are those of :func:`track_glb_bytes`. Returns the path."""
+    path = Path(path)
+    data = track_glb_bytes(path, **mesh_and_animation)
+    write_bytes_atomic(path, data)
+    log.info("%s: GLB, %.2f MB", path, len(data) / 1e6)
+    return path
+
+
+def track_glb_bytes(
     path: str | os.PathLike[str],
     *,
     neutral_vertices: np.ndarray,
@@ -320,10 +275,10 @@ def write_track_glb(
     name: str = "face",
     extras: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one face track as a self-contained GLB 2.0 file (atomically). See the module docstring.
+    """One face track as the bytes of a self-contained GLB 2.0 file. See the module docstring.
 
     Args:
-        path: the ``.glb`` file.
+        path: the ``.glb`` file the bytes are for (named by errors).
         neutral_vertices: (V, 3) metres, model frame: the track's identity with zero expression.
         triangles: (F, 3) int, counter-clockwise front faces.
         uv: (T, 2) in [0, 1], origin bottom-left; triangles_uv: (F, 3) int indices into ``uv``.
@@ -343,7 +298,7 @@ def write_track_glb(
         name: node / mesh name.
         extras: merged into ``asset.extras``.
 
-    Returns the path. Raises ``ValueError`` naming the file for inconsistent inputs.
+    Returns the file's bytes. Raises ``ValueError`` naming the file for inconsistent inputs.
     """
     path = Path(path)
     m = _check_inputs(path, neutral_vertices=neutral_vertices, triangles=triangles, uv=uv,
@@ -443,10 +398,9 @@ def write_track_glb(
         "materials": [material],
     })
     data = b.to_glb()
-    write_bytes_atomic(path, data)
-    log.info("%s: GLB with %d vertices (%d after seam split), %d morph targets, %d keyframes, %.2f MB",
-             path, len(m["v"]), len(vidx), len(keep), N, len(data) / 1e6)
-    return path
+    log.debug("%s: GLB with %d vertices (%d after seam split), %d morph targets, %d keyframes, %.2f MB",
+              path, len(m["v"]), len(vidx), len(keep), N, len(data) / 1e6)
+    return data
 
 
 def read_track_animation(path: str | os.PathLike[str]) -> dict[str, Any]:

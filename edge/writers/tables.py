@@ -95,6 +95,37 @@ class ArkitMapping:
         return np.einsum("ak,kvc->avc", summing, b)
 
 
+def arkit_morph_mesh(face_model: Any, arkit: ArkitMapping, identity: np.ndarray | None = None) -> dict[str, Any]:
+    """A face model's mesh with ARKit-named morph targets, as :func:`~.gltf.track_glb_bytes` takes it.
+
+    Args:
+        face_model: a ``MorphableModel``.
+        arkit: its :class:`ArkitMapping`.
+        identity: (K_id,) identity coefficients (default: the mean face).
+
+    Returns:
+        ``neutral_vertices`` (V, 3) metres (model frame, zero expression), ``triangles``, ``uv``,
+        ``triangles_uv``, ``expression_basis`` (A, V, 3) metres per unit ARKit weight and
+        ``morph_names`` (A,).
+    """
+    import torch
+
+    K = face_model.layout.expression
+    with torch.no_grad():
+        ident = torch.zeros(1, face_model.layout.identity) if identity is None else \
+            torch.as_tensor(np.asarray(identity, dtype=np.float32)).reshape(1, -1)
+        base = face_model.shape(ident, torch.zeros(1, K))
+        onehot = face_model.shape(ident.expand(K, -1), torch.eye(K)) - base  # (K, V, 3) per unit weight
+    return {
+        "neutral_vertices": base[0].numpy(),
+        "triangles": face_model.triangles.cpu().numpy(),
+        "uv": face_model.uv.cpu().numpy(),
+        "triangles_uv": face_model.triangles_uv.cpu().numpy(),
+        "expression_basis": arkit.basis(onehot.numpy()),
+        "morph_names": arkit.names,
+    }
+
+
 def _header_line(names: Sequence[str]) -> str:
     return ",".join((*CSV_LEADING_COLUMNS, *names)) + "\n"
 
