@@ -368,3 +368,15 @@ def test_the_page_shows_the_head_and_follows_the_stream(ict_model_file, tmp_path
         if page is not None:
             page.close()
         server.close()
+
+
+def test_send_face_picks_the_largest_or_the_track(synthetic_model):
+    from types import SimpleNamespace
+
+    from mlanet.edge.send.face_sample import FaceSampler
+
+    faces = [SimpleNamespace(track_id=t, box=SimpleNamespace(size=s)) for t, s in ((0, 80.0), (1, 200.0), (2, 120.0))]
+    assert FaceSampler(synthetic_model).pick(faces).track_id == 1
+    assert FaceSampler(synthetic_model, 2).pick(faces).track_id == 2
+    assert FaceSampler(synthetic_model, 5).pick(faces) is None  # that track is not in this frame: nothing is sent
+    assert FaceSampler(synthetic_model).pick([]) is None
