@@ -380,3 +380,20 @@ def test_send_face_picks_the_largest_or_the_track(synthetic_model):
     assert FaceSampler(synthetic_model, 2).pick(faces).track_id == 2
     assert FaceSampler(synthetic_model, 5).pick(faces) is None  # that track is not in this frame: nothing is sent
     assert FaceSampler(synthetic_model).pick([]) is None
+
+
+def test_a_file_replay_starts_at_its_first_frame():
+    """The replay clock starts when the first frame is sent (however long loading took), then keeps the
+    presentation times: frames 40 ms apart are due, and stamped, 40 ms apart."""
+    from mlanet.edge.send.face_sample import CaptureClock
+
+    clock = CaptureClock(file_replay=True)
+    time.sleep(0.2)  # model loading, warm-up...
+    t0 = time.time()
+    clock.wait_until_due(400_000_000)  # a resumed file: its first frame at 0.4 s
+    first = clock.unix_s(400_000_000)
+    assert abs(first - t0) < 0.05
+    start = time.perf_counter()
+    clock.wait_until_due(480_000_000)
+    assert 0.07 <= time.perf_counter() - start < 0.2
+    assert abs(clock.unix_s(480_000_000) - first - 0.08) < 1e-6

@@ -58,24 +58,35 @@ class CaptureClock:
     """Maps a frame's ``t_capture_ns`` to wall-clock seconds.
 
     Live sources stamp frames with ``time.monotonic_ns()``; a file replayed by ``mlanet-video``
-    stamps them with their presentation time from the start of the file, which is placed on the
-    wall clock at the moment the replay starts (``file_replay=True``).
+    stamps them with their presentation time in the file, and the replay starts when its first
+    frame is sent (``file_replay=True``): that frame is due at once and stamped with the wall
+    clock of that moment, and every later frame is due (:meth:`wait_until_due`) and stamped at
+    its presentation time after it.
     """
 
     def __init__(self, *, file_replay: bool = False) -> None:
         self.file_replay = file_replay
         self._wall0_ns = time.time_ns()
         self._mono0_ns = time.monotonic_ns()
+        self._first_pts_ns: int | None = None
+
+    def _anchor(self, t_capture_ns: int) -> None:
+        if self._first_pts_ns is None:
+            self._first_pts_ns = int(t_capture_ns)
+            self._wall0_ns, self._mono0_ns = time.time_ns(), time.monotonic_ns()
 
     def unix_s(self, t_capture_ns: int) -> float:
         if self.file_replay:
-            return (self._wall0_ns + int(t_capture_ns)) * 1e-9
+            self._anchor(t_capture_ns)
+            return (self._wall0_ns + int(t_capture_ns) - self._first_pts_ns) * 1e-9
         return (self._wall0_ns + int(t_capture_ns) - self._mono0_ns) * 1e-9
 
     def wait_until_due(self, t_capture_ns: int) -> None:
-        """For a file replay: sleep until the frame's presentation time has come (real-time pacing)."""
+        """For a file replay: sleep until the frame's presentation time has come (real-time pacing;
+        a frame that is already late goes at once)."""
         if self.file_replay:
-            delay = (self._mono0_ns + int(t_capture_ns) - time.monotonic_ns()) * 1e-9
+            self._anchor(t_capture_ns)
+            delay = (self._mono0_ns + int(t_capture_ns) - self._first_pts_ns - time.monotonic_ns()) * 1e-9
             if delay > 0:
                 time.sleep(delay)
 
