@@ -50,6 +50,10 @@ class PipelineCfg:
         render_mode: one of :data:`RENDER_MODES`, or None to skip rendering.
         overlays: any of ``"wireframe"``, ``"landmarks"``.
         mesh_alpha: opacity of the rendered mesh over the frame.
+        meshes: decode every face's full mesh (vertices, albedo) in the ``mesh`` stage even when
+            nothing is rendered (mesh writers, texture unwrapping); rendering always does. False:
+            parameters and 2D landmarks only (``FaceFit.vertices`` is None), which is all
+            tracking needs.
     """
 
     fov_deg: float = DEFAULT_FOV_DEG
@@ -58,6 +62,7 @@ class PipelineCfg:
     render_mode: str | None = "shaded"
     overlays: tuple[str, ...] = ("landmarks",)
     mesh_alpha: float = 1.0
+    meshes: bool = True
 
     def __post_init__(self) -> None:
         if self.render_mode is not None and self.render_mode not in RENDER_MODES:
@@ -165,6 +170,10 @@ class FacePipeline:
             raw = self.backend(crops) if len(boxes) else np.zeros((0, self.layout.total), np.float32)
         with timed(ms, "reconstruct"):
             faces = self._reconstruct(frame, rois, raw, camera)
+        mode = self.cfg.render_mode if render_mode is True else (render_mode or None)
+        if faces and (self.cfg.meshes or mode):
+            with timed(ms, "mesh"):
+                self._add_meshes(faces, camera)
         fits_for_tracker = {f.track_id: f.extras.pop("raw_landmarks2d") for f in faces}
         with timed(ms, "detect_track"):
             self.tracker.end(fits_for_tracker)
@@ -172,7 +181,6 @@ class FacePipeline:
         result = FrameResult(frame=frame, faces=faces, stage_ms=ms,
                              scene_cut=bool(getattr(self.tracker, "last_scene_cut", False)),
                              detected=bool(getattr(self.tracker, "last_detected", False)))
-        mode = self.cfg.render_mode if render_mode is True else (render_mode or None)
         if mode:
             with timed(ms, "render"):
                 result.rendered = self.render(frame, faces, mode, self.cfg.overlays if overlays is None else overlays)
@@ -189,20 +197,31 @@ class FacePipeline:
             filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
         else:
             filtered = flat_frame.astype(np.float32)
-        decoded = self.decoder(filtered, camera)
+        landmarks = self.decoder.landmarks2d(filtered, camera)  # the 68 landmark rows only, not the mesh
         # The tracker follows the unfiltered fit (a filtered ROI would lag behind fast motion).
-        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if filtering else decoded.landmarks2d
+        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if filtering else landmarks
         return [
             FaceFit(
                 track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i].astype(np.float32),
-                vertices=decoded.vertices[i], landmarks2d=decoded.landmarks2d[i],
-                extras={"albedo": decoded.albedo[i], "raw_landmarks2d": raw_lm[i], "roi_source": r.source},
+                vertices=None, landmarks2d=landmarks[i],
+                extras={"raw_landmarks2d": raw_lm[i], "roi_source": r.source},
             )
             for i, r in enumerate(rois)
         ]
 
+    def _add_meshes(self, faces: list[FaceFit], camera: Any) -> None:
+        """Decode the full mesh and albedo of ``faces`` (one batch) into ``vertices`` / ``extras["albedo"]``."""
+        decoded = self.decoder(np.stack([f.params for f in faces]), camera)
+        for i, f in enumerate(faces):
+            f.vertices = decoded.vertices[i]
+            f.extras["albedo"] = decoded.albedo[i]
+
     def render(self, frame: Frame, faces: list[FaceFit], mode: str, overlays: tuple[str, ...]) -> np.ndarray:
-        """The overlay image (H, W, 3) uint8 of ``faces`` drawn over ``frame``."""
+        """The overlay image (H, W, 3) uint8 of ``faces`` drawn over ``frame`` (decoding the meshes of
+        faces that have none yet, with the camera of the last processed frame)."""
+        missing = [f for f in faces if f.vertices is None]
+        if missing:
+            self._add_meshes(missing, self.camera)
         renderer = self.renderer(frame.width, frame.height)
         items = [self._render_face(f) for f in faces]
         return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)

@@ -1,7 +1,8 @@
 """Per-stage wall-clock timing of the runtime, with p50/p95 summaries.
 
-Stages (in pipeline order): ``decode, detect_track, preprocess, infer, reconstruct, render,
-encode``. On the CPU a stage's time is ``time.perf_counter`` around it. A GPU backend that
+Stages (in pipeline order): ``decode, detect_track, preprocess, infer, reconstruct, mesh, render,
+encode`` (``reconstruct``: pose into the frame camera, temporal filter, 2D landmarks; ``mesh``: the
+full vertices and albedo, only when something draws or writes them). On the CPU a stage's time is ``time.perf_counter`` around it. A GPU backend that
 launches work asynchronously passes a ``sync`` callable (e.g. ``torch.cuda.synchronize``) so
 the time is attributed to the stage that queued it; device-side CUDA-event timing belongs to
 the GPU backends and reports through the same :meth:`StageStats.add`.
@@ -16,7 +17,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 #: Pipeline stages in order; every run's statistics carry all of them (absent ones with n = 0).
-STAGES: tuple[str, ...] = ("decode", "detect_track", "preprocess", "infer", "reconstruct", "render", "encode")
+STAGES: tuple[str, ...] = ("decode", "detect_track", "preprocess", "infer", "reconstruct", "mesh", "render",
+                          "encode")
 
 
 @contextmanager

@@ -100,7 +100,8 @@ class FaceFit:
         params: flat parameters (P,) float32 in the frame camera (``ParamLayout`` order);
             pose already converted from the crop camera, after temporal filtering if enabled.
         raw_params: the same before temporal filtering.
-        vertices: (V, 3) float32 metres, frame camera.
+        vertices: (V, 3) float32 metres, frame camera; None when the pipeline makes no meshes
+            (``PipelineCfg.meshes`` False and nothing rendered: parameters and landmarks only).
         landmarks2d: (68, 2) float32 image pixels.
         extras: anything a stage wants to attach (e.g. per-vertex colours for rendering).
     """
@@ -109,7 +110,7 @@ class FaceFit:
     box: CropBox
     params: np.ndarray
     raw_params: np.ndarray
-    vertices: np.ndarray
+    vertices: np.ndarray | None
     landmarks2d: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -140,6 +140,8 @@ def _run(args: argparse.Namespace) -> int:
         glb=not args.no_glb,
         texture=args.texture,
     )
+    # full meshes only for what draws or writes them (GLBs, CSV and params need the parameters only)
+    cfg = replace(cfg, meshes=bool(options.meshes) or options.texture)
     try:
         source = open_source(args.input, image_sequence=args.image_sequence)
     except BaseException:

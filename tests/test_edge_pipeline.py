@@ -136,6 +136,25 @@ def test_no_render_and_no_faces(synthetic_model):
     assert "render" not in out[0].stage_ms
 
 
+def test_without_meshes_only_parameters_and_landmarks(synthetic_model):
+    """meshes=False and no render: the reconstruct stage makes the 68 landmarks only (no mesh stage, no
+    vertices), the same landmarks as the full decode; rendering such faces decodes their meshes then."""
+    full_out, lean_out = [], []
+    p_full, *_ = _pipeline(synthetic_model, [], render_mode=None)
+    p_full.run(FakeSource(3), sink=full_out.append)
+    p_lean, _, _, renderers = _pipeline(synthetic_model, [], render_mode=None, meshes=False)
+    p_lean.run(FakeSource(3), sink=lean_out.append)
+    assert "mesh" in full_out[-1].stage_ms and "mesh" not in lean_out[-1].stage_ms
+    for full, lean in zip(full_out[-1].faces, lean_out[-1].faces):
+        assert lean.vertices is None and "albedo" not in lean.extras and full.vertices.shape[1] == 3
+        np.testing.assert_allclose(lean.landmarks2d, full.landmarks2d, atol=1e-3)
+        np.testing.assert_array_equal(lean.params, full.params)
+    last = lean_out[-1]
+    p_lean.render(last.frame, last.faces, "shaded", ())
+    assert all(f.vertices is not None and "albedo" in f.extras for f in last.faces)
+    np.testing.assert_allclose(last.faces[0].vertices, full_out[-1].faces[0].vertices, atol=1e-6)
+
+
 def test_keyboard_interrupt_leaves_consistent_state(synthetic_model):
     log = []
     p, *_ = _pipeline(synthetic_model, log)

@@ -243,7 +243,7 @@ def mlanet_pass(backend: Any, face_model: Any, frames: Sequence[Any], max_faces:
     from ..pipeline import FacePipeline, PipelineCfg
     from ..tracking import MediaPipeFaceDetector, TrackerCfg
 
-    cfg = PipelineCfg(render_mode=render_mode, tracker=TrackerCfg(max_faces=max_faces))
+    cfg = PipelineCfg(render_mode=render_mode, tracker=TrackerCfg(max_faces=max_faces), meshes=False)
     pipeline = FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector())
     ms, stages, faces, detected = [], [], [], []
     try:

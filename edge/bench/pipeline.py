@@ -104,7 +104,8 @@ def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -
     from ..pipeline import FacePipeline, PipelineCfg
     from ..tracking import MediaPipeFaceDetector, TrackerCfg
 
-    cfg = PipelineCfg(render_mode="shaded" if render else None, tracker=replace(TrackerCfg(), max_faces=max_faces))
+    cfg = PipelineCfg(render_mode="shaded" if render else None, tracker=replace(TrackerCfg(), max_faces=max_faces),
+                      meshes=False)
     return FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector())
 
 

@@ -252,6 +252,7 @@ def cmd_jitter(args: argparse.Namespace) -> int:
         filter=FilterCfg(enabled=True),
         render_mode=None,
         overlays=(),
+        meshes=False,
     )
     clips = []
     reference = None

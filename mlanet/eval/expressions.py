@@ -532,7 +532,7 @@ def evaluate_clip(
     names = list(face_model.expression_names)
     arkit = getattr(face_model, "arkit_names", None)
     target_indices(names, arkit, source=f"face model {getattr(face_model, 'model_id', '')}".strip())
-    cfg = replace(cfg, render_mode=None, overlays=())
+    cfg = replace(cfg, render_mode=None, overlays=(), meshes=False)
     source = open_clip(path)
     pipeline = None
     own_reference = reference is None
@@ -649,7 +649,7 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
         raise
     cfg = PipelineCfg(fov_deg=DEFAULT_FOV_DEG if args.fov is None else args.fov,
                       tracker=replace(TrackerCfg(), max_faces=args.max_faces, detect_every=args.detect_every),
-                      filter=FilterCfg(enabled=True), render_mode=None, overlays=())
+                      filter=FilterCfg(enabled=True), render_mode=None, overlays=(), meshes=False)
     clips = []
     reference = None
     try:

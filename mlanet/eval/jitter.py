@@ -378,7 +378,7 @@ def evaluate_clip(
     path = Path(path).expanduser()
     if not path.exists():
         raise MLANetError(f"{path}: no such video file or folder")
-    cfg = replace(cfg, render_mode=None, overlays=(), filter=replace(cfg.filter, enabled=True))
+    cfg = replace(cfg, render_mode=None, overlays=(), meshes=False, filter=replace(cfg.filter, enabled=True))
     source = open_source(path, image_sequence=True)  # a folder of frames is one clip here
     pipeline = None
     own_reference = reference is None
