@@ -579,24 +579,72 @@ class FaceRenderer:
         self._make_current()
         self._use_camera(camera)
         mgl, ctx = self._mgl, self.ctx
+        # Only the part of the frame the faces cover is uploaded, drawn and read back; the rest of
+        # the output is the frame itself (the background pass reproduces frame pixels exactly).
+        region = self._face_region(faces, camera, overlays) if self._resolve is None else None
+        if region is not None and (region[2] <= region[0] or region[3] <= region[1]):
+            return frame.copy()  # nothing of any face is in view
 
-        self._frame_texture.write(frame)
-        self._colour_writes(False)  # the background covers every pixel: clear depth only
-        self._fbo.clear(depth=1.0)
-        self._colour_writes(True)
-        ctx.enable_only(mgl.NOTHING)
-        self._frame_texture.use(0)
-        self._nearest.use(0)
-        self._background_vao.render(mgl.TRIANGLE_STRIP)
-        self._linear.use(0)
+        if region is None:
+            self._frame_texture.write(frame)
+            gl_box = None
+        else:
+            x0, y0, x1, y1 = region
+            self._frame_texture.write(np.ascontiguousarray(frame[y0:y1, x0:x1]), viewport=(x0, y0, x1 - x0, y1 - y0))
+            gl_box = (x0, self.height - y1, x1 - x0, y1 - y0)  # framebuffer rows are bottom-up
+        self._fbo.scissor = gl_box
+        try:
+            self._colour_writes(False)  # the background covers every pixel: clear depth only
+            self._fbo.clear(depth=1.0, viewport=gl_box)
+            self._colour_writes(True)
+            ctx.enable_only(mgl.NOTHING)
+            self._frame_texture.use(0)
+            self._nearest.use(0)
+            self._background_vao.render(mgl.TRIANGLE_STRIP)
+            self._linear.use(0)
 
-        wireframe = "wireframe" in overlays
+            wireframe = "wireframe" in overlays
+            for i, face in enumerate(faces):
+                self._upload_face(face, i)
+                self._draw_face(face, i, mode, wireframe, float(alpha), float(photo_shading))
+            if "landmarks" in overlays:
+                self._draw_landmarks(faces, camera)
+            if region is None:
+                return self._read()
+            out = frame.copy()
+            view = self._readback.reshape(-1)[: (y1 - y0) * (x1 - x0) * 3].reshape(y1 - y0, x1 - x0, 3)  # contiguous
+            self._fbo.read_into(view, viewport=gl_box, components=3, alignment=1)
+            out[y0:y1, x0:x1] = view[::-1]
+            return out
+        finally:
+            self._fbo.scissor = None
+            self._fbo.use()
+
+    def _face_region(self, faces: list[RenderFace], camera: PinholeCamera,
+                     overlays: tuple[str, ...]) -> tuple[int, int, int, int] | None:
+        """The pixel box ``(x0, y0, x1, y1)`` (top-left origin, end exclusive, clipped to the frame)
+        that holds everything drawn for ``faces``: projected vertices, landmark squares, line
+        widths and a margin for bilinear photo sampling. An empty box when nothing is in view;
+        None (draw the whole frame) when a vertex lies at or behind the near plane."""
+        fx, fy, cx, cy = _intrinsics(camera)
+        lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
         for i, face in enumerate(faces):
-            self._upload_face(face, i)
-            self._draw_face(face, i, mode, wireframe, float(alpha), float(photo_shading))
-        if "landmarks" in overlays:
-            self._draw_landmarks(faces, camera)
-        return self._read()
+            v = _as_array(face.vertices, f"faces[{i}].vertices", (self.topology.n_vertices, 3),
+                          f"({self.topology.n_vertices}, 3)")
+            z = v[:, 2]
+            if not (z > self.near).all():
+                return None
+            uv = np.stack([fx * v[:, 0] / z + cx, fy * v[:, 1] / z + cy], axis=1)
+            if "landmarks" in overlays and face.landmarks2d is not None:
+                uv = np.concatenate([uv, np.asarray(face.landmarks2d, np.float64).reshape(-1, 2)])
+            lo, hi = np.minimum(lo, uv.min(0)), np.maximum(hi, uv.max(0))
+        if not faces:
+            return (0, 0, 0, 0)
+        margin = math.ceil(self.landmark_size) + 3
+        x0, y0 = (max(0, int(math.floor(c)) - margin) for c in lo)
+        x1 = min(self.width, int(math.ceil(hi[0])) + margin)
+        y1 = min(self.height, int(math.ceil(hi[1])) + margin)
+        return (x0, y0, max(x0, x1), max(y0, y1))
 
     def _colour_writes(self, on: bool) -> None:
         """Enable/disable colour writes of the render target (ModernGL applies a framebuffer's

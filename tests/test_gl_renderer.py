@@ -489,3 +489,26 @@ def test_window_shows_images_and_reports_keys(synthetic_model):
             b = offscreen.render(pattern_frame(W, H), [face], cam)
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
         window.show(a)
+
+
+def test_drawing_only_the_face_region_gives_the_full_render(make_renderer, synthetic_model, monkeypatch):
+    """The renderer uploads, draws and reads back only the box the faces cover; the image must equal a
+    whole-frame render pixel for pixel (every mode and overlay, a face off-centre and one leaving the
+    frame), and a face out of view gives the frame itself."""
+    r = make_renderer(160, 120)
+    cam = camera(160, 120)
+    frame = pattern_frame(160, 120)
+    faces = [RenderFace(*face_pose(synthetic_model, yaw=0.2, x=0.05), light(), color_id=0),
+             RenderFace(*face_pose(synthetic_model, yaw=-0.4, x=-0.16, depth=0.6), light(), color_id=1)]
+    region = r._face_region(faces, cam, ("landmarks",))
+    assert 0 < (region[2] - region[0]) * (region[3] - region[1]) < 160 * 120  # a part of the frame
+    whole = FaceRenderer._face_region
+    for mode in ("shaded", "photo", "albedo", "normals", "none"):
+        for overlays in ((), ("landmarks", "wireframe")):
+            boxed = r.render(frame, faces, cam, mode, overlays)
+            monkeypatch.setattr(FaceRenderer, "_face_region", lambda *a: None)
+            full = r.render(frame, faces, cam, mode, overlays)
+            monkeypatch.setattr(FaceRenderer, "_face_region", whole)
+            np.testing.assert_array_equal(boxed, full, err_msg=f"{mode} {overlays}")
+    away = [RenderFace(*face_pose(synthetic_model, x=2.0), light())]
+    np.testing.assert_array_equal(r.render(frame, away, cam), frame)
