@@ -270,6 +270,7 @@ class VideoRunOutputs:
             if old is not None and old not in ((width, height), (width + width % 2, height + height % 2)):
                 width, height = old
         self._video = H264VideoWriter(path, self.fps, width, height)
+        self.run_info["encoder"] = self._video.settings
         if self.start_frame:
             self._video.resume_from(path, self.start_frame)
 
