@@ -207,7 +207,8 @@ class H264VideoWriter:
         w, h = self.encoded_size
         if (w, h) != (self.width, self.height):
             rgb = np.pad(rgb, ((0, h - self.height), (0, w - self.width), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # wraps the array without a copy; reformat makes the encoder's own frame before this returns
+        frame = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format="yuv420p", dst_colorspace="itu709")
         self._encode(frame)
 
