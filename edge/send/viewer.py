@@ -40,6 +40,9 @@ from ..writers.tables import ArkitMapping, arkit_morph_mesh
 from .face_sample import ARKIT_NAMES, FaceSample
 
 log = logging.getLogger(__name__)
+#: the websockets library's own log (one line per start, stop and failed handshake): warnings only
+_ws_log = logging.getLogger("mlanet.edge.send.viewer.ws")
+_ws_log.setLevel(logging.WARNING)
 
 DEFAULT_VIEWER_PORT = 8765
 STREAM_PATH = "/stream"
@@ -90,7 +93,7 @@ class ViewerServer:
         self.published = 0
         try:
             self._server = serve(self._handle, host, port, process_request=self._http, compression=None,
-                                 logger=logging.getLogger("mlanet.edge.send.viewer.ws"))
+                                 logger=_ws_log)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise MLANetError(f"--serve {port}: port {port} on {host} is in use by another program; "
