@@ -197,9 +197,13 @@ class FacePipeline:
             filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
         else:
             filtered = flat_frame.astype(np.float32)
-        landmarks = self.decoder.landmarks2d(filtered, camera)  # the 68 landmark rows only, not the mesh
-        # The tracker follows the unfiltered fit (a filtered ROI would lag behind fast motion).
-        raw_lm = self.decoder.landmarks2d(flat_frame, camera) if filtering else landmarks
+        # The 68 landmark rows only, not the mesh; the tracker follows the unfiltered fit (a filtered
+        # ROI would lag behind fast motion): both sets in one batch.
+        if filtering:
+            both = self.decoder.landmarks2d(np.concatenate([filtered, flat_frame.astype(np.float32)]), camera)
+            landmarks, raw_lm = both[: len(rois)], both[len(rois):]
+        else:
+            landmarks = raw_lm = self.decoder.landmarks2d(filtered, camera)
         return [
             FaceFit(
                 track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i].astype(np.float32),
