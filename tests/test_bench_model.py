@@ -324,3 +324,22 @@ def test_missing_teacher_folder_is_rejected_before_anything_runs(tmp_path):
     with pytest.raises(MLANetError, match="--teacher"):
         ml.run(_args(["--out", str(tmp_path), "--teacher", str(tmp_path / "nope")]))
     assert not any(tmp_path.iterdir())
+
+
+def test_report_summarises_bench_records_only(tmp_path):
+    """`mlanet bench report` reads the records of every folder; an evaluation's own JSON with a "results" key
+    but no environment (accuracy/landmark_floor.json) broke it with a KeyError; it is left out now."""
+    import json
+
+    from mlanet.edge.bench.record import environment
+    from mlanet.edge.bench.report import build_report, load_records
+
+    (tmp_path / "accuracy").mkdir()
+    (tmp_path / "accuracy" / "landmark_floor.json").write_text(json.dumps({"results": [1, 2]}))
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "encode_presets.json").write_text(json.dumps({
+        "schema": "mlanet-bench/1", "benchmark": "encode_presets", "environment": environment(), "results": {}}))
+    assert load_records(tmp_path / "accuracy") == {}
+    assert list(load_records(tmp_path / "cpu")) == ["encode_presets"]
+    text = build_report(tmp_path).read_text()
+    assert "## cpu" in text

@@ -35,7 +35,9 @@ def load_records(device_dir: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError) as exc:
             log.warning("%s: skipped (%s)", path, exc)
             continue
-        if isinstance(rec, dict) and "results" in rec:
+        # benchmark records carry results and the environment they ran in; other JSON files beside them
+        # (an evaluation's own output, e.g. accuracy/landmark_floor.json) are not summarised here
+        if isinstance(rec, dict) and "results" in rec and "environment" in rec:
             out[path.stem] = rec
     return out
 
