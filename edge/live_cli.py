@@ -155,11 +155,15 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         backend.close()
         raise
-    if args.camera is not None:
-        with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
-            source = CameraSource(args.camera, width=args.width, height=args.height)
-    else:
-        source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps)
+    try:
+        if args.camera is not None:
+            with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
+                source = CameraSource(args.camera, width=args.width, height=args.height)
+        else:
+            source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps)
+    except BaseException:
+        senders.close()  # the viewer's port and the sender thread
+        raise
     renderer_factory: Callable[[int, int], Any] | None = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
         from .gl_renderer import FaceRenderer, MeshTopology

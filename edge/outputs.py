@@ -403,16 +403,18 @@ class VideoRunOutputs:
 
         a = self._arrays()
         s = self.layout.slices()
+        mesh = arkit_morph_mesh(self.face_model, self.arkit)  # topology and morph targets: once for all tracks
         with torch.no_grad():
             for tid, tr in tracks.items():
                 rows = tr["rows"]
                 p = torch.from_numpy(a["params"][rows])
                 fp = FaceParams.from_flat(p, self.layout)
+                neutral = self.face_model.shape(torch.tensor([tr["identity"]]), torch.zeros(1, self.layout.expression))
                 texture = self._best_texture.get(tid, (None, None))[1]
                 path = self.out_dir / "tracks" / f"track_{tid:03d}.glb"
                 write_track_glb(
                     path,
-                    **arkit_morph_mesh(self.face_model, self.arkit, np.asarray(tr["identity"])),
+                    **{**mesh, "neutral_vertices": neutral[0].numpy()},
                     times_s=a["time_s"][rows],
                     weights=self.arkit.weights(a["params"][rows][:, s["expression"]]),
                     rotations=euler_to_matrix(fp.rotation).numpy(),

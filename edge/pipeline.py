@@ -190,23 +190,20 @@ class FacePipeline:
         if not rois:
             return []
         boxes = [r.box for r in rois]
-        flat_frame = crop_pose_to_frame(raw, boxes, self.layout, self.preprocess, camera).numpy()
+        flat_frame = crop_pose_to_frame(raw, boxes, self.layout, self.preprocess, camera).numpy()  # (N, P) float32
         t = frame.t_capture_ns * 1e-9
-        filtering = self.filters.cfg.enabled and not frame.independent
-        if filtering:
-            filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
-        else:
-            filtered = flat_frame.astype(np.float32)
         # The 68 landmark rows only, not the mesh; the tracker follows the unfiltered fit (a filtered
         # ROI would lag behind fast motion): both sets in one batch.
-        if filtering:
-            both = self.decoder.landmarks2d(np.concatenate([filtered, flat_frame.astype(np.float32)]), camera)
+        if self.filters.cfg.enabled and not frame.independent:
+            filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
+            both = self.decoder.landmarks2d(np.concatenate([filtered, flat_frame]), camera)
             landmarks, raw_lm = both[: len(rois)], both[len(rois):]
         else:
+            filtered = flat_frame.copy()
             landmarks = raw_lm = self.decoder.landmarks2d(filtered, camera)
         return [
             FaceFit(
-                track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i].astype(np.float32),
+                track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i],
                 vertices=None, landmarks2d=landmarks[i],
                 extras={"raw_landmarks2d": raw_lm[i], "roi_source": r.source},
             )

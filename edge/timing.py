@@ -2,7 +2,8 @@
 
 Stages (in pipeline order): ``decode, detect_track, preprocess, infer, reconstruct, mesh, render,
 encode`` (``reconstruct``: pose into the frame camera, temporal filter, 2D landmarks; ``mesh``: the
-full vertices and albedo, only when something draws or writes them). On the CPU a stage's time is ``time.perf_counter`` around it. A GPU backend that
+full vertices and albedo, only when something draws or writes them). On the CPU a stage's time is
+``time.perf_counter`` around it. A GPU backend that
 launches work asynchronously passes a ``sync`` callable (e.g. ``torch.cuda.synchronize``) so
 the time is attributed to the stage that queued it; device-side CUDA-event timing belongs to
 the GPU backends and reports through the same :meth:`StageStats.add`.

@@ -23,6 +23,7 @@ from ..errors import MLANetError
 from ..fileutil import check_writable_dir, check_writable_file, error_line
 from .loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
                       run_cli)
+from .send import LiveSenders, add_send_arguments
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     add_verbose_argument(o)
-    from .send import add_send_arguments
-
     add_send_arguments(p, serve=False)  # --send replays the input at its own frame rate
     return p
 
@@ -126,8 +125,6 @@ def _run(args: argparse.Namespace) -> int:
         check_writable_file(args.json_stats, "--json-stats")
     cfg = pipeline_cfg_from_args(args, render=not args.no_video)
     backend, face_model = open_model(args)
-    from .send import LiveSenders
-
     try:
         senders = LiveSenders(args, face_model, file_replay=True)
     except BaseException:

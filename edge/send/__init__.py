@@ -5,6 +5,9 @@
 - :mod:`.vmc` — the VMC/OSC sender;
 - :mod:`.viewer` — the local web page and its WebSocket stream.
 
+This module itself stays light (argument parsing only), so the command-line tools start fast;
+the sinks import their libraries when they are built.
+
 :class:`LiveSenders` is what the command-line tools use: built from their arguments
 (:func:`add_send_arguments`), fed every frame result, closed at the end. Nothing here blocks or
 slows the pipeline; ``mlanet-video`` with ``--send`` replays the file at its own frame rate.
@@ -16,9 +19,27 @@ import argparse
 import logging
 from typing import Any
 
-from .face_sample import LARGEST, CaptureClock, FaceSampler, parse_face_choice
-
 log = logging.getLogger(__name__)
+
+#: ``--send-face`` default: the face with the largest crop.
+LARGEST = "largest"
+#: The VMC protocol's usual receiver port (VSeeFace, VNyan, Warudo default to it).
+DEFAULT_VMC_PORT = 39539
+#: ``--serve`` without a port.
+DEFAULT_VIEWER_PORT = 8765
+
+
+def parse_face_choice(text: str) -> str | int:
+    """``--send-face``: ``largest`` or a track id (a non-negative integer). Raises ValueError."""
+    if text == LARGEST:
+        return LARGEST
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: give 'largest' or a track id (0, 1, ...)") from None
+    if value < 0:
+        raise ValueError(f"{text!r}: a track id is 0 or more")
+    return value
 
 
 def _face_choice(text: str) -> str | int:
@@ -40,9 +61,6 @@ def _port(text: str) -> int:
 
 def add_send_arguments(parser: argparse.ArgumentParser, *, serve: bool) -> None:
     """``--send``, ``--send-face`` and, with ``serve``, ``--serve`` / ``--serve-host``."""
-    from .viewer import DEFAULT_VIEWER_PORT
-    from .vmc import DEFAULT_VMC_PORT
-
     g = parser.add_argument_group("live output to other programs")
     g.add_argument("--send", action="append", default=[], metavar="vmc://HOST[:PORT]",
                    help="stream ARKit blendshapes and head pose with the VMC protocol (OSC/UDP) to a receiver "
@@ -72,6 +90,8 @@ class LiveSenders:
     """
 
     def __init__(self, args: argparse.Namespace, face_model: Any, *, file_replay: bool = False) -> None:
+        from .face_sample import CaptureClock, FaceSampler  # torch and the face-model code: not at import time
+
         self.clock = CaptureClock(file_replay=file_replay)
         self.sampler = FaceSampler(face_model, getattr(args, "send_face", LARGEST), self.clock)
         self.vmc = None

@@ -21,13 +21,10 @@ from ...conventions import camera_pose_to_vmc
 from ...geometry.rotations import euler_to_matrix
 from ...morphable.ict_topology import ARKIT_BLENDSHAPES
 from ..writers.tables import ArkitMapping
+from . import LARGEST, parse_face_choice  # noqa: F401 (parse_face_choice re-exported)
 
 #: The 52 ARKit blendshape names, in the order they are sent.
 ARKIT_NAMES: tuple[str, ...] = tuple(ARKIT_BLENDSHAPES)
-
-#: ``--send-face`` default: the face with the largest crop.
-LARGEST = "largest"
-
 
 @dataclass(frozen=True)
 class FaceSample:
@@ -89,19 +86,6 @@ class CaptureClock:
             delay = (self._mono0_ns + int(t_capture_ns) - self._first_pts_ns - time.monotonic_ns()) * 1e-9
             if delay > 0:
                 time.sleep(delay)
-
-
-def parse_face_choice(text: str) -> str | int:
-    """``--send-face``: ``largest`` or a track id (a non-negative integer). Raises ValueError."""
-    if text == LARGEST:
-        return LARGEST
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r}: give 'largest' or a track id (0, 1, ...)") from None
-    if value < 0:
-        raise ValueError(f"{text!r}: a track id is 0 or more")
-    return value
 
 
 class FaceSampler:

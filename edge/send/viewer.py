@@ -37,6 +37,7 @@ from ...geometry.quaternions import matrices_to_quaternions
 from ..frames import LatestFrameBuffer
 from ..writers.gltf import D_GLTF, track_glb_bytes
 from ..writers.tables import ArkitMapping, arkit_morph_mesh
+from . import DEFAULT_VIEWER_PORT
 from .face_sample import ARKIT_NAMES, FaceSample
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 _ws_log = logging.getLogger("mlanet.edge.send.viewer.ws")
 _ws_log.setLevel(logging.WARNING)
 
-DEFAULT_VIEWER_PORT = 8765
 STREAM_PATH = "/stream"
 _STATIC = {"/": ("viewer.html", "text/html; charset=utf-8"),
            "/viewer.html": ("viewer.html", "text/html; charset=utf-8"),
@@ -136,17 +136,21 @@ class ViewerServer:
 
     # ------------------------------------------------------------------ publishing
     def publish(self, frame_index: int, capture_unix_s: float, sample: FaceSample | None) -> None:
-        """Queue one frame's message for every page (replacing one not yet sent); returns at once."""
-        self._slot.put(stream_message(frame_index, capture_unix_s, sample))  # type: ignore[arg-type]
+        """Queue one frame's message for every page (replacing one not yet sent); returns at once (the
+        broadcast thread encodes it)."""
+        self._slot.put((frame_index, capture_unix_s, sample))  # type: ignore[arg-type]
         self.published += 1
 
     def _broadcast(self) -> None:
         while True:
-            text = self._slot.get()
-            if text is None:
+            item = self._slot.get()
+            if item is None:
                 return
             with self._lock:
                 clients = list(self._clients)
+            if not clients:
+                continue
+            text = stream_message(*item)  # type: ignore[misc]
             for ws in clients:
                 try:
                     ws.send(text)

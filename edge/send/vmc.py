@@ -31,12 +31,11 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from ...errors import MLANetError
 from ..frames import LatestFrameBuffer
+from . import DEFAULT_VMC_PORT
 from .face_sample import ARKIT_NAMES, FaceSample
 
 log = logging.getLogger(__name__)
 
-#: The VMC protocol's usual receiver port (VSeeFace, VNyan, Warudo default to it).
-DEFAULT_VMC_PORT = 39539
 SCHEME = "vmc"
 
 

@@ -95,27 +95,27 @@ class ArkitMapping:
         return np.einsum("ak,kvc->avc", summing, b)
 
 
-def arkit_morph_mesh(face_model: Any, arkit: ArkitMapping, identity: np.ndarray | None = None) -> dict[str, Any]:
-    """A face model's mesh with ARKit-named morph targets, as :func:`~.gltf.track_glb_bytes` takes it.
+def arkit_morph_mesh(face_model: Any, arkit: ArkitMapping) -> dict[str, Any]:
+    """A face model's mean face with ARKit-named morph targets, as :func:`~.gltf.track_glb_bytes` takes it
+    (a track's GLB replaces ``neutral_vertices`` with its own identity; the displacements per unit
+    weight do not depend on it in a linear face model).
 
     Args:
         face_model: a ``MorphableModel``.
         arkit: its :class:`ArkitMapping`.
-        identity: (K_id,) identity coefficients (default: the mean face).
 
     Returns:
-        ``neutral_vertices`` (V, 3) metres (model frame, zero expression), ``triangles``, ``uv``,
-        ``triangles_uv``, ``expression_basis`` (A, V, 3) metres per unit ARKit weight and
+        ``neutral_vertices`` (V, 3) metres (model frame, mean identity, zero expression), ``triangles``,
+        ``uv``, ``triangles_uv``, ``expression_basis`` (A, V, 3) metres per unit ARKit weight and
         ``morph_names`` (A,).
     """
     import torch
 
     K = face_model.layout.expression
     with torch.no_grad():
-        ident = torch.zeros(1, face_model.layout.identity) if identity is None else \
-            torch.as_tensor(np.asarray(identity, dtype=np.float32)).reshape(1, -1)
-        base = face_model.shape(ident, torch.zeros(1, K))
-        onehot = face_model.shape(ident.expand(K, -1), torch.eye(K)) - base  # (K, V, 3) per unit weight
+        zeros_id = torch.zeros(1, face_model.layout.identity)
+        base = face_model.shape(zeros_id, torch.zeros(1, K))
+        onehot = face_model.shape(zeros_id.expand(K, -1), torch.eye(K)) - base  # (K, V, 3) per unit weight
     return {
         "neutral_vertices": base[0].numpy(),
         "triangles": face_model.triangles.cpu().numpy(),
