@@ -219,6 +219,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--face-model", default=None, metavar="FILE",
                     help="report the fits made for this face model's geometry (default: the installed one)")
     fr.set_defaults(func=cmd_fit_report)
-    from .store_cli import add_prepare_parser  # mlanet data prepare: the training store (mlanet.data.store)
+    from .store_cli import add_pack_parsers, add_prepare_parser  # the training store (mlanet.data.store)
 
     add_prepare_parser(sub)
+    add_pack_parsers(sub)

@@ -101,3 +101,73 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
     return p
+
+
+def _parse_pairs(specs: list[str] | None, flag: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for spec in specs or []:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise MLANetError(f"{flag} {spec!r}: expected NAME=VALUE[,VALUE...]")
+        out.setdefault(name, []).extend(v for v in values.split(",") if v)
+    return out
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Run ``mlanet data pack``; returns the exit status."""
+    from .store import Store
+    from .store_pack import pack_store, select_rows
+
+    if args.input_size is not None and args.input_size < 16:
+        raise MLANetError(f"--input-size must be >= 16, got {args.input_size}")
+    if not 1 <= args.quality <= 100:
+        raise MLANetError(f"--quality must be 1..100, got {args.quality}")
+    store = Store(args.store)
+    require = {src: extras[-1] for src, extras in _parse_pairs(args.require, "--require").items()}
+    rows = select_rows(store, args.source or (), require)
+    try:
+        m = pack_store(store, args.out, rows=rows, input_size=args.input_size, quality=args.quality,
+                       extra_sources=_parse_pairs(args.extra_sources, "--extra-sources"),
+                       half_extras=args.half_extras or (), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; {args.out} not written", file=sys.stderr)
+        return 130
+    print(f"{args.out}: {m['n']} faces {m['size']}x{m['size']} for input {m['input_size']}; "
+          + ", ".join(f"{s['name']} {s['written']}" for s in m["sources"]))
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    """Run ``mlanet data unpack``; returns the exit status."""
+    from .store_pack import unpack_store
+
+    st = unpack_store(args.packed, args.out, progress=not args.quiet)
+    print(f"{args.out}: {st!r}; content {st.manifest['content_sha256'][:16]}")
+    return 0
+
+
+def add_pack_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``pack`` and ``unpack`` (:mod:`mlanet.data.store_pack`) to the ``data`` sub-parsers."""
+    from .store_pack import DEFAULT_QUALITY
+
+    p = sub.add_parser("pack", help="pack a store into one small file (WebP crops at the network's size) to move it "
+                                    "to another machine")
+    p.add_argument("store", help="a finished store folder (mlanet data prepare)")
+    p.add_argument("--out", required=True, help="packed file to write (.npz)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input side of the packed store (default the store's; the margin is kept)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help=f"WebP quality (default {DEFAULT_QUALITY})")
+    p.add_argument("--source", action="append", metavar="NAME", help="only rows of these sources (repeatable)")
+    p.add_argument("--require", action="append", metavar="SOURCE=EXTRA",
+                   help="rows of SOURCE only where they have EXTRA, e.g. mtfl=fit_params (repeatable)")
+    p.add_argument("--extra-sources", action="append", metavar="EXTRA=SRC[,SRC]",
+                   help="keep EXTRA only on rows of these sources, e.g. mp468=300w (saves space; repeatable)")
+    p.add_argument("--half-extras", action="append", metavar="EXTRA",
+                   help="store this float extra as float16, e.g. fit_params (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=cmd_pack)
+    u = sub.add_parser("unpack", help="decode a packed store (mlanet data pack) into a store folder")
+    u.add_argument("packed", help="the packed file")
+    u.add_argument("--out", required=True, help="a new store folder")
+    u.add_argument("--quiet", action="store_true", help="no progress")
+    u.set_defaults(func=cmd_unpack)
