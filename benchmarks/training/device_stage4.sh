@@ -24,8 +24,13 @@ for kv in ${S4_SET:-}; do extra+=(--set "$kv"); done
 fail() { echo "FAILED: $*"; exit 1; }
 
 echo "== $(date -u +%FT%TZ) setup"
-python3 -c "import mlanet.edge" 2>/dev/null || python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . \
-  || fail "pip install -e ."
+if ! python3 -c "import mlanet.edge" 2>/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . || {
+    echo "pip install -e . failed: running from the source tree (links for the top-level packages)"
+    for p in edge export shaders; do [ -e "mlanet/$p" ] || ln -s "../$p" "mlanet/$p"; done
+    export PYTHONPATH=$PWD; }
+fi
+python3 -c "import mlanet.edge, mlanet.train.loop" || fail "import mlanet"
 mkdir -p "$MLANET_HOME/face_models" && cp -n .device_data/ict_face.mlface.npz "$MLANET_HOME/face_models/"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cpus', os.cpu_count())"
