@@ -9,6 +9,7 @@
 # schedule over exactly those steps; run.max_minutes as a safety net), trains, and writes to $OUT: this log,
 # the run's metrics.jsonl and summary/config (run_files.tar.gz), the last checkpoint (FP32) and FP16 copies of
 # the intermediate ones -- scored on the AFLW2000-3D dev images back on the CPU machine.
+# Continuing with a known rate: S4_STEPS=N skips the probe; S4_SET adds --set overrides (space-separated).
 # Dry run on a CPU: OUT=/tmp/s4 S4_DEVICE=cpu BUDGET_S=120 S4_SET="optim.batch_size=8 data.num_workers=1" bash ...
 set -uo pipefail
 T0=$SECONDS
@@ -39,6 +40,13 @@ for s in main clips; do
   [ -f "runs/s4/store_$s/manifest.json" ] || python3 -m mlanet.cli data unpack ".device_data/store_$s.npz" \
     --out "runs/s4/store_$s" --quiet || fail "unpack store_$s"
 done
+batch=$(python3 -c "
+import sys; from mlanet.config import load_config; from mlanet.train.config import TrainCfg
+print(load_config(TrainCfg, '$CFG', sys.argv[1:]).optim.batch_size)" ${S4_SET:-}) || fail "config"
+if [ -n "${S4_STEPS:-}" ]; then  # a known rate: no probe
+  steps=$S4_STEPS
+  left=$((BUDGET_S - (SECONDS - T0) - ${S4_RESERVE_S:-50}))
+else
 echo "== $(date -u +%FT%TZ) probe ($((SECONDS - T0)) s)"
 rm -rf /tmp/s4_probe
 python3 -m mlanet.cli train --config "$CFG" --out /tmp/s4_probe "${extra[@]}" --set "optim.steps=${PROBE_STEPS:-120}" \
@@ -47,13 +55,12 @@ rate=$(python3 -c "
 import json, statistics, sys
 r = [json.loads(l)['samples_per_s'] for l in open('/tmp/s4_probe/metrics.jsonl') if 'samples_per_s' in l]
 print(statistics.median(r[1:] or r))") || fail "no samples/s in the probe"
-batch=$(python3 -c "
-import sys; from mlanet.config import load_config; from mlanet.train.config import TrainCfg
-print(load_config(TrainCfg, '$CFG', sys.argv[1:]).optim.batch_size)" ${S4_SET:-}) || fail "config"
 left=$((BUDGET_S - (SECONDS - T0) - ${S4_RESERVE_S:-50}))
 steps=$(python3 -c "print(max(20, int($rate * $left * 0.93 / $batch)))")
+echo "== $(date -u +%FT%TZ) probe: $rate samples/s at batch $batch; $left s left"
+fi
 every=$(( steps / 4 ))
-echo "== $(date -u +%FT%TZ) probe: $rate samples/s at batch $batch; $left s left -> $steps steps, checkpoints every $every"
+echo "== $(date -u +%FT%TZ) $steps steps, checkpoints every $every"
 rm -rf "$RUN"
 python3 -m mlanet.cli train --config "$CFG" "${extra[@]}" --set "optim.steps=$steps" --set "run.ckpt_every=$every" \
   --set "run.max_minutes=$(python3 -c "print(round(($left + 20) / 60, 2))")" --set "run.out_dir=$RUN" >/dev/null \
