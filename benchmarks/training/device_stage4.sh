@@ -14,7 +14,7 @@
 set -uo pipefail
 T0=$SECONDS
 BUDGET_S=${BUDGET_S:-540}
-CFG=mlanet/train/configs/mobile_lite_s4_gpu.yaml
+CFG=${S4_CONFIG:-mlanet/train/configs/mobile_lite_s4_gpu.yaml}
 RUN=${S4_RUN:-runs/mobile_lite_s4}
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
