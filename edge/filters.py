@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..geometry.rotations import euler_to_matrix, matrix_to_euler, matrix_to_rotation_6d, rotation_6d_to_matrix
-from ..params import FaceParams, ParamLayout
+from ..geometry import rotations_numpy as rot_np
+from ..params import ParamLayout
 
 
 class OneEuroFilter:
@@ -118,23 +117,32 @@ class TrackFilter:
         self.lighting = OneEuroFilter(cfg.lighting_min_cutoff, 0.0)
         self.identity = RunningMean(cfg.identity_window)
         self.albedo = RunningMean(cfg.identity_window)
+        self._slices = layout.slices()
+        missing = {"rotation", "translation", "expression", "lighting", "identity", "albedo"} - set(self._slices)
+        if missing:
+            raise ValueError(f"parameter layout without {sorted(missing)}")
 
     def __call__(self, flat: np.ndarray, t: float) -> np.ndarray:
-        """Filtered copy of ``flat`` (P,) observed at time ``t`` seconds."""
+        """Filtered copy of ``flat`` (P,) observed at time ``t`` seconds.
+
+        NumPy throughout (one face per call: PyTorch's per-op dispatch would cost more than the
+        arithmetic); the rotation conversions are :mod:`mlanet.geometry.rotations_numpy`, the twins
+        of the functions that define them.
+        """
+        x = np.asarray(flat, dtype=np.float64)
+        if x.shape != (self.layout.total,):
+            raise ValueError(f"flat must be ({self.layout.total},), got {x.shape}")
         if not self.cfg.enabled:
-            return np.asarray(flat, dtype=np.float32).copy()
-        p = FaceParams.from_flat(torch.as_tensor(np.asarray(flat, np.float64))[None], self.layout)
-        r6 = matrix_to_rotation_6d(euler_to_matrix(p.rotation))[0].numpy()
-        R = rotation_6d_to_matrix(torch.from_numpy(self.rotation(r6, t))[None])
-        out = p.replace(
-            rotation=matrix_to_euler(R),
-            translation=torch.from_numpy(self.translation(p.translation[0].numpy(), t))[None],
-            expression=torch.from_numpy(self.expression(p.expression[0].numpy(), t))[None],
-            lighting=torch.from_numpy(self.lighting(p.lighting[0].reshape(-1).numpy(), t)).reshape(p.lighting.shape),
-            identity=torch.from_numpy(self.identity(p.identity[0].numpy()))[None],
-            albedo=torch.from_numpy(self.albedo(p.albedo[0].numpy()))[None],
-        )
-        return out.to_flat()[0].numpy().astype(np.float32)
+            return x.astype(np.float32)
+        sl, out = self._slices, x.copy()
+        r6 = rot_np.matrix_to_rotation_6d(rot_np.euler_to_matrix(x[sl["rotation"]]))
+        out[sl["rotation"]] = rot_np.matrix_to_euler(rot_np.rotation_6d_to_matrix(self.rotation(r6, t)))
+        out[sl["translation"]] = self.translation(x[sl["translation"]], t)
+        out[sl["expression"]] = self.expression(x[sl["expression"]], t)
+        out[sl["lighting"]] = self.lighting(x[sl["lighting"]], t)
+        out[sl["identity"]] = self.identity(x[sl["identity"]])
+        out[sl["albedo"]] = self.albedo(x[sl["albedo"]])
+        return out.astype(np.float32)
 
 
 class TrackFilters:

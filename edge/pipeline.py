@@ -28,7 +28,7 @@ from ..params import ParamLayout
 from ..preprocess import PreprocessCfg
 from .crops import crop_faces
 from .filters import FilterCfg, TrackFilters
-from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame, frame_camera
+from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
 from .timing import StageStats, timed
 from .tracking import FaceTracker, TrackerCfg
 from .types import FaceFit, Frame, FrameResult
@@ -190,7 +190,7 @@ class FacePipeline:
         if not rois:
             return []
         boxes = [r.box for r in rois]
-        flat_frame = crop_pose_to_frame(raw, boxes, self.layout, self.preprocess, camera).numpy()  # (N, P) float32
+        flat_frame = crop_pose_to_frame_numpy(raw, boxes, self.layout, self.preprocess, camera)  # (N, P) float32
         t = frame.t_capture_ns * 1e-9
         # The 68 landmark rows only, not the mesh; the tracker follows the unfiltered fit (a filtered
         # ROI would lag behind fast motion): both sets in one batch.

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from ..geometry.camera import PinholeCamera
+from ..geometry import rotations_numpy as rot_np
+from ..geometry.camera import MIN_DEPTH
 from ..geometry.rotations import euler_to_matrix, matrix_to_euler
 from ..morphable.model import MorphableModel
 from ..params import FaceParams, ParamLayout
@@ -100,6 +102,40 @@ def crop_pose_to_frame(
         return x.float()
     b = torch.tensor([[bx.x0, bx.y0, bx.size] for bx in boxes], dtype=torch.float64, device=x.device)
     return crop_pose_to_frame_tensor(x, b, layout, preprocess, camera)
+
+
+def crop_pose_to_frame_numpy(
+    flat: np.ndarray,
+    boxes: Sequence[CropBox],
+    layout: ParamLayout,
+    preprocess: PreprocessCfg,
+    camera: PinholeCamera,
+) -> np.ndarray:
+    """:func:`crop_pose_to_frame` in NumPy: (N, P) float32 array, computed in float64.
+
+    The per-frame path of the CPU runtime (a few faces: PyTorch's per-op dispatch would cost more than
+    the arithmetic). The same maths as :func:`crop_pose_to_frame_tensor`, which stays the definition;
+    ``tests/test_edge_reconstruct.py`` checks that the two agree.
+    """
+    x = np.asarray(flat, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != layout.total or x.shape[0] != len(boxes):
+        raise ValueError(f"flat must be (N={len(boxes)}, P={layout.total}), got {tuple(x.shape)}")
+    out = x.copy()
+    if x.shape[0] == 0:
+        return out.astype(np.float32)
+    sl = layout.slices()
+    b = np.array([[bx.x0 + 0.5 * bx.size, bx.y0 + 0.5 * bx.size, bx.size] for bx in boxes], dtype=np.float64)
+    F = float(camera.fx[0])
+    cx, cy = float(camera.cx[0]), float(camera.cy[0])
+    g = preprocess.focal_ratio * b[:, 2]
+    t = x[:, sl["translation"]]
+    du, dv = (b[:, 0] - cx) / g, (b[:, 1] - cy) / g
+    out[:, sl["translation"]] = np.stack([t[:, 0] + t[:, 2] * du, t[:, 1] + t[:, 2] * dv, t[:, 2] * F / g], -1)
+    ray = np.stack([(b[:, 0] - cx) / F, (b[:, 1] - cy) / F, np.ones_like(g)], -1)
+    R_f = rot_np.rotation_z_to(ray / np.linalg.norm(ray, axis=-1, keepdims=True)) @ rot_np.euler_to_matrix(
+        x[:, sl["rotation"]])
+    out[:, sl["rotation"]] = rot_np.matrix_to_euler(R_f)
+    return out.astype(np.float32)
 
 
 def crop_pose_to_frame_tensor(
@@ -182,6 +218,12 @@ class FaceDecoder:
         cols = (3 * idx[:, None] + torch.arange(3, device=idx.device)).reshape(-1)
         self._lm_mean = face_model.mean_shape[idx].reshape(1, -1)
         self._lm_basis = face_model.shape_basis[:, cols]
+        # the same rows as NumPy arrays, for the per-frame CPU path (landmarks2d)
+        self._lm_mean_np = self._lm_mean.detach().cpu().numpy().astype(np.float32)
+        self._lm_basis_np = self._lm_basis.detach().cpu().numpy().astype(np.float32)
+        sl = self.layout.slices()
+        self._coeff_cols = np.r_[sl["identity"], sl["expression"]]
+        self._rot, self._trans = sl["rotation"], sl["translation"]
 
     @torch.no_grad()
     def __call__(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> DecodedFaces:
@@ -219,9 +261,29 @@ class FaceDecoder:
         alb = self.face_model.albedo(params.albedo).clamp(0.0, 1.0) if albedo else None
         return verts, lm2d, alb
 
-    @torch.no_grad()
     def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
-        """(N, 68, 2) float32 image pixels of frame-camera parameters (N, P), without the full mesh."""
+        """(N, 68, 2) float32 image pixels of frame-camera parameters (N, P), without the full mesh.
+
+        On the CPU with a NumPy input this runs in NumPy (a few faces per frame: PyTorch's per-op
+        dispatch would cost more than the arithmetic); else as :meth:`landmarks2d_tensor`. The two
+        agree to float32 rounding (tested).
+        """
+        if self.device.type != "cpu" or isinstance(flat, torch.Tensor):
+            return self.landmarks2d_tensor(flat, camera)
+        x = np.asarray(flat, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.layout.total:
+            raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")
+        lm = (self._lm_mean_np + x[:, self._coeff_cols] @ self._lm_basis_np).reshape(-1, 68, 3)
+        R = rot_np.euler_to_matrix(x[:, self._rot].astype(np.float64)).astype(np.float32)
+        lm = lm @ R.transpose(0, 2, 1) + x[:, None, self._trans]
+        z = lm[..., 2]
+        z = np.where(np.abs(z) < MIN_DEPTH, np.where(z < 0, -MIN_DEPTH, MIN_DEPTH), z).astype(np.float32)
+        fx, fy, cx, cy = (float(camera.fx[0]), float(camera.fy[0]), float(camera.cx[0]), float(camera.cy[0]))
+        return np.stack([fx * lm[..., 0] / z + cx, fy * lm[..., 1] / z + cy], axis=-1).astype(np.float32)
+
+    @torch.no_grad()
+    def landmarks2d_tensor(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
+        """:meth:`landmarks2d` in PyTorch on this decoder's device: (N, 68, 2) float32 NumPy array."""
         x = torch.as_tensor(flat, dtype=torch.float32, device=self.device)
         if x.ndim != 2 or x.shape[1] != self.layout.total:
             raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")

@@ -164,3 +164,57 @@ def test_stage_stats_summary():
 def test_box_from_points_used_by_tracker_is_square():
     b = box_from_points(np.array([[0.0, 0.0], [10.0, 20.0]]), math.sqrt(2))
     assert b.size == pytest.approx(20 * math.sqrt(2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, threads):
+    """The CPU runtime's per-frame NumPy path (crop -> frame, 68 landmarks) against the PyTorch definition."""
+    from mlanet.edge.reconstruct import crop_pose_to_frame_numpy
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pre = PreprocessCfg(input_size=96)
+        layout = synthetic_model.layout
+        s = layout.slices()
+        rng = np.random.default_rng(5)
+        flat = np.repeat(FaceParams.neutral(layout, depth_m=pre.prior_depth_m).to_flat().numpy(), 4, axis=0)
+        flat[:, s["rotation"]] = rng.uniform(-1.2, 1.2, (4, 3))
+        flat[:, s["translation"]] += rng.normal(0, 0.02, (4, 3))
+        flat[:, s["identity"]] = rng.normal(0, 1, (4, layout.identity))
+        flat[:, s["expression"]] = rng.uniform(0, 1, (4, layout.expression))
+        boxes = [CropBox(10, 20, 200), CropBox(900, 500, 90), CropBox(-40, 300, 400), CropBox(600, 0, 30)]
+        cam = frame_camera(1280, 720, 70.0)
+        ref = crop_pose_to_frame(flat, boxes, layout, pre, cam).numpy()
+        got = crop_pose_to_frame_numpy(flat, boxes, layout, pre, cam)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+        decoder = FaceDecoder(synthetic_model)
+        lm = decoder.landmarks2d(got, cam)  # NumPy input: NumPy path
+        lm_ref = decoder.landmarks2d_tensor(got, cam)
+        assert lm.dtype == np.float32 and lm.shape == (4, 68, 2)
+        np.testing.assert_allclose(lm, lm_ref, atol=2e-3)  # pixels; float32 GEMMs in different orders
+        np.testing.assert_allclose(lm, decoder(got, cam).landmarks2d, atol=2e-3)  # the full-mesh decode
+        assert crop_pose_to_frame_numpy(flat[:0], [], layout, pre, cam).shape == (0, layout.total)
+        with pytest.raises(ValueError, match="flat must be"):
+            crop_pose_to_frame_numpy(flat, boxes[:2], layout, pre, cam)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_track_filter_rotation_has_no_wrap_around(synthetic_model):
+    """Roll alternating across +-pi (the same head orientation, give or take 0.02 rad) must not average to 0."""
+    from mlanet.geometry.rotations_numpy import euler_to_matrix
+
+    layout = synthetic_model.layout
+    s = layout.slices()
+    base = FaceParams.neutral(layout).to_flat()[0].numpy()
+    tf = TrackFilter(layout)
+    for i in range(30):
+        x = base.copy()
+        x[s["rotation"]] = [0.1, 0.2, math.pi - 0.01 if i % 2 else -math.pi + 0.01]
+        out = tf(x, i / 30.0)
+        R_in, R_out = euler_to_matrix(x[s["rotation"]].astype(np.float64)), euler_to_matrix(out[s["rotation"]].astype(np.float64))
+        assert np.abs(R_in - R_out).max() < 0.05, (i, out[s["rotation"]])
+    with pytest.raises(ValueError, match="flat must be"):
+        tf(base[:-1], 2.0)
