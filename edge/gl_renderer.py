@@ -94,11 +94,13 @@ _SH_WEIGHTS = np.array(LAMBERT_FACTORS) * np.array(
 )
 _INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.MULTILINE)
 _STREAM_FORMAT = ("3f 3f 3f", "in_position", "in_normal", "in_albedo")  # the (G, 9) per-frame stream
+#: Shaders (vertex, fragment) of each surface mode. "shaded" lights per vertex (Gouraud, see
+#: shaders/face_shaded.vert): on llvmpipe a third of the overlay's cost went to per-pixel lighting.
 _FACE_SHADERS = {
-    "shaded": "face_shaded.frag",
-    "photo": "face_photo.frag",
-    "albedo": "face_albedo.frag",
-    "normals": "face_normals.frag",
+    "shaded": ("face_shaded.vert", "face_shaded.frag"),
+    "photo": ("face_mesh.vert", "face_photo.frag"),
+    "albedo": ("face_mesh.vert", "face_albedo.frag"),
+    "normals": ("face_mesh.vert", "face_normals.frag"),
 }
 
 
@@ -402,7 +404,7 @@ class FaceRenderer:
             vao = ctx.vertex_array(program, content, index_buffer=index, index_element_size=4, skip_errors=True)
             return self._keep(vao)
 
-        self._face_programs = {mode: self._program("face_mesh.vert", frag) for mode, frag in _FACE_SHADERS.items()}
+        self._face_programs = {mode: self._program(vert, frag) for mode, (vert, frag) in _FACE_SHADERS.items()}
         self._face_vaos = {mode: mesh_vao(p, triangles) for mode, p in self._face_programs.items()}
         self._depth_vao = mesh_vao(self._program("face_mesh.vert", "depth_only.frag"), triangles)
         self._wire_program = self._program("face_mesh.vert", "flat_color.frag")
@@ -612,7 +614,8 @@ class FaceRenderer:
             if region is None:
                 return self._read()
             out = frame.copy()
-            view = self._readback.reshape(-1)[: (y1 - y0) * (x1 - x0) * 3].reshape(y1 - y0, x1 - x0, 3)  # contiguous
+            h, w = y1 - y0, x1 - x0
+            view = self._readback.reshape(-1)[: h * w * 3].reshape(h, w, 3)  # contiguous
             self._fbo.read_into(view, viewport=gl_box, components=3, alignment=1)
             out[y0:y1, x0:x1] = view[::-1]
             return out
