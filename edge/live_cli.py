@@ -22,10 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import MLANetError
 from ..fileutil import check_writable_dir, check_writable_file
 from .loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
                       open_detector, open_model, positive_int, run_cli)
 from .send import LiveSenders, add_send_arguments
+from .timing import peak_rss_mib, rss_mib
 from .video_cli import add_pipeline_arguments, pipeline_cfg_from_args
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", metavar="FILE", help="replay a video file in real time instead of a camera")
     p.add_argument("--replay-fps", type=float_in(0.0, math.inf), default=None,
                    help="with --video: replay at this rate instead of the file's own (0 = as fast as possible)")
+    p.add_argument("--loop", action="store_true",
+                   help="with --video: start the file over at its end (demos, endurance runs); stop with q, Ctrl-C, "
+                        "--duration or --max-frames")
     p.add_argument("--width", type=positive_int, default=None, help="requested camera width")
     p.add_argument("--height", type=positive_int, default=None, help="requested camera height")
     add_model_arguments(p)
@@ -53,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-frames", type=positive_int, default=None, help="stop after N frames")
     o.add_argument("--duration", type=float_in(0.0, math.inf, lo_open=True), default=None,
                    help="stop after this many seconds")
-    o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON at the end")
+    o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95), dropped frames and a "
+                   "timeline (frames, dropped frames, resident memory every --stats-every s) as JSON at the end")
+    o.add_argument("--stats-every", type=float_in(0.0, math.inf, lo_open=True), default=10.0, metavar="S",
+                   help="seconds between --json-stats timeline samples (default 10)")
     add_verbose_argument(o)
     add_send_arguments(p, serve=True)
     return p
@@ -143,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         check_writable_dir(args.record_dir, "--record-dir")
     if args.json_stats:
         check_writable_file(args.json_stats, "--json-stats")
+    if args.loop and args.video is None:
+        raise MLANetError("--loop needs --video (a camera has no end to start over from)")
     cfg = pipeline_cfg_from_args(args)
     window = None
     if not args.no_window:
@@ -160,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
             with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
                 source = CameraSource(args.camera, width=args.width, height=args.height)
         else:
-            source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps)
+            source = LiveReplaySource(VideoFileSource(args.video), fps=args.replay_fps, loop=args.loop)
     except BaseException:
         senders.close()  # the viewer's port and the sender thread
         raise
@@ -186,6 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     last_print = t_start
     frame_times: list[float] = []
+    timeline: list[dict[str, float]] = []  # --json-stats: frames, dropped frames and RSS over time
+    next_sample = 0.0
+
+    def sample(now: float) -> None:
+        timeline.append({"t_s": round(now - t_start, 2), "frames": pipeline.frames_done,
+                         "dropped_frames": int(getattr(source, "dropped", 0)), "rss_mib": round(rss_mib(), 1)})
 
     def show(result: Any) -> None:
         image = result.rendered if result.rendered is not None else result.frame.image
@@ -205,8 +221,12 @@ def _run(args: argparse.Namespace) -> int:
                 session.on_key(key)
             if window.should_close:
                 session.quit = True
+        nonlocal next_sample
         pipeline.cfg = replace(pipeline.cfg, render_mode=session.mode, overlays=tuple(sorted(session.overlays)))
         now = time.perf_counter()
+        if args.json_stats and now - t_start >= next_sample:
+            sample(now)
+            next_sample += args.stats_every
         if window is None and now - last_print > 5.0:
             last_print = now
             st = pipeline.stats.summary()["stages"]
@@ -226,6 +246,10 @@ def _run(args: argparse.Namespace) -> int:
         session.stop_recording()
         stats = pipeline.stats.summary()
         stats["dropped_frames"] = int(getattr(source, "dropped", 0))
+        if args.json_stats:
+            sample(time.perf_counter())
+            stats["timeline"] = timeline
+            stats["peak_rss_mib"] = round(peak_rss_mib(), 1)
         senders.close()
         if senders.active:
             stats["live_outputs"] = senders.summary()

@@ -11,6 +11,8 @@ the GPU backends and reports through the same :meth:`StageStats.add`.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -83,3 +85,20 @@ class StageStats:
         for k, v in self.extra.items():
             out[k] = _summary(v[self.warmup_frames:])
         return out
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux ``/proc/self/statm``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -190,6 +190,27 @@ def test_live_headless_replay(obama_clip_24, ict_model_file, tmp_path):
     assert _count_video_frames(rec)[0] == st["frames"]
 
 
+def test_live_loop_replays_past_the_end_with_a_timeline(obama_clip_24, ict_model_file, tmp_path):
+    """--loop starts the 24-frame clip over; --json-stats carries the timeline an endurance run reads."""
+    stats = tmp_path / "live.json"
+    rc = live_cli.main(["--video", str(obama_clip_24), "--replay-fps", "0", "--loop", "--max-frames", "40",
+                        "--no-window", "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file),
+                        "--json-stats", str(stats), "--stats-every", "0.05"])
+    assert rc == 0
+    st = json.loads(stats.read_text())
+    assert st["frames"] == 40  # more than the clip holds
+    tl = st["timeline"]
+    assert len(tl) >= 2 and tl[-1]["frames"] == 40 and tl[-1]["dropped_frames"] == st["dropped_frames"]
+    assert all(b["t_s"] >= a["t_s"] and b["frames"] >= a["frames"] for a, b in zip(tl, tl[1:]))
+    assert all(100 < s["rss_mib"] < 8192 for s in tl) and st["peak_rss_mib"] >= max(s["rss_mib"] for s in tl)
+
+
+def test_live_loop_needs_a_video(capsys):
+    assert live_cli.main(["--camera", "0", "--loop", "--no-window", "--untrained", "mlanet_mobile"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--loop needs --video" in err
+
+
 def test_live_missing_camera_is_clear(ict_model_file, capsys):
     rc = live_cli.main(["--camera", "57", "--no-window", "--untrained", "mlanet_mobile", "--face-model", str(ict_model_file)])
     assert rc == 2 and "camera 57" in capsys.readouterr().err

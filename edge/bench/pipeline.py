@@ -24,7 +24,6 @@ import argparse
 import logging
 import math
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -34,25 +33,10 @@ import numpy as np
 
 from ...errors import MLANetError
 from ..loading import positive_int
+from ..timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
 from .record import record_dir, write_record
 
 log = logging.getLogger(__name__)
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux ``/proc/self/statm``)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 2**20
-    except OSError:
-        return float("nan")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def gpu_peak_mib() -> float | None:

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...errors import MLANetError
-from .pipeline import default_clip, gpu_peak_mib, open_backend_for_bench, peak_rss_mib, rss_mib
+from ..timing import peak_rss_mib, rss_mib
+from .pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
 from .record import record_dir, write_record
 
 log = logging.getLogger(__name__)
