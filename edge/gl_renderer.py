@@ -254,6 +254,12 @@ class MeshTopology:
         return vertex_of, np.ascontiguousarray(uv), inverse.reshape(-1, 3).astype(np.int32)
 
     @cached_property
+    def _corner_index(self) -> np.ndarray:
+        """The triangles' corner vertex indices ``(3F,)`` intp, corner-major (all first corners, then all
+        second, then all third): one gather gives three contiguous ``(F, 3)`` corner arrays."""
+        return np.ascontiguousarray(self.triangles.T.reshape(-1), dtype=np.intp)
+
+    @cached_property
     def _incidence(self) -> Any:
         """Sparse (V, F) matrix with a 1 where vertex v is a corner of triangle f."""
         from scipy import sparse
@@ -269,16 +275,16 @@ class MeshTopology:
         face normals (length = twice the area) summed onto their corners and normalised; a vertex
         with no triangle gets 0. numpy + one sparse product (~1 ms for the 9.4k-vertex ICT mesh).
         """
-        v = np.asarray(vertices, dtype=np.float32)
-        tri = self.triangles
-        a = v[tri[:, 0]]
-        e1, e2 = v[tri[:, 1]] - a, v[tri[:, 2]] - a
-        fn = np.empty_like(e1)
-        fn[:, 0] = e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1]
-        fn[:, 1] = e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2]
-        fn[:, 2] = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+        v = np.ascontiguousarray(vertices, dtype=np.float32)
+        # one gather of the three corners of every triangle; the indices are valid by construction, so
+        # no bounds check ("clip"): 3-4x faster than fancy indexing of 12-byte rows
+        corners = np.take(v, self._corner_index, axis=0, mode="clip").reshape(3, -1, 3)  # corner-major: contiguous
+        e1, e2 = corners[1] - corners[0], corners[2] - corners[0]
+        fn = np.cross(e1, e2)
         summed = np.asarray(self._incidence @ fn, dtype=np.float32)
-        return summed / np.maximum(np.sqrt((summed * summed).sum(axis=1, keepdims=True)), 1e-12)
+        length = np.sqrt(np.einsum("ij,ij->i", summed, summed))
+        summed /= np.maximum(length, 1e-12)[:, None]
+        return summed
 
     @cached_property
     def gl_edges(self) -> np.ndarray:
@@ -519,7 +525,7 @@ class FaceRenderer:
             data[:, 6:9] = _as_array(face.albedo, f"faces[{index}].albedo", (V, 3), f"({V}, 3)")
         else:
             data[:, 6:9] = DEFAULT_ALBEDO
-        np.take(data, self._vertex_of, axis=0, out=self._stream_data)
+        np.take(data, self._vertex_of, axis=0, out=self._stream_data, mode="clip")  # indices valid by construction
         self._stream.write(self._stream_data)
 
     @staticmethod
