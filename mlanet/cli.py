@@ -30,13 +30,23 @@ GROUPS = {
 }
 
 
+#: Commands that live above the core but belong to one of its groups: group -> module providing
+#: ``add_parsers(group_subparsers)``. ``mlanet eval jitter`` / ``expressions`` run the video runtime, so they
+#: live in :mod:`mlanet.edge.evaluation` (the core never imports the runtime; this entry point may).
+GROUP_EXTENSIONS = {
+    "eval": "mlanet.edge.evaluation.cli",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlanet", description="MLANet: 3D face reconstruction")
     parser.add_argument("--version", action="version", version=f"mlanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="group", required=True)
-    for module in GROUPS.values():
-        importlib.import_module(module).add_parser(sub)
+    for group, module in GROUPS.items():
+        group_sub = importlib.import_module(module).add_parser(sub)
+        if group in GROUP_EXTENSIONS:
+            importlib.import_module(GROUP_EXTENSIONS[group]).add_parsers(group_sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Tests of the expression-tracking benchmark (mlanet.eval.expressions) and ``mlanet eval expressions``.
+"""Tests of the expression-tracking benchmark (mlanet.edge.evaluation.expressions) and ``mlanet eval expressions``.
 
 The MediaPipe-derived measures are checked on synthetic point sets with known gaps and
 apertures (and their invariance to scale, rotation and translation); the correlation summary on
@@ -19,7 +19,7 @@ import pytest
 
 from mlanet.cli import main
 from mlanet.errors import MLANetError
-from mlanet.eval.expressions import (
+from mlanet.edge.evaluation.expressions import (
     MIN_FRAMES,
     SKIP_REASONS,
     TARGETS,

@@ -1,4 +1,4 @@
-"""Tests of the video landmark-jitter benchmark (mlanet.eval.jitter) and ``mlanet eval jitter``.
+"""Tests of the video landmark-jitter benchmark (mlanet.edge.evaluation.jitter) and ``mlanet eval jitter``.
 
 The metric is checked on synthetic trajectories with known answers (still + white noise,
 constant velocity, constant acceleration); the one-pass claim (raw fits of a filter-on pass
@@ -17,7 +17,7 @@ import pytest
 
 from mlanet.cli import main
 from mlanet.errors import MLANetError
-from mlanet.eval.jitter import (
+from mlanet.edge.evaluation.jitter import (
     SKIP_REASONS,
     TrackFrame,
     collect_tracks,
@@ -136,7 +136,7 @@ def test_moving_head_is_not_near_static_but_counts_in_all_valid() -> None:
 
 
 def test_window_reference_maps_back_and_rejects_other_faces() -> None:
-    from mlanet.eval.jitter import WindowReference
+    from mlanet.edge.evaluation.jitter import WindowReference
     from mlanet.preprocess import CropBox
 
     image = np.zeros((300, 400, 3), np.uint8)

@@ -15,12 +15,10 @@ import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_message import OscMessage
 
 from mlanet.conventions import camera_pose_to_vmc
 from mlanet.edge import live_cli, video_cli

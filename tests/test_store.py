@@ -28,13 +28,14 @@ from mlanet.data.store import (
     prepare_store,
 )
 from mlanet.cli import main as mlanet_main
+from mlanet.data.store_dataset import StoreDataset, warp_uint8
+from mlanet.errors import AssetError, MLANetError
+from mlanet.preprocess import PreprocessCfg
 
 
 def data_main(argv):
     return mlanet_main(["data", *argv])
-from mlanet.data.store_dataset import StoreDataset, warp_uint8
-from mlanet.errors import AssetError, MLANetError
-from mlanet.preprocess import PreprocessCfg
+
 
 NO_DEV = ExclusionGuard(dev_folder=None)
 # roi_scale 1 and margin 1.25 with a 128 px landmark box give a 160 px store crop of a 160 px region:

@@ -1,8 +1,6 @@
 """Stage-2 training features: init from another run, AFLW2000 image lists, video frames as unlabelled data."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -38,13 +38,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-#: libx264 threading modes :class:`H264VideoWriter` accepts (PyAV ``codec_context.thread_type``).
-THREAD_TYPES = ("AUTO", "FRAME", "SLICE")
-
 import numpy as np
 
 from ...fileutil import mkstemp_beside
 from . import WriterError
+
+#: libx264 threading modes :class:`H264VideoWriter` accepts (PyAV ``codec_context.thread_type``).
+THREAD_TYPES = ("AUTO", "FRAME", "SLICE")
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import MLANetError
+from mlanet.errors import MLANetError
 
 if TYPE_CHECKING:  # torch is imported only when a clip is run (keeps `mlanet --help` fast)
-    from ..preprocess import CropBox
+    from mlanet.preprocess import CropBox
 
 #: Head speed (percent of the face size per frame) below which a frame is near-static.
 STATIC_SPEED_PERCENT = 0.5
@@ -157,7 +157,7 @@ class WindowReference:
         input_size: int = REFERENCE_INPUT_SIZE,
     ) -> None:
         if detector is None:
-            from ..data.mediapipe_labels import FaceMeshDetector
+            from mlanet.data.mediapipe_labels import FaceMeshDetector
 
             detector = FaceMeshDetector()
         self.detector = detector
@@ -175,9 +175,9 @@ class WindowReference:
         }
 
     def __call__(self, image: np.ndarray, box: CropBox) -> np.ndarray | None:
-        from ..data.landmarks import crop_uint8
-        from ..data.mediapipe_labels import box_from_mp468
-        from ..preprocess import CropBox
+        from mlanet.data.landmarks import crop_uint8
+        from mlanet.data.mediapipe_labels import box_from_mp468
+        from mlanet.preprocess import CropBox
 
         side = box.size * self.window_scale
         c = box.size / 2.0
@@ -371,9 +371,9 @@ def evaluate_clip(
     """
     from dataclasses import replace
 
-    from ..edge.frames import open_source
-    from ..edge.pipeline import FacePipeline
-    from ..fileutil import file_sha256
+    from ..frames import open_source
+    from ..pipeline import FacePipeline
+    from mlanet.fileutil import file_sha256
 
     path = Path(path).expanduser()
     if not path.exists():

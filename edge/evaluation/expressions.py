@@ -4,7 +4,7 @@ Run (:func:`evaluate_clip`): the edge pipeline (:class:`mlanet.edge.pipeline.Fac
 model opened as ``mlanet-video`` opens it, no rendering, temporal filter on as in
 ``mlanet-video``) goes over the clip once (every ``every``-th frame, at most ``max_frames`` of
 them). On every frame where the pipeline fits exactly one face, MediaPipe face mesh is run on a
-window around that face's crop (:class:`mlanet.eval.jitter.WindowReference`: 468 points, static
+window around that face's crop (:class:`mlanet.edge.evaluation.jitter.WindowReference`: 468 points, static
 images, a result centred outside the track's crop, i.e. another face, is discarded). Frames with
 no face or with more than one fitted face are skipped (counted by reason, :data:`SKIP_REASONS`):
 the pooled series must come from one face at a time.
@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import MLANetError
+from mlanet.errors import MLANetError
 
 #: MediaPipe 468 indices: inner-lip midpoints (upper, lower).
 MP468_INNER_LIP: tuple[int, int] = (13, 14)
@@ -484,7 +484,7 @@ def open_clip(path: str | Path) -> Any:
     Raises:
         MLANetError: missing path, not a video (unreadable or damaged), or a single still image.
     """
-    from ..edge.frames import ImageSource, open_source
+    from ..frames import ImageSource, open_source
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -515,7 +515,7 @@ def evaluate_clip(
         backend, face_model: as from :func:`mlanet.edge.loading.open_model`.
         cfg: a :class:`~mlanet.edge.pipeline.PipelineCfg` (rendering is switched off).
         detector: the tracker's face detector (default MediaPipe full-range); closed at the end.
-        reference: the MediaPipe reference (default a :class:`~mlanet.eval.jitter.WindowReference`
+        reference: the MediaPipe reference (default a :class:`~mlanet.edge.evaluation.jitter.WindowReference`
             with :data:`REFERENCE_INPUT_SIZE`, made and closed here; one passed in is not closed).
         every, max_frames, progress: see :func:`collect_samples`; ``progress(done, total)``.
 
@@ -524,8 +524,8 @@ def evaluate_clip(
     """
     from dataclasses import replace
 
-    from ..edge.pipeline import FacePipeline
-    from ..fileutil import file_sha256
+    from ..pipeline import FacePipeline
+    from mlanet.fileutil import file_sha256
     from .jitter import WindowReference
 
     path = Path(path).expanduser()
@@ -611,7 +611,7 @@ def print_table(clips: Sequence[Mapping[str, Any]], out: Any = None) -> None:
 
 def cmd_expressions(args: argparse.Namespace) -> int:
     """``mlanet eval expressions``: check inputs, run every clip, write the JSON, print the table."""
-    from ..fileutil import check_writable_file, write_json_atomic
+    from mlanet.fileutil import check_writable_file, write_json_atomic
 
     check_writable_file(args.json, "--json")
     for video in args.video:  # every clip is checked before the model loads
@@ -630,15 +630,15 @@ def cmd_expressions(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from dataclasses import replace
 
-    from ..edge.bench.record import environment
-    from ..edge.filters import FilterCfg
-    from ..edge.loading import native_stderr_quiet, open_detector, open_model
-    from ..edge.pipeline import PipelineCfg
-    from ..edge.reconstruct import DEFAULT_FOV_DEG
-    from ..edge.tracking import TrackerCfg
-    from ..fileutil import file_sha256
-    from ..preprocess import PreprocessCfg
-    from .cli import _progress
+    from ..bench.record import environment
+    from ..filters import FilterCfg
+    from ..loading import native_stderr_quiet, open_detector, open_model
+    from ..pipeline import PipelineCfg
+    from ..reconstruct import DEFAULT_FOV_DEG
+    from ..tracking import TrackerCfg
+    from mlanet.fileutil import file_sha256
+    from mlanet.preprocess import PreprocessCfg
+    from mlanet.eval.cli import _progress
     from .jitter import WindowReference, pipeline_description
 
     backend, face_model = open_model(args)
@@ -688,8 +688,8 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
 
 def add_expressions_parser(sub: Any) -> None:
     """Register ``mlanet eval expressions``."""
-    from ..edge.loading import add_model_arguments, float_in, positive_int
-    from ..edge.reconstruct import FOV_RANGE_DEG
+    from ..loading import add_model_arguments, float_in, positive_int
+    from ..reconstruct import FOV_RANGE_DEG
 
     e = sub.add_parser(
         "expressions",
