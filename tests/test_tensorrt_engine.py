@@ -342,12 +342,12 @@ def test_cli_export_tensorrt_without_tensorrt(tmp_path, onnx_files, no_tensorrt,
     assert "--opt-batch" in capsys.readouterr().err
 
 
-def test_parity_report_plumbing(tmp_path, meta, onnx_files, face_model, monkeypatch):
-    """engine_parity_report's batching, decoding and report keys, with ONNX Runtime standing in for TensorRT.
-
-    This does not test TensorRT: the runner is replaced by onnxruntime on the same ONNX, so the
-    expected difference is exactly zero. The real comparison is test_engine_parity_with_onnxruntime_in_vertex_space.
-    """
+def test_parity_report_measures_a_known_difference(tmp_path, meta, onnx_files, face_model, monkeypatch):
+    """engine_parity_report's batching, decoding and measurement, with a stand-in for TensorRT that runs
+    ONNX Runtime on the same ONNX and then moves every head 2 mm away from the camera: the report must
+    find exactly that (2 mm on every vertex and landmark, 0.002 on one parameter). Not a TensorRT test:
+    that is test_engine_parity_with_onnxruntime_in_vertex_space, on a GPU."""
+    tz = face_model.layout.slices()["translation"].start + 2
     import mlanet.export.tensorrt_engine as te
     from mlanet.export.onnx_export import _ort_session
 
@@ -360,7 +360,9 @@ def test_parity_report_plumbing(tmp_path, meta, onnx_files, face_model, monkeypa
 
         def __call__(self, images):
             calls.append(images.shape[0])
-            return self.session.run(["params"], {"images": images})[0]
+            out = self.session.run(["params"], {"images": images})[0].copy()
+            out[:, tz] += 0.002  # metres along the optical axis
+            return out
 
         def close(self):
             self.session = None
@@ -369,7 +371,9 @@ def test_parity_report_plumbing(tmp_path, meta, onnx_files, face_model, monkeypa
     engine = write_engine_file(tmp_path / "p.engine", PLACEHOLDER, _header(meta))
     rep = te.engine_parity_report(engine, onnx_files["net"], face_model, n=20)
     assert calls == [1, 8] and rep["batch_sizes"] == [1, 8] and rep["n"] == 8  # n clipped to max_batch
-    assert rep["vertex_mm"] == {"mean": 0.0, "max": 0.0} and rep["param_max_abs"] == 0.0
+    for key in ("vertex_mm", "landmark_mm"):
+        assert rep[key]["mean"] == pytest.approx(2.0, abs=1e-3) and rep[key]["max"] == pytest.approx(2.0, abs=1e-3)
+    assert rep["param_max_abs"] == pytest.approx(0.002, abs=1e-6)
     assert rep["precision"] == "fp16" and rep["tensorrt_version"] == FAKE_TRT
 
 

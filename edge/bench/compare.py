@@ -147,12 +147,6 @@ def decode_frames(clip: Path, max_frames: int | None) -> tuple[list[Any], dict[s
     return frames, info
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, np.float64), q))
-
-
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
