@@ -63,49 +63,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    """Tracking, filtering and rendering options shared with mlanet-live."""
+    """Tracking, filtering and rendering options shared with mlanet-live.
+
+    The settings are a :class:`~mlanet.edge.pipeline.PipelineCfg`: its defaults, then ``--config FILE``
+    (YAML with the same keys), then ``--set key=value`` overrides (``tracker.detect_every=5``,
+    ``filter.rotation_min_cutoff=1.0``, ...), then the flags below, when given.
+    """
     from .pipeline import RENDER_MODES
     from .reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
 
     g = p.add_argument_group("pipeline")
-    g.add_argument("--fov", type=float_in(*FOV_RANGE_DEG, unit=" degrees"), default=DEFAULT_FOV_DEG,
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="pipeline settings as YAML (keys of PipelineCfg: fov_deg, tracker.*, filter.*, render_mode, "
+                        "overlays, mesh_alpha, meshes); the flags below override it")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
+                   help="override one pipeline setting, e.g. tracker.detect_every=5 or filter.enabled=false "
+                        "(repeatable; after --config, before the flags below)")
+    g.add_argument("--fov", type=float_in(*FOV_RANGE_DEG, unit=" degrees"), default=None,
                    help=f"horizontal field of view of the camera in degrees, {FOV_RANGE_DEG[0]:g} to "
                    f"{FOV_RANGE_DEG[1]:g} (default {DEFAULT_FOV_DEG:g})")
-    g.add_argument("--max-faces", type=positive_int, default=4, help="most faces tracked at once (default 4)")
-    g.add_argument("--detect-every", type=positive_int, default=10, metavar="N",
+    g.add_argument("--max-faces", type=positive_int, default=None, help="most faces tracked at once (default 4)")
+    g.add_argument("--detect-every", type=positive_int, default=None, metavar="N",
                    help="re-run the face detector every N frames (also on lost tracks and scene cuts; default 10)")
     g.add_argument("--detector", choices=("full_range", "short_range"), default="full_range",
                    help="MediaPipe detector model: full_range finds small faces up to ~5 m (default), "
                    "short_range is faster for faces within ~2 m")
     g.add_argument("--no-filter", action="store_true", help="disable temporal filtering (raw per-frame fits)")
-    g.add_argument("--mode", choices=RENDER_MODES, default="shaded", help="render mode of the overlay (default shaded)")
-    g.add_argument("--overlays", default="landmarks",
+    g.add_argument("--mode", choices=RENDER_MODES, default=None, help="render mode of the overlay (default shaded)")
+    g.add_argument("--overlays", default=None,
                    help="comma-separated overlays: landmarks, wireframe, or none (default landmarks)")
-    g.add_argument("--alpha", type=float_in(0.0, 1.0, lo_open=True), default=1.0,
+    g.add_argument("--alpha", type=float_in(0.0, 1.0, lo_open=True), default=None,
                    help="opacity of the mesh over the frame, in (0, 1] (default 1)")
 
 
 def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True):
-    """:class:`PipelineCfg` from the pipeline arguments."""
-    from .filters import FilterCfg
+    """:class:`PipelineCfg` from the pipeline arguments (defaults < --config < --set < flags)."""
+    from ..config import load_config
     from .pipeline import PipelineCfg
-    from .tracking import TrackerCfg
+    from .reconstruct import FOV_RANGE_DEG
 
-    overlays = tuple(o.strip() for o in args.overlays.split(",") if o.strip() and o.strip() != "none")
+    try:
+        cfg = load_config(PipelineCfg, getattr(args, "config", None), getattr(args, "set", None) or [])
+    except (ValueError, TypeError) as exc:  # a value PipelineCfg / TrackerCfg / FilterCfg refuses
+        raise MLANetError(f"--config/--set: {exc}") from None
+    tracker = cfg.tracker
+    if args.max_faces is not None:
+        tracker = replace(tracker, max_faces=args.max_faces)
+    if args.detect_every is not None:
+        tracker = replace(tracker, detect_every=args.detect_every)
+    if tracker.max_faces < 1 or tracker.detect_every < 1:
+        raise MLANetError("max faces (--max-faces, tracker.max_faces) and --detect-every (tracker.detect_every) "
+                          "must be >= 1")
+    overlays = cfg.overlays
+    if args.overlays is not None:
+        overlays = tuple(o.strip() for o in args.overlays.split(",") if o.strip() and o.strip() != "none")
     bad = set(overlays) - {"landmarks", "wireframe"}
     if bad:
         raise MLANetError(f"--overlays: unknown {sorted(bad)}; use landmarks, wireframe or none")
-    if args.max_faces < 1 or args.detect_every < 1:
-        raise MLANetError("--max-faces and --detect-every must be >= 1")
-    if not 0.0 < args.alpha <= 1.0:
-        raise MLANetError("--alpha must be in (0, 1]")
-    return PipelineCfg(
-        fov_deg=args.fov,
-        tracker=replace(TrackerCfg(), max_faces=args.max_faces, detect_every=args.detect_every),
-        filter=FilterCfg(enabled=not args.no_filter),
-        render_mode=args.mode if render else None,
-        overlays=overlays,
-        mesh_alpha=args.alpha,
+    fov = cfg.fov_deg if args.fov is None else args.fov
+    if not FOV_RANGE_DEG[0] <= fov <= FOV_RANGE_DEG[1]:
+        raise MLANetError(f"--fov (fov_deg) must be within [{FOV_RANGE_DEG[0]:g}, {FOV_RANGE_DEG[1]:g}] degrees, got {fov}")
+    alpha = cfg.mesh_alpha if args.alpha is None else args.alpha
+    if not 0.0 < alpha <= 1.0:
+        raise MLANetError("--alpha (mesh_alpha) must be in (0, 1]")
+    return replace(
+        cfg,
+        fov_deg=fov,
+        tracker=tracker,
+        filter=replace(cfg.filter, enabled=False) if args.no_filter else cfg.filter,
+        render_mode=(args.mode or cfg.render_mode) if render else None,
+        overlays=tuple(overlays),
+        mesh_alpha=alpha,
     )
 
 

@@ -199,3 +199,40 @@ def test_live_source_drops_stale_frames_and_records_latency(synthetic_model):
     assert len(indices) < 60 and src.dropped > 0
     assert all(b > a for a, b in zip(indices, indices[1:]))
     assert p.stats.summary()["latency_ms"]["n"] > 0
+
+
+def test_pipeline_settings_from_config_set_and_flags(tmp_path):
+    """mlanet-video / mlanet-live settings: PipelineCfg defaults < --config < --set < flags."""
+    from mlanet.edge import video_cli
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.errors import MLANetError
+
+    parser = video_cli.build_parser()
+    cfg = video_cli.pipeline_cfg_from_args(parser.parse_args(["in.mp4", "--out", "o"]))
+    assert cfg == PipelineCfg()  # no flag given: exactly the defaults
+    conf = tmp_path / "pipe.yaml"
+    conf.write_text("fov_deg: 70\ntracker:\n  detect_every: 3\n  max_faces: 2\nfilter:\n  rotation_min_cutoff: 0.9\n"
+                    "overlays: [wireframe]\n")
+    args = parser.parse_args(["in.mp4", "--out", "o", "--config", str(conf), "--set", "tracker.max_faces=5",
+                              "--set", "filter.expression_beta=2.5", "--detect-every", "7", "--mode", "albedo"])
+    cfg = video_cli.pipeline_cfg_from_args(args)
+    assert (cfg.fov_deg, cfg.tracker.detect_every, cfg.tracker.max_faces) == (70.0, 7, 5)
+    assert (cfg.filter.rotation_min_cutoff, cfg.filter.expression_beta, cfg.filter.enabled) == (0.9, 2.5, True)
+    assert cfg.overlays == ("wireframe",) and cfg.render_mode == "albedo"
+    off = video_cli.pipeline_cfg_from_args(parser.parse_args(["in.mp4", "--out", "o", "--config", str(conf),
+                                                              "--no-filter", "--overlays", "none"]), render=False)
+    assert not off.filter.enabled and off.filter.rotation_min_cutoff == 0.9 and off.overlays == () and off.render_mode is None
+    for bad in (["--set", "tracker.nope=1"], ["--set", "fov_deg=500"], ["--set", "tracker.max_faces=0"],
+                ["--config", str(tmp_path / "missing.yaml")], ["--set", "render_mode=sketch"]):
+        with pytest.raises(MLANetError):
+            video_cli.pipeline_cfg_from_args(parser.parse_args(["in.mp4", "--out", "o", *bad]))
+
+
+def test_pipeline_config_errors_are_one_line_exit_2(tmp_path, capsys):
+    from mlanet.edge import live_cli, video_cli
+
+    for main, argv in ((video_cli.main, [str(tmp_path / "in.mp4"), "--out", str(tmp_path / "o")]),
+                       (live_cli.main, ["--video", str(tmp_path / "in.mp4"), "--no-window"])):
+        assert main([*argv, "--set", "tracker.detect_evry=3"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "detect_evry" in err, err
