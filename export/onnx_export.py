@@ -189,8 +189,10 @@ def export_onnx(model: Any, face_model: Any, path: str | os.PathLike[str], *, op
 
 
 # --------------------------------------------------------------------------- face decoder
-class FaceDecoder(nn.Module):
-    """``params (B, P) -> (vertices (B, V, 3) metres camera frame, landmarks (B, 68, 3))``."""
+class DecoderGraph(nn.Module):
+    """The graph :func:`export_face_decoder_onnx` exports: ``params (B, P) -> (vertices (B, V, 3) metres camera
+    frame, landmarks (B, 68, 3))``. (The runtime's decoder of frame-camera parameters is
+    :class:`mlanet.edge.reconstruct.FaceDecoder`.)"""
 
     def __init__(self, face_model: Any) -> None:
         super().__init__()
@@ -215,7 +217,7 @@ def export_face_decoder_onnx(face_model: Any, path: str | os.PathLike[str], *, o
         "face_model": dict(face_model.describe()),
         **_versions(opset),
     }
-    decoder = FaceDecoder(face_model).eval()
+    decoder = DecoderGraph(face_model).eval()
     example = torch.zeros(2, layout.total)
     return _export_with_metadata(
         decoder,

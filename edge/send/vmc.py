@@ -118,7 +118,7 @@ class VmcSender:
 
     def publish(self, sample: FaceSample) -> None:
         """Queue ``sample`` for sending (replacing one not yet sent); returns at once."""
-        self._slot.put(sample)  # type: ignore[arg-type] - the one-slot buffer holds any item
+        self._slot.put(sample)  # type: ignore[arg-type]  # the one-slot buffer holds any item
 
     @property
     def replaced(self) -> int:
