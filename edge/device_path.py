@@ -190,7 +190,7 @@ class DeviceFacePath:
 
     Args:
         infer: device images (N, 3, S, S) -> (N, P) float32 device params
-            (:meth:`~mlanet.edge.torch_cuda_backend.TorchCudaBackend.run_device`, or
+            (:meth:`~mlanet.edge.backends.torch_cuda.TorchCudaBackend.run_device`, or
             :class:`ModuleInference`).
         face_model: the :class:`~mlanet.morphable.model.MorphableModel` (moved to ``device``).
         preprocess: the artifact's :class:`~mlanet.preprocess.PreprocessCfg`.
@@ -229,7 +229,7 @@ class DeviceFacePath:
 
     @classmethod
     def for_backend(cls, backend: Any, face_model: Any, **kwargs: Any) -> "DeviceFacePath":
-        """The path for a backend: a :class:`~mlanet.edge.torch_cuda_backend.TorchCudaBackend`
+        """The path for a backend: a :class:`~mlanet.edge.backends.torch_cuda.TorchCudaBackend`
         (:class:`~mlanet.edge.gpu_crops.GpuCropper` in the backend's dtype and memory format, its
         ``run_device``) or a :class:`~mlanet.edge.backends.TorchBackend` on any device
         (:class:`TorchTableCropper`, :class:`ModuleInference`). ``kwargs``: ``camera``, ``fov_deg``.

@@ -2,7 +2,7 @@
 
 UNTESTED ON A GPU: written on a machine without one; its gpu tests are in tests/test_gpu_stream.py
 (:class:`TorchCudaOps` + :class:`~mlanet.edge.gpu_crops.GpuCropper` +
-:class:`~mlanet.edge.torch_cuda_backend.TorchCudaBackend` against the :class:`SyncCpuOps` loop in
+:class:`~mlanet.edge.backends.torch_cuda.TorchCudaBackend` against the :class:`SyncCpuOps` loop in
 vertex space, overlap seen in CUDA event timestamps, no host synchronisation inside an iteration
 except the download event). What is tested on the CPU: the whole schedule and every number, through
 :class:`SyncCpuOps` (the same loop code; every operation runs at once): issue order, slot reuse,

@@ -64,9 +64,9 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
         if args.untrained not in list_models():
             raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
         if kind == "cuda":
-            from .torch_cuda_backend import TorchCudaBackend
+            from .backends import torch_cuda
 
-            return TorchCudaBackend.untrained(args.untrained, face_model, device="cuda" if index is None else index,
+            return torch_cuda.TorchCudaBackend.untrained(args.untrained, face_model, device="cuda" if index is None else index,
                                               cuda_graphs=True), face_model
         plan = plan_threads("torch")
         plan.apply()

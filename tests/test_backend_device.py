@@ -8,7 +8,6 @@ import argparse
 import pytest
 import torch
 
-from mlanet.edge import backends as backends_mod
 from mlanet.edge.backends import TorchBackend, open_backend, parse_device
 from mlanet.edge.gpu_crops import GpuUnavailableError
 from mlanet.edge.loading import add_model_arguments, open_model
@@ -85,7 +84,7 @@ def test_cuda_checkpoint_without_a_gpu_is_a_clear_error(checkpoint, face_model):
 
 
 def test_cuda_checkpoint_routes_to_torch_cuda_backend(checkpoint, face_model, monkeypatch):
-    import mlanet.edge.torch_cuda_backend as tcb
+    import mlanet.edge.backends.torch_cuda as tcb
 
     _Recorder.calls = []
     monkeypatch.setattr(tcb, "TorchCudaBackend", _Recorder)
@@ -97,9 +96,10 @@ def test_cuda_checkpoint_routes_to_torch_cuda_backend(checkpoint, face_model, mo
 
 
 def test_cuda_engine_routes_to_the_requested_gpu(tmp_path, monkeypatch):
+    import mlanet.edge.backends.tensorrt as trt_mod
+
     _Recorder.calls = []
-    monkeypatch.setitem(backends_mod.BACKENDS, ".engine", _Recorder)
-    monkeypatch.setattr(backends_mod, "TensorRTBackend", _Recorder)
+    monkeypatch.setattr(trt_mod, "TensorRTBackend", _Recorder)
     open_backend(tmp_path / "m.engine", device="cuda:3")
     (_args, kwargs), = _Recorder.calls
     assert kwargs["device"] == 3 and kwargs["cuda_graphs"] is True
@@ -139,7 +139,7 @@ def test_cli_cuda_without_gpu_is_a_clear_error(face_model_file):
 
 
 def test_cli_cuda_untrained_routes_to_torch_cuda_backend(face_model_file, monkeypatch):
-    import mlanet.edge.torch_cuda_backend as tcb
+    import mlanet.edge.backends.torch_cuda as tcb
 
     _Recorder.calls = []
     monkeypatch.setattr(tcb, "TorchCudaBackend", _Recorder)
@@ -153,7 +153,7 @@ def test_cli_cuda_untrained_routes_to_torch_cuda_backend(face_model_file, monkey
 def test_cuda_checkpoint_runs_on_the_gpu(checkpoint, face_model):  # pragma: no cover - GPU hosts only
     import numpy as np
 
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     b = open_backend(checkpoint, face_model=face_model, device="cuda")
     assert isinstance(b, TorchCudaBackend) and b.metadata["precision"] == "fp16"

@@ -63,7 +63,7 @@ def test_frame_path_measurement_runs_with_cpu_stand_ins(monkeypatch):
     import time as _time
 
     import mlanet.edge.gpu_stream as gs
-    import mlanet.edge.torch_cuda_backend as tcb
+    import mlanet.edge.backends.torch_cuda as tcb
     from mlanet.edge.backends import TorchBackend
     from mlanet.morphable.model import MorphableModel
     from mlanet.morphable.synthetic import make_synthetic_face_model

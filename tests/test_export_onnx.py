@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from mlanet.edge.backends import (  # noqa: E402
-    BACKENDS,
+    RUN_FOLDER,
     InferenceBackend,
     OnnxRuntimeBackend,
     TorchBackend,
@@ -202,7 +202,11 @@ def test_backend_rejects_wrong_image_shape(exported):
 
 
 def test_open_backend_by_suffix(tmp_path, exported, checkpoint, face_model):
-    assert set(BACKENDS) == {".onnx", ".safetensors", ".engine", ".plan"}
+    from mlanet.edge.backends import registered_backends
+
+    suffixes = {(s, spec.device) for spec in registered_backends() for s in spec.suffixes}
+    assert {s for s, _ in suffixes} == {".onnx", ".safetensors", RUN_FOLDER, ".engine", ".plan"}
+    assert all((s, d) in suffixes for s in (".onnx", ".safetensors", RUN_FOLDER, ".engine") for d in ("cpu", "cuda"))
     b = open_backend(exported["net"], face_model=face_model)
     assert isinstance(b, OnnxRuntimeBackend) and isinstance(b, InferenceBackend)
     t = open_backend(checkpoint, face_model=face_model)
@@ -217,6 +221,25 @@ def test_open_backend_by_suffix(tmp_path, exported, checkpoint, face_model):
             open_backend(tmp_path / f"m{suffix}")
     with pytest.raises(AssetError, match=r"\.onnx.*\.safetensors"):
         open_backend(tmp_path / "m.tflite")
+
+
+def test_a_new_backend_is_one_registration(tmp_path, monkeypatch):
+    """The registry is the one way in: a new suffix opens through open_backend once registered; a second claim
+    of a (suffix, device) pair is refused; a suffix registered for the CPU only says so on device cuda."""
+    import mlanet.edge.backends.base as base
+    from mlanet.edge.backends import BackendSpec, open_backend, register_backend
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    opened = []
+    spec = register_backend(BackendSpec("fake-cpu", (".fake",), "cpu",
+                                        lambda path, fm, index, graphs: opened.append((path.name, fm, index)) or "B"))
+    assert open_backend(tmp_path / "m.FAKE", face_model="fm") == "B" and opened == [("m.FAKE", "fm", None)]
+    with pytest.raises(ValueError, match="already fake-cpu's"):
+        register_backend(BackendSpec("other", (".fake",), "cpu", spec.opener))
+    with pytest.raises(AssetError, match="no cuda backend for .fake files.*use device cpu"):
+        open_backend(tmp_path / "m.fake", device="cuda:0")
+    with pytest.raises(ValueError, match="device must be"):
+        register_backend(BackendSpec("tpu", (".x",), "tpu", spec.opener))
 
 
 def test_torch_and_ort_backends_agree(exported, checkpoint, face_model):

@@ -1,5 +1,5 @@
 """CUDA preprocessing (:mod:`mlanet.edge.gpu_crops`) and the FP16 PyTorch GPU backend
-(:mod:`mlanet.edge.torch_cuda_backend`).
+(:mod:`mlanet.edge.backends.torch_cuda`).
 
 CPU tests (run everywhere): :func:`reference_crop` -- the CUDA kernel's arithmetic, line for line,
 in numpy -- against the project's crop convention; the kernel's own source compiled for the CPU
@@ -332,7 +332,7 @@ def test_gpu_cropper_without_cupy(monkeypatch):
 
 
 def test_torch_cuda_backend_without_cuda(monkeypatch, checkpoint, face_model):
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(GpuUnavailableError, match="TorchCudaBackend needs a CUDA GPU"):
@@ -343,7 +343,7 @@ def test_torch_cuda_backend_without_cuda(monkeypatch, checkpoint, face_model):
 
 def test_gpu_modules_import_light():
     code = (
-        "import sys, mlanet.edge.gpu_crops, mlanet.edge.torch_cuda_backend\n"
+        "import sys, mlanet.edge.gpu_crops, mlanet.edge.backends.torch_cuda\n"
         "heavy = [m for m in ('cupy', 'tensorrt', 'pycuda') if m in sys.modules]\n"
         "print(heavy)\n"
         "sys.exit(1 if heavy else 0)\n"
@@ -501,7 +501,7 @@ def test_cuda_frames_streams_and_out():
 
 @pytest.mark.gpu
 def test_torch_cuda_backend_fp16_vs_torch_fp32_in_vertex_space(checkpoint, face_model):
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     ref = TorchBackend(checkpoint, face_model=face_model)
     gpu = TorchCudaBackend(checkpoint, face_model=face_model)
@@ -526,7 +526,7 @@ def test_torch_cuda_backend_fp16_vs_torch_fp32_in_vertex_space(checkpoint, face_
 
 @pytest.mark.gpu
 def test_graph_replay_equals_eager(checkpoint, face_model):
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     gpu = TorchCudaBackend(checkpoint, face_model=face_model, cuda_graphs=True, max_graph_batch=8)
     gen = torch.Generator(device="cuda").manual_seed(2)
@@ -552,7 +552,7 @@ def test_graph_replay_equals_eager(checkpoint, face_model):
 
 @pytest.mark.gpu
 def test_gpu_crops_feed_the_backend_without_a_host_copy(checkpoint, face_model):
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     ref = TorchBackend(checkpoint, face_model=face_model)
     gpu = TorchCudaBackend(checkpoint, face_model=face_model, cuda_graphs=True)

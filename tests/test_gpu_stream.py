@@ -688,7 +688,7 @@ def test_detect_every_in_the_loop(path):
 def _gpu_setup(checkpoint, face_model, **backend_kw):
     pytest.importorskip("cupy", reason="GpuCropper needs CuPy (pip install cupy-cuda13x)")
     from mlanet.edge.gpu_stream import TorchCudaOps
-    from mlanet.edge.torch_cuda_backend import TorchCudaBackend
+    from mlanet.edge.backends.torch_cuda import TorchCudaBackend
     from mlanet.morphable.model import MorphableModel
     from mlanet.morphable.synthetic import make_synthetic_face_model
 

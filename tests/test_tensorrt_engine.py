@@ -37,7 +37,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mlanet.edge.backends import BACKENDS, TensorRTBackend, open_backend  # noqa: E402
+from mlanet.edge.backends import TensorRTBackend, open_backend  # noqa: E402
 from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError, MLANetError  # noqa: E402
 from mlanet.export.engine_file import (  # noqa: E402
     MAGIC,
@@ -260,10 +260,6 @@ def test_machine_checks(meta, caplog):
 
 
 # --------------------------------------------------------------------------- backend, before TensorRT
-def test_engine_suffixes_are_registered():
-    assert BACKENDS[".engine"] is TensorRTBackend and BACKENDS[".plan"] is TensorRTBackend
-
-
 def test_open_backend_refuses_bad_engines_before_tensorrt(tmp_path, engine_file, no_tensorrt):
     raw = engine_file.read_bytes()
     cases = {

@@ -223,7 +223,7 @@ def measure_frame_path(face_model: Any, device: Any, warmup: int, repeats: int,
     import torch
 
     from ..gpu_stream import DeviceFacePath, StreamingLoop, TorchCudaOps, boxes_to_table
-    from ..torch_cuda_backend import TorchCudaBackend
+    from ..backends import torch_cuda
     from ..types import Frame
 
     frame = _random_frame(FRAME_HW, seed=1)
@@ -233,7 +233,7 @@ def measure_frame_path(face_model: Any, device: Any, warmup: int, repeats: int,
     box = CropBox((w - side) / 2.0, (h - side) / 2.0, float(side))
     out: dict[str, float] = {}
     for name in ("mlanet_mobile", "mlanet_r50"):
-        backend = TorchCudaBackend.untrained(name, face_model, device=device, cuda_graphs=True)
+        backend = torch_cuda.TorchCudaBackend.untrained(name, face_model, device=device, cuda_graphs=True)
         path = DeviceFacePath.for_backend(backend, face_model)
         table = boxes_to_table([box], path.input_size, device)
         t = cuda_event_times(lambda: path(dev_frame, table), warmup=warmup, repeats=repeats)

@@ -210,12 +210,11 @@ def backend_unavailable_reason(name: str) -> str | None:
             import tensorrt  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - ImportError or a broken install (missing libnvinfer)
             return f"TensorRT is not importable ({type(exc).__name__}: {exc})"
-        from ..backends import BACKENDS as RUNTIME_BACKENDS, UNAVAILABLE
+        from ..backends import backend_for
 
         version = getattr(tensorrt, "__version__", "?")
-        if ".engine" in UNAVAILABLE or ".engine" not in RUNTIME_BACKENDS:
-            why = UNAVAILABLE.get(".engine", "no .engine backend is registered in mlanet.edge.backends")
-            return f"TensorRT {version} imports, but this build has no engine backend ({why})"
+        if backend_for(".engine", "cuda") is None:
+            return f"TensorRT {version} imports, but no .engine backend is registered in mlanet.edge.backends"
         if importlib.util.find_spec("pycuda") is None:
             return f"TensorRT {version} imports, but pycuda (which runs engines) is not installed (pip install pycuda)"
         import torch

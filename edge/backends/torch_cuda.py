@@ -30,9 +30,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .backends import TorchBackend, _as_images
-from ..params import require_finite_params
-from .gpu_crops import normalize_device, require_cuda
+from ...params import require_finite_params
+from ..gpu_crops import normalize_device, require_cuda
+from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
+from .torch_cpu import TorchBackend
 
 log = logging.getLogger(__name__)
 
@@ -259,3 +260,12 @@ class TorchCudaBackend:
     def close(self) -> None:
         self._graphs.clear()
         self.model = None  # type: ignore[assignment]
+
+
+def _open(path: Any, face_model: Any, index: int | None, cuda_graphs: bool) -> "TorchCudaBackend":
+    return TorchCudaBackend(path, face_model=face_model, device="cuda" if index is None else index,
+                            cuda_graphs=cuda_graphs)
+
+
+register_backend(BackendSpec("torch-cuda-fp16", (".safetensors", RUN_FOLDER), "cuda", _open,
+                             "a checkpoint or run folder in PyTorch on GPU N: FP16, channels-last, CUDA graphs"))

@@ -1,0 +1,95 @@
+"""PyTorch on the CPU: a ``.safetensors`` checkpoint or a training run folder (FP32)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...params import require_finite_params
+from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
+
+
+class TorchBackend:
+    """PyTorch backend for a ``.safetensors`` checkpoint or a training run folder (its ``last.json``).
+
+    Args:
+        weights: checkpoint file or run folder.
+        face_model: optional MorphableModel; checked against the checkpoint (id, checksum, layout).
+        device: torch device (default CPU).
+    """
+
+    def __init__(self, weights: str | os.PathLike[str], face_model: Any = None, *, device: str = "cpu") -> None:
+        import torch
+
+        from ...checkpoint import read_meta, resolve_weights
+        from ...models.registry import create_model
+
+        self.path = resolve_weights(weights)
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = create_model(checkpoint=self.path, face_model=face_model).to(self.device).eval()
+        meta = read_meta(self.path)
+        self.metadata: dict[str, Any] = {
+            "kind": "network",
+            "backend": "torch",
+            "source": str(self.path),
+            "model_name": meta.model_name,
+            "model_config": meta.model_config,
+            "layout": meta.layout.to_dict(),
+            "preprocess": meta.preprocess.to_dict(),
+            "face_model": meta.face_model,
+        }
+        self.input_size = int(meta.preprocess.input_size)
+
+    @classmethod
+    def untrained(cls, model_name: str, face_model: Any, *, device: str = "cpu", seed: int = 0) -> "TorchBackend":
+        """A freshly initialised ``model_name`` (no checkpoint) for ``face_model``.
+
+        Only for testing the runtime and demos of the plumbing: the regression heads start at
+        the neutral-face prior, so every face is fitted as the mean face looking at the camera.
+        """
+        import torch
+
+        from ...models.registry import create_model
+
+        torch.manual_seed(seed)
+        self = cls.__new__(cls)
+        self.path = Path(f"untrained:{model_name}")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = create_model(model_name, face_model=face_model).to(self.device).eval()
+        self.metadata = {
+            "kind": "network",
+            "backend": "torch",
+            "source": str(self.path),
+            "untrained": True,
+            "model_name": model_name,
+            "model_config": self.model.config.to_dict(),
+            "layout": self.model.layout.to_dict(),
+            "preprocess": self.model.preprocess.to_dict(),
+            "face_model": face_model.describe(),
+        }
+        self.input_size = int(self.model.preprocess.input_size)
+        return self
+
+    def __call__(self, images: Any) -> np.ndarray:
+        arr = _as_images(images, self.input_size, f"{self.path}")
+        with self._torch.no_grad():
+            out = self.model(self._torch.from_numpy(arr).to(self.device))
+        return require_finite_params(out.float().cpu().numpy(), str(self.path))
+
+    def warmup(self) -> None:
+        self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+
+
+register_backend(BackendSpec(
+    "torch-cpu", (".safetensors", RUN_FOLDER), "cpu",
+    lambda path, face_model, index, cuda_graphs: TorchBackend(path, face_model=face_model),
+    "a checkpoint or run folder in PyTorch, FP32, on the CPU"))
