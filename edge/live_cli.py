@@ -176,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         raise
     renderer_factory: Callable[[int, int], Any] | None = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
-        from .gl_renderer import FaceRenderer, MeshTopology
+        from .gl_renderer import FaceRenderer
+        from .mesh_topology import MeshTopology
 
         topo = MeshTopology.from_face_model(face_model)
         ctx = window.ctx

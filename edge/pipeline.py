@@ -140,7 +140,8 @@ class FacePipeline:
             if self._renderer_factory is not None:
                 r = self._renderer_factory(width, height)
             else:
-                from .gl_renderer import FaceRenderer, MeshTopology
+                from .gl_renderer import FaceRenderer
+                from .mesh_topology import MeshTopology
 
                 r = FaceRenderer(width, height, MeshTopology.from_face_model(self.face_model))
             self._renderer = r

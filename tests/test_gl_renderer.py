@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mlanet.edge.gl_renderer import FaceRenderer, MeshTopology, RenderFace, create_standalone_context
+from mlanet.edge.gl_renderer import FaceRenderer, RenderFace, create_standalone_context
+from mlanet.edge.mesh_topology import MeshTopology
 from mlanet.edge.types import RuntimeStageError
 from mlanet.geometry.camera import PinholeCamera
 from mlanet.geometry.mesh import vertex_normals
