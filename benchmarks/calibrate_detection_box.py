@@ -12,11 +12,11 @@ with ``s`` the detection side (max of w, h):
 - ``ear_offset_x`` = (midpoint of the two ear-tragion keypoints - box centre x) / ``s``.
 
 The frontal bin (|yaw| <= 30 deg) gives the suggested
-:class:`mlanet.edge.tracking.DetectionBoxCalibration`: medians of the three ratios and a
+:class:`mlanet.edge.face_detection.DetectionBoxCalibration`: medians of the three ratios and a
 least-squares line ``shift_x ~ intercept + gain * ear_offset_x``. The constants in
 ``edge/tracking.py`` (``FULL_RANGE_BOX_CALIBRATION`` from canvas 3, ``SHORT_RANGE_...``
 from canvas 1) are copied from this output by hand. The script then checks
-:func:`mlanet.edge.tracking.crop_box_from_detection` with the calibration *in the code*
+:func:`mlanet.edge.face_detection.crop_box_from_detection` with the calibration *in the code*
 (with and without keypoints) and with the suggested one against the protocol crop
 ``box_from_points(gt68, roi_scale)``: IoU, centre error / crop side and size ratio, per
 yaw bin. Prints a table and writes ``benchmarks/results/<device>/detection_box_calibration.json``.
@@ -40,7 +40,7 @@ from record import write_record  # noqa: E402
 
 from mlanet.data.aflw2000 import AFLW2000  # noqa: E402
 from mlanet.data.landmarks import read_image_rgb, yaw_bin  # noqa: E402
-from mlanet.edge.tracking import (  # noqa: E402
+from mlanet.edge.face_detection import (  # noqa: E402
     DETECTION_BOX_CALIBRATIONS,
     EAR_KEYPOINTS,
     DetectionBoxCalibration,

@@ -94,7 +94,7 @@ import torch
 from ..errors import MLANetError
 from ..preprocess import CropBox
 from .gpu_crops import box_table, crop_from_table, normalize_device
-from .tracking import FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, crop_box_from_detection
+from .face_detection import FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, crop_box_from_detection
 from .types import Frame
 from .device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
 from .device_path import (
@@ -559,15 +559,15 @@ def detect_every(
     last ran (indices, so dropped frames count; also when the index went backwards), when the
     frame size changed, or when the latest result at or after the last detection has no face or
     a lost one. Detections become crops by
-    :func:`~mlanet.edge.tracking.crop_box_from_detection`.
+    :func:`~mlanet.edge.face_detection.crop_box_from_detection`.
 
     Args:
         detector: ``image (H, W, 3) uint8 RGB -> list[Detection]`` (e.g.
-            :class:`~mlanet.edge.tracking.MediaPipeFaceDetector`), best first.
+            :class:`~mlanet.edge.face_detection.MediaPipeFaceDetector`), best first.
         every: frames between scheduled detections (>= 1).
         roi_scale: pass the artifact's ``PreprocessCfg.roi_scale`` (the default is its default).
         calibration: detection box -> crop (default: the detector's ``box_calibration``, else
-            :data:`~mlanet.edge.tracking.FULL_RANGE_BOX_CALIBRATION`).
+            :data:`~mlanet.edge.face_detection.FULL_RANGE_BOX_CALIBRATION`).
         max_faces: keep at most this many detections.
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:

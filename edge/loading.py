@@ -153,7 +153,7 @@ def native_stderr_quiet(enabled: bool = True) -> Iterator[None]:
 
 
 def open_detector(model: str, verbose: bool = False) -> Any:
-    """A started :class:`~mlanet.edge.tracking.MediaPipeFaceDetector`, quietly unless ``verbose``.
+    """A started :class:`~mlanet.edge.face_detection.MediaPipeFaceDetector`, quietly unless ``verbose``.
 
     MediaPipe starts its graph's calculators on worker threads when the detector is created and
     runs them on the first image; TFLite and absl print their start-up lines ("Created
@@ -163,7 +163,7 @@ def open_detector(model: str, verbose: bool = False) -> Any:
     """
     import numpy as np
 
-    from .tracking import MediaPipeFaceDetector
+    from .face_detection import MediaPipeFaceDetector
 
     with native_stderr_quiet(not verbose):
         detector = MediaPipeFaceDetector(model=model)

@@ -107,7 +107,7 @@ class FacePipeline:
         self.cfg = cfg
         if tracker is None:
             if detector is None:
-                from .tracking import MediaPipeFaceDetector
+                from .face_detection import MediaPipeFaceDetector
 
                 detector = MediaPipeFaceDetector()
             tracker = FaceTracker(replace(cfg.tracker, roi_scale=self.preprocess.roi_scale), detector)

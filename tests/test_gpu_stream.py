@@ -45,7 +45,7 @@ from mlanet.edge.gpu_stream import (
     table_to_boxes,
 )
 from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame, crop_pose_to_frame_tensor, frame_camera
-from mlanet.edge.tracking import box_iou
+from mlanet.edge.face_detection import box_iou
 from mlanet.edge.types import Detection, Frame
 from mlanet.errors import MLANetError
 from mlanet.preprocess import CropBox, box_from_points

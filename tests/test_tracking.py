@@ -14,16 +14,15 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from mlanet.edge.tracking import (
+from mlanet.edge.face_detection import (
     FULL_RANGE_BOX_CALIBRATION,
     DetectionBoxCalibration,
-    FaceTracker,
-    SceneCutDetector,
-    TrackerCfg,
-    box_iou,
     box_inside_fraction,
+    box_iou,
     crop_box_from_detection,
 )
+from mlanet.edge.scene_cuts import SceneCutDetector
+from mlanet.edge.tracking import FaceTracker, TrackerCfg
 from mlanet.edge.types import Detection, Frame
 from mlanet.preprocess import CropBox, box_from_points
 
@@ -392,7 +391,7 @@ CLIP_SINGLE = "data/video/obama_720p.mp4"
 @pytest.fixture(scope="module")
 def mp_detector():
     pytest.importorskip("mediapipe")
-    from mlanet.edge.tracking import MediaPipeFaceDetector
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
 
     with MediaPipeFaceDetector() as det:
         yield det

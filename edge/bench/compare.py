@@ -235,7 +235,8 @@ def mlanet_pass(backend: Any, face_model: Any, frames: Sequence[Any], max_faces:
     ``faces`` (faces fitted) and ``detected`` (whether the detector ran).
     """
     from ..pipeline import FacePipeline, PipelineCfg
-    from ..tracking import MediaPipeFaceDetector, TrackerCfg
+    from ..face_detection import MediaPipeFaceDetector
+    from ..tracking import TrackerCfg
 
     cfg = PipelineCfg(render_mode=render_mode, tracker=TrackerCfg(max_faces=max_faces), meshes=False)
     pipeline = FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector())
@@ -413,7 +414,8 @@ def gl_renderer_timings(backend: Any, face_model: Any, frames: Sequence[Any], *,
     The face is the pipeline's fit on the first frame of ``frames`` where it finds one.
     """
     from ..pipeline import FacePipeline, PipelineCfg
-    from ..tracking import MediaPipeFaceDetector, TrackerCfg
+    from ..face_detection import MediaPipeFaceDetector
+    from ..tracking import TrackerCfg
 
     pipeline = FacePipeline(backend, face_model, PipelineCfg(render_mode=None, tracker=TrackerCfg(max_faces=1)),
                             detector=MediaPipeFaceDetector())

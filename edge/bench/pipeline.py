@@ -86,7 +86,8 @@ def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -
     from dataclasses import replace
 
     from ..pipeline import FacePipeline, PipelineCfg
-    from ..tracking import MediaPipeFaceDetector, TrackerCfg
+    from ..face_detection import MediaPipeFaceDetector
+    from ..tracking import TrackerCfg
 
     cfg = PipelineCfg(render_mode="shaded" if render else None, tracker=replace(TrackerCfg(), max_faces=max_faces),
                       meshes=False)

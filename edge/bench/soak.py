@@ -79,7 +79,7 @@ def growth_pct(samples: list[tuple[float, float]], warmup_s: float) -> float | N
 def run(args: argparse.Namespace) -> Path:
     from ...morphable.model import MorphableModel
     from ..pipeline import FacePipeline, PipelineCfg
-    from ..tracking import MediaPipeFaceDetector
+    from ..face_detection import MediaPipeFaceDetector
 
     minutes, warmup_min, sample_s = args.minutes, args.warmup_min, args.sample_s
     if args.quick:

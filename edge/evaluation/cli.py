@@ -27,7 +27,8 @@ from ..filters import FilterCfg
 from ..loading import add_model_arguments, float_in, open_model, positive_int
 from ..pipeline import PipelineCfg
 from ..reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
-from ..tracking import MediaPipeFaceDetector, TrackerCfg
+from ..face_detection import MediaPipeFaceDetector
+from ..tracking import TrackerCfg
 from .expressions import add_expressions_parser
 from .jitter import STATIC_SPEED_PERCENT
 

@@ -1,7 +1,7 @@
 """Face boxes for labelling: MediaPipe's BlazeFace (legacy ``mp.solutions.face_detection``).
 
 ``mediapipe`` is imported only when a :class:`FaceBoxDetector` is built. The runtime has its
-own tracker-oriented wrapper (``mlanet.edge.tracking.MediaPipeFaceDetector``, with keypoints
+own tracker-oriented wrapper (``mlanet.edge.face_detection.MediaPipeFaceDetector``, with keypoints
 and box calibrations); the library may not import ``edge``, so labelling uses this small one.
 
 Models: the *short-range* model first (faces within ~2 m, i.e. faces filling much of the
