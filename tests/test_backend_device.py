@@ -12,7 +12,8 @@ from mlanet.edge.backends import TorchBackend, open_backend, parse_device
 from mlanet.edge.gpu_crops import GpuUnavailableError
 from mlanet.edge.loading import add_model_arguments, open_model
 from mlanet.errors import AssetError, MLANetError
-from mlanet.models.registry import create_model, save_model
+from mlanet.models.model_io import save_model
+from mlanet.models.registry import create_model
 from mlanet.morphable.model import MorphableModel
 from mlanet.morphable.synthetic import make_synthetic_face_model
 from mlanet.preprocess import PreprocessCfg

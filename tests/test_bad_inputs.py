@@ -226,7 +226,8 @@ def _weights_folder_without_run(t, fm, clip, ro):
 def _tiny_checkpoint(t: Path, fm: Path, face_data=None) -> Path:
     import torch
 
-    from mlanet.models.registry import create_model, save_model
+    from mlanet.models.model_io import save_model
+    from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
     from mlanet.preprocess import PreprocessCfg
 
@@ -618,7 +619,8 @@ def test_nan_weights_fail_the_run(tmp_path: Path, face_model_file: Path, shared:
     first face with run.json "failed", never "complete"."""
     import torch
 
-    from mlanet.models.registry import create_model, save_model
+    from mlanet.models.model_io import save_model
+    from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
 
     fm = MorphableModel.load(face_model_file)

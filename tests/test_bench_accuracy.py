@@ -128,7 +128,8 @@ def test_checkpoint_and_untrained_default_labels_all_bins(shared: Path, ict_mode
     import torch
 
     from mlanet.fileutil import file_sha256
-    from mlanet.models.registry import create_model, save_model
+    from mlanet.models.model_io import save_model
+    from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
     from mlanet.preprocess import PreprocessCfg
 

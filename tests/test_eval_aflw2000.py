@@ -408,7 +408,8 @@ def test_cli_detector_crop_is_refused(tmp_path: Path, capsys) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("mlanet.models.registry") is None, reason="mlanet.models.registry not written yet")
 def test_cli_end_to_end_with_an_untrained_network(shared: Path, tmp_path: Path, synthetic_data, capsys) -> None:
     from mlanet.eval.predict import make_landmark_predictor
-    from mlanet.models.registry import create_model, save_model
+    from mlanet.models.model_io import save_model
+    from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
 
     folder = _copy_dev(shared, tmp_path / "four", (2, 1, 1))

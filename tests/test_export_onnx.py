@@ -30,7 +30,8 @@ from mlanet.export.onnx_export import (  # noqa: E402
     parity_report,
     read_onnx_metadata,
 )
-from mlanet.models.registry import create_model, save_model  # noqa: E402
+from mlanet.models.model_io import save_model
+from mlanet.models.registry import create_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 from mlanet.morphable.synthetic import make_synthetic_face_model  # noqa: E402
 from mlanet.preprocess import PreprocessCfg  # noqa: E402

@@ -23,7 +23,8 @@ import torch
 from conftest import ICT_ARCHIVE, MEDIAPIPE_OBJ
 from mlanet.checkpoint import load_weights, read_meta, save_weights, tensors_sha256
 from mlanet.errors import AssetError, ChecksumError, NonFiniteOutputError
-from mlanet.models.registry import create_model, save_model
+from mlanet.models.model_io import save_model
+from mlanet.models.registry import create_model
 from mlanet.morphable.data import FaceModelData
 from mlanet.morphable.decoder_identity import (
     RELATIVE_TOLERANCE,

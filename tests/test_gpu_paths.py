@@ -121,7 +121,7 @@ def net(face_model):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, net, face_model):
-    from mlanet.models.registry import save_model
+    from mlanet.models.model_io import save_model
 
     return save_model(net, tmp_path_factory.mktemp("gpu_ckpt") / "net.safetensors", face_model)
 

@@ -83,7 +83,7 @@ def path(net, face_model):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, net, face_model):
-    from mlanet.models.registry import save_model
+    from mlanet.models.model_io import save_model
 
     return save_model(net, tmp_path_factory.mktemp("stream_ckpt") / "net.safetensors", face_model)
 

@@ -14,13 +14,8 @@ from mlanet.errors import AssetError
 from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention
 from mlanet.models.flops import count_flops, count_parameters
 from mlanet.models.mlanet import MLANet, MLANetConfig
-from mlanet.models.registry import (
-    MODELS,
-    create_model,
-    list_models,
-    load_torchvision_resnet50,
-    save_model,
-)
+from mlanet.models.model_io import load_torchvision_resnet50, save_model
+from mlanet.models.registry import MODELS, create_model, list_models
 from mlanet.morphable.model import MorphableModel
 from mlanet.morphable.synthetic import make_synthetic_face_model
 from mlanet.params import UNIT_AMBIENT_SH_DC, FaceParams, ParamLayout

@@ -13,7 +13,8 @@ from mlanet.edge import runtime_backend
 from mlanet.edge.runtime_backend import cached_onnx, open_runtime_backend
 from mlanet.edge.thread_plan import THREADS_ENV, plan_threads, usable_cores
 from mlanet.errors import AssetError, MLANetError
-from mlanet.models.registry import create_model, save_model
+from mlanet.models.model_io import save_model
+from mlanet.models.registry import create_model
 from mlanet.morphable.model import MorphableModel
 from mlanet.preprocess import PreprocessCfg
 

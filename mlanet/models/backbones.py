@@ -3,7 +3,7 @@
 * :class:`ResNet50Backbone` — ResNet-50 (v1.5: the stride sits on the 3x3 convolution) whose
   module names are exactly torchvision's for every part torchvision has (``conv1``, ``bn1``,
   ``layer1.0.conv1`` ... ``layer4.2.bn3``, ``layerN.0.downsample.0/1``), so a torchvision
-  state dict loads onto it (:func:`mlanet.models.registry.load_torchvision_resnet50`). Each
+  state dict loads onto it (:func:`mlanet.models.model_io.load_torchvision_resnet50`). Each
   bottleneck carries coordinate attention as the extra sub-module ``.ca``, applied after the
   3x3 convolution + BN + ReLU; with ``block_attention=False`` it is an ``nn.Identity`` and
   the network is a plain ResNet-50.

@@ -281,7 +281,7 @@ def pretrained_weights_path() -> Path:
 
 
 def _lite_backbone(model: Any) -> tuple[EfficientNetLiteBackbone, str]:
-    from .registry import _unwrap
+    from .model_io import _unwrap
 
     model = _unwrap(model)
     if isinstance(model, EfficientNetLiteBackbone):
@@ -326,7 +326,7 @@ def load_efficientnet_lite0(
         AssetError: package missing, file altered, unreadable source, nothing matched, or (strict)
             missing / mis-shaped / unexpected tensors (a ``width_mult`` other than 1.0 never fits).
     """
-    from .registry import _read_state_dict
+    from .model_io import _read_state_dict
 
     backbone, model_name = _lite_backbone(model)
     sha = None

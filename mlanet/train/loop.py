@@ -310,7 +310,7 @@ class _Writer:
 # --------------------------------------------------------------------------- checkpoints
 def _save(out_dir: Path, model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, step: int,
           optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, metrics: dict[str, float]) -> Path:
-    from ..models.registry import save_model
+    from ..models.model_io import save_model
 
     ckpt_dir = out_dir / "checkpoints"
     weights = save_model(model, ckpt_dir / f"step_{step:07d}.safetensors", face_model.describe(),
@@ -423,7 +423,8 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
 
 
 def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
-    from ..models.registry import create_model, load_torchvision_resnet50
+    from ..models.model_io import load_torchvision_resnet50
+    from ..models.registry import create_model
 
     rank, world, local_rank = _distributed()
     device = _device(cfg.run.device, local_rank)
