@@ -82,6 +82,8 @@ class FacePipeline:
         renderer_factory: ``(width, height) -> renderer`` with
             ``render(image, faces, camera, mode=..., overlays=..., alpha=...)``; default: the
             ModernGL :class:`~mlanet.edge.gl_renderer.FaceRenderer` (offscreen EGL).
+        stats_window: keep stage statistics for only the newest N frames (live sessions of any
+            length); None keeps every frame (a file: whole-run statistics). See :class:`StageStats`.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class FacePipeline:
         detector: Callable[[np.ndarray], list] | None = None,
         tracker: Any = None,
         renderer_factory: Callable[[int, int], Any] | None = None,
+        stats_window: int | None = None,
     ) -> None:
         self.backend = backend
         self.face_model = face_model
@@ -118,7 +121,7 @@ class FacePipeline:
         self._renderer: Any = None
         self._camera_key: tuple[int, int] | None = None
         self.camera = None
-        self.stats = StageStats(warmup_frames=2)
+        self.stats = StageStats(warmup_frames=2, window=stats_window)
         self.frames_done = 0
         self.face_counts: list[int] = []
 

@@ -56,34 +56,91 @@ class StageStats:
 
     ``warmup_frames`` first frames are recorded but excluded from the summary (model and GL
     start-up would otherwise dominate p95 of short clips).
+
+    Memory: one float32 row per frame in a NumPy table (about 4 bytes per stage and series, not a
+    dict per frame: an hour of live video used to add ~45 MiB). ``window`` (frames) keeps only the
+    newest rows, so a live session of any length holds a fixed amount and :meth:`summary` costs the
+    same after an hour as after a minute; None keeps every frame (a file's run: whole-run statistics).
     """
 
-    def __init__(self, warmup_frames: int = 0) -> None:
+    _CHUNK = 4096
+
+    def __init__(self, warmup_frames: int = 0, window: int | None = None) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 frames or None, got {window}")
         self.warmup_frames = int(warmup_frames)
-        self.frames: list[dict[str, float]] = []
-        self.extra: dict[str, list[float]] = {}
+        self.window = window
+        self._cols: dict[str, int] = {}  # stage name -> column; extra series as ("extra", name)
+        self._extra_cols: dict[str, int] = {}
+        self._width = 16
+        self._table = np.full((window if window is not None else self._CHUNK, self._width), np.nan, np.float32)
+        self._n = 0  # frames added so far
+
+    def _col(self, names: dict[str, int], name: str) -> int:
+        col = names.get(name)
+        if col is None:
+            col = names[name] = len(self._cols) + len(self._extra_cols)
+            if col >= self._width:  # widen (rare: a new stage or series name)
+                extra = np.full((self._table.shape[0], self._width), np.nan, np.float32)
+                self._table = np.concatenate([self._table, extra], axis=1)
+                self._width *= 2
+        return col
 
     def add(self, stage_ms: dict[str, float], **extra: float) -> None:
         """Record one frame's stage times (and extra per-frame series such as ``latency_ms``)."""
-        self.frames.append(dict(stage_ms))
+        if self.window is not None:
+            row = self._n % self.window
+        else:
+            row = self._n
+            if row >= self._table.shape[0]:  # grow by chunks
+                more = np.full((self._CHUNK, self._table.shape[1]), np.nan, np.float32)
+                self._table = np.concatenate([self._table, more])
+        values = self._table[row]
+        values[:] = np.nan
+        for k, v in stage_ms.items():
+            values[self._col(self._cols, k)] = v
         for k, v in extra.items():
-            self.extra.setdefault(k, []).append(float(v))
+            values[self._col(self._extra_cols, k)] = v
+        self._n += 1
+
+    @property
+    def n_frames(self) -> int:
+        """Frames recorded so far (all of them, also those the window no longer holds)."""
+        return self._n
+
+    def _used(self) -> np.ndarray:
+        """Rows of the frames after warm-up that the table still holds, oldest first."""
+        first = max(self.warmup_frames, 0 if self.window is None else self._n - self.window)
+        if first >= self._n:
+            return self._table[:0]
+        if self.window is None:
+            return self._table[first:self._n]
+        idx = np.arange(first, self._n) % self.window
+        return self._table[idx]
 
     def summary(self) -> dict[str, object]:
-        used = self.frames[self.warmup_frames:]
-        stages = {s: _summary([f[s] for f in used if s in f]) for s in STAGES}
-        for s in sorted({k for f in used for k in f} - set(STAGES)):
-            stages[s] = _summary([f[s] for f in used if s in f])
-        totals = [sum(f.values()) for f in used]
+        used = self._used()
+        stages = {}
+        for s in (*STAGES, *sorted(set(self._cols) - set(STAGES))):
+            col = self._cols.get(s)
+            stages[s] = _summary([] if col is None else used[:, col][~np.isnan(used[:, col])].tolist())
+        stage_cols = sorted(self._cols.values())
+        block = used[:, stage_cols].astype(np.float64) if stage_cols else np.zeros((len(used), 0))
+        present = ~np.isnan(block).all(axis=1) if stage_cols else np.zeros(len(used), bool)
+        totals = np.nansum(block, axis=1)[present].tolist() if stage_cols else []
         out: dict[str, object] = {
-            "frames": len(self.frames),
-            "warmup_frames_excluded": min(self.warmup_frames, len(self.frames)),
+            "frames": self._n,
+            "warmup_frames_excluded": min(self.warmup_frames, self._n),
             "stages": stages,
             "total": _summary(totals),
             "fps_from_p50_total": round(1000.0 / np.percentile(totals, 50), 2) if totals else None,
         }
-        for k, v in self.extra.items():
-            out[k] = _summary(v[self.warmup_frames:])
+        if self.window is not None:
+            out["window_frames"] = self.window
+            out["summarised_frames"] = int(len(used))
+        for k, col in self._extra_cols.items():
+            v = used[:, col]
+            out[k] = _summary(v[~np.isnan(v)].tolist())
         return out
 
 

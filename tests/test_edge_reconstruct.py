@@ -161,6 +161,29 @@ def test_stage_stats_summary():
     assert out["frames"] == 5 and out["warmup_frames_excluded"] == 1
 
 
+def test_stage_stats_memory_is_fixed_per_frame_and_windowed_for_live():
+    """An hour of live frames must not grow the process (the dict per frame did, ~45 MiB) nor slow summary()."""
+    whole = StageStats(warmup_frames=2)
+    live = StageStats(warmup_frames=2, window=100)
+    for i in range(10_000):
+        ms = {"decode": float(i % 7), "infer": 3.0, "custom_stage": 1.0}
+        whole.add(ms, latency_ms=float(i))
+        live.add(ms, latency_ms=float(i))
+    assert live._table.nbytes == 100 * live._table.shape[1] * 4  # fixed, whatever the run length
+    assert whole._table.nbytes <= 12_288 * whole._table.shape[1] * 4  # float32 rows, grown in chunks
+    w, lv = whole.summary(), live.summary()
+    assert w["frames"] == lv["frames"] == 10_000 and w["stages"]["infer"]["n"] == 9_998
+    assert w["stages"]["custom_stage"]["n"] == 9_998 and w["total"]["p50_ms"] == pytest.approx(7.0, abs=1e-3)
+    assert lv["summarised_frames"] == 100 and lv["window_frames"] == 100
+    assert lv["latency_ms"]["max_ms"] == 9_999.0 and lv["latency_ms"]["n"] == 100  # the newest frames
+    assert w["latency_ms"]["max_ms"] == 9_999.0 and w["latency_ms"]["n"] == 9_998
+    short = StageStats(warmup_frames=5, window=3)
+    short.add({"decode": 1.0})
+    assert short.summary()["stages"]["decode"]["n"] == 0  # still warming up
+    with pytest.raises(ValueError, match="window"):
+        StageStats(window=0)
+
+
 def test_box_from_points_used_by_tracker_is_square():
     b = box_from_points(np.array([[0.0, 0.0], [10.0, 20.0]]), math.sqrt(2))
     assert b.size == pytest.approx(20 * math.sqrt(2))
