@@ -179,16 +179,14 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         senders.close()  # the viewer's port and the sender thread
         raise
-    renderer_factory: Callable[[int, int], Any] | None = None
+    renderer_factory: Callable[[int, int, Any], Any] | None = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
         from .gl_renderer import FaceRenderer
-        from .mesh_topology import MeshTopology
 
-        topo = MeshTopology.from_face_model(face_model)
         ctx = window.ctx
 
-        def window_renderer(w: int, h: int) -> Any:
-            return FaceRenderer(w, h, topo, ctx=ctx)
+        def window_renderer(w: int, h: int, topology: Any) -> Any:
+            return FaceRenderer(w, h, topology, ctx=ctx)
 
         renderer_factory = window_renderer
 

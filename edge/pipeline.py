@@ -27,6 +27,7 @@ import numpy as np
 from ..params import ParamLayout
 from ..preprocess import PreprocessCfg
 from .crops import crop_faces
+from .display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from .filters import FilterCfg, TrackFilters
 from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
 from .timing import StageStats, timed
@@ -50,10 +51,13 @@ class PipelineCfg:
         render_mode: one of :data:`RENDER_MODES`, or None to skip rendering.
         overlays: any of ``"wireframe"``, ``"landmarks"``.
         mesh_alpha: opacity of the rendered mesh over the frame.
-        meshes: decode every face's full mesh (vertices, albedo) in the ``mesh`` stage even when
-            nothing is rendered (mesh writers, texture unwrapping); rendering always does. False:
-            parameters and 2D landmarks only (``FaceFit.vertices`` is None), which is all
-            tracking needs.
+        meshes: decode every face's full mesh (vertices, albedo) in the ``mesh`` stage (mesh
+            writers, texture unwrapping). False: parameters and 2D landmarks only
+            (``FaceFit.vertices`` is None), which is all tracking needs; rendering then decodes
+            only the display mesh's vertices (``extras["display_vertices"]``, ``["display_albedo"]``).
+        display_triangles: triangles of the overlay's display mesh (the face model's mesh
+            decimated on its own vertices, :mod:`mlanet.edge.display_mesh`; the ``wireframe``
+            overlay and texture unwrapping always use the full mesh); None: draw the full mesh.
     """
 
     fov_deg: float = DEFAULT_FOV_DEG
@@ -63,8 +67,13 @@ class PipelineCfg:
     overlays: tuple[str, ...] = ("landmarks",)
     mesh_alpha: float = 1.0
     meshes: bool = True
+    display_triangles: int | None = DISPLAY_TRIANGLES
 
     def __post_init__(self) -> None:
+        if self.display_triangles is not None and (
+                not isinstance(self.display_triangles, int) or isinstance(self.display_triangles, bool)
+                or self.display_triangles < 100):
+            raise ValueError(f"display_triangles must be an int >= 100 or None, got {self.display_triangles!r}")
         if self.render_mode is not None and self.render_mode not in RENDER_MODES:
             raise ValueError(f"render_mode must be one of {RENDER_MODES} or None, got {self.render_mode!r}")
 
@@ -79,9 +88,11 @@ class FacePipeline:
         cfg: :class:`PipelineCfg`.
         detector: face detector for the tracker (default: MediaPipe full-range, created lazily).
         tracker: a ready tracker (tests); overrides ``detector``.
-        renderer_factory: ``(width, height) -> renderer`` with
-            ``render(image, faces, camera, mode=..., overlays=..., alpha=...)``; default: the
-            ModernGL :class:`~mlanet.edge.gl_renderer.FaceRenderer` (offscreen EGL).
+        renderer_factory: ``(width, height, topology) -> renderer`` with
+            ``render(image, faces, camera, mode=..., overlays=..., alpha=...)`` for faces on
+            ``topology`` (a :class:`~mlanet.edge.mesh_topology.MeshTopology`: the display mesh,
+            or the full mesh for the wireframe and texture unwrapping); default: the ModernGL
+            :class:`~mlanet.edge.gl_renderer.FaceRenderer` (offscreen EGL).
         stats_window: keep stage statistics for only the newest N frames (live sessions of any
             length); None keeps every frame (a file: whole-run statistics). See :class:`StageStats`.
     """
@@ -94,7 +105,7 @@ class FacePipeline:
         *,
         detector: Callable[[np.ndarray], list] | None = None,
         tracker: Any = None,
-        renderer_factory: Callable[[int, int], Any] | None = None,
+        renderer_factory: Callable[[int, int, Any], Any] | None = None,
         stats_window: int | None = None,
     ) -> None:
         self.backend = backend
@@ -118,7 +129,8 @@ class FacePipeline:
         self.decoder = FaceDecoder(face_model)
         self.filters = TrackFilters(self.layout, cfg.filter)
         self._renderer_factory = renderer_factory
-        self._renderer: Any = None
+        self._renderers: dict[str, Any] = {}  # "display" / "full" -> renderer of the current frame size
+        self._display: DisplayMesh | None = None
         self._camera_key: tuple[int, int] | None = None
         self.camera = None
         self.stats = StageStats(warmup_frames=2, window=stats_window)
@@ -134,20 +146,38 @@ class FacePipeline:
             self._camera_key = key
         return self.camera
 
-    def renderer(self, width: int, height: int) -> Any:
-        """The renderer for this frame size (created on first use, recreated if the size changes)."""
-        r = self._renderer
+    @property
+    def display(self) -> DisplayMesh:
+        """The overlay's display mesh (built or read from the asset home's cache on first use)."""
+        if self._display is None:
+            target = self.cfg.display_triangles
+            self._display = display_mesh(self.face_model, target if target is not None else 1 << 62)
+        return self._display
+
+    def renderer(self, width: int, height: int, mesh: str = "display") -> Any:
+        """The renderer of ``mesh`` (``"display"`` or ``"full"``) for this frame size (created on
+        first use, recreated if the size changes)."""
+        if mesh not in ("display", "full"):
+            raise ValueError(f"mesh must be 'display' or 'full', got {mesh!r}")
+        if self.cfg.display_triangles is None:
+            mesh = "full"  # one renderer: the display mesh is the full mesh
+        r = self._renderers.get(mesh)
         if r is None or (getattr(r, "width", width), getattr(r, "height", height)) != (width, height):
             if r is not None and hasattr(r, "release"):
                 r.release()
-            if self._renderer_factory is not None:
-                r = self._renderer_factory(width, height)
+            if mesh == "display":
+                topology = self.display.topology
             else:
-                from .gl_renderer import FaceRenderer
                 from .mesh_topology import MeshTopology
 
-                r = FaceRenderer(width, height, MeshTopology.from_face_model(self.face_model))
-            self._renderer = r
+                topology = MeshTopology.from_face_model(self.face_model)
+            if self._renderer_factory is not None:
+                r = self._renderer_factory(width, height, topology)
+            else:
+                from .gl_renderer import FaceRenderer
+
+                r = FaceRenderer(width, height, topology)
+            self._renderers[mesh] = r
         return r
 
     def process(self, frame: Frame, *, render_mode: str | None | bool = True,
@@ -175,9 +205,13 @@ class FacePipeline:
         with timed(ms, "reconstruct"):
             faces = self._reconstruct(frame, rois, raw, camera)
         mode = self.cfg.render_mode if render_mode is True else (render_mode or None)
+        overlays = self.cfg.overlays if overlays is None else overlays
         if faces and (self.cfg.meshes or mode):
             with timed(ms, "mesh"):
-                self._add_meshes(faces, camera)
+                if self.cfg.meshes or "wireframe" in overlays or self.cfg.display_triangles is None:
+                    self._add_meshes(faces, camera)
+                else:
+                    self._add_display_meshes(faces)
         fits_for_tracker = {f.track_id: f.extras.pop("raw_landmarks2d") for f in faces}
         with timed(ms, "detect_track"):
             self.tracker.end(fits_for_tracker)
@@ -187,7 +221,7 @@ class FacePipeline:
                              detected=bool(getattr(self.tracker, "last_detected", False)))
         if mode:
             with timed(ms, "render"):
-                result.rendered = self.render(frame, faces, mode, self.cfg.overlays if overlays is None else overlays)
+                result.rendered = self.render(frame, faces, mode, overlays)
         return result
 
     def _reconstruct(self, frame: Frame, rois: list, raw: np.ndarray, camera: Any) -> list[FaceFit]:
@@ -221,21 +255,44 @@ class FacePipeline:
             f.vertices = decoded.vertices[i]
             f.extras["albedo"] = decoded.albedo[i]
 
+    def _add_display_meshes(self, faces: list[FaceFit]) -> None:
+        """Decode only the display mesh's vertices and albedo of ``faces`` (NumPy, one batch) into
+        ``extras["display_vertices"]`` / ``extras["display_albedo"]`` ((K, 3) float32 each)."""
+        verts, albedo = self.decoder.mesh_rows(np.stack([f.params for f in faces]), self.display.kept)
+        for i, f in enumerate(faces):
+            f.extras["display_vertices"], f.extras["display_albedo"] = verts[i], albedo[i]
+
     def render(self, frame: Frame, faces: list[FaceFit], mode: str, overlays: tuple[str, ...]) -> np.ndarray:
         """The overlay image (H, W, 3) uint8 of ``faces`` drawn over ``frame`` (decoding the meshes of
-        faces that have none yet, with the camera of the last processed frame)."""
-        missing = [f for f in faces if f.vertices is None]
-        if missing:
-            self._add_meshes(missing, self.camera)
-        renderer = self.renderer(frame.width, frame.height)
-        items = [self._render_face(f) for f in faces]
+        faces that have none yet, with the camera of the last processed frame).
+
+        The surface is drawn with the display mesh (:attr:`PipelineCfg.display_triangles`), the
+        ``wireframe`` overlay with the full mesh (a wireframe shows the face model's own edges)."""
+        full = "wireframe" in overlays or self.cfg.display_triangles is None
+        if full:
+            missing = [f for f in faces if f.vertices is None]
+            if missing:
+                self._add_meshes(missing, self.camera)
+        else:
+            missing = [f for f in faces if f.vertices is None and "display_vertices" not in f.extras]
+            if missing:
+                self._add_display_meshes(missing)
+        renderer = self.renderer(frame.width, frame.height, "full" if full else "display")
+        items = [self._render_face(f, full) for f in faces]
         return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
 
-    def _render_face(self, f: FaceFit) -> Any:
+    def _render_face(self, f: FaceFit, full: bool = True) -> Any:
         from .gl_renderer import RenderFace
 
+        if full:
+            vertices, albedo = f.vertices, f.extras["albedo"]
+        elif "display_vertices" in f.extras:
+            vertices, albedo = f.extras["display_vertices"], f.extras["display_albedo"]
+        else:  # the full mesh was decoded (for writers): its display rows
+            kept = self.display.kept
+            vertices, albedo = f.vertices[kept], f.extras["albedo"][kept]
         lighting = np.asarray(f.params[self.layout.slices()["lighting"]], np.float32).reshape(3, 9)
-        return RenderFace(vertices=f.vertices, albedo=f.extras["albedo"], lighting=lighting,
+        return RenderFace(vertices=vertices, albedo=albedo, lighting=lighting,
                           landmarks2d=f.landmarks2d, color_id=f.track_id)
 
     def unwrap_texture(self, image: np.ndarray, fit: FaceFit, size: int = 1024) -> np.ndarray:
@@ -243,8 +300,10 @@ class FacePipeline:
 
         ``image`` must be the frame ``fit`` was made on (the camera of the last processed frame is used).
         """
-        renderer = self.renderer(image.shape[1], image.shape[0])
-        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit), self.camera, size=size)
+        if fit.vertices is None:
+            self._add_meshes([fit], self.camera)
+        renderer = self.renderer(image.shape[1], image.shape[0], "full")
+        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit, True), self.camera, size=size)
         return texture
 
     def warmup(self, width: int | None = None, height: int | None = None) -> None:
@@ -302,10 +361,11 @@ class FacePipeline:
         return n
 
     def close(self) -> None:
-        """Release the renderer, detector and backend."""
-        if self._renderer is not None and hasattr(self._renderer, "release"):
-            self._renderer.release()
-        self._renderer = None
+        """Release the renderers, detector and backend."""
+        for r in self._renderers.values():
+            if hasattr(r, "release"):
+                r.release()
+        self._renderers.clear()
         close = getattr(self.tracker, "close", None)
         if close is not None:
             close()

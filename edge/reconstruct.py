@@ -224,6 +224,8 @@ class FaceDecoder:
         sl = self.layout.slices()
         self._coeff_cols = np.r_[sl["identity"], sl["expression"]]
         self._rot, self._trans = sl["rotation"], sl["translation"]
+        self._albedo = sl["albedo"]
+        self._row_bases: dict = {}
 
     @torch.no_grad()
     def __call__(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> DecodedFaces:
@@ -280,6 +282,40 @@ class FaceDecoder:
         z = np.where(np.abs(z) < MIN_DEPTH, np.where(z < 0, -MIN_DEPTH, MIN_DEPTH), z).astype(np.float32)
         fx, fy, cx, cy = (float(camera.fx[0]), float(camera.fy[0]), float(camera.cx[0]), float(camera.cy[0]))
         return np.stack([fx * lm[..., 0] / z + cx, fy * lm[..., 1] / z + cy], axis=-1).astype(np.float32)
+
+    def mesh_rows(self, flat: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices and albedo of only the mesh ``rows`` (e.g. a display mesh's vertices), in NumPy.
+
+        Args:
+            flat: (N, P) frame-camera parameters.
+            rows: (K,) int vertex indices of the face model.
+
+        Returns:
+            (vertices (N, K, 3) float32 metres in the frame camera, albedo (N, K, 3) float32 in
+            [0, 1]): the same rows of :meth:`__call__`'s vertices and albedo (to float32 rounding;
+            tested), at K/V of its cost. The row bases are cached per ``rows`` array.
+        """
+        x = np.asarray(flat, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.layout.total:
+            raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")
+        key = id(rows), len(rows)
+        cached = self._row_bases.get(key)
+        if cached is None or cached[0] is not rows:
+            r = torch.as_tensor(np.asarray(rows, np.int64), device=self.face_model.mean_shape.device)
+            cols = (3 * r[:, None] + torch.arange(3, device=r.device)).reshape(-1)
+            fm = self.face_model
+            cached = (rows, *(np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32) for a in (
+                fm.mean_shape[r].reshape(1, -1), fm.shape_basis[:, cols],
+                fm.albedo_mean[r].reshape(1, -1), fm.albedo_basis[:, cols])))
+            self._row_bases = {key: cached}  # one display mesh at a time
+        _, mean, basis, albedo_mean, albedo_basis = cached
+        K = len(rows)
+        verts = (mean + x[:, self._coeff_cols] @ basis).reshape(-1, K, 3)
+        R = rot_np.euler_to_matrix(x[:, self._rot].astype(np.float64)).astype(np.float32)
+        verts = verts @ R.transpose(0, 2, 1) + x[:, None, self._trans]
+        albedo = (albedo_mean + x[:, self._albedo] @ albedo_basis).reshape(-1, K, 3)
+        np.clip(albedo, 0.0, 1.0, out=albedo)
+        return verts.astype(np.float32, copy=False), albedo
 
     @torch.no_grad()
     def landmarks2d_tensor(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:

@@ -96,8 +96,9 @@ def _pipeline(model, log, **kw):
     tracker = FakeTracker(log, kw.pop("n_faces", 2))
     renderers = []
 
-    def factory(w, h):
+    def factory(w, h, topology):
         renderers.append(FakeRenderer(log, w, h))
+        renderers[-1].topology = topology
         return renderers[-1]
 
     p = FacePipeline(backend, model, PipelineCfg(**kw), tracker=tracker, renderer_factory=factory)
@@ -138,21 +139,45 @@ def test_no_render_and_no_faces(synthetic_model):
 
 def test_without_meshes_only_parameters_and_landmarks(synthetic_model):
     """meshes=False and no render: the reconstruct stage makes the 68 landmarks only (no mesh stage, no
-    vertices), the same landmarks as the full decode; rendering such faces decodes their meshes then."""
+    vertices), the same landmarks as the full decode; rendering such faces decodes then only the display
+    mesh's rows (the same rows of the full decode), and the wireframe overlay the full mesh."""
     full_out, lean_out = [], []
     p_full, *_ = _pipeline(synthetic_model, [], render_mode=None)
     p_full.run(FakeSource(3), sink=full_out.append)
-    p_lean, _, _, renderers = _pipeline(synthetic_model, [], render_mode=None, meshes=False)
+    p_lean, _, _, renderers = _pipeline(synthetic_model, [], render_mode=None, meshes=False, display_triangles=1000)
     p_lean.run(FakeSource(3), sink=lean_out.append)
     assert "mesh" in full_out[-1].stage_ms and "mesh" not in lean_out[-1].stage_ms
     for full, lean in zip(full_out[-1].faces, lean_out[-1].faces):
         assert lean.vertices is None and "albedo" not in lean.extras and full.vertices.shape[1] == 3
         np.testing.assert_allclose(lean.landmarks2d, full.landmarks2d, atol=1e-3)
         np.testing.assert_array_equal(lean.params, full.params)
-    last = lean_out[-1]
+    last, reference = lean_out[-1], full_out[-1].faces[0]
     p_lean.render(last.frame, last.faces, "shaded", ())
+    kept = p_lean.display.kept
+    assert len(p_lean.display.topology.triangles) <= 1000 < synthetic_model.triangles.shape[0]
+    assert renderers[-1].topology is p_lean.display.topology
+    assert all(f.vertices is None and f.extras["display_vertices"].shape == (len(kept), 3) for f in last.faces)
+    np.testing.assert_allclose(last.faces[0].extras["display_vertices"], reference.vertices[kept], atol=1e-6)
+    np.testing.assert_allclose(last.faces[0].extras["display_albedo"], reference.extras["albedo"][kept], atol=1e-6)
+    p_lean.render(last.frame, last.faces, "shaded", ("wireframe",))
+    assert renderers[-1].topology.n_triangles == synthetic_model.triangles.shape[0]
     assert all(f.vertices is not None and "albedo" in f.extras for f in last.faces)
-    np.testing.assert_allclose(last.faces[0].vertices, full_out[-1].faces[0].vertices, atol=1e-6)
+    np.testing.assert_allclose(last.faces[0].vertices, reference.vertices, atol=1e-6)
+
+
+def test_render_draws_the_display_mesh_rows_of_written_meshes(synthetic_model):
+    """With meshes on (writers), the overlay draws the display mesh from the decoded full mesh's rows."""
+    log = []
+    p, _, _, renderers = _pipeline(synthetic_model, log, display_triangles=1000)
+    out = []
+    p.run(FakeSource(2), sink=out.append)
+    kept = p.display.kept
+    assert renderers[0].topology is p.display.topology and len(kept) < synthetic_model.n_vertices
+    assert out[-1].faces[0].vertices.shape == (synthetic_model.n_vertices, 3)
+    item = p._render_face(out[-1].faces[0], full=False)
+    np.testing.assert_array_equal(item.vertices, out[-1].faces[0].vertices[kept])
+    with pytest.raises(ValueError, match="display_triangles"):
+        PipelineCfg(display_triangles=10)
 
 
 def test_keyboard_interrupt_leaves_consistent_state(synthetic_model):

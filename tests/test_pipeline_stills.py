@@ -138,8 +138,8 @@ def test_photo_sources_say_they_are_independent(tmp_path):
 
 
 class FakeRenderer:
-    def __init__(self, w, h):
-        self.width, self.height = w, h
+    def __init__(self, w, h, topology=None):
+        self.width, self.height, self.topology = w, h, topology
 
     def render(self, image, faces, camera, mode, overlays, alpha):
         out = image.copy()
