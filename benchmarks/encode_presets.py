@@ -1,4 +1,4 @@
-"""H.264 encode time and size per libx264 preset at 720p (issue 17: encode <= 5 ms per 720p frame).
+"""H.264 encode time and size per libx264 preset (and options) at 720p (issue 17: encode <= 5 ms per 720p frame).
 
 Decodes the shared Obama clip (1280x720, 25 fps) once, then for each preset writes the same frames
 (looped to ``--frames``) through :class:`mlanet.edge.writers.video.H264VideoWriter` (crf 20, the
@@ -6,9 +6,12 @@ runtime's writer) into a temporary file, ``--repeats`` times, in one process. Pe
 the median over repeats of: wall time per frame of the whole encode (every ``write`` plus the final
 flush in ``close``; libx264's frame threads run beside the caller, so this is the throughput a run
 sees), the median time inside ``write`` (what the pipeline's loop waits for), the file size in MB
-per minute of video, and the ratio of each preset's time to the reference preset's (the first).
+per minute of video, the CPU time per frame of the whole process (libx264's threads included: what
+the encoder takes from the pipeline on a 2-core machine), and the ratio of each variant's time to
+the reference's (the first). A variant is a preset, optionally with ``+`` and libx264 options
+(``veryfast+me=dia:subme=1``); a bare preset runs without extra options.
 
-    python benchmarks/encode_presets.py --presets veryfast,superfast,ultrafast --frames 200 --repeats 3
+    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,superfast,ultrafast --frames 200 --repeats 3
 
 Writes ``benchmarks/results/<device>/encode_presets.json`` (``--out`` for another results root).
 """
@@ -36,29 +39,35 @@ def _shared() -> Path:
     return Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
-def encode_once(frames: list[np.ndarray], fps: float, preset: str, n: int, tmp: Path) -> dict[str, float]:
-    """Encode ``n`` frames (``frames`` looped) with ``preset``; wall ms per frame, write ms p50, MB/min."""
-    path = tmp / f"{preset}.mp4"
+def encode_once(frames: list[np.ndarray], fps: float, variant: str, n: int, tmp: Path) -> dict[str, float]:
+    """Encode ``n`` frames (``frames`` looped) with ``variant`` (``PRESET[+x264 options]``); wall ms per
+    frame, write ms p50, CPU ms per frame, MB/min."""
+    preset, _, params = variant.partition("+")
+    path = tmp / "encode.mp4"
     h, w = frames[0].shape[:2]
     in_write = []
     t0 = time.perf_counter()
-    writer = H264VideoWriter(path, fps, w, h, preset=preset)
+    cpu0 = time.process_time()
+    writer = H264VideoWriter(path, fps, w, h, preset=preset, x264_params=params)
     for i in range(n):
         t = time.perf_counter()
         writer.write(frames[i % len(frames)])
         in_write.append(time.perf_counter() - t)
     writer.close()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     size = path.stat().st_size
     path.unlink()
     return {"wall_ms_per_frame": 1000 * wall / n, "write_ms_p50": 1000 * float(np.median(in_write)),
+            "cpu_ms_per_frame": 1000 * cpu / n,
             "mb_per_minute": size / 1e6 / (n / fps / 60)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip", help="a video (default: ../shared/data/video/obama_720p.mp4)")
-    ap.add_argument("--presets", default="veryfast,superfast,ultrafast", help="libx264 presets, the first is the reference")
+    ap.add_argument("--presets", default="veryfast,veryfast+me=dia:subme=1,superfast,ultrafast",
+                    help="libx264 presets, each optionally +x264 options; the first is the reference")
     ap.add_argument("--frames", type=int, default=200, help="frames per encode (the clip looped)")
     ap.add_argument("--repeats", type=int, default=3, help="encodes per preset (median), after one warm-up encode")
     ap.add_argument("--out", help=f"results root (default {RESULTS}); the record goes to <out>/<device>/")
@@ -83,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         "clip": clip.name, "size": list(frames[0].shape[1::-1]), "fps": fps, "frames_per_encode": args.frames,
         "crf": 20, "reference_preset": presets[0], "presets": rows,
         "default_preset": H264VideoWriter.__init__.__kwdefaults__["preset"],
+        "default_x264_params": H264VideoWriter.__init__.__kwdefaults__["x264_params"],
         "target": "encode <= 5 ms per 720p frame (issue 17)",
         "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min(),
     }
     out = write_record("encode_presets", results, out_dir=record_dir(args.out))
     print(f"wrote {out}")
     for p, r in rows.items():
-        print(f"{p:10s} {r['wall_ms_per_frame']:6.2f} ms/frame (write p50 {r['write_ms_p50']:.2f} ms)  "
+        print(f"{p:28s} {r['wall_ms_per_frame']:6.2f} ms/frame (write p50 {r['write_ms_p50']:.2f} ms, "
+              f"CPU {r['cpu_ms_per_frame']:.2f} ms)  "
               f"{r['mb_per_minute']:6.1f} MB/min  x{r['time_ratio_to_reference']}")
     return 0
 

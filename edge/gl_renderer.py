@@ -251,6 +251,9 @@ class FaceRenderer:
         self._objects: list[Any] = []
         self._uv_targets: dict[int, tuple[Any, np.ndarray]] = {}
         self._camera_key: tuple[float, ...] | None = None
+        #: After :meth:`render`: ``(x0, y0, x1, y1)`` outside which the output is the frame itself
+        #: (``(0, 0, 0, 0)``: nothing drawn), or None (the whole frame was drawn).
+        self.last_box: tuple[int, int, int, int] | None = None
         try:
             self._build(samples)
         except BaseException:
@@ -474,7 +477,9 @@ class FaceRenderer:
         # Only the part of the frame the faces cover is uploaded, drawn and read back; the rest of
         # the output is the frame itself (the background pass reproduces frame pixels exactly).
         region = self._face_region(faces, camera, overlays) if self._resolve is None else None
+        self.last_box = region
         if region is not None and (region[2] <= region[0] or region[3] <= region[1]):
+            self.last_box = (0, 0, 0, 0)
             return frame.copy()  # nothing of any face is in view
 
         if region is None:

@@ -310,7 +310,10 @@ class VideoRunOutputs:
                 black = np.zeros_like(rendered)
                 for _ in range(frame.index - self._video.n_written):
                     self._video.write(black)
-            self._video.write(rendered)
+            if rendered is result.rendered:  # not letterboxed: the source's own YUV outside the overlay
+                self._video.write(rendered, base_yuv420=result.frame.yuv420, changed_box=result.rendered_box)
+            else:
+                self._video.write(rendered)
         self.frames_done = frame.index + 1
         if self.frames_done % CHECKPOINT_EVERY == 0:
             self.checkpoint()

@@ -131,6 +131,7 @@ class FacePipeline:
         self._renderer_factory = renderer_factory
         self._renderers: dict[str, Any] = {}  # "display" / "full" -> renderer of the current frame size
         self._display: DisplayMesh | None = None
+        self._last_box: tuple[int, int, int, int] | None = None
         self._camera_key: tuple[int, int] | None = None
         self.camera = None
         self.stats = StageStats(warmup_frames=2, window=stats_window)
@@ -222,6 +223,7 @@ class FacePipeline:
         if mode:
             with timed(ms, "render"):
                 result.rendered = self.render(frame, faces, mode, overlays)
+                result.rendered_box = self._last_box
         return result
 
     def _reconstruct(self, frame: Frame, rois: list, raw: np.ndarray, camera: Any) -> list[FaceFit]:
@@ -279,7 +281,9 @@ class FacePipeline:
                 self._add_display_meshes(missing)
         renderer = self.renderer(frame.width, frame.height, "full" if full else "display")
         items = [self._render_face(f, full) for f in faces]
-        return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+        image = renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+        self._last_box = getattr(renderer, "last_box", None)  # a renderer that does not say: anywhere
+        return image
 
     def _render_face(self, f: FaceFit, full: bool = True) -> Any:
         from .gl_renderer import RenderFace

@@ -39,6 +39,9 @@ class Frame:
         independent: True when the frame is unrelated to the frames before it (the photos of
             a folder, a single image): the pipeline then detects faces afresh, with no track
             continuity and no temporal filtering across frames (each face gets its own id).
+        yuv420: optional (H * 3 / 2, W) uint8 I420 planes the frame was decoded from, when they
+            are BT.709 limited range (``image`` is their RGB); the overlay writer reuses them for
+            the pixels the overlay leaves unchanged. None for other sources and colour spaces.
     """
 
     image: np.ndarray
@@ -47,6 +50,7 @@ class Frame:
     source: str
     name: str | None = None
     independent: bool = False
+    yuv420: np.ndarray | None = None
 
     @property
     def height(self) -> int:
@@ -124,6 +128,8 @@ class FrameResult:
         faces: one :class:`FaceFit` per tracked face.
         stage_ms: milliseconds spent per stage on this frame (stage name -> ms).
         rendered: (H, W, 3) uint8 RGB overlay, when the render stage ran.
+        rendered_box: ``(x0, y0, x1, y1)`` pixels (end exclusive) outside which ``rendered``
+            equals ``frame.image`` (``(0, 0, 0, 0)``: nothing drawn); None: anywhere.
         scene_cut: the tracker saw a scene cut at this frame.
         detected: the detector ran on this frame.
     """
@@ -132,5 +138,6 @@ class FrameResult:
     faces: list[FaceFit]
     stage_ms: dict[str, float] = field(default_factory=dict)
     rendered: np.ndarray | None = None
+    rendered_box: tuple[int, int, int, int] | None = None
     scene_cut: bool = False
     detected: bool = False

@@ -48,7 +48,8 @@ def test_video_outputs(obama_clip_24, ict_model_file, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["frames_done"] == 24
     assert run["backend"]["untrained"] is True and run["face_model"]["model_id"]
-    assert run["encoder"] == {"codec": "libx264", "preset": "veryfast", "crf": 20, "thread_type": "AUTO",
+    assert run["encoder"] == {"codec": "libx264", "preset": "veryfast", "x264_params": "me=dia:subme=1", "crf": 20,
+                              "thread_type": "AUTO",
                               "pix_fmt": "yuv420p", "colorspace": "bt709"}
     assert run["backend"]["thread_plan"]["network"] >= 1
     n, size = _count_video_frames(out / "overlay.mp4")

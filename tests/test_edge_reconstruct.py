@@ -218,6 +218,18 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         assert lm.dtype == np.float32 and lm.shape == (4, 68, 2)
         np.testing.assert_allclose(lm, lm_ref, atol=2e-3)  # pixels; float32 GEMMs in different orders
         np.testing.assert_allclose(lm, decoder(got, cam).landmarks2d, atol=2e-3)  # the full-mesh decode
+        rows = np.array([0, 7, 3, synthetic_model.n_vertices - 1, 100])  # any order, a row subset
+        flat[:, s["albedo"]] = rng.normal(0, 2, (4, layout.albedo))  # some albedo clamps at 0 or 1
+        full = decoder(flat, cam)
+        verts, albedo = decoder.mesh_rows(flat, rows)
+        assert verts.dtype == albedo.dtype == np.float32 and verts.shape == albedo.shape == (4, len(rows), 3)
+        np.testing.assert_allclose(verts, full.vertices[:, rows], atol=2e-6)  # metres
+        np.testing.assert_allclose(albedo, full.albedo[:, rows], atol=2e-6)
+        assert albedo.min() >= 0.0 and albedo.max() <= 1.0
+        other = np.array([1, 2])
+        np.testing.assert_allclose(decoder.mesh_rows(flat, other)[0], full.vertices[:, other], atol=2e-6)
+        with pytest.raises(ValueError, match="parameters must be"):
+            decoder.mesh_rows(flat[:, :5], rows)
         assert crop_pose_to_frame_numpy(flat[:0], [], layout, pre, cam).shape == (0, layout.total)
         with pytest.raises(ValueError, match="flat must be"):
             crop_pose_to_frame_numpy(flat, boxes[:2], layout, pre, cam)

@@ -848,3 +848,25 @@ def test_open_source_dispatch(clips, photo_folder, tmp_path, fake_camera):
         open_source(tmp_path / "nothing_here.mp4")
     with pytest.raises(ValueError, match="cameras"):
         open_source(0, start_frame=5)
+
+
+def test_video_frames_carry_their_bt709_planes_only(clips, tmp_path):
+    """A BT.709 limited-range clip's frames carry their I420 planes (the RGB is their conversion); an
+    untagged one (decoded with FFmpeg's BT.601 default) does not, so no writer reuses planes that
+    would not match the RGB."""
+    from mlanet.edge.frames import VideoFileSource
+    from mlanet.edge.writers.video import H264VideoWriter, rgb_to_i420
+
+    tagged = tmp_path / "bt709.mp4"
+    with H264VideoWriter(tagged, 30, W, H) as video:
+        for i in range(3):
+            video.write(_frame_rgb(i))
+    with VideoFileSource(tagged) as src:
+        frames = list(src)
+    assert len(frames) == 3
+    for f in frames:
+        assert f.yuv420 is not None and f.yuv420.shape == (H * 3 // 2, W) and f.yuv420.dtype == np.uint8
+        again = rgb_to_i420(f.image).astype(int)  # the RGB goes back to (nearly) the same planes
+        assert np.abs(again[:H] - f.yuv420[:H]).mean() < 1.0
+    with VideoFileSource(clips["h264"]) as src:  # encoded without colour tags
+        assert all(f.yuv420 is None for f in src)

@@ -507,9 +507,15 @@ def test_drawing_only_the_face_region_gives_the_full_render(make_renderer, synth
     for mode in ("shaded", "photo", "albedo", "normals", "none"):
         for overlays in ((), ("landmarks", "wireframe")):
             boxed = r.render(frame, faces, cam, mode, overlays)
+            x0, y0, x1, y1 = r.last_box  # outside it the output is the frame (the video writer relies on it)
+            outside = np.ones((120, 160), bool)
+            outside[y0:y1, x0:x1] = False
+            np.testing.assert_array_equal(boxed[outside], frame[outside])
             monkeypatch.setattr(FaceRenderer, "_face_region", lambda *a: None)
             full = r.render(frame, faces, cam, mode, overlays)
+            assert r.last_box is None
             monkeypatch.setattr(FaceRenderer, "_face_region", whole)
             np.testing.assert_array_equal(boxed, full, err_msg=f"{mode} {overlays}")
     away = [RenderFace(*face_pose(synthetic_model, x=2.0), light())]
     np.testing.assert_array_equal(r.render(frame, away, cam), frame)
+    assert r.last_box == (0, 0, 0, 0)

@@ -77,6 +77,73 @@ def test_video_solid_colours_round_trip(tmp_path, needs_av):
     assert _no_temp_files(tmp_path)
 
 
+def _textured(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 8, w // 8, 3)).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(base, 8, 0), 8, 1))
+
+
+def test_compose_i420_converts_only_the_changed_box(needs_av):
+    """The overlay writer's shortcut: the base's own planes outside the box (exactly), the box converted
+    like a whole frame (Y exactly, chroma within the filter's reach across the box edge)."""
+    from mlanet.edge.writers.video import compose_i420, rgb_to_i420
+
+    H, W = 96, 128
+    image = _textured(H, W, 0)
+    base = rgb_to_i420(image)
+    overlay = image.copy()
+    overlay[21:61, 33:91] = _textured(H, W, 1)[21:61, 33:91]  # odd box edges: widened to even ones
+    box = (33, 21, 91, 61)
+    out = compose_i420(base, overlay, box)
+    full = rgb_to_i420(overlay)
+    assert out.shape == base.shape and out.dtype == np.uint8
+    inside = np.zeros((H, W), bool)
+    inside[20:62, 32:92] = True
+    y, y_full, y_base = out[:H], full[:H], base[:H]
+    np.testing.assert_array_equal(y[inside], y_full[inside])
+    np.testing.assert_array_equal(y[~inside], y_base[~inside])
+    chroma, chroma_full, chroma_base = (a[H:].reshape(2, H // 2, W // 2).astype(int) for a in (out, full, base))
+    c_inside = np.zeros((H // 2, W // 2), bool)
+    c_inside[10:31, 16:46] = True
+    np.testing.assert_array_equal(chroma[:, ~c_inside], chroma_base[:, ~c_inside])
+    core = np.zeros_like(c_inside)
+    core[12:29, 18:44] = True  # away from the box edge the chroma filter sees the same pixels
+    np.testing.assert_array_equal(chroma[:, core], chroma_full[:, core])
+    assert np.abs(chroma[:, c_inside] - chroma_full[:, c_inside]).max() <= 40  # edge texels: neighbours differ
+    np.testing.assert_array_equal(compose_i420(base, overlay, (0, 0, 0, 0)), base)  # nothing changed
+    np.testing.assert_array_equal(compose_i420(base, overlay, (-5, -5, W + 9, H + 9))[:H], full[:H])  # clipped
+
+
+def test_video_with_base_planes_keeps_the_source_outside_the_box(tmp_path, needs_av):
+    """write(base_yuv420=..., changed_box=...): pixels outside the box decode to the base frame's pixels
+    as closely as a plain write does, and those inside to the overlay; a wrong-shape base is ignored."""
+    from mlanet.edge.writers.video import H264VideoWriter, rgb_to_i420
+
+    H, W = 96, 128
+    image = _textured(H, W, 2)
+    base = rgb_to_i420(image)
+    overlay = image.copy()
+    overlay[24:64, 40:88] = (250, 20, 20)
+    box = (40, 24, 88, 64)
+    for i, kwargs in enumerate([{}, {"base_yuv420": base, "changed_box": box},
+                                {"base_yuv420": base[:-2], "changed_box": box}]):
+        path = tmp_path / f"v{i}.mp4"
+        with H264VideoWriter(path, 25, W, H, crf=0) as video:  # lossless: compare the planes' content
+            for _ in range(3):
+                video.write(overlay, **kwargs)
+        frames, _ = _decode(path)
+        assert len(frames) == 3
+        if i == 0:
+            plain = frames[0].astype(int)
+            band = np.zeros((H, W), bool)  # where chroma filtering crosses the box edge (both ways)
+            band[20:68, 36:92] = True
+            band[28:60, 44:84] = False
+        else:
+            np.testing.assert_allclose(frames[0][~band].astype(int), plain[~band], atol=3)
+            assert np.abs(frames[0][band].astype(int) - plain[band]).mean() < 8
+    np.testing.assert_allclose(frames[0][30:60, 45:80].reshape(-1, 3).mean(0), (250, 20, 20), atol=4)
+
+
 def test_video_odd_size_is_padded(tmp_path, needs_av):
     from mlanet.edge.writers.video import H264VideoWriter
 

@@ -23,6 +23,11 @@ from .stills import format_frame_ranges
 
 log = logging.getLogger(__name__)
 
+# FFmpeg enum values (libavutil/pixfmt.h): the BT.709 matrix; unspecified and limited ("tv") range.
+_AVCOL_BT709 = 1
+_AVCOL_RANGE_UNSPECIFIED = 0
+_AVCOL_RANGE_MPEG = 1
+
 # --------------------------------------------------------------------------------------------
 # Video files (PyAV)
 # --------------------------------------------------------------------------------------------
@@ -260,6 +265,18 @@ class VideoFileSource(FrameSource):
             image = np.rot90(image, k=quarter_turns)
         return np.ascontiguousarray(image)
 
+    @staticmethod
+    def _i420(av_frame: Any, image: np.ndarray) -> np.ndarray | None:
+        """The frame's own I420 planes when ``image`` is their BT.709 limited-range RGB (even size, not
+        rotated); else None. (The RGB conversion follows the frame's colour space, so only BT.709
+        frames give back the planes a BT.709 writer would make.)"""
+        if (av_frame.format.name != "yuv420p" or av_frame.colorspace != _AVCOL_BT709
+                or av_frame.color_range not in (_AVCOL_RANGE_UNSPECIFIED, _AVCOL_RANGE_MPEG)
+                or (av_frame.width, av_frame.height) != (image.shape[1], image.shape[0])
+                or av_frame.width % 2 or av_frame.height % 2):
+            return None
+        return av_frame.to_ndarray()
+
     def _decode(self, video: _OpenVideo) -> Iterator[tuple[int, Any]]:
         """``(index, av_frame)`` for every frame that decodes, in presentation order.
 
@@ -409,7 +426,7 @@ class VideoFileSource(FrameSource):
                 else:
                     t_ns = round(index * _NS / (self.fps or 1.0))
                 self.size = (image.shape[1], image.shape[0])
-                yield Frame(image, index, t_ns, self.name)
+                yield Frame(image, index, t_ns, self.name, yuv420=self._i420(av_frame, image))
         finally:
             video.close()
             self._active = None
