@@ -251,11 +251,17 @@ class FacePipeline:
         ]
 
     def _add_meshes(self, faces: list[FaceFit], camera: Any) -> None:
-        """Decode the full mesh and albedo of ``faces`` (one batch) into ``vertices`` / ``extras["albedo"]``."""
-        decoded = self.decoder(np.stack([f.params for f in faces]), camera)
+        """Decode the full mesh and albedo of ``faces`` (one batch) into ``vertices`` / ``extras["albedo"]``
+        (NumPy on the CPU, :meth:`FaceDecoder.mesh`; the decoder's device otherwise)."""
+        flat = np.stack([f.params for f in faces])
+        if self.decoder.device.type == "cpu":
+            vertices, albedo = self.decoder.mesh(flat)
+        else:
+            decoded = self.decoder(flat, camera)
+            vertices, albedo = decoded.vertices, decoded.albedo
         for i, f in enumerate(faces):
-            f.vertices = decoded.vertices[i]
-            f.extras["albedo"] = decoded.albedo[i]
+            f.vertices = vertices[i]
+            f.extras["albedo"] = albedo[i]
 
     def _add_display_meshes(self, faces: list[FaceFit]) -> None:
         """Decode only the display mesh's vertices and albedo of ``faces`` (NumPy, one batch) into

@@ -226,6 +226,7 @@ class FaceDecoder:
         self._rot, self._trans = sl["rotation"], sl["translation"]
         self._albedo = sl["albedo"]
         self._row_bases: dict = {}
+        self._all_rows: np.ndarray | None = None
 
     @torch.no_grad()
     def __call__(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> DecodedFaces:
@@ -301,13 +302,15 @@ class FaceDecoder:
         key = id(rows), len(rows)
         cached = self._row_bases.get(key)
         if cached is None or cached[0] is not rows:
+            if len(self._row_bases) >= 4:  # a few row sets at a time (the display mesh, the whole mesh)
+                self._row_bases.pop(next(iter(self._row_bases)))
             r = torch.as_tensor(np.asarray(rows, np.int64), device=self.face_model.mean_shape.device)
             cols = (3 * r[:, None] + torch.arange(3, device=r.device)).reshape(-1)
             fm = self.face_model
             cached = (rows, *(np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32) for a in (
                 fm.mean_shape[r].reshape(1, -1), fm.shape_basis[:, cols],
                 fm.albedo_mean[r].reshape(1, -1), fm.albedo_basis[:, cols])))
-            self._row_bases = {key: cached}  # one display mesh at a time
+            self._row_bases[key] = cached
         _, mean, basis, albedo_mean, albedo_basis = cached
         K = len(rows)
         verts = (mean + x[:, self._coeff_cols] @ basis).reshape(-1, K, 3)
@@ -316,6 +319,14 @@ class FaceDecoder:
         albedo = (albedo_mean + x[:, self._albedo] @ albedo_basis).reshape(-1, K, 3)
         np.clip(albedo, 0.0, 1.0, out=albedo)
         return verts.astype(np.float32, copy=False), albedo
+
+    def mesh(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whole mesh and albedo of frame-camera parameters (N, P) in NumPy: (N, V, 3) float32
+        metres and (N, V, 3) float32 in [0, 1], equal to :meth:`__call__`'s to float32 rounding.
+        A face costs ~0.3 ms here against ~0.9 ms through PyTorch (per-op dispatch, thread hand-offs)."""
+        if self._all_rows is None:
+            self._all_rows = np.arange(self.face_model.n_vertices)
+        return self.mesh_rows(flat, self._all_rows)
 
     @torch.no_grad()
     def landmarks2d_tensor(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:

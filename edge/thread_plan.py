@@ -13,6 +13,9 @@ multi-second stalls, 9 s with one thread. The plan gives:
 * ``torch``: PyTorch threads for everything else (decoding parameters, filters, reconstruction
   are small tensors: one thread);
 * ``opencv``: OpenCV's pool (colour conversion, resizing);
+* ``blas``: NumPy's BLAS (OpenBLAS) pool, through threadpoolctl: the mesh and landmark products of
+  one or a few faces are matrix-vector products that two threads only slow down (and, on a busy
+  2-core machine, stall for milliseconds waiting for each other);
 * ``gl``: llvmpipe rasteriser threads (``LP_NUM_THREADS``; only software GL; read when the GL
   context is created, so :meth:`ThreadPlan.apply` must run before it).
 
@@ -23,6 +26,7 @@ defaults; ``MLANET_THREADS`` (an integer) overrides the core count the plan is m
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,15 +45,16 @@ class ThreadPlan:
     opencv: int
     gl: int
     network_backend: str
+    blas: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("cores", "network", "torch", "opencv", "gl"):
+        for name in ("cores", "network", "torch", "opencv", "gl", "blas"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ThreadPlan.{name} must be a positive integer, got {v!r}")
 
     def apply(self) -> None:
-        """Set PyTorch's and OpenCV's pools and llvmpipe's thread count for this process.
+        """Set PyTorch's, OpenCV's and NumPy's BLAS pools and llvmpipe's thread count for this process.
 
         ``LP_NUM_THREADS`` is only set when the environment does not set it already (a user's
         choice wins) and takes effect for GL contexts created afterwards.
@@ -64,6 +69,14 @@ class ThreadPlan:
             cv2.setNumThreads(self.opencv)
         except ImportError:  # OpenCV is optional for the pure-PyTorch paths
             pass
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=self.blas, user_api="blas")  # stays in force for the process
+        except ImportError:  # the edge extra brings it; without it NumPy keeps its own pool size
+            logging.getLogger(__name__).warning(
+                "threadpoolctl is not installed (pip install 'mlanet[edge]'): NumPy's BLAS keeps one thread "
+                "per core, which slows the per-frame mesh products on a busy machine")
         os.environ.setdefault("LP_NUM_THREADS", str(self.gl))
 
     def to_dict(self) -> dict[str, Any]:

@@ -226,6 +226,9 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         np.testing.assert_allclose(verts, full.vertices[:, rows], atol=2e-6)  # metres
         np.testing.assert_allclose(albedo, full.albedo[:, rows], atol=2e-6)
         assert albedo.min() >= 0.0 and albedo.max() <= 1.0
+        whole_v, whole_a = decoder.mesh(flat)
+        np.testing.assert_allclose(whole_v, full.vertices, atol=2e-6)
+        np.testing.assert_allclose(whole_a, full.albedo, atol=2e-6)
         other = np.array([1, 2])
         np.testing.assert_allclose(decoder.mesh_rows(flat, other)[0], full.vertices[:, other], atol=2e-6)
         with pytest.raises(ValueError, match="parameters must be"):

@@ -107,7 +107,12 @@ def test_thread_plan(monkeypatch):
         assert plan_threads("torch", cores=2).network == 1 and plan_threads("torch", cores=2).torch == 1
         assert plan_threads("torch", cores=8).torch == 4
         assert plan_threads("gpu", cores=8).network == 1
-        p.apply()
+        assert p.blas == 1
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        with threadpool_limits(limits=None, user_api="blas"):  # restores the BLAS pools for the tests after this one
+            p.apply()
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
         assert torch.get_num_threads() == 1 and os.environ["LP_NUM_THREADS"] == (os.environ["LP_NUM_THREADS"] if had_lp else "2")
         monkeypatch.setenv(THREADS_ENV, "3")
         assert usable_cores() == 3 and plan_threads("onnxruntime").cores == 3
