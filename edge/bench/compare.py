@@ -35,7 +35,9 @@ Statistics
     one side). The first ``--warmup`` frames (default 3) of each pass and side are excluded
     (graph/session start-up, first detection, GL context). Each timed frame's time is the
     median over the passes; ``median_ms`` / ``p95_ms`` are over those per-frame medians,
-    ``fps = 1000 / median_ms``. Every library uses its default threading on all cores.
+    ``fps = 1000 / median_ms``. MediaPipe uses its default threading on all cores; the MLANet side
+    runs under the runtime's own thread plan (:func:`mlanet.edge.thread_plan.plan_threads`, as
+    ``mlanet-video`` and ``mlanet-live`` do), recorded in the settings.
 
 Ratios (``results.ratios``)
     ``mlanet_fit_over_mediapipe = fps(mlanet_fit) / fps(mediapipe) = median_ms(mediapipe) /
@@ -524,7 +526,9 @@ def methodology(settings: dict[str, Any]) -> list[str]:
         "mlanet_fit_render: the same plus the ModernGL overlay (PipelineCfg default: shaded + landmarks, "
         "offscreen EGL, RGB readback).",
         "Ratios: " + RATIO_DEFINITION + ".",
-        "Threads: each library's default (MediaPipe/XNNPACK, ONNX Runtime intra-op, torch) on all cores.",
+        "Threads: MediaPipe/XNNPACK its default on all cores; MLANet the runtime's thread plan (ONNX Runtime "
+        "intra-op threads, one PyTorch/OpenCV/BLAS thread for the small per-frame work, llvmpipe on all cores), "
+        "as mlanet-video runs it (settings.thread_plan).",
     ]
 
 
@@ -537,6 +541,7 @@ def run(args: argparse.Namespace) -> Path:
     from ...export.onnx_export import export_onnx
     from ..backends import OnnxRuntimeBackend
     from ..pipeline import PipelineCfg
+    from ..thread_plan import plan_threads
     from ..tracking import TrackerCfg
 
     t_start = time.perf_counter()
@@ -573,12 +578,15 @@ def run(args: argparse.Namespace) -> Path:
         "methodology": methodology(s),
     }
 
+    plan = plan_threads("onnxruntime")
+    plan.apply()
+    results["settings"]["thread_plan"] = plan.to_dict()
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-compare-") as tmp:
         t0 = time.perf_counter()
         net = create_model(model_name, face_model=face_model).eval()
         onnx_path = export_onnx(net, face_model, Path(tmp) / f"{model_name}.onnx")
         del net
-        backend = OnnxRuntimeBackend(onnx_path, face_model=face_model)
+        backend = OnnxRuntimeBackend(onnx_path, face_model=face_model, intra_op_threads=plan.network)
         backend.warmup()
         results["settings"]["export_seconds"] = round(time.perf_counter() - t0, 3)
         import onnxruntime as ort

@@ -70,16 +70,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: Path) -> Any:
-    """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend."""
+    """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend, under the runtime's thread plan
+    (:func:`mlanet.edge.thread_plan.plan_threads`, applied here as ``mlanet-video`` does; in ``metadata``)."""
     from ..backends import OnnxRuntimeBackend, TorchBackend
+    from ..thread_plan import plan_threads
 
+    plan = plan_threads(backend)
+    plan.apply()
     if backend == "torch":
-        return TorchBackend.untrained(model_name, face_model)
-    from ...export.onnx_export import export_onnx
-    from ...models.registry import create_model
+        opened = TorchBackend.untrained(model_name, face_model)
+    else:
+        from ...export.onnx_export import export_onnx
+        from ...models.registry import create_model
 
-    path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model, tmp / f"{model_name}.onnx")
-    return OnnxRuntimeBackend(path, face_model=face_model)
+        path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model,
+                           tmp / f"{model_name}.onnx")
+        opened = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=plan.network)
+    opened.metadata["thread_plan"] = plan.to_dict()
+    return opened
 
 
 def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -> Any:
@@ -203,6 +211,7 @@ def run(args: argparse.Namespace) -> Path:
         tmp = Path(tmp_dir)
         backend = open_backend_for_bench(args.model, args.backend, face_model, tmp)
         backend.warmup()
+        results["thread_plan"] = backend.metadata["thread_plan"]
         for ci, clip in enumerate(clips):
             entry: dict[str, Any] = {"clip": clip.name, "runs": []}
             for render in (True, False):
