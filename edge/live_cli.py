@@ -158,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         check_writable_file(args.json_stats, "--json-stats")
     if args.loop and args.video is None:
         raise MLANetError("--loop needs --video (a camera has no end to start over from)")
-    cfg = pipeline_cfg_from_args(args)
+    # nothing live writes whole meshes: the overlay decodes only the display mesh's rows
+    cfg = replace(pipeline_cfg_from_args(args), meshes=False)
     window = None
     if not args.no_window:
         from .window import GlfwWindow
