@@ -157,5 +157,9 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux), and never
+    below the current :func:`rss_mib` (the kernel syncs its per-CPU RSS counters lazily, so the two
+    readings can differ by a fraction of a MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    current = rss_mib()
+    return peak if current != current else max(peak, current)  # current is NaN off Linux
