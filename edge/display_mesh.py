@@ -49,7 +49,7 @@ from .mesh_topology import MeshTopology
 log = logging.getLogger(__name__)
 
 #: Triangles of the default display mesh: a quarter of the ICT face (see the module docstring and
-#: ``benchmarks/results/runtime/display_mesh.json`` for speed against surface error).
+#: ``benchmarks/results/cpu/display_mesh.json`` for speed against surface error).
 DISPLAY_TRIANGLES: int = 4000
 #: Bumped when the decimation changes, so cached meshes are rebuilt.
 ALGORITHM_VERSION: int = 1  # v1: QEM over the mean face + each expression, border planes, albedo term
