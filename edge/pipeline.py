@@ -24,8 +24,6 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..params import ParamLayout
-from ..preprocess import PreprocessCfg
 from .crops import crop_faces
 from .filters import FilterCfg, TrackFilters
 from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
@@ -100,11 +98,11 @@ class FacePipeline:
         self.backend = backend
         self.face_model = face_model
         meta = backend.metadata
-        self.layout = ParamLayout.from_dict(meta["layout"])
-        self.preprocess = PreprocessCfg.from_dict(meta["preprocess"])
+        self.layout = meta.layout
+        self.preprocess = meta.preprocess
         if self.layout != face_model.layout:
             raise ValueError(
-                f"{meta.get('source', 'backend')}: parameter layout {self.layout.sizes} differs from face model "
+                f"{meta.source or 'backend'}: parameter layout {self.layout.sizes} differs from face model "
                 f"{face_model.model_id} ({face_model.layout.sizes})"
             )
         self.cfg = cfg

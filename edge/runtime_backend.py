@@ -147,8 +147,8 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
         say: where notices go (default stderr).
 
     Returns:
-        An inference backend; ``metadata["backend"]`` names what runs the network and
-        ``metadata["thread_plan"]`` the plan applied.
+        An inference backend; ``metadata.runtime["backend"]`` names what runs the network and
+        ``metadata.runtime["thread_plan"]`` the plan applied.
 
     Raises:
         MLANetError: an unknown or impossible choice (names the flag and the file).
@@ -191,7 +191,7 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
         plan.apply()
         b = OnnxRuntimeBackend(cached_onnx(path, face_model, say=say), face_model=face_model,
                                intra_op_threads=plan.network)
-        b.metadata["exported_from"] = str(path)
+        b.metadata = b.metadata.with_runtime(exported_from=str(path))
         b.name = str(path)  # errors name the weights the user gave, not the cache file
-    b.metadata["thread_plan"] = plan.to_dict()
+    b.metadata = b.metadata.with_runtime(thread_plan=plan.to_dict())
     return b

@@ -25,16 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AssetError, IncompatibleFormatError
+from ..errors import AssetError
 from ..fileutil import mkstemp_beside
+from ..model_metadata import (KIND_FACE_DECODER, KIND_NETWORK, ONNX_FORMAT, ONNX_FORMAT_VERSION,  # noqa: F401
+                              ModelMetadata)
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "mlanet-onnx"
-FORMAT_VERSION = 1
+# the metadata schema is the core's (one ModelMetadata for every artifact kind)
+FORMAT_NAME = ONNX_FORMAT
+FORMAT_VERSION = ONNX_FORMAT_VERSION
 META_KEY = "mlanet"
-KIND_NETWORK = "network"
-KIND_FACE_DECODER = "face_decoder"
 MM_PER_M = 1000.0
 
 
@@ -158,18 +159,7 @@ def export_onnx(model: Any, face_model: Any, path: str | os.PathLike[str], *, op
             f"the network {model.layout.sizes}"
         )
     s = int(model.preprocess.input_size)
-    desc = dict(face_model.describe())
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": KIND_NETWORK,
-        "model_name": model.name,
-        "model_config": model.config.to_dict(),
-        "layout": model.layout.to_dict(),
-        "preprocess": model.preprocess.to_dict(),
-        "face_model": desc,
-        **_versions(opset),
-    }
+    metadata = ModelMetadata.for_network(model, face_model, extra=_versions(opset)).to_onnx_props()
     was_training = model.training
     model.eval()
     try:
@@ -209,14 +199,8 @@ def export_face_decoder_onnx(face_model: Any, path: str | os.PathLike[str], *, o
     Metadata kind is ``"face_decoder"`` with the face model's id, checksum and layout.
     """
     layout = face_model.layout
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": KIND_FACE_DECODER,
-        "layout": layout.to_dict(),
-        "face_model": dict(face_model.describe()),
-        **_versions(opset),
-    }
+    metadata = ModelMetadata(layout=layout, preprocess=None, face_model=dict(face_model.describe()),
+                             kind=KIND_FACE_DECODER, extra=_versions(opset)).to_onnx_props()
     decoder = DecoderGraph(face_model).eval()
     example = torch.zeros(2, layout.total)
     return _export_with_metadata(
@@ -249,27 +233,39 @@ def load_onnx_proto(path: str | os.PathLike[str]) -> Any:
 
 
 def metadata_from_proto(proto: Any, source: str) -> dict[str, Any]:
-    """The validated ``"mlanet"`` metadata dict of an already loaded ``onnx.ModelProto``."""
+    """The validated ``"mlanet"`` metadata dict of an already loaded ``onnx.ModelProto`` (as written; the typed
+    view is :func:`model_metadata_from_proto`)."""
+    import json
+
+    raw = _props_entry(proto, source)
+    model_metadata_from_proto(proto, source)  # validates: format, version, kind, layout, preprocessing
+    return json.loads(raw)
+
+
+def _props_entry(proto: Any, source: str) -> str:
     entries = {p.key: p.value for p in proto.metadata_props}
     if META_KEY not in entries:
         raise AssetError(
             f"{source}: ONNX file without MLANet metadata (layout, preprocessing, face model); "
             "export it with `mlanet export onnx`"
         )
-    try:
-        meta = json.loads(entries[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise AssetError(f"{source}: MLANet ONNX metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise AssetError(f"{source}: not MLANet ONNX metadata (format {got!r}, expected {FORMAT_NAME!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise IncompatibleFormatError(
-            f"{source}: MLANet ONNX format version {meta.get('format_version')!r} but this MLANet reads {FORMAT_VERSION}"
-        )
-    if meta.get("kind") not in (KIND_NETWORK, KIND_FACE_DECODER):
-        raise AssetError(f"{source}: unknown MLANet ONNX kind {meta.get('kind')!r}")
-    return meta
+    return entries[META_KEY]
+
+
+def model_metadata_from_proto(proto: Any, source: str) -> ModelMetadata:
+    """The :class:`~mlanet.model_metadata.ModelMetadata` of an already loaded ``onnx.ModelProto``.
+
+    Raises:
+        AssetError: (naming ``source``) no MLANet metadata, not JSON, another format, an unknown kind, a
+            missing or invalid layout / preprocessing.
+        IncompatibleFormatError: another format version.
+    """
+    return ModelMetadata.from_onnx_props(_props_entry(proto, source), source)
+
+
+def read_onnx_model_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
+    """The :class:`~mlanet.model_metadata.ModelMetadata` of an exported ONNX file (see :func:`read_onnx_metadata`)."""
+    return model_metadata_from_proto(load_onnx_proto(path), str(path))
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

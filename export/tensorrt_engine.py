@@ -158,7 +158,7 @@ def build_engine(
         TensorRTUnavailableError: TensorRT missing (message: how to install it).
         MLANetError: TensorRT other than 10.x, or the build failed (see the TensorRT log).
     """
-    from .onnx_export import KIND_NETWORK, read_onnx_metadata
+    from .onnx_export import KIND_NETWORK, read_onnx_metadata, read_onnx_model_metadata
 
     for name, value in (("max_batch", max_batch), ("opt_batch", opt_batch), ("workspace_mib", workspace_mib)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -166,20 +166,14 @@ def build_engine(
     if opt_batch > max_batch:
         raise ValueError(f"opt_batch ({opt_batch}) must be <= max_batch ({max_batch})")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    meta = read_onnx_metadata(onnx_path)
-    if meta.get("kind") != KIND_NETWORK:
+    typed = read_onnx_model_metadata(onnx_path)  # checks format, version, kind, layout and preprocessing
+    if typed.kind != KIND_NETWORK:
         raise AssetError(
-            f"{onnx_path}: an MLANet ONNX of kind {meta.get('kind')!r}; only networks (images -> params) are built "
+            f"{onnx_path}: an MLANet ONNX of kind {typed.kind!r}; only networks (images -> params) are built "
             "into TensorRT engines"
         )
-    from ..params import ParamLayout
-    from ..preprocess import PreprocessCfg
-
-    try:
-        s = int(PreprocessCfg.from_dict(meta["preprocess"]).input_size)
-        p = ParamLayout.from_dict(meta["layout"]).total
-    except (KeyError, ValueError, TypeError) as exc:
-        raise AssetError(f"{onnx_path}: MLANet ONNX metadata is incomplete or invalid ({exc})") from None
+    s, p = typed.input_size, typed.layout.total
+    meta = read_onnx_metadata(onnx_path)  # the header keeps the ONNX metadata as written
 
     trt = import_tensorrt(str(onnx_path))
     version = str(trt.__version__)

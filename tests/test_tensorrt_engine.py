@@ -431,7 +431,7 @@ def test_tensorrt_backend_batches_chunks_and_graphs(built, onnx_files, face_mode
     ref = OnnxRuntimeBackend(onnx_files["net"], face_model=face_model)
     plain = open_backend(built["fp32"], face_model=face_model)
     graphs = TensorRTBackend(built["fp32"], face_model=face_model, cuda_graphs=True)
-    assert plain.metadata["backend"] == "tensorrt" and plain.metadata["engine"]["precision"] == "fp32"
+    assert plain.metadata.backend == "tensorrt" and plain.metadata.extra["engine"]["precision"] == "fp32"
     plain.warmup()
     graphs.warmup()
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from ...errors import AssetError
+from ...model_metadata import ModelMetadata
 
 #: The suffix of a training run folder (a folder is opened like its newest or best checkpoint).
 RUN_FOLDER = "<run folder>"
@@ -32,9 +33,13 @@ DEVICE_CHOICES = ("cpu", "cuda", "cuda:N")
 
 @runtime_checkable
 class InferenceBackend(Protocol):
-    """``__call__(images (B, 3, S, S) float32) -> (B, P) numpy``; ``metadata``; ``warmup()``; ``close()``."""
+    """``__call__(images (B, 3, S, S) float32) -> (B, P) numpy``; ``metadata``; ``warmup()``; ``close()``.
 
-    metadata: dict[str, Any]
+    ``metadata`` is the artifact's :class:`~mlanet.model_metadata.ModelMetadata` (layout, preprocessing,
+    face model, ...), with ``runtime["backend"]`` naming the backend and any other facts of how it runs.
+    """
+
+    metadata: ModelMetadata
 
     def __call__(self, images: Any) -> np.ndarray: ...
 
@@ -55,13 +60,12 @@ def _as_images(images: Any, size: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _check_face_model(source: str, meta: dict[str, Any], face_model: Any) -> None:
+def _check_face_model(source: str, meta: ModelMetadata, face_model: Any) -> None:
     """Refuse an artifact made for another face model than ``face_model`` (decoder signature, layout)."""
     from ...morphable.decoder_identity import check_binding
-    from ...params import ParamLayout
 
-    check_binding(source, meta.get("face_model"), face_model.describe())
-    layout = ParamLayout.from_dict(meta["layout"])
+    check_binding(source, meta.face_model, face_model.describe())
+    layout = meta.layout
     if layout != face_model.layout:
         raise AssetError(
             f"{source}: parameter layout {layout.sizes} differs from face model {face_model.model_id}'s "
@@ -79,6 +83,8 @@ class BackendSpec:
         device: ``"cpu"`` or ``"cuda"``.
         opener: ``(path, face_model, index, cuda_graphs) -> backend`` (``index``: the GPU, None = default).
         description: one line for help and docs.
+        probe: ``() -> None`` when the backend can run on this machine, else why not (one line, with what to
+            install); cheap, never opens a model. ``None``: always available.
     """
 
     name: str
@@ -86,6 +92,16 @@ class BackendSpec:
     device: str
     opener: Callable[[Path, Any, int | None, bool], Any]
     description: str = ""
+    probe: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when this backend can run here, else why not (what its :attr:`probe` says)."""
+        return None if self.probe is None else self.probe()
+
+    def open(self, path: str | os.PathLike[str], face_model: Any = None, *, index: int | None = None,
+             cuda_graphs: bool = True) -> Any:
+        """Open ``path`` with this backend (what :func:`open_backend` does once it has picked the spec)."""
+        return self.opener(Path(path), face_model, index, cuda_graphs)
 
 
 _REGISTRY: dict[tuple[str, str], BackendSpec] = {}
@@ -110,6 +126,21 @@ def registered_backends() -> list[BackendSpec]:
     for spec in _REGISTRY.values():
         seen.setdefault(id(spec), spec)
     return list(seen.values())
+
+
+def backend_named(name: str) -> BackendSpec:
+    """The registered spec called ``name`` (``"onnxruntime-cpu"``); AssetError listing the names otherwise."""
+    for spec in registered_backends():
+        if spec.name == name:
+            return spec
+    raise AssetError(f"unknown backend {name!r}; known backends: {', '.join(s.name for s in registered_backends())}")
+
+
+def missing_modules(*names: str) -> list[str]:
+    """Which of the modules ``names`` are not installed (without importing them)."""
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def backend_for(suffix: str, device: str) -> BackendSpec | None:
