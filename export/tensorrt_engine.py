@@ -38,7 +38,6 @@ from .engine_file import (
     _version_tuple,
     check_device,
     check_tensorrt_version,
-    read_engine_file,
     write_engine_file,
 )
 
@@ -500,38 +499,23 @@ def engine_parity_report(
         ``{"vertex_mm": {"mean", "max"}, "landmark_mm": {...}, "param_max_abs", "batch_sizes",
         "precision", "tensorrt_version", "device", "engine", "onnx"}``.
     """
-    import torch
+    from ..edge.backends import open_backend
+    from .onnx_export import compare_backends
 
-    from .onnx_export import _ort_session, _stats_mm
-
-    header, engine_bytes = read_engine_file(engine_path)
-    s = int(header["io"][INPUT_NAME]["shape"][2])
-    n = max(1, min(int(n), int(header["profile"]["max_batch"])))
-    images = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(seed)).numpy()
-    runner = TensorRTRunner(engine_bytes, header, source=str(engine_path))
-    session = _ort_session(onnx_path)
+    engine = open_backend(engine_path, face_model, device="cuda")  # header, checksum, face model checked first
+    onnx = open_backend(onnx_path, face_model, device="cpu")
     try:
-        batches = sorted({1, n})
-        ref, got = [], []
-        for b in batches:
-            ref.append(session.run([OUTPUT_NAME], {INPUT_NAME: images[:b]})[0])
-            got.append(runner(images[:b]))
+        header = engine.header
+        report = compare_backends(onnx, engine, face_model, n=max(1, int(n)), seed=seed,
+                                  max_batch=int(header["profile"]["max_batch"]))
     finally:
-        runner.close()
-    r, g = torch.from_numpy(np.concatenate(ref)), torch.from_numpy(np.concatenate(got))
-    with torch.no_grad():
-        v_r, v_g = face_model(r), face_model(g)
-        l_r, l_g = face_model.landmarks(v_r), face_model.landmarks(v_g)
+        engine.close()
+        onnx.close()
     return {
         "engine": str(engine_path),
         "onnx": str(onnx_path),
         "precision": header["precision"],
         "tensorrt_version": header["tensorrt_version"],
         "device": header.get("device"),
-        "n": n,
-        "seed": seed,
-        "batch_sizes": batches,
-        "vertex_mm": _stats_mm(v_r, v_g),
-        "landmark_mm": _stats_mm(l_r, l_g),
-        "param_max_abs": float((r - g).abs().max()),
+        **report,
     }

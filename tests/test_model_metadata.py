@@ -199,3 +199,21 @@ def test_shipped_weights_and_cached_exports_still_read():
     meta = read_model_metadata(shipped)
     assert meta.model_name == "mlanet_mobile" and meta.format == CHECKPOINT_FORMAT and meta.input_size >= 16
     assert meta.face_model_id
+
+
+def test_export_parity_opens_both_models_through_the_registry(artifacts, face_model, monkeypatch):
+    import mlanet.edge.backends as backends
+    from mlanet.export.onnx_export import parity_report
+
+    opened = []
+    real = backends.open_backend
+
+    def spy(path, *args, **kwargs):
+        opened.append(Path(path).suffix)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "open_backend", spy)
+    report = parity_report(artifacts["ckpt"], face_model, artifacts["onnx"], n=3)
+    assert opened == [".safetensors", ".onnx"]
+    assert report["batch_sizes"] == [1, 3] and report["vertex_mm"]["max"] < 1e-2
+    assert report["model_name"] == "mlanet_mobile" and report["provider"] == "CPUExecutionProvider"

@@ -63,6 +63,28 @@ class TorchBackend:
         self.input_size = self.metadata.input_size
         return self
 
+    @classmethod
+    def from_model(cls, model: Any, face_model: Any, *, device: str = "cpu", source: str = "") -> "TorchBackend":
+        """An in-memory network ``model`` (an MLANet, put in eval mode) as a backend, bound to ``face_model``
+        (its layout must match); what a parity check of a just-exported network compares against."""
+        import torch
+
+        from ...errors import AssetError
+        from ...model_metadata import ModelMetadata
+
+        if model.layout != face_model.layout:
+            raise AssetError(f"{source or model.name}: layout {model.layout.sizes} differs from face model "
+                             f"{face_model.model_id}'s {face_model.layout.sizes}")
+        self = cls.__new__(cls)
+        self.path = Path(source or f"in-memory:{model.name}")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = ModelMetadata.for_network(model, face_model, source=str(self.path)).with_runtime(
+            backend="torch", device=str(self.device))
+        self.input_size = self.metadata.input_size
+        return self
+
     def __call__(self, images: Any) -> np.ndarray:
         arr = _as_images(images, self.input_size, f"{self.path}")
         with self._torch.no_grad():
