@@ -152,7 +152,7 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
     Raises:
         MLANetError: an unknown or impossible choice (names the flag and the file).
     """
-    from .backends import OnnxRuntimeBackend, open_backend, parse_device
+    from .backends import open_backend, parse_device
     from .thread_plan import plan_threads
 
     if backend not in BACKEND_CHOICES:
@@ -174,7 +174,7 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
                               "it on PyTorch")
         plan = plan_threads("onnxruntime", cores)
         plan.apply()
-        b = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=plan.network)
+        b = open_backend(path, face_model=face_model, device="cpu", intra_op_threads=plan.network)
     elif suffix != ".safetensors" or backend == "torch" or (backend == "auto" and not onnx_runtime_available()):
         if suffix == ".safetensors" and backend == "auto":
             say("onnxruntime is not installed: the network runs on PyTorch (2-3x slower on a CPU; "
@@ -188,8 +188,8 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
                               "(pip install 'mlanet[edge]')")
         plan = plan_threads("onnxruntime", cores)
         plan.apply()
-        b = OnnxRuntimeBackend(cached_onnx(path, face_model, say=say), face_model=face_model,
-                               intra_op_threads=plan.network)
+        b = open_backend(cached_onnx(path, face_model, say=say), face_model=face_model, device="cpu",
+                         intra_op_threads=plan.network)
         b.metadata = b.metadata.with_runtime(exported_from=str(path))
         b.name = str(path)  # errors name the weights the user gave, not the cache file
     b.metadata = b.metadata.with_runtime(thread_plan=plan.to_dict())

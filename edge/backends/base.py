@@ -81,7 +81,9 @@ class BackendSpec:
         name: the backend's name in records and messages (``"onnxruntime-cpu"``).
         suffixes: artifact suffixes it opens (lower case, with the dot; :data:`RUN_FOLDER` for a run folder).
         device: ``"cpu"`` or ``"cuda"``.
-        opener: ``(path, face_model, index, cuda_graphs) -> backend`` (``index``: the GPU, None = default).
+        opener: ``(path, face_model, index, cuda_graphs, **options) -> backend`` (``index``: the GPU, None =
+            default; ``options``: the backend's own keyword arguments, e.g. ``intra_op_threads`` for ONNX
+            Runtime; an opener refuses options it does not know with a TypeError).
         description: one line for help and docs.
         probe: ``() -> None`` when the backend can run on this machine, else why not (one line, with what to
             install); cheap, never opens a model. ``None``: always available.
@@ -90,7 +92,7 @@ class BackendSpec:
     name: str
     suffixes: tuple[str, ...]
     device: str
-    opener: Callable[[Path, Any, int | None, bool], Any]
+    opener: Callable[..., Any]
     description: str = ""
     probe: Callable[[], str | None] | None = None
 
@@ -99,9 +101,15 @@ class BackendSpec:
         return None if self.probe is None else self.probe()
 
     def open(self, path: str | os.PathLike[str], face_model: Any = None, *, index: int | None = None,
-             cuda_graphs: bool = True) -> Any:
+             cuda_graphs: bool = True, **options: Any) -> Any:
         """Open ``path`` with this backend (what :func:`open_backend` does once it has picked the spec)."""
-        return self.opener(Path(path), face_model, index, cuda_graphs)
+        try:
+            return self.opener(Path(path), face_model, index, cuda_graphs, **options)
+        except TypeError as exc:
+            if options and "unexpected keyword argument" in str(exc):
+                raise AssetError(f"{path}: backend {self.name} does not take option(s) "
+                                 f"{', '.join(sorted(options))} ({exc})") from None
+            raise
 
 
 _REGISTRY: dict[tuple[str, str], BackendSpec] = {}
@@ -173,12 +181,12 @@ def artifact_suffix(path: Path) -> str:
 
 
 def open_backend(path: str | os.PathLike[str], face_model: Any = None, *, device: Any = "cpu",
-                 cuda_graphs: bool = True) -> InferenceBackend:
+                 cuda_graphs: bool = True, **options: Any) -> InferenceBackend:
     """Open ``path`` with the backend registered for its suffix (a folder: a training run) on ``device``.
 
     ``device="cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``; ``cuda_graphs``: GPU backends replay CUDA graphs
-    per batch size. What each backend does is in its module (``torch_cpu``, ``onnxruntime``, ``tensorrt``,
-    ``torch_cuda``).
+    per batch size; ``options``: keyword arguments of that backend (``intra_op_threads`` for ONNX Runtime).
+    What each backend does is in its module (``torch_cpu``, ``onnxruntime``, ``tensorrt``, ``torch_cuda``).
 
     Raises:
         AssetError: unknown suffixes (the message lists the known ones), an unknown device, a suffix with no
@@ -198,4 +206,4 @@ def open_backend(path: str | os.PathLike[str], face_model: Any = None, *, device
         other = sorted(d for s, d in _REGISTRY if s == suffix)
         raise AssetError(f"{path}: no {kind} backend for {suffix} files (they run on: {', '.join(other)}); "
                          f"use device {other[0]}")
-    return spec.opener(path, face_model, index, cuda_graphs)
+    return spec.open(path, face_model, index=index, cuda_graphs=cuda_graphs, **options)

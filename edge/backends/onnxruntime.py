@@ -140,13 +140,20 @@ def _onnx_cuda_providers(path: Path, index: int | None) -> list[Any]:
 
 
 
-def _open_cuda(path: Path, face_model: Any, index: int | None, cuda_graphs: bool) -> OnnxRuntimeBackend:
+def _open_cpu(path: Path, face_model: Any, index: int | None, cuda_graphs: bool, *,
+              intra_op_threads: int | None = None) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=intra_op_threads)
+
+
+def _open_cuda(path: Path, face_model: Any, index: int | None, cuda_graphs: bool, *,
+               intra_op_threads: int | None = None) -> OnnxRuntimeBackend:
     """On ONNX Runtime's CUDA execution provider: refused, not silently run on the CPU, when this onnxruntime
     lacks it or the session does not use it."""
     from ..gpu_crops import require_cuda
 
     require_cuda(f"{path} on device cuda")
-    backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index))
+    backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index),
+                                 intra_op_threads=intra_op_threads)
     active = backend.session.get_providers()
     if "CUDAExecutionProvider" not in active:  # onnxruntime falls back to the CPU with only a log line
         raise AssetError(f"{path}: onnxruntime did not enable CUDAExecutionProvider (active: {', '.join(active)}); "
@@ -177,7 +184,7 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
 
 register_backend(BackendSpec(
     "onnxruntime-cpu", (".onnx",), "cpu",
-    lambda path, face_model, index, cuda_graphs: OnnxRuntimeBackend(path, face_model=face_model),
+    _open_cpu,
     "an exported network in ONNX Runtime, CPU provider", probe=onnxruntime_unavailable_reason))
 register_backend(BackendSpec("onnxruntime-cuda", (".onnx",), "cuda", _open_cuda,
                              "an exported network in ONNX Runtime, CUDA provider (onnxruntime-gpu)",

@@ -260,9 +260,10 @@ class TorchCudaBackend:
         self.model = None  # type: ignore[assignment]
 
 
-def _open(path: Any, face_model: Any, index: int | None, cuda_graphs: bool) -> "TorchCudaBackend":
+def _open(path: Any, face_model: Any, index: int | None, cuda_graphs: bool, **options: Any) -> "TorchCudaBackend":
+    """``options``: ``precision``, ``max_graph_batch``, ``channels_last``, ``benchmark`` of :class:`TorchCudaBackend`."""
     return TorchCudaBackend(path, face_model=face_model, device="cuda" if index is None else index,
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, **options)
 
 
 def cuda_unavailable_reason() -> str | None:

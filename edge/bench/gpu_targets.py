@@ -162,7 +162,7 @@ def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp:
     plan = {"mlanet_r50": [1, 32], "mlanet_mobile": [1]}
     models = {name: ml._build_model(name, face_model, INPUT_SIZE) for name in plan}  # each runner copies its own
     for backend in ("tensorrt", "torch-cuda-fp16"):
-        reason = ml.backend_unavailable_reason(backend)
+        reason = ml.availability([backend])[backend]
         if reason is not None:
             details.setdefault("skipped_backends", {})[backend] = reason
             continue
