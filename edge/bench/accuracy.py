@@ -239,11 +239,11 @@ def open_model(spec: ModelSpec, face_model: Any, seed: int = 0) -> tuple[Callabl
     elif spec.kind == "onnx":
 
         try:
-            from ..backends import OnnxRuntimeBackend
+            from ..backends import open_backend
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise MLANetError(f"{spec.source}: .onnx needs onnxruntime ({exc}); pip install -e '.[export]'") from None
         try:
-            backend = OnnxRuntimeBackend(spec.source, face_model=face_model)
+            backend = open_backend(spec.source, face_model, device="cpu")
         except ImportError as exc:  # pragma: no cover
             raise MLANetError(f"{spec.source}: .onnx needs onnxruntime ({exc}); pip install -e '.[export]'") from None
         preprocess, layout = backend.metadata.preprocess, backend.metadata.layout

@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: Path) -> Any:
     """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend."""
-    from ..backends import OnnxRuntimeBackend, TorchBackend
+    from ..backends import TorchBackend, open_backend
 
     if backend == "torch":
         return TorchBackend.untrained(model_name, face_model)
@@ -79,7 +79,7 @@ def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: 
     from ...models.registry import create_model
 
     path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model, tmp / f"{model_name}.onnx")
-    return OnnxRuntimeBackend(path, face_model=face_model)
+    return open_backend(path, face_model, device="cpu")
 
 
 def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -> Any:
