@@ -9,7 +9,7 @@ without a host round trip).
 :class:`TorchCudaBackend` follows the :class:`~mlanet.edge.backends.InferenceBackend` protocol
 (``__call__(images) -> (B, P) numpy float32``, ``metadata``, ``warmup()``, ``close()``) and adds
 :meth:`TorchCudaBackend.run_device`, which keeps the result on the GPU. It loads a checkpoint
-exactly as :class:`~mlanet.edge.backends.TorchBackend` does (same checks, same metadata keys).
+exactly as :class:`~mlanet.edge.backends.TorchBackend` does (same checks, the same :class:`~mlanet.model_metadata.ModelMetadata`).
 
 Shared helpers:
 
