@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write_record  # noqa: E402
 
-from mlanet.edge.backends import OnnxRuntimeBackend  # noqa: E402
+from mlanet.edge.backends import open_backend  # noqa: E402
 from mlanet.edge.bench.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
 from mlanet.edge.bench.record import record_dir  # noqa: E402
 from mlanet.export.onnx_export import export_onnx  # noqa: E402
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                           "imagenet_start": model.config.backbone == LITE and model.config.width_mult == 1.0,
                           **_describe(model)}
             path = export_onnx(model, face_model, tmp_dir / f"v{i}.onnx")
-            backend = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=args.threads)
+            backend = open_backend(path, face_model, device="cpu", intra_op_threads=args.threads)
             callers[name] = (backend, size)
             log.info("%-28s %6.2fM params %.4f GMACs %d px", name, rows[name]["parameters"] / 1e6, rows[name]["gmacs"], size)
 

@@ -238,16 +238,14 @@ class DeviceFacePath:
             ValueError: another backend (ONNX Runtime and TensorRT return host arrays), or a face
                 model whose layout differs from the backend's.
         """
-        from ..params import ParamLayout
+        from ..model_metadata import ModelMetadata
 
-        meta = getattr(backend, "metadata", {})
-        try:
-            preprocess = PreprocessCfg.from_dict(meta["preprocess"])
-            layout = ParamLayout.from_dict(meta["layout"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"backend {type(backend).__name__} has no usable layout/preprocess metadata ({exc})") from None
+        meta = getattr(backend, "metadata", None)
+        if not isinstance(meta, ModelMetadata) or meta.preprocess is None:
+            raise ValueError(f"backend {type(backend).__name__} has no ModelMetadata with a layout and preprocessing")
+        preprocess, layout = meta.preprocess, meta.layout
         if layout != face_model.layout:
-            raise ValueError(f"{meta.get('source', 'backend')}: parameter layout {layout.sizes} differs from face model "
+            raise ValueError(f"{meta.source or 'backend'}: parameter layout {layout.sizes} differs from face model "
                              f"{face_model.model_id} ({face_model.layout.sizes})")
         if callable(getattr(backend, "run_device", None)):
             from .gpu_crops import GpuCropper

@@ -71,7 +71,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
         plan = plan_threads("torch")
         plan.apply()
         backend = TorchBackend.untrained(args.untrained, face_model)
-        backend.metadata["thread_plan"] = plan.to_dict()
+        backend.metadata = backend.metadata.with_runtime(thread_plan=plan.to_dict())
         return backend, face_model
     weights = args.weights or default_weights_path(DEFAULT_MODEL)
     if weights is None:

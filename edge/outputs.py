@@ -100,7 +100,7 @@ class VideoRunOutputs:
     Args:
         out_dir: output folder (created).
         face_model: the MorphableModel the parameters belong to.
-        backend_metadata: the backend's ``metadata`` (recorded in run.json).
+        backend_metadata: the backend's ``metadata`` (a ModelMetadata, recorded in run.json as its ``to_dict()``).
         source: the frame source (name, fps, size).
         pipeline_cfg: the PipelineCfg (recorded).
         options: :class:`OutputOptions`.
@@ -114,7 +114,7 @@ class VideoRunOutputs:
         out_dir: Path,
         *,
         face_model: Any,
-        backend_metadata: dict[str, Any],
+        backend_metadata: Any,
         source: Any,
         pipeline_cfg: Any,
         options: OutputOptions = OutputOptions(),
@@ -154,7 +154,7 @@ class VideoRunOutputs:
             "input": self.source_name,
             "fps": self.fps,
             "argv": list(argv) if argv else None,
-            "backend": backend_metadata,
+            "backend": backend_metadata.to_dict() if hasattr(backend_metadata, "to_dict") else backend_metadata,
             "face_model": face_model.describe(),
             "layout": self.layout.to_dict(),
             "pipeline": _jsonable(asdict(pipeline_cfg)) if pipeline_cfg is not None else None,

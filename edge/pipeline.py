@@ -24,8 +24,6 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..params import ParamLayout
-from ..preprocess import PreprocessCfg
 from .crops import crop_faces
 from .display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from .filters import FilterCfg, TrackFilters
@@ -111,11 +109,11 @@ class FacePipeline:
         self.backend = backend
         self.face_model = face_model
         meta = backend.metadata
-        self.layout = ParamLayout.from_dict(meta["layout"])
-        self.preprocess = PreprocessCfg.from_dict(meta["preprocess"])
+        self.layout = meta.layout
+        self.preprocess = meta.preprocess
         if self.layout != face_model.layout:
             raise ValueError(
-                f"{meta.get('source', 'backend')}: parameter layout {self.layout.sizes} differs from face model "
+                f"{meta.source or 'backend'}: parameter layout {self.layout.sizes} differs from face model "
                 f"{face_model.model_id} ({face_model.layout.sizes})"
             )
         self.cfg = cfg

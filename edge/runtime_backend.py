@@ -108,11 +108,10 @@ def cached_onnx(checkpoint: str | os.PathLike[str], face_model: Any, *, opset: i
     tmp = path.with_name(path.name + f".{os.getpid()}.part.onnx")
     try:
         export_onnx(model, face_model, tmp, opset=opset)
-        report = parity_report(model, face_model, tmp, n=2)
-        worst = float(report["vertex_mm"]["max"])
         # weights whose PyTorch output is already NaN/inf have no parity to check: the backend's
         # finite-output check stops the run at its first face, naming the weights
-        if _outputs_finite(model) and not worst <= PARITY_MAX_MM:
+        worst = float(parity_report(ckpt, face_model, tmp, n=2)["vertex_mm"]["max"]) if _outputs_finite(model) else 0.0
+        if not worst <= PARITY_MAX_MM:
             raise AssetError(f"{ckpt}: its ONNX export differs from PyTorch by {worst:.3g} mm (allowed "
                              f"{PARITY_MAX_MM} mm); run with --backend torch and report this")
         os.replace(tmp, path)
@@ -147,13 +146,13 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
         say: where notices go (default stderr).
 
     Returns:
-        An inference backend; ``metadata["backend"]`` names what runs the network and
-        ``metadata["thread_plan"]`` the plan applied.
+        An inference backend; ``metadata.runtime["backend"]`` names what runs the network and
+        ``metadata.runtime["thread_plan"]`` the plan applied.
 
     Raises:
         MLANetError: an unknown or impossible choice (names the flag and the file).
     """
-    from .backends import OnnxRuntimeBackend, open_backend, parse_device
+    from .backends import open_backend, parse_device
     from .thread_plan import plan_threads
 
     if backend not in BACKEND_CHOICES:
@@ -175,7 +174,7 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
                               "it on PyTorch")
         plan = plan_threads("onnxruntime", cores)
         plan.apply()
-        b = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=plan.network)
+        b = open_backend(path, face_model=face_model, device="cpu", intra_op_threads=plan.network)
     elif suffix != ".safetensors" or backend == "torch" or (backend == "auto" and not onnx_runtime_available()):
         if suffix == ".safetensors" and backend == "auto":
             say("onnxruntime is not installed: the network runs on PyTorch (2-3x slower on a CPU; "
@@ -189,9 +188,9 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
                               "(pip install 'mlanet[edge]')")
         plan = plan_threads("onnxruntime", cores)
         plan.apply()
-        b = OnnxRuntimeBackend(cached_onnx(path, face_model, say=say), face_model=face_model,
-                               intra_op_threads=plan.network)
-        b.metadata["exported_from"] = str(path)
+        b = open_backend(cached_onnx(path, face_model, say=say), face_model=face_model, device="cpu",
+                         intra_op_threads=plan.network)
+        b.metadata = b.metadata.with_runtime(exported_from=str(path))
         b.name = str(path)  # errors name the weights the user gave, not the cache file
-    b.metadata["thread_plan"] = plan.to_dict()
+    b.metadata = b.metadata.with_runtime(thread_plan=plan.to_dict())
     return b

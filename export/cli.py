@@ -57,7 +57,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     if args.decoder:
         dec = export_face_decoder_onnx(face_model, args.decoder, opset=args.opset)
         print(f"wrote {dec}")
-    report = parity_report(model, face_model, out)
+    report = parity_report(resolve_weights(args.weights), face_model, out)  # both opened by the backend registry
     v, lm = report["vertex_mm"], report["landmark_mm"]
     print(
         f"parity torch vs onnxruntime (batch {', '.join(map(str, report['batch_sizes']))}): "

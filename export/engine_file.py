@@ -85,9 +85,7 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
         AssetError: (naming ``source``) anything missing or inconsistent.
         IncompatibleFormatError: another ``format_version``.
     """
-    from ..params import ParamLayout
-    from ..preprocess import PreprocessCfg
-    from .onnx_export import FORMAT_NAME as ONNX_FORMAT, KIND_NETWORK
+    from ..model_metadata import KIND_NETWORK, ONNX_FORMAT, ModelMetadata
 
     if not isinstance(header, dict):
         raise _fail(source, f"MLANet engine header is a {type(header).__name__}, not a JSON object")
@@ -104,10 +102,10 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
     if meta.get("kind") != KIND_NETWORK:
         raise _fail(source, f"engine built from an MLANet ONNX of kind {meta.get('kind')!r}, not a network (images -> params)")
     try:
-        layout = ParamLayout.from_dict(meta["layout"])
-        preprocess = PreprocessCfg.from_dict(meta["preprocess"])
-    except (KeyError, ValueError, TypeError) as exc:
+        typed = ModelMetadata.from_onnx_props(meta, source)
+    except AssetError as exc:
         raise _fail(source, f"engine metadata (layout/preprocess) is incomplete or invalid ({exc})") from None
+    layout, preprocess = typed.layout, typed.preprocess
     if not isinstance(header.get("tensorrt_version"), str) or not _version_tuple(header["tensorrt_version"]):
         raise _fail(source, f"engine header has no valid tensorrt_version ({header.get('tensorrt_version')!r})")
     if header.get("precision") not in PRECISIONS:
@@ -146,7 +144,9 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
 
 def input_size(header: Mapping[str, Any]) -> int:
     """S of the engine's input (B, 3, S, S), from its preprocessing metadata."""
-    return int(header["onnx_metadata"]["preprocess"]["input_size"])
+    from ..model_metadata import ModelMetadata
+
+    return ModelMetadata.from_engine_header(header, "engine header").input_size
 
 
 # --------------------------------------------------------------------------- write

@@ -25,16 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AssetError, IncompatibleFormatError
+from ..errors import AssetError
 from ..fileutil import mkstemp_beside
+from ..model_metadata import (KIND_FACE_DECODER, KIND_NETWORK, ONNX_FORMAT, ONNX_FORMAT_VERSION,  # noqa: F401
+                              ModelMetadata)
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "mlanet-onnx"
-FORMAT_VERSION = 1
+# the metadata schema is the core's (one ModelMetadata for every artifact kind)
+FORMAT_NAME = ONNX_FORMAT
+FORMAT_VERSION = ONNX_FORMAT_VERSION
 META_KEY = "mlanet"
-KIND_NETWORK = "network"
-KIND_FACE_DECODER = "face_decoder"
 MM_PER_M = 1000.0
 
 
@@ -158,18 +159,7 @@ def export_onnx(model: Any, face_model: Any, path: str | os.PathLike[str], *, op
             f"the network {model.layout.sizes}"
         )
     s = int(model.preprocess.input_size)
-    desc = dict(face_model.describe())
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": KIND_NETWORK,
-        "model_name": model.name,
-        "model_config": model.config.to_dict(),
-        "layout": model.layout.to_dict(),
-        "preprocess": model.preprocess.to_dict(),
-        "face_model": desc,
-        **_versions(opset),
-    }
+    metadata = ModelMetadata.for_network(model, face_model, extra=_versions(opset)).to_onnx_props()
     was_training = model.training
     model.eval()
     try:
@@ -209,14 +199,8 @@ def export_face_decoder_onnx(face_model: Any, path: str | os.PathLike[str], *, o
     Metadata kind is ``"face_decoder"`` with the face model's id, checksum and layout.
     """
     layout = face_model.layout
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": KIND_FACE_DECODER,
-        "layout": layout.to_dict(),
-        "face_model": dict(face_model.describe()),
-        **_versions(opset),
-    }
+    metadata = ModelMetadata(layout=layout, preprocess=None, face_model=dict(face_model.describe()),
+                             kind=KIND_FACE_DECODER, extra=_versions(opset)).to_onnx_props()
     decoder = DecoderGraph(face_model).eval()
     example = torch.zeros(2, layout.total)
     return _export_with_metadata(
@@ -249,27 +233,39 @@ def load_onnx_proto(path: str | os.PathLike[str]) -> Any:
 
 
 def metadata_from_proto(proto: Any, source: str) -> dict[str, Any]:
-    """The validated ``"mlanet"`` metadata dict of an already loaded ``onnx.ModelProto``."""
+    """The validated ``"mlanet"`` metadata dict of an already loaded ``onnx.ModelProto`` (as written; the typed
+    view is :func:`model_metadata_from_proto`)."""
+    import json
+
+    raw = _props_entry(proto, source)
+    model_metadata_from_proto(proto, source)  # validates: format, version, kind, layout, preprocessing
+    return json.loads(raw)
+
+
+def _props_entry(proto: Any, source: str) -> str:
     entries = {p.key: p.value for p in proto.metadata_props}
     if META_KEY not in entries:
         raise AssetError(
             f"{source}: ONNX file without MLANet metadata (layout, preprocessing, face model); "
             "export it with `mlanet export onnx`"
         )
-    try:
-        meta = json.loads(entries[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise AssetError(f"{source}: MLANet ONNX metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise AssetError(f"{source}: not MLANet ONNX metadata (format {got!r}, expected {FORMAT_NAME!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise IncompatibleFormatError(
-            f"{source}: MLANet ONNX format version {meta.get('format_version')!r} but this MLANet reads {FORMAT_VERSION}"
-        )
-    if meta.get("kind") not in (KIND_NETWORK, KIND_FACE_DECODER):
-        raise AssetError(f"{source}: unknown MLANet ONNX kind {meta.get('kind')!r}")
-    return meta
+    return entries[META_KEY]
+
+
+def model_metadata_from_proto(proto: Any, source: str) -> ModelMetadata:
+    """The :class:`~mlanet.model_metadata.ModelMetadata` of an already loaded ``onnx.ModelProto``.
+
+    Raises:
+        AssetError: (naming ``source``) no MLANet metadata, not JSON, another format, an unknown kind, a
+            missing or invalid layout / preprocessing.
+        IncompatibleFormatError: another format version.
+    """
+    return ModelMetadata.from_onnx_props(_props_entry(proto, source), source)
+
+
+def read_onnx_model_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
+    """The :class:`~mlanet.model_metadata.ModelMetadata` of an exported ONNX file (see :func:`read_onnx_metadata`)."""
+    return model_metadata_from_proto(load_onnx_proto(path), str(path))
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -283,62 +279,87 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- parity
-def _ort_session(path: str | os.PathLike[str]) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _stats_mm(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """Mean and max Euclidean distance (mm) between point sets a, b (B, N, 3) in metres."""
     d = torch.linalg.vector_norm(a.double() - b.double(), dim=-1) * MM_PER_M
     return {"mean": float(d.mean()), "max": float(d.max())}
 
 
-def parity_report(model: Any, face_model: Any, onnx_path: str | os.PathLike[str], *, n: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Compare torch and onnxruntime (CPU) on ``n`` random images, in vertex space.
+def open_reference(reference: Any, face_model: Any) -> Any:
+    """The backend a parity check compares against: ``reference`` opened through the backend registry
+    (:func:`mlanet.edge.backends.open_backend`, on the CPU) when it is an artifact path, an in-memory network
+    wrapped as :class:`~mlanet.edge.backends.TorchBackend` (:meth:`~mlanet.edge.backends.TorchBackend.from_model`),
+    or an already open backend as it is."""
+    from ..edge.backends import TorchBackend, open_backend
 
-    The same images (``torch.Generator`` seeded with ``seed``) go through both, at batch sizes 1
-    and ``n``; both flat outputs are decoded with the torch face model.
+    if isinstance(reference, (str, os.PathLike)):
+        return open_backend(reference, face_model, device="cpu")
+    if isinstance(reference, nn.Module):
+        return TorchBackend.from_model(reference, face_model)
+    return reference
+
+
+def compare_backends(reference: Any, candidate: Any, face_model: Any, *, n: int, seed: int,
+                     max_batch: int | None = None) -> dict[str, Any]:
+    """``reference`` vs ``candidate`` (two open backends) on the same ``n`` random images (``torch.Generator``
+    seeded with ``seed``) at batch sizes 1 and ``n`` (``n`` clipped to ``max_batch``); both flat outputs decoded
+    with the torch ``face_model`` and compared in vertex space (mm)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    n = min(int(n), int(max_batch)) if max_batch else int(n)
+    s = reference.metadata.input_size
+    if candidate.metadata.input_size != s:
+        raise AssetError(f"{candidate.metadata.source}: input size {candidate.metadata.input_size}, but "
+                         f"{reference.metadata.source} has {s}")
+    images = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(seed)).numpy()
+    batches = sorted({1, n})
+    ref = torch.cat([torch.from_numpy(reference(images[:b])).float() for b in batches])
+    got = torch.cat([torch.from_numpy(candidate(images[:b])).float() for b in batches])
+    with torch.no_grad():
+        v_ref, v_got = face_model(ref), face_model(got)
+        l_ref, l_got = face_model.landmarks(v_ref), face_model.landmarks(v_got)
+    return {
+        "n": n,
+        "seed": seed,
+        "batch_sizes": batches,
+        "vertex_mm": _stats_mm(v_ref, v_got),
+        "landmark_mm": _stats_mm(l_ref, l_got),
+        "param_max_abs": float((ref - got).abs().max()),
+    }
+
+
+def parity_report(reference: Any, face_model: Any, onnx_path: str | os.PathLike[str], *, n: int = 8,
+                  seed: int = 0) -> dict[str, Any]:
+    """Compare PyTorch and ONNX Runtime (CPU) on ``n`` random images, in vertex space.
+
+    Both sides are opened through the backend registry (:func:`mlanet.edge.backends.open_backend`):
+    ``reference`` is the checkpoint (``.safetensors`` or run folder; an in-memory network or an open
+    backend also works, see :func:`open_reference`), ``onnx_path`` the export, checked against
+    ``face_model``. The same images go through both, at batch sizes 1 and ``n``; both flat outputs are
+    decoded with the torch face model.
 
     Returns:
         ``{"vertex_mm": {"mean", "max"}, "landmark_mm": {"mean", "max"}, "param_max_abs",
         "batch_sizes", "n", "seed", "provider", "onnx", "model_name", "face_model_id"}``.
+
+    Raises:
+        NonFiniteOutputError: either side produced NaN or infinite parameters.
     """
+    from ..edge.backends import open_backend
+
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    s = int(model.preprocess.input_size)
-    images = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
-    was_training = model.training
-    model.eval()
+    ref = open_reference(reference, face_model)
+    ort = open_backend(onnx_path, face_model, device="cpu")
     try:
-        with torch.no_grad():
-            ref = model(images).float()
+        report = compare_backends(ref, ort, face_model, n=n, seed=seed)
+        provider = ort.session.get_providers()[0]
     finally:
-        model.train(was_training)
-    session = _ort_session(onnx_path)
-    batches = sorted({1, n})
-    outs = []
-    for b in batches:
-        got = session.run(["params"], {"images": images[:b].numpy()})[0]
-        outs.append((ref[:b], torch.from_numpy(got).float()))
-    ref_all = torch.cat([r for r, _ in outs])
-    onnx_all = torch.cat([o for _, o in outs])
-    with torch.no_grad():
-        v_ref = face_model(ref_all)
-        v_onnx = face_model(onnx_all)
-        l_ref, l_onnx = face_model.landmarks(v_ref), face_model.landmarks(v_onnx)
+        ort.close()
     return {
         "onnx": str(onnx_path),
-        "model_name": getattr(model, "name", None),
+        "model_name": ref.metadata.model_name or None,
         "face_model_id": face_model.model_id,
-        "provider": "CPUExecutionProvider",
-        "n": n,
-        "seed": seed,
-        "batch_sizes": batches,
-        "vertex_mm": _stats_mm(v_ref, v_onnx),
-        "landmark_mm": _stats_mm(l_ref, l_onnx),
-        "param_max_abs": float((ref_all - onnx_all).abs().max()),
+        "provider": provider,
+        **report,
     }

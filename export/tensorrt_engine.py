@@ -38,7 +38,6 @@ from .engine_file import (
     _version_tuple,
     check_device,
     check_tensorrt_version,
-    read_engine_file,
     write_engine_file,
 )
 
@@ -158,7 +157,7 @@ def build_engine(
         TensorRTUnavailableError: TensorRT missing (message: how to install it).
         MLANetError: TensorRT other than 10.x, or the build failed (see the TensorRT log).
     """
-    from .onnx_export import KIND_NETWORK, read_onnx_metadata
+    from .onnx_export import KIND_NETWORK, read_onnx_metadata, read_onnx_model_metadata
 
     for name, value in (("max_batch", max_batch), ("opt_batch", opt_batch), ("workspace_mib", workspace_mib)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -166,20 +165,14 @@ def build_engine(
     if opt_batch > max_batch:
         raise ValueError(f"opt_batch ({opt_batch}) must be <= max_batch ({max_batch})")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    meta = read_onnx_metadata(onnx_path)
-    if meta.get("kind") != KIND_NETWORK:
+    typed = read_onnx_model_metadata(onnx_path)  # checks format, version, kind, layout and preprocessing
+    if typed.kind != KIND_NETWORK:
         raise AssetError(
-            f"{onnx_path}: an MLANet ONNX of kind {meta.get('kind')!r}; only networks (images -> params) are built "
+            f"{onnx_path}: an MLANet ONNX of kind {typed.kind!r}; only networks (images -> params) are built "
             "into TensorRT engines"
         )
-    from ..params import ParamLayout
-    from ..preprocess import PreprocessCfg
-
-    try:
-        s = int(PreprocessCfg.from_dict(meta["preprocess"]).input_size)
-        p = ParamLayout.from_dict(meta["layout"]).total
-    except (KeyError, ValueError, TypeError) as exc:
-        raise AssetError(f"{onnx_path}: MLANet ONNX metadata is incomplete or invalid ({exc})") from None
+    s, p = typed.input_size, typed.layout.total
+    meta = read_onnx_metadata(onnx_path)  # the header keeps the ONNX metadata as written
 
     trt = import_tensorrt(str(onnx_path))
     version = str(trt.__version__)
@@ -506,38 +499,23 @@ def engine_parity_report(
         ``{"vertex_mm": {"mean", "max"}, "landmark_mm": {...}, "param_max_abs", "batch_sizes",
         "precision", "tensorrt_version", "device", "engine", "onnx"}``.
     """
-    import torch
+    from ..edge.backends import open_backend
+    from .onnx_export import compare_backends
 
-    from .onnx_export import _ort_session, _stats_mm
-
-    header, engine_bytes = read_engine_file(engine_path)
-    s = int(header["io"][INPUT_NAME]["shape"][2])
-    n = max(1, min(int(n), int(header["profile"]["max_batch"])))
-    images = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(seed)).numpy()
-    runner = TensorRTRunner(engine_bytes, header, source=str(engine_path))
-    session = _ort_session(onnx_path)
+    engine = open_backend(engine_path, face_model, device="cuda")  # header, checksum, face model checked first
+    onnx = open_backend(onnx_path, face_model, device="cpu")
     try:
-        batches = sorted({1, n})
-        ref, got = [], []
-        for b in batches:
-            ref.append(session.run([OUTPUT_NAME], {INPUT_NAME: images[:b]})[0])
-            got.append(runner(images[:b]))
+        header = engine.header
+        report = compare_backends(onnx, engine, face_model, n=max(1, int(n)), seed=seed,
+                                  max_batch=int(header["profile"]["max_batch"]))
     finally:
-        runner.close()
-    r, g = torch.from_numpy(np.concatenate(ref)), torch.from_numpy(np.concatenate(got))
-    with torch.no_grad():
-        v_r, v_g = face_model(r), face_model(g)
-        l_r, l_g = face_model.landmarks(v_r), face_model.landmarks(v_g)
+        engine.close()
+        onnx.close()
     return {
         "engine": str(engine_path),
         "onnx": str(onnx_path),
         "precision": header["precision"],
         "tensorrt_version": header["tensorrt_version"],
         "device": header.get("device"),
-        "n": n,
-        "seed": seed,
-        "batch_sizes": batches,
-        "vertex_mm": _stats_mm(v_r, v_g),
-        "landmark_mm": _stats_mm(l_r, l_g),
-        "param_max_abs": float((r - g).abs().max()),
+        **report,
     }

@@ -51,7 +51,11 @@ class _Recorder:
 
     def __init__(self, *args, **kwargs):
         type(self).calls.append((args, kwargs))
-        self.metadata = {"backend": "recorder"}
+        from mlanet.model_metadata import ModelMetadata
+        from mlanet.params import ParamLayout
+
+        self.metadata = ModelMetadata(layout=ParamLayout(1, 1, 1), preprocess=PreprocessCfg(input_size=32),
+                                      runtime={"backend": "recorder"})
 
     @classmethod
     def untrained(cls, *args, **kwargs):
@@ -157,6 +161,6 @@ def test_cuda_checkpoint_runs_on_the_gpu(checkpoint, face_model):  # pragma: no 
     from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
     b = open_backend(checkpoint, face_model=face_model, device="cuda")
-    assert isinstance(b, TorchCudaBackend) and b.metadata["precision"] == "fp16"
+    assert isinstance(b, TorchCudaBackend) and b.metadata.runtime["precision"] == "fp16"
     out = b(np.zeros((2, 3, 64, 64), np.float32))
     assert out.shape == (2, face_model.layout.total) and np.isfinite(out).all()

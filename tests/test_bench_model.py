@@ -78,7 +78,7 @@ def test_results_per_batch(record):
 def test_absent_backends_are_skipped_with_a_reason(record):
     _, _, rec = record
     r = rec["results"]
-    absent = [b for b in ml.BACKENDS if ml.backend_unavailable_reason(b) is not None]
+    absent = [b for b, reason in ml.availability().items() if reason is not None]
     assert "tensorrt" in absent  # TensorRT cannot be installed on this machine (DESIGN.md §6)
     for b in absent:
         assert r["backends"][b]["available"] is False and r["backends"][b]["reason"]
@@ -87,9 +87,13 @@ def test_absent_backends_are_skipped_with_a_reason(record):
 
 
 def test_a_backend_reported_absent_is_skipped(tmp_path, monkeypatch):
-    real = ml.backend_unavailable_reason
-    monkeypatch.setattr(ml, "backend_unavailable_reason",
-                        lambda b: "pretend it is not installed" if b == "onnxruntime-cpu" else real(b))
+    import dataclasses
+
+    from mlanet.edge.backends import base
+
+    spec = base.backend_named("onnxruntime-cpu")
+    absent = dataclasses.replace(spec, probe=lambda: "pretend it is not installed")
+    monkeypatch.setitem(base._REGISTRY, (".onnx", "cpu"), absent)  # the registry is what the bench asks
     path = ml.run(_args(["--out", str(tmp_path), *TINY, "--backends", "torch-cpu,onnxruntime-cpu",
                          "--batch-sizes", "1"]))
     r = json.loads(path.read_text())["results"]
@@ -189,10 +193,10 @@ def test_tensorrt_that_imports_needs_pycuda_and_a_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.9"))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycuda" else real_find_spec(name, *a))
-    reason = ml.backend_unavailable_reason("tensorrt")
+    reason = ml.availability(["tensorrt"])["tensorrt"]
     assert reason and "TensorRT 10.9.9" in reason and "pycuda" in reason
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "pycuda" else real_find_spec(name, *a))
-    reason = ml.backend_unavailable_reason("tensorrt")
+    reason = ml.availability(["tensorrt"])["tensorrt"]
     if not torch.cuda.is_available():
         assert reason and "no CUDA GPU" in reason
     else:  # pragma: no cover - GPU hosts
@@ -202,7 +206,9 @@ def test_tensorrt_that_imports_needs_pycuda_and_a_gpu(monkeypatch):
 def test_tensorrt_runner_builds_once_and_times_both_modes(monkeypatch, tmp_path):
     """The bench's TensorRT wiring with a stand-in engine (no TensorRT here): one build per model, the
     profile covering the largest batch, device mode timed by the runner's events, host mode by wall clock."""
-    import mlanet.edge.backends as backends
+    import types
+
+    import mlanet.edge.backends.tensorrt as trt_backend
     import mlanet.export.tensorrt_engine as te
     from mlanet.morphable.model import MorphableModel
     from mlanet.morphable.synthetic import make_synthetic_face_model
@@ -227,10 +233,11 @@ def test_tensorrt_runner_builds_once_and_times_both_modes(monkeypatch, tmp_path)
             return 0.5 * n
 
     class FakeBackend:
-        def __init__(self, path, face_model=None, cuda_graphs=False):
+        def __init__(self, path, face_model=None, device=0, cuda_graphs=False):
             opened.append(cuda_graphs)
             self._runner = FakeRunner()
-            self.metadata = {"engine": {"precision": "fp16"}}
+            self.metadata = types.SimpleNamespace(extra={"engine": {"precision": "fp16"}}, input_size=32,
+                                                  backend="tensorrt", format="mlanet-trt-engine")
 
         def __call__(self, images):
             return np.zeros((images.shape[0], 5), np.float32)
@@ -239,7 +246,7 @@ def test_tensorrt_runner_builds_once_and_times_both_modes(monkeypatch, tmp_path)
             pass
 
     monkeypatch.setattr(te, "build_engine", fake_build)
-    monkeypatch.setattr(backends, "TensorRTBackend", FakeBackend)
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", FakeBackend)  # what the registry's tensorrt opener makes
     fm = MorphableModel(make_synthetic_face_model())
     model = ml._build_model("mlanet_mobile", fm, 32)
     policy = ml.RepeatPolicy(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3, floor_repeats=3, time_budget_s=30)
@@ -254,10 +261,30 @@ def test_tensorrt_runner_builds_once_and_times_both_modes(monkeypatch, tmp_path)
 
 
 def test_tensorrt_reason_names_the_missing_piece():
-    reason = ml.backend_unavailable_reason("tensorrt")
+    reason = ml.availability(["tensorrt"])["tensorrt"]
     assert reason and ("not importable" in reason or "pycuda" in reason or "no CUDA GPU" in reason)
     with pytest.raises(MLANetError, match="known backends"):
-        ml.backend_unavailable_reason("tpu")
+        ml.availability(["tpu"])
+
+
+def test_bench_backends_are_registered_backends_opened_through_the_registry(monkeypatch, tmp_path):
+    """Every bench backend name is a registry name, and the CPU runners open their artifact with open_backend."""
+    import mlanet.edge.backends as backends
+    from mlanet.edge.backends import backend_named
+
+    assert [backend_named(b).name for b in ml.BACKENDS] == list(ml.BACKENDS)
+    assert not [name for name in dir(ml) if name.endswith("_unavailable_reason") or name == "UNAVAILABLE"]
+    opened = []
+    real = backends.open_backend
+    monkeypatch.setattr(backends, "open_backend", lambda path, *a, **k: opened.append(Path(path).suffix) or real(path, *a, **k))
+    fm = _fake_face_model()
+    model = ml._build_model("mlanet_mobile", fm, 32)
+    policy = ml.RepeatPolicy(warmup=1, min_repeats=2, min_time_s=0.0, max_repeats=2, floor_repeats=2, time_budget_s=30)
+    for backend in ("torch-cpu", "onnxruntime-cpu"):
+        [factory] = ml._runners(backend, model, fm, tmp_path, ort_threads=1)
+        run = ml._run_one("mlanet_mobile", backend, factory, [1], policy)
+        assert run["status"] == "ok" and run["info"]["opened_by"].endswith("open_backend"), run
+    assert opened == [".safetensors", ".onnx"]
 
 
 # ----------------------------------------------------------------------------- --teacher (issue 15.1)

@@ -8,6 +8,7 @@ import pytest
 
 from mlanet.edge.pipeline import FacePipeline, PipelineCfg
 from mlanet.edge.timing import STAGES
+from mlanet.model_metadata import ModelMetadata
 from mlanet.edge.types import Frame, TrackROI
 from mlanet.params import FaceParams
 from mlanet.preprocess import CropBox, PreprocessCfg
@@ -65,7 +66,7 @@ class FakeBackend:
     def __init__(self, log, layout, delay_s=0.0):
         self.log, self.layout, self.delay_s = log, layout, delay_s
         pre = PreprocessCfg(input_size=32)
-        self.metadata = {"layout": layout.to_dict(), "preprocess": pre.to_dict(), "source": "fake"}
+        self.metadata = ModelMetadata(layout=layout, preprocess=pre, source="fake")
         self.batches = []
 
     def __call__(self, images):

@@ -175,7 +175,9 @@ class _Backend:
         from mlanet.preprocess import PreprocessCfg
 
         self.size = size
-        self.metadata = {"layout": layout.to_dict(), "preprocess": PreprocessCfg(input_size=size).to_dict(), "source": "test"}
+        from mlanet.model_metadata import ModelMetadata
+
+        self.metadata = ModelMetadata(layout=layout, preprocess=PreprocessCfg(input_size=size), source="test")
         self.neutral = FaceParams.neutral(layout, batch_size=1, depth_m=1.0).to_flat().numpy()
         self.W = np.random.default_rng(0).normal(0.0, 0.01, (48, layout.total))
 

@@ -160,7 +160,7 @@ def test_ort_backend_refuses_other_face_model(exported, face_model):
     with pytest.raises(AssetError, match=rf"net\.onnx.*{face_model.model_id}.*{other.model_id}"):
         OnnxRuntimeBackend(exported["net"], face_model=other)
     ok = OnnxRuntimeBackend(exported["net"], face_model=face_model)
-    assert ok.metadata["kind"] == "network"
+    assert ok.metadata.kind == "network"
 
 
 def test_ort_backend_refuses_other_layout(exported):
@@ -252,7 +252,7 @@ def test_torch_and_ort_backends_agree(exported, checkpoint, face_model):
     a, o = torch_b(images), ort_b(images.numpy())
     assert a.shape == o.shape == (3, face_model.layout.total)
     assert np.abs(a - o).max() < 1e-4
-    assert torch_b.metadata["layout"] == ort_b.metadata["layout"]
+    assert torch_b.metadata.layout == ort_b.metadata.layout
     torch_b.close()
     ort_b.close()
 

@@ -506,8 +506,8 @@ def test_torch_cuda_backend_fp16_vs_torch_fp32_in_vertex_space(checkpoint, face_
     ref = TorchBackend(checkpoint, face_model=face_model)
     gpu = TorchCudaBackend(checkpoint, face_model=face_model)
     for key in ("kind", "source", "model_name", "model_config", "layout", "preprocess", "face_model"):
-        assert gpu.metadata[key] == ref.metadata[key], key
-    assert gpu.metadata["backend"] == "torch-cuda" and gpu.metadata["precision"] == "fp16"
+        assert getattr(gpu.metadata, key) == getattr(ref.metadata, key), key
+    assert gpu.metadata.backend == "torch-cuda" and gpu.metadata.runtime["precision"] == "fp16"
     gpu.warmup()
     images = torch.rand(8, 3, S_NET, S_NET, generator=torch.Generator().manual_seed(1)).numpy()
     want = ref(images)

@@ -288,7 +288,9 @@ class _Backend:
         from mlanet.preprocess import PreprocessCfg
 
         self.layout = layout
-        self.metadata = {"layout": layout.to_dict(), "preprocess": PreprocessCfg(input_size=32).to_dict(), "source": "fake"}
+        from mlanet.model_metadata import ModelMetadata
+
+        self.metadata = ModelMetadata(layout=layout, preprocess=PreprocessCfg(input_size=32), source="fake")
         self.calls = 0
 
     def __call__(self, crops):

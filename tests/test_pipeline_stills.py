@@ -20,6 +20,7 @@ from mlanet.edge.frames import ArraySource, ImageFolderSource, ImageSource, open
 from mlanet.edge.pipeline import FacePipeline, PipelineCfg
 from mlanet.edge.tracking import FaceTracker, TrackerCfg
 from mlanet.edge.types import Detection
+from mlanet.model_metadata import ModelMetadata
 from mlanet.params import FaceParams
 from mlanet.preprocess import PreprocessCfg
 
@@ -54,8 +55,7 @@ class VaryingBackend:
 
     def __init__(self, layout) -> None:
         self.layout = layout
-        self.metadata = {"layout": layout.to_dict(), "preprocess": PreprocessCfg(input_size=32).to_dict(),
-                         "source": "fake"}
+        self.metadata = ModelMetadata(layout=layout, preprocess=PreprocessCfg(input_size=32), source="fake")
         self.calls = 0
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

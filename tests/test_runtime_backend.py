@@ -41,7 +41,7 @@ def _images(n=2):
 def test_auto_exports_once_and_matches_pytorch(home, checkpoint, synthetic_model):
     said = []
     ort = open_runtime_backend(checkpoint, synthetic_model, say=said.append, cores=2)
-    assert ort.metadata["backend"] == "onnxruntime" and ort.metadata["exported_from"] == str(checkpoint)
+    assert ort.metadata.backend == "onnxruntime" and ort.metadata.runtime["exported_from"] == str(checkpoint)
     assert len(said) == 1 and "exporting" in said[0]
     cached = list((home / "onnx-cache").glob("*.onnx"))
     assert len(cached) == 1 and not list((home / "onnx-cache").glob("*.part*"))
@@ -49,12 +49,13 @@ def test_auto_exports_once_and_matches_pytorch(home, checkpoint, synthetic_model
     again = open_runtime_backend(checkpoint, synthetic_model, say=said.append, cores=2)
     assert len(said) == 1 and cached[0].stat().st_mtime_ns == mtime  # read from the cache, no second export
     torch_b = open_runtime_backend(checkpoint, synthetic_model, backend="torch", cores=2)
-    assert torch_b.metadata["backend"] == "torch"
+    assert torch_b.metadata.backend == "torch"
     x = _images()
     v_ort = synthetic_model(torch.from_numpy(again(x)).float())
     v_torch = synthetic_model(torch.from_numpy(np.asarray(torch_b(x))).float())
     assert float((v_ort - v_torch).norm(dim=-1).max()) * 1000 < runtime_backend.PARITY_MAX_MM
-    assert again.metadata["thread_plan"]["network"] == 2 and again.metadata["thread_plan"]["network_backend"] == "onnxruntime"
+    assert again.metadata.runtime["thread_plan"]["network"] == 2
+    assert again.metadata.runtime["thread_plan"]["network_backend"] == "onnxruntime"
 
 
 def test_another_face_model_or_weights_is_another_export(home, checkpoint, synthetic_data, synthetic_model, tmp_path):
@@ -74,7 +75,7 @@ def test_another_face_model_or_weights_is_another_export(home, checkpoint, synth
 
 def test_explicit_choices_and_their_errors(home, checkpoint, synthetic_model, tmp_path, monkeypatch):
     onnx_path = cached_onnx(checkpoint, synthetic_model, say=lambda m: None)
-    assert open_runtime_backend(onnx_path, synthetic_model).metadata["backend"] == "onnxruntime"
+    assert open_runtime_backend(onnx_path, synthetic_model).metadata.backend == "onnxruntime"
     with pytest.raises(MLANetError, match="--backend torch: .* is an ONNX file"):
         open_runtime_backend(onnx_path, synthetic_model, backend="torch")
     with pytest.raises(MLANetError, match="--backend gpu: choose one of"):
@@ -85,7 +86,7 @@ def test_explicit_choices_and_their_errors(home, checkpoint, synthetic_model, tm
     monkeypatch.setattr(runtime_backend, "onnx_runtime_available", lambda: False)
     said = []
     b = open_runtime_backend(checkpoint, synthetic_model, say=said.append)
-    assert b.metadata["backend"] == "torch" and "onnxruntime is not installed" in said[0]
+    assert b.metadata.backend == "torch" and "onnxruntime is not installed" in said[0]
     with pytest.raises(MLANetError, match="--backend onnxruntime: onnxruntime and onnx are not both installed"):
         open_runtime_backend(checkpoint, synthetic_model, backend="onnxruntime")
 

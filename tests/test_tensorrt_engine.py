@@ -345,14 +345,14 @@ def test_parity_report_measures_a_known_difference(tmp_path, meta, onnx_files, f
     that is test_engine_parity_with_onnxruntime_in_vertex_space, on a GPU."""
     tz = face_model.layout.slices()["translation"].start + 2
     import mlanet.export.tensorrt_engine as te
-    from mlanet.export.onnx_export import _ort_session
+    from mlanet.edge.backends import ort_session
 
     calls = []
 
     class OrtStandIn:
         def __init__(self, engine_bytes, header, *, source, **_):
             assert engine_bytes == PLACEHOLDER and source.endswith("p.engine")
-            self.session = _ort_session(onnx_files["net"])
+            self.session = ort_session(onnx_files["net"])
 
         def __call__(self, images):
             calls.append(images.shape[0])
@@ -431,7 +431,7 @@ def test_tensorrt_backend_batches_chunks_and_graphs(built, onnx_files, face_mode
     ref = OnnxRuntimeBackend(onnx_files["net"], face_model=face_model)
     plain = open_backend(built["fp32"], face_model=face_model)
     graphs = TensorRTBackend(built["fp32"], face_model=face_model, cuda_graphs=True)
-    assert plain.metadata["backend"] == "tensorrt" and plain.metadata["engine"]["precision"] == "fp32"
+    assert plain.metadata.backend == "tensorrt" and plain.metadata.extra["engine"]["precision"] == "fp32"
     plain.warmup()
     graphs.warmup()
     rng = np.random.default_rng(0)

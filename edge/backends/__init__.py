@@ -1,9 +1,12 @@
 """Inference backends: one module per runtime, each registered by artifact suffix and device.
 
 Every backend maps preprocessed crops ``images (B, 3, S, S)`` float32 RGB in [0, 1] (numpy or torch) to
-flat parameters ``(B, P)`` as a numpy float32 array, and exposes the artifact's ``metadata`` (layout,
-preprocessing, face model identity) so nothing downstream hard-codes a crop size or a slice of the
-parameter vector (:class:`~.base.InferenceBackend`).
+flat parameters ``(B, P)`` as a numpy float32 array, and exposes the artifact's ``metadata``, one frozen
+:class:`~mlanet.model_metadata.ModelMetadata` whatever the artifact (layout, preprocessing, face model
+identity, model name, format; :func:`read_model_metadata` reads it from a file without opening a runtime),
+so nothing downstream hard-codes a crop size or a slice of the parameter vector
+(:class:`~.base.InferenceBackend`). Each registered backend can say why it cannot run on this machine
+(:meth:`BackendSpec.unavailable_reason`).
 
 =====================  ==========================  ======  ==============================================
 backend (module)       artifacts                   device  what runs
@@ -26,14 +29,16 @@ so importing this package stays light.
 from __future__ import annotations
 
 from .base import (DEVICE_CHOICES, RUN_FOLDER, BackendSpec, InferenceBackend, artifact_suffix, backend_for,
-                   open_backend, parse_device, register_backend, registered_backends)
-from .onnxruntime import OnnxRuntimeBackend, ort_session_options
+                   backend_named, open_backend, parse_device, register_backend, registered_backends)
+from .metadata import ModelMetadata, read_model_metadata
+from .onnxruntime import OnnxRuntimeBackend, ort_session, ort_session_options
 from .tensorrt import TensorRTBackend
 from .torch_cpu import TorchBackend
 from .torch_cuda import TorchCudaBackend
 
 __all__ = [
-    "BackendSpec", "DEVICE_CHOICES", "InferenceBackend", "OnnxRuntimeBackend", "RUN_FOLDER", "TensorRTBackend",
-    "TorchBackend", "TorchCudaBackend", "artifact_suffix", "backend_for", "open_backend", "ort_session_options",
-    "parse_device", "register_backend", "registered_backends",
+    "BackendSpec", "DEVICE_CHOICES", "InferenceBackend", "ModelMetadata", "OnnxRuntimeBackend", "RUN_FOLDER",
+    "TensorRTBackend", "TorchBackend", "TorchCudaBackend", "artifact_suffix", "backend_for", "backend_named",
+    "open_backend", "ort_session", "ort_session_options", "parse_device", "read_model_metadata", "register_backend",
+    "registered_backends",
 ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from ...errors import AssetError
+from ...model_metadata import ModelMetadata
 
 #: The suffix of a training run folder (a folder is opened like its newest or best checkpoint).
 RUN_FOLDER = "<run folder>"
@@ -32,9 +33,13 @@ DEVICE_CHOICES = ("cpu", "cuda", "cuda:N")
 
 @runtime_checkable
 class InferenceBackend(Protocol):
-    """``__call__(images (B, 3, S, S) float32) -> (B, P) numpy``; ``metadata``; ``warmup()``; ``close()``."""
+    """``__call__(images (B, 3, S, S) float32) -> (B, P) numpy``; ``metadata``; ``warmup()``; ``close()``.
 
-    metadata: dict[str, Any]
+    ``metadata`` is the artifact's :class:`~mlanet.model_metadata.ModelMetadata` (layout, preprocessing,
+    face model, ...), with ``runtime["backend"]`` naming the backend and any other facts of how it runs.
+    """
+
+    metadata: ModelMetadata
 
     def __call__(self, images: Any) -> np.ndarray: ...
 
@@ -55,13 +60,12 @@ def _as_images(images: Any, size: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _check_face_model(source: str, meta: dict[str, Any], face_model: Any) -> None:
+def _check_face_model(source: str, meta: ModelMetadata, face_model: Any) -> None:
     """Refuse an artifact made for another face model than ``face_model`` (decoder signature, layout)."""
     from ...morphable.decoder_identity import check_binding
-    from ...params import ParamLayout
 
-    check_binding(source, meta.get("face_model"), face_model.describe())
-    layout = ParamLayout.from_dict(meta["layout"])
+    check_binding(source, meta.face_model, face_model.describe())
+    layout = meta.layout
     if layout != face_model.layout:
         raise AssetError(
             f"{source}: parameter layout {layout.sizes} differs from face model {face_model.model_id}'s "
@@ -77,15 +81,35 @@ class BackendSpec:
         name: the backend's name in records and messages (``"onnxruntime-cpu"``).
         suffixes: artifact suffixes it opens (lower case, with the dot; :data:`RUN_FOLDER` for a run folder).
         device: ``"cpu"`` or ``"cuda"``.
-        opener: ``(path, face_model, index, cuda_graphs) -> backend`` (``index``: the GPU, None = default).
+        opener: ``(path, face_model, index, cuda_graphs, **options) -> backend`` (``index``: the GPU, None =
+            default; ``options``: the backend's own keyword arguments, e.g. ``intra_op_threads`` for ONNX
+            Runtime; an opener refuses options it does not know with a TypeError).
         description: one line for help and docs.
+        probe: ``() -> None`` when the backend can run on this machine, else why not (one line, with what to
+            install); cheap, never opens a model. ``None``: always available.
     """
 
     name: str
     suffixes: tuple[str, ...]
     device: str
-    opener: Callable[[Path, Any, int | None, bool], Any]
+    opener: Callable[..., Any]
     description: str = ""
+    probe: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when this backend can run here, else why not (what its :attr:`probe` says)."""
+        return None if self.probe is None else self.probe()
+
+    def open(self, path: str | os.PathLike[str], face_model: Any = None, *, index: int | None = None,
+             cuda_graphs: bool = True, **options: Any) -> Any:
+        """Open ``path`` with this backend (what :func:`open_backend` does once it has picked the spec)."""
+        try:
+            return self.opener(Path(path), face_model, index, cuda_graphs, **options)
+        except TypeError as exc:
+            if options and "unexpected keyword argument" in str(exc):
+                raise AssetError(f"{path}: backend {self.name} does not take option(s) "
+                                 f"{', '.join(sorted(options))} ({exc})") from None
+            raise
 
 
 _REGISTRY: dict[tuple[str, str], BackendSpec] = {}
@@ -110,6 +134,21 @@ def registered_backends() -> list[BackendSpec]:
     for spec in _REGISTRY.values():
         seen.setdefault(id(spec), spec)
     return list(seen.values())
+
+
+def backend_named(name: str) -> BackendSpec:
+    """The registered spec called ``name`` (``"onnxruntime-cpu"``); AssetError listing the names otherwise."""
+    for spec in registered_backends():
+        if spec.name == name:
+            return spec
+    raise AssetError(f"unknown backend {name!r}; known backends: {', '.join(s.name for s in registered_backends())}")
+
+
+def missing_modules(*names: str) -> list[str]:
+    """Which of the modules ``names`` are not installed (without importing them)."""
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def backend_for(suffix: str, device: str) -> BackendSpec | None:
@@ -142,12 +181,12 @@ def artifact_suffix(path: Path) -> str:
 
 
 def open_backend(path: str | os.PathLike[str], face_model: Any = None, *, device: Any = "cpu",
-                 cuda_graphs: bool = True) -> InferenceBackend:
+                 cuda_graphs: bool = True, **options: Any) -> InferenceBackend:
     """Open ``path`` with the backend registered for its suffix (a folder: a training run) on ``device``.
 
     ``device="cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``; ``cuda_graphs``: GPU backends replay CUDA graphs
-    per batch size. What each backend does is in its module (``torch_cpu``, ``onnxruntime``, ``tensorrt``,
-    ``torch_cuda``).
+    per batch size; ``options``: keyword arguments of that backend (``intra_op_threads`` for ONNX Runtime).
+    What each backend does is in its module (``torch_cpu``, ``onnxruntime``, ``tensorrt``, ``torch_cuda``).
 
     Raises:
         AssetError: unknown suffixes (the message lists the known ones), an unknown device, a suffix with no
@@ -167,4 +206,4 @@ def open_backend(path: str | os.PathLike[str], face_model: Any = None, *, device
         other = sorted(d for s, d in _REGISTRY if s == suffix)
         raise AssetError(f"{path}: no {kind} backend for {suffix} files (they run on: {', '.join(other)}); "
                          f"use device {other[0]}")
-    return spec.opener(path, face_model, index, cuda_graphs)
+    return spec.open(path, face_model, index=index, cuda_graphs=cuda_graphs, **options)

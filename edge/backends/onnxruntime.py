@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import AssetError
+from ...model_metadata import ModelMetadata
 from ...params import require_finite_params
-from .base import BackendSpec, _as_images, _check_face_model, register_backend
+from .base import BackendSpec, _as_images, _check_face_model, missing_modules, register_backend
 
 
 def ort_session_options(intra_op_threads: int | None = None) -> Any:
@@ -33,6 +34,23 @@ def ort_session_options(intra_op_threads: int | None = None) -> Any:
     if intra_op_threads is not None:
         opts.intra_op_num_threads = int(intra_op_threads)
     return opts
+
+
+def ort_session(path: str | os.PathLike[str], *, intra_op_threads: int | None = None,
+                providers: list[Any] | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``path`` with :func:`ort_session_options` (CPU provider by default):
+    how every ONNX Runtime session in MLANet is made (backends, the teacher timed against them).
+
+    Raises:
+        AssetError: (naming the file) onnxruntime cannot load it.
+    """
+    import onnxruntime as ort
+
+    opts = ort_session_options(intra_op_threads)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise AssetError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
 
 
 class OnnxRuntimeBackend:
@@ -60,41 +78,23 @@ class OnnxRuntimeBackend:
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
     ) -> None:
-        from ...export.onnx_export import KIND_NETWORK, load_onnx_proto, metadata_from_proto
-        from ...params import ParamLayout
-        from ...preprocess import PreprocessCfg
+        from ...export.onnx_export import KIND_NETWORK, load_onnx_proto, model_metadata_from_proto
 
         self.path = Path(path)
         #: what errors name (the cached export of a checkpoint names the checkpoint)
         self.name = str(self.path)
         proto = load_onnx_proto(self.path)
-        meta = metadata_from_proto(proto, str(self.path))
-        if meta.get("kind") != KIND_NETWORK:
-            raise AssetError(
-                f"{self.path}: an MLANet ONNX of kind {meta.get('kind')!r}, not a network (images -> params)"
-            )
-        try:
-            layout = ParamLayout.from_dict(meta["layout"])
-            preprocess = PreprocessCfg.from_dict(meta["preprocess"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise AssetError(f"{self.path}: MLANet ONNX metadata is incomplete or invalid ({exc})") from None
+        meta = model_metadata_from_proto(proto, str(self.path))
+        if meta.kind != KIND_NETWORK:
+            raise AssetError(f"{self.path}: an MLANet ONNX of kind {meta.kind!r}, not a network (images -> params)")
         if face_model is not None:
             _check_face_model(str(self.path), meta, face_model)
-        self.input_size = int(preprocess.input_size)
-        self.layout = layout
+        self.input_size = meta.input_size
+        self.layout = meta.layout
         self._check_graph(proto)
         del proto
-
-        import onnxruntime as ort
-
-        opts = ort_session_options(intra_op_threads)
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise AssetError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
-        self.metadata: dict[str, Any] = {**meta, "backend": "onnxruntime", "source": str(self.path)}
+        self.session = ort_session(self.path, intra_op_threads=intra_op_threads, providers=providers)
+        self.metadata: ModelMetadata = meta.with_runtime(backend="onnxruntime", device="cpu")
 
     def _check_graph(self, proto: Any) -> None:
         inputs = [i for i in proto.graph.input if i.name == "images"]
@@ -140,24 +140,52 @@ def _onnx_cuda_providers(path: Path, index: int | None) -> list[Any]:
 
 
 
-def _open_cuda(path: Path, face_model: Any, index: int | None, cuda_graphs: bool) -> OnnxRuntimeBackend:
+def _open_cpu(path: Path, face_model: Any, index: int | None, cuda_graphs: bool, *,
+              intra_op_threads: int | None = None) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=intra_op_threads)
+
+
+def _open_cuda(path: Path, face_model: Any, index: int | None, cuda_graphs: bool, *,
+               intra_op_threads: int | None = None) -> OnnxRuntimeBackend:
     """On ONNX Runtime's CUDA execution provider: refused, not silently run on the CPU, when this onnxruntime
     lacks it or the session does not use it."""
     from ..gpu_crops import require_cuda
 
     require_cuda(f"{path} on device cuda")
-    backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index))
+    backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index),
+                                 intra_op_threads=intra_op_threads)
     active = backend.session.get_providers()
     if "CUDAExecutionProvider" not in active:  # onnxruntime falls back to the CPU with only a log line
         raise AssetError(f"{path}: onnxruntime did not enable CUDAExecutionProvider (active: {', '.join(active)}); "
                          "check that its CUDA and cuDNN libraries match this onnxruntime-gpu build")
-    backend.metadata["device"] = f"cuda:{index or 0}"
+    backend.metadata = backend.metadata.with_runtime(device=f"cuda:{index or 0}")
     return backend
+
+
+def onnxruntime_unavailable_reason() -> str | None:
+    """``None`` when onnx and onnxruntime are installed, else what is missing."""
+    missing = missing_modules("onnx", "onnxruntime")
+    return f"{' and '.join(missing)} not installed (pip install -e '.[export]')" if missing else None
+
+
+def onnxruntime_cuda_unavailable_reason() -> str | None:
+    """``None`` when onnxruntime has its CUDA provider and PyTorch sees a GPU, else why not."""
+    reason = onnxruntime_unavailable_reason()
+    if reason:
+        return reason
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    from .torch_cuda import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
 
 
 register_backend(BackendSpec(
     "onnxruntime-cpu", (".onnx",), "cpu",
-    lambda path, face_model, index, cuda_graphs: OnnxRuntimeBackend(path, face_model=face_model),
-    "an exported network in ONNX Runtime, CPU provider"))
+    _open_cpu,
+    "an exported network in ONNX Runtime, CPU provider", probe=onnxruntime_unavailable_reason))
 register_backend(BackendSpec("onnxruntime-cuda", (".onnx",), "cuda", _open_cuda,
-                             "an exported network in ONNX Runtime, CUDA provider (onnxruntime-gpu)"))
+                             "an exported network in ONNX Runtime, CUDA provider (onnxruntime-gpu)",
+                             probe=onnxruntime_cuda_unavailable_reason))

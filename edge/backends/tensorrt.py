@@ -38,26 +38,21 @@ class TensorRTBackend:
         self, path: str | os.PathLike[str], face_model: Any = None, *, device: int = 0, cuda_graphs: bool = False
     ) -> None:
         from ...export.engine_file import read_engine_file
-        from ...params import ParamLayout
+        from ...model_metadata import ModelMetadata
 
         self.path = Path(path)
         header, engine_bytes = read_engine_file(self.path)  # validated: network kind, layout, input size
-        meta = header["onnx_metadata"]
+        meta = ModelMetadata.from_engine_header(header, str(self.path))
         if face_model is not None:
             _check_face_model(str(self.path), meta, face_model)
-        self.layout = ParamLayout.from_dict(meta["layout"])
-        self.input_size = int(meta["preprocess"]["input_size"])
+        self.layout = meta.layout
+        self.input_size = meta.input_size
         self.header = header
 
         from ...export.tensorrt_engine import TensorRTRunner
 
         self._runner = TensorRTRunner(engine_bytes, header, source=str(self.path), device=device, cuda_graphs=cuda_graphs)
-        self.metadata: dict[str, Any] = {
-            **meta,
-            "backend": "tensorrt",
-            "source": str(self.path),
-            "engine": {k: header.get(k) for k in ("tensorrt_version", "device", "precision", "profile", "built_at")},
-        }
+        self.metadata = meta.with_runtime(backend="tensorrt", device=f"cuda:{device}")
 
     def __call__(self, images: Any) -> np.ndarray:
         return require_finite_params(self._runner(_as_images(images, self.input_size, f"{self.path}")), str(self.path))
@@ -76,7 +71,26 @@ def _open(path: Path, face_model: Any, index: int | None, cuda_graphs: bool) -> 
     return TensorRTBackend(path, face_model=face_model, device=index or 0, cuda_graphs=cuda_graphs)
 
 
+def tensorrt_unavailable_reason() -> str | None:
+    """``None`` when TensorRT, pycuda and a CUDA GPU are all here, else what is missing."""
+    import importlib.util
+
+    try:
+        import tensorrt
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install (missing libnvinfer)
+        return f"TensorRT is not importable ({type(exc).__name__}: {exc})"
+    version = getattr(tensorrt, "__version__", "?")
+    if importlib.util.find_spec("pycuda") is None:
+        return f"TensorRT {version} imports, but pycuda (which runs engines) is not installed (pip install pycuda)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"TensorRT {version} imports, but no CUDA GPU is visible (torch {torch.__version__})"
+    return None
+
+
 # an engine runs on a GPU whatever --device says (device cpu opens it on GPU 0, as before the registry)
 for _device in ("cuda", "cpu"):
     register_backend(BackendSpec("tensorrt", (".engine", ".plan"), _device, _open,
-                                 "a TensorRT engine on GPU N (needs TensorRT and pycuda)"))
+                                 "a TensorRT engine on GPU N (needs TensorRT and pycuda)",
+                                 probe=tensorrt_unavailable_reason))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...params import require_finite_params
 from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
+
+if TYPE_CHECKING:
+    from ...model_metadata import ModelMetadata
 
 
 class TorchBackend:
@@ -25,24 +28,17 @@ class TorchBackend:
         import torch
 
         from ...checkpoint import read_meta, resolve_weights
+        from ...model_metadata import ModelMetadata
         from ...models.registry import create_model
 
+        self.metadata: ModelMetadata
         self.path = resolve_weights(weights)
         self._torch = torch
         self.device = torch.device(device)
         self.model = create_model(checkpoint=self.path, face_model=face_model).to(self.device).eval()
-        meta = read_meta(self.path)
-        self.metadata: dict[str, Any] = {
-            "kind": "network",
-            "backend": "torch",
-            "source": str(self.path),
-            "model_name": meta.model_name,
-            "model_config": meta.model_config,
-            "layout": meta.layout.to_dict(),
-            "preprocess": meta.preprocess.to_dict(),
-            "face_model": meta.face_model,
-        }
-        self.input_size = int(meta.preprocess.input_size)
+        self.metadata = ModelMetadata.from_checkpoint_meta(read_meta(self.path), str(self.path)).with_runtime(
+            backend="torch", device=str(self.device))
+        self.input_size = self.metadata.input_size
 
     @classmethod
     def untrained(cls, model_name: str, face_model: Any, *, device: str = "cpu", seed: int = 0) -> "TorchBackend":
@@ -53,6 +49,7 @@ class TorchBackend:
         """
         import torch
 
+        from ...model_metadata import ModelMetadata
         from ...models.registry import create_model
 
         torch.manual_seed(seed)
@@ -61,18 +58,31 @@ class TorchBackend:
         self._torch = torch
         self.device = torch.device(device)
         self.model = create_model(model_name, face_model=face_model).to(self.device).eval()
-        self.metadata = {
-            "kind": "network",
-            "backend": "torch",
-            "source": str(self.path),
-            "untrained": True,
-            "model_name": model_name,
-            "model_config": self.model.config.to_dict(),
-            "layout": self.model.layout.to_dict(),
-            "preprocess": self.model.preprocess.to_dict(),
-            "face_model": face_model.describe(),
-        }
-        self.input_size = int(self.model.preprocess.input_size)
+        self.metadata = ModelMetadata.for_network(self.model, face_model, source=str(self.path)).with_runtime(
+            backend="torch", device=str(self.device), untrained=True)
+        self.input_size = self.metadata.input_size
+        return self
+
+    @classmethod
+    def from_model(cls, model: Any, face_model: Any, *, device: str = "cpu", source: str = "") -> "TorchBackend":
+        """An in-memory network ``model`` (an MLANet, put in eval mode) as a backend, bound to ``face_model``
+        (its layout must match); what a parity check of a just-exported network compares against."""
+        import torch
+
+        from ...errors import AssetError
+        from ...model_metadata import ModelMetadata
+
+        if model.layout != face_model.layout:
+            raise AssetError(f"{source or model.name}: layout {model.layout.sizes} differs from face model "
+                             f"{face_model.model_id}'s {face_model.layout.sizes}")
+        self = cls.__new__(cls)
+        self.path = Path(source or f"in-memory:{model.name}")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = ModelMetadata.for_network(model, face_model, source=str(self.path)).with_runtime(
+            backend="torch", device=str(self.device))
+        self.input_size = self.metadata.input_size
         return self
 
     def __call__(self, images: Any) -> np.ndarray:

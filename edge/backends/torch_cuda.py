@@ -9,9 +9,9 @@ without a host round trip).
 :class:`TorchCudaBackend` follows the :class:`~mlanet.edge.backends.InferenceBackend` protocol
 (``__call__(images) -> (B, P) numpy float32``, ``metadata``, ``warmup()``, ``close()``) and adds
 :meth:`TorchCudaBackend.run_device`, which keeps the result on the GPU. It loads a checkpoint
-exactly as :class:`~mlanet.edge.backends.TorchBackend` does (same checks, same metadata keys).
+exactly as :class:`~mlanet.edge.backends.TorchBackend` does (same checks, the same :class:`~mlanet.model_metadata.ModelMetadata`).
 
-Shared helpers (also what ``edge/bench/model_latency.py``'s ``TorchCudaFp16Runner`` does by hand):
+Shared helpers:
 
 * :func:`prepare_cuda_model` — copy, ``eval()``, ``half()``, move, channels-last.
 * :func:`cudnn_benchmark` — cuDNN benchmark mode for a block, restored afterwards (no global
@@ -26,7 +26,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ...params import require_finite_params
 from ..gpu_crops import normalize_device, require_cuda
 from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
 from .torch_cpu import TorchBackend
+
+if TYPE_CHECKING:
+    from ...model_metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,7 @@ class TorchCudaBackend:
         require_cuda("TorchCudaBackend")
         return cls.from_torch_backend(TorchBackend.untrained(model_name, face_model, seed=seed), **kwargs)
 
-    def _setup(self, model: Any, metadata: dict[str, Any], path: Any, *, device: Any = "cuda",
+    def _setup(self, model: Any, metadata: "ModelMetadata", path: Any, *, device: Any = "cuda",
                precision: str = "fp16", cuda_graphs: bool = False, max_graph_batch: int = 64,
                channels_last: bool = True, benchmark: bool = True, copy_model: bool = True) -> None:
         import torch
@@ -183,16 +186,11 @@ class TorchCudaBackend:
         self.benchmark = bool(benchmark)
         self.model = prepare_cuda_model(model, self.device, precision=precision, channels_last=channels_last,
                                         copy_model=copy_model)
-        self.input_size = int(metadata["preprocess"]["input_size"])
+        self.input_size = metadata.input_size
         self._graphs: dict[int, _Captured] = {}
-        self.metadata: dict[str, Any] = {
-            **metadata,
-            "backend": "torch-cuda",
-            "precision": precision,
-            "device": torch.cuda.get_device_name(self.device),
-            "memory_format": "channels_last" if channels_last else "contiguous",
-            "cuda_graphs": self.cuda_graphs,
-        }
+        self.metadata = metadata.with_runtime(
+            backend="torch-cuda", precision=precision, device=torch.cuda.get_device_name(self.device),
+            memory_format="channels_last" if channels_last else "contiguous", cuda_graphs=self.cuda_graphs)
 
     # ------------------------------------------------------------------ inputs
     def _device_images(self, images: Any) -> Any:
@@ -262,10 +260,21 @@ class TorchCudaBackend:
         self.model = None  # type: ignore[assignment]
 
 
-def _open(path: Any, face_model: Any, index: int | None, cuda_graphs: bool) -> "TorchCudaBackend":
+def _open(path: Any, face_model: Any, index: int | None, cuda_graphs: bool, **options: Any) -> "TorchCudaBackend":
+    """``options``: ``precision``, ``max_graph_batch``, ``channels_last``, ``benchmark`` of :class:`TorchCudaBackend`."""
     return TorchCudaBackend(path, face_model=face_model, device="cuda" if index is None else index,
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, **options)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """``None`` when PyTorch sees a CUDA GPU, else why not."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return f"no CUDA GPU visible to PyTorch (torch {torch.__version__}, CUDA build {torch.version.cuda})"
 
 
 register_backend(BackendSpec("torch-cuda-fp16", (".safetensors", RUN_FOLDER), "cuda", _open,
-                             "a checkpoint or run folder in PyTorch on GPU N: FP16, channels-last, CUDA graphs"))
+                             "a checkpoint or run folder in PyTorch on GPU N: FP16, channels-last, CUDA graphs",
+                             probe=cuda_unavailable_reason))

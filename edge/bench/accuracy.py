@@ -237,19 +237,16 @@ def open_model(spec: ModelSpec, face_model: Any, seed: int = 0) -> tuple[Callabl
         desc["weights"] = {"path": str(weights), "sha256": file_sha256(weights)}
         preprocess = model.preprocess
     elif spec.kind == "onnx":
-        from mlanet.params import ParamLayout
-        from mlanet.preprocess import PreprocessCfg
 
         try:
-            from ..backends import OnnxRuntimeBackend
+            from ..backends import open_backend
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise MLANetError(f"{spec.source}: .onnx needs onnxruntime ({exc}); pip install -e '.[export]'") from None
         try:
-            backend = OnnxRuntimeBackend(spec.source, face_model=face_model)
+            backend = open_backend(spec.source, face_model, device="cpu")
         except ImportError as exc:  # pragma: no cover
             raise MLANetError(f"{spec.source}: .onnx needs onnxruntime ({exc}); pip install -e '.[export]'") from None
-        preprocess = PreprocessCfg.from_dict(backend.metadata["preprocess"])
-        layout = ParamLayout.from_dict(backend.metadata["layout"])
+        preprocess, layout = backend.metadata.preprocess, backend.metadata.layout
 
         class _OnnxNetwork(torch.nn.Module):
             """images -> flat params through onnxruntime, shaped like an MLANet for the predictor."""
@@ -257,7 +254,7 @@ def open_model(spec: ModelSpec, face_model: Any, seed: int = 0) -> tuple[Callabl
             def __init__(self) -> None:
                 super().__init__()
                 self.preprocess, self.layout = preprocess, layout
-                self.name = str(backend.metadata.get("model_name", Path(spec.source).stem))
+                self.name = backend.metadata.model_name or Path(spec.source).stem
 
             def forward(self, images: torch.Tensor) -> torch.Tensor:
                 return torch.from_numpy(np.asarray(backend(images), dtype=np.float32))

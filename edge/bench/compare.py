@@ -539,7 +539,7 @@ def run(args: argparse.Namespace) -> Path:
     from ...models.registry import create_model
     from ...morphable.model import MorphableModel
     from ...export.onnx_export import export_onnx
-    from ..backends import OnnxRuntimeBackend
+    from ..backends import open_backend
     from ..pipeline import PipelineCfg
     from ..thread_plan import plan_threads
     from ..tracking import TrackerCfg
@@ -586,7 +586,7 @@ def run(args: argparse.Namespace) -> Path:
         net = create_model(model_name, face_model=face_model).eval()
         onnx_path = export_onnx(net, face_model, Path(tmp) / f"{model_name}.onnx")
         del net
-        backend = OnnxRuntimeBackend(onnx_path, face_model=face_model, intra_op_threads=plan.network)
+        backend = open_backend(onnx_path, face_model, device="cpu", intra_op_threads=plan.network)
         backend.warmup()
         results["settings"]["export_seconds"] = round(time.perf_counter() - t0, 3)
         import onnxruntime as ort

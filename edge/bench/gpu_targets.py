@@ -162,7 +162,7 @@ def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp:
     plan = {"mlanet_r50": [1, 32], "mlanet_mobile": [1]}
     models = {name: ml._build_model(name, face_model, INPUT_SIZE) for name in plan}  # each runner copies its own
     for backend in ("tensorrt", "torch-cuda-fp16"):
-        reason = ml.backend_unavailable_reason(backend)
+        reason = ml.availability([backend])[backend]
         if reason is not None:
             details.setdefault("skipped_backends", {})[backend] = reason
             continue
@@ -240,7 +240,8 @@ def measure_frame_path(face_model: Any, device: Any, warmup: int, repeats: int,
         t_up = cuda_event_times(lambda: path(torch.from_numpy(frame).to(device), table), warmup=warmup,
                                 repeats=max(repeats // 4, 10))
         entry = {"frame_on_gpu": _stats(t), "with_upload_from_numpy": _stats(t_up),
-                 "backend": {k: backend.metadata.get(k) for k in ("backend", "precision", "memory_format", "cuda_graphs")}}
+                 "backend": {k: backend.metadata.runtime.get(k)
+                             for k in ("backend", "precision", "memory_format", "cuda_graphs")}}
         # the overlapped loop over a short synthetic sequence (same frame, one tracked face)
         frames = [Frame(frame, i, i * 33_333_333, "bench") for i in range(warmup + repeats // 2 + 2)]
         walls: list[float] = []

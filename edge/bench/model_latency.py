@@ -12,11 +12,12 @@ Teacher comparison (``--teacher DIR``, e.g. ``../shared/models/3ddfa_v2_mb05``)
     The 3DDFA_V2 MobileNetV1 x0.5 teacher (:mod:`mlanet.teacher.tddfa_mb05`: the project's own
     network definition, weights read from DIR; crops (B, 3, 120, 120) RGB [0, 1] -> 62
     de-whitened parameters, normalisation included) is timed first, in the same run, on the CPU
-    backends: ``torch-cpu`` as the models, ``onnxruntime-cpu`` exported by the same legacy
+    backends: ``torch-cpu`` called as the models are, ``onnxruntime-cpu`` exported by the same legacy
     exporter and settings (opset 17, dynamic batch) to a temporary folder and run in a session
-    with the same options as :class:`~mlanet.edge.backends.OnnxRuntimeBackend`
-    (:func:`~mlanet.edge.backends.ort_session_options`, ``--ort-threads``), called the same way
-    (contiguous float32 in, finiteness check out). Every model's median is then reported as a
+    made by the ONNX Runtime backend's own :func:`~mlanet.edge.backends.ort_session` (same options,
+    ``--ort-threads``), called the same way (contiguous float32 in, finiteness check out). The
+    teacher is not an MLANet artifact (no layout, no face model), so it is the one thing not opened
+    with :func:`~mlanet.edge.backends.open_backend`. Every model's median is then reported as a
     ratio to the teacher's for the same backend and batch size (``results["vs_teacher"]``),
     and the record is written as ``model_vs_teacher.json`` (so a full ``model_latency.json`` is
     not replaced by a comparison run). Typical: ``mlanet bench model --teacher
@@ -24,22 +25,25 @@ Teacher comparison (``--teacher DIR``, e.g. ``../shared/models/3ddfa_v2_mb05``)
     --models mlanet_mobile,mlanet_mobile_lite``.
 
 Backends
-    ``torch-cpu``: float32 eager PyTorch on the CPU, called like :class:`~mlanet.edge.backends.TorchBackend`
-    (``torch.no_grad()``, numpy in, numpy out). ``onnxruntime-cpu``: the same weights exported with
-    :func:`~mlanet.export.onnx_export.export_onnx` and run by
-    :class:`~mlanet.edge.backends.OnnxRuntimeBackend` (CPU provider, default session options).
-    ``torch-cuda-fp16``: ``model.half()`` on the GPU in channels-last, inputs already on the device,
-    two modes -- ``eager`` and ``cuda-graph`` (one captured :class:`torch.cuda.CUDAGraph` per batch
-    size, replayed) -- timed device-side with CUDA events, cuDNN benchmark mode on while it runs,
-    peak GPU memory per batch size (``torch.cuda.max_memory_allocated``); this path was written
-    on a machine without a GPU and has not been run yet. ``tensorrt``: the same weights exported
-    to ONNX and built into an FP16 engine once per model (:func:`~mlanet.export.tensorrt_engine.build_engine`,
-    one profile 1..max(batch sizes), tuned at ``--trt-opt-batch``, a timing cache in the temporary
-    folder; the build time is the run's ``setup_s``), then two modes of
-    :class:`~mlanet.edge.backends.TensorRTBackend`: ``device`` (inputs already in the engine's
-    device buffer, CUDA-graph replay, timed with CUDA events on the runner's stream: the engine
-    alone) and ``host-to-host`` (numpy in, numpy out through pinned buffers, wall clock: what a
-    caller of the backend sees). Written without TensorRT or a GPU; not yet run.
+    Every backend name is a registered backend of :mod:`mlanet.edge.backends` and every model is opened
+    through :func:`~mlanet.edge.backends.open_backend`, as the runtime opens it: each untrained model is
+    written once to a temporary ``.safetensors`` checkpoint (and exported to ONNX, built into an engine,
+    as its backend needs); whether a backend can run here is what the registry says
+    (:meth:`~mlanet.edge.backends.BackendSpec.unavailable_reason`). This module keeps only the timing.
+    ``torch-cpu``: :class:`~mlanet.edge.backends.TorchBackend` (float32, numpy in, numpy out).
+    ``onnxruntime-cpu``: the checkpoint exported with :func:`~mlanet.export.onnx_export.export_onnx`, run by
+    :class:`~mlanet.edge.backends.OnnxRuntimeBackend` (CPU provider, ``--ort-threads``).
+    ``torch-cuda-fp16``: :class:`~mlanet.edge.backends.TorchCudaBackend` (FP16, channels-last, cuDNN
+    benchmark mode), inputs already on the device, ``run_device`` in two modes -- ``eager`` and
+    ``cuda-graph`` (one captured :class:`torch.cuda.CUDAGraph` per batch size, replayed) -- timed
+    device-side with CUDA events, peak GPU memory per batch size (``torch.cuda.max_memory_allocated``);
+    written on a machine without a GPU. ``tensorrt``: the ONNX built into an FP16 engine once per model
+    (:func:`~mlanet.export.tensorrt_engine.build_engine`, one profile 1..max(batch sizes), tuned at
+    ``--trt-opt-batch``, a timing cache in the temporary folder; the build time is the run's ``setup_s``),
+    then two modes of :class:`~mlanet.edge.backends.TensorRTBackend`: ``device`` (inputs already in the
+    engine's device buffer, CUDA-graph replay, timed with CUDA events on the runner's stream: the engine
+    alone) and ``host-to-host`` (numpy in, numpy out through pinned buffers, wall clock: what a caller of
+    the backend sees). Written without TensorRT or a GPU; not yet run.
 
 Timing
     CPU backends: wall clock (``time.perf_counter``) around each call. GPU: ``torch.cuda.Event``
@@ -86,8 +90,6 @@ Record ``results`` (times in ms, rates per second, memory in MiB)::
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import logging
 import math
 import tempfile
@@ -192,37 +194,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------- availability
-def backend_unavailable_reason(name: str) -> str | None:
-    """``None`` when ``name`` can run here, else why not (one line)."""
-    if name == "torch-cpu":
-        return None
-    if name == "onnxruntime-cpu":
-        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-        return f"{' and '.join(missing)} not installed (pip install -e '.[export]')" if missing else None
-    if name == "torch-cuda-fp16":
-        import torch
+def backend_spec(name: str) -> Any:
+    """The registered backend (:func:`~mlanet.edge.backends.backend_named`) a bench backend name stands for;
+    :class:`MLANetError` listing :data:`BACKENDS` for any other name."""
+    from ..backends import backend_named
 
-        if torch.cuda.is_available():
-            return None
-        return f"no CUDA GPU visible to PyTorch (torch {torch.__version__}, CUDA build {torch.version.cuda})"
-    if name == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - ImportError or a broken install (missing libnvinfer)
-            return f"TensorRT is not importable ({type(exc).__name__}: {exc})"
-        from ..backends import backend_for
+    if name not in BACKENDS:
+        raise MLANetError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    return backend_named(name)
 
-        version = getattr(tensorrt, "__version__", "?")
-        if backend_for(".engine", "cuda") is None:
-            return f"TensorRT {version} imports, but no .engine backend is registered in mlanet.edge.backends"
-        if importlib.util.find_spec("pycuda") is None:
-            return f"TensorRT {version} imports, but pycuda (which runs engines) is not installed (pip install pycuda)"
-        import torch
 
-        if not torch.cuda.is_available():
-            return f"TensorRT {version} imports, but no CUDA GPU is visible (torch {torch.__version__})"
-        return None
-    raise MLANetError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+def availability(names: Any = BACKENDS) -> dict[str, str | None]:
+    """``{name: None when it can run here, else why not}``, as the registry says
+    (:meth:`~mlanet.edge.backends.BackendSpec.unavailable_reason`)."""
+    return {name: backend_spec(name).unavailable_reason() for name in names}
 
 
 # --------------------------------------------------------------------------------------------- runners
@@ -269,52 +254,178 @@ class _CpuRunner(_Runner):
         return (time.perf_counter() - t0) * 1e3
 
 
-class TorchCpuRunner(_CpuRunner):
-    def __init__(self, model: Any, input_size: int | None = None) -> None:
-        import torch
+def _ort_info(session: Any, onnx_mib: float) -> dict[str, Any]:
+    import onnxruntime as ort
 
-        self._torch = torch
-        self.model = model
-        super().__init__(self._call, int(model.input_size if input_size is None else input_size))
-
-    def _call(self, images: np.ndarray) -> np.ndarray:
-        # exactly what edge.backends.TorchBackend.__call__ does
-        with self._torch.no_grad():
-            out = self.model(self._torch.from_numpy(images))
-        return out.float().cpu().numpy()
-
-    def info(self) -> dict[str, Any]:
-        torch = self._torch
-        return {**super().info(), "dtype": "float32", "torch_threads": torch.get_num_threads(),
-                "torch_interop_threads": torch.get_num_interop_threads(),
-                "call": "model(torch.from_numpy(images)) under torch.no_grad(), output to numpy (as TorchBackend)"}
+    opts = session.get_session_options()
+    return {"dtype": "float32", "onnxruntime": ort.__version__, "providers": session.get_providers(),
+            "intra_op_num_threads": opts.intra_op_num_threads, "inter_op_num_threads": opts.inter_op_num_threads,
+            "threads_note": "0 = onnxruntime's default (intra-op: one thread per physical core)",
+            "graph_optimization_level": str(opts.graph_optimization_level), "onnx_file_mib": round(onnx_mib, 2)}
 
 
-class OnnxRuntimeCpuRunner(_CpuRunner):
-    def __init__(self, model: Any, face_model: Any, tmp: Path, intra_op_threads: int | None = None) -> None:
-        from ...export.onnx_export import export_onnx
-        from ..backends import OnnxRuntimeBackend
+def _torch_info() -> dict[str, Any]:
+    import torch
 
-        path = export_onnx(model, face_model, tmp / f"{model.name}.onnx")
-        self.onnx_mib = path.stat().st_size / 2**20
-        self.backend = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=intra_op_threads)
-        super().__init__(self.backend, int(model.input_size))
+    return {"dtype": "float32", "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads()}
+
+
+class BackendRunner(_CpuRunner):
+    """An MLANet artifact opened through the backend registry (:func:`~mlanet.edge.backends.open_backend`),
+    timed by wall clock around ``backend(images)`` (numpy in, numpy out: what a caller of the backend sees)."""
+
+    def __init__(self, backend: Any, *, mode: str = "eager", artifact: Path | None = None) -> None:
+        self.backend = backend
+        self.mode = mode
+        self.artifact = artifact
+        super().__init__(backend, backend.metadata.input_size)
 
     def info(self) -> dict[str, Any]:
-        import onnxruntime as ort
-
-        opts = self.backend.session.get_session_options()
-        return {**super().info(), "dtype": "float32", "onnxruntime": ort.__version__,
-                "providers": self.backend.session.get_providers(),
-                "intra_op_num_threads": opts.intra_op_num_threads,
-                "inter_op_num_threads": opts.inter_op_num_threads,
-                "threads_note": "0 = onnxruntime's default (intra-op: one thread per physical core)",
-                "graph_optimization_level": str(opts.graph_optimization_level),
-                "onnx_file_mib": round(self.onnx_mib, 2),
-                "call": "OnnxRuntimeBackend(images) (session.run, numpy in and out)"}
+        meta = self.backend.metadata
+        out = {**super().info(), "opened_by": "mlanet.edge.backends.open_backend", "backend": meta.backend,
+               "artifact": meta.format, "call": f"{type(self.backend).__name__}(images) (numpy in and out)"}
+        if meta.backend == "onnxruntime":
+            mib = self.artifact.stat().st_size / 2**20 if self.artifact else 0.0
+            out.update(_ort_info(self.backend.session, mib))
+        elif meta.backend == "torch":
+            out.update(_torch_info())
+        return out
 
     def close(self) -> None:
         self.backend.close()
+
+
+class TorchCudaRunner(BackendRunner):
+    """:class:`~mlanet.edge.backends.TorchCudaBackend` (FP16, channels-last) with inputs already on the GPU,
+    ``TorchCudaBackend.run_device`` timed with CUDA events; ``mode`` ``eager`` or ``cuda-graph`` (the backend
+    captures one graph per batch size during warm-up and replays it).
+
+    UNTESTED on a GPU: written against the documented PyTorch API on a machine without one.
+    """
+
+    timing = "CUDA events around each call (device-side), synchronised after each call"
+
+    def __init__(self, backend: Any, mode: str) -> None:
+        import torch
+
+        if mode not in ("eager", "cuda-graph"):
+            raise ValueError(f"mode must be 'eager' or 'cuda-graph', got {mode!r}")
+        super().__init__(backend, mode=mode)
+        self._torch = torch
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._images: Any = None
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        b = self.backend
+        return {"timing": self.timing, "opened_by": "mlanet.edge.backends.open_backend", "backend": b.metadata.backend,
+                "dtype": "float16" if b.precision == "fp16" else "float32",
+                "memory_format": b.metadata.runtime.get("memory_format"), "mode": self.mode,
+                "gpu": torch.cuda.get_device_name(b.device), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": b.benchmark,
+                "call": "TorchCudaBackend.run_device(images), images already on the device in its dtype and layout"
+                        + (" (CUDA-graph replay)" if self.mode == "cuda-graph" else "")}
+
+    def prepare(self, batch: int) -> None:
+        torch = self._torch
+        b = self.backend
+        torch.cuda.reset_peak_memory_stats(b.device)
+        s = self.input_size
+        gen = torch.Generator(device=b.device).manual_seed(batch)
+        images = torch.rand((batch, 3, s, s), generator=gen, device=b.device, dtype=b.dtype)
+        self._images = images.contiguous(memory_format=b.memory_format)
+
+    def timed_call(self) -> float:
+        assert self._images is not None, "prepare(batch) first"
+        self._start.record()
+        self.backend.run_device(self._images)
+        self._end.record()
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+    def batch_extra(self) -> dict[str, Any]:
+        return {"peak_gpu_mib": round(self._torch.cuda.max_memory_allocated(self.backend.device) / 2**20, 1)}
+
+
+class TensorRTBenchRunner(BackendRunner):
+    """An FP16 TensorRT engine opened through the registry; ``mode="device"``: the engine alone, inputs already
+    on the GPU, CUDA-graph replay, CUDA events; ``mode="host-to-host"``: ``backend(images)`` with numpy (pinned
+    upload, engine, download, synchronise), wall clock.
+
+    UNTESTED: written without TensorRT or a GPU; check on the first GPU run.
+    """
+
+    MODES = ("device", "host-to-host")
+
+    def __init__(self, backend: Any, mode: str, *, engine_path: Path, max_batch: int) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        super().__init__(backend, mode=mode, artifact=engine_path)
+        self.timing = ("CUDA events around one engine run (execute_async_v3 or its CUDA-graph replay), inputs "
+                       "already on the device" if mode == "device" else
+                       "wall clock (time.perf_counter) around TensorRTBackend(images): pinned upload, engine, "
+                       "download, synchronise")
+        self.max_batch = max_batch
+        self._batch = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"timing": self.timing, "opened_by": "mlanet.edge.backends.open_backend",
+                "dtype": "float16 kernels, float32 I/O", "mode": self.mode,
+                "engine": self.backend.metadata.extra.get("engine"),
+                "engine_mib": round(self.artifact.stat().st_size / 2**20, 2),
+                "call": "TensorRTRunner.time_enqueue(B) after load_device_input" if self.mode == "device"
+                        else "TensorRTBackend(images) (numpy in and out)"}
+
+    def prepare(self, batch: int) -> None:
+        if batch > self.max_batch:
+            raise MLANetError(f"batch {batch} exceeds the engine profile's max batch {self.max_batch}")
+        super().prepare(batch)
+        self._batch = batch
+        if self.mode == "device":
+            self.backend._runner.load_device_input(self.images)
+
+    def timed_call(self) -> float:
+        if self.mode == "device":
+            return self.backend._runner.time_enqueue(self._batch)
+        return super().timed_call()
+
+
+class _Artifacts:
+    """The artifacts of the untrained models, written once each into ``tmp`` and opened through the registry:
+    a ``.safetensors`` checkpoint (PyTorch backends), its ONNX export, TensorRT engines built from that."""
+
+    def __init__(self, tmp: Path, face_model: Any) -> None:
+        self.tmp, self.face_model = tmp, face_model
+
+    def _stem(self, model: Any) -> str:
+        return f"{model.name}-{int(model.input_size)}"
+
+    def checkpoint(self, model: Any) -> Path:
+        from ...models.model_io import save_model
+
+        path = self.tmp / f"{self._stem(model)}.safetensors"
+        if not path.is_file():
+            save_model(model, path, self.face_model)
+        return path
+
+    def onnx(self, model: Any) -> Path:
+        from ...export.onnx_export import export_onnx
+
+        path = self.tmp / f"{self._stem(model)}.onnx"
+        if not path.is_file():
+            export_onnx(model, self.face_model, path)
+        return path
+
+    def engine(self, model: Any, max_batch: int, opt_batch: int) -> Path:
+        from ...export.tensorrt_engine import build_engine
+
+        path = self.tmp / f"{self._stem(model)}-b{max_batch}-o{opt_batch}.engine"
+        if not path.is_file():  # the build (minutes for the r50) is paid once per model
+            build_engine(self.onnx(model), path, fp16=True, max_batch=max_batch, opt_batch=min(opt_batch, max_batch),
+                         timing_cache_path=self.tmp / "timing.cache")
+        return path
 
 
 def export_teacher_onnx(teacher: Any, path: Path, *, opset: int = 17) -> Path:
@@ -336,19 +447,18 @@ def export_teacher_onnx(teacher: Any, path: Path, *, opset: int = 17) -> Path:
 
 
 class TeacherOnnxRuntimeRunner(_CpuRunner):
-    """The teacher's ONNX in an onnxruntime session with :class:`~mlanet.edge.backends.OnnxRuntimeBackend`'s
-    options, called as that backend calls its session (contiguous float32 in, finiteness check out)."""
+    """The teacher's ONNX (not an MLANet artifact: no layout or face model) in a session made by the ONNX
+    Runtime backend's own :func:`~mlanet.edge.backends.ort_session` (same options and threads), called as
+    :class:`~mlanet.edge.backends.OnnxRuntimeBackend` calls its session (contiguous float32 in, finiteness
+    check out)."""
 
     def __init__(self, teacher: Any, tmp: Path, intra_op_threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         from ...teacher.tddfa_mb05 import INPUT_SIZE
-        from ..backends import ort_session_options
+        from ..backends import ort_session
 
         path = export_teacher_onnx(teacher, tmp / f"{TEACHER_NAME}.onnx")
         self.onnx_mib = path.stat().st_size / 2**20
-        self.session = ort.InferenceSession(str(path), sess_options=ort_session_options(intra_op_threads),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, intra_op_threads=intra_op_threads)
         super().__init__(self._call, INPUT_SIZE)
 
     def _call(self, images: np.ndarray) -> np.ndarray:
@@ -358,16 +468,7 @@ class TeacherOnnxRuntimeRunner(_CpuRunner):
         return require_finite_params(self.session.run(["params"], {"images": arr})[0], TEACHER_NAME)
 
     def info(self) -> dict[str, Any]:
-        import onnxruntime as ort
-
-        opts = self.session.get_session_options()
-        return {**super().info(), "dtype": "float32", "onnxruntime": ort.__version__,
-                "providers": self.session.get_providers(),
-                "intra_op_num_threads": opts.intra_op_num_threads,
-                "inter_op_num_threads": opts.inter_op_num_threads,
-                "threads_note": "0 = onnxruntime's default (intra-op: one thread per physical core)",
-                "graph_optimization_level": str(opts.graph_optimization_level),
-                "onnx_file_mib": round(self.onnx_mib, 2),
+        return {**super().info(), **_ort_info(self.session, self.onnx_mib),
                 "call": "session.run(['params'], {'images': contiguous float32}) + finiteness check "
                         "(as OnnxRuntimeBackend)"}
 
@@ -375,154 +476,19 @@ class TeacherOnnxRuntimeRunner(_CpuRunner):
         self.session = None
 
 
-class TorchCudaFp16Runner(_Runner):
-    """FP16 channels-last PyTorch on the GPU, timed with CUDA events; ``mode`` ``eager`` or ``cuda-graph``.
+def _teacher_torch_runner(teacher: Any, input_size: int) -> _CpuRunner:
+    """The teacher in PyTorch, called as :class:`~mlanet.edge.backends.TorchBackend` calls its network."""
+    import torch
 
-    UNTESTED: written against the documented PyTorch API (torch.cuda.Event, torch.cuda.graph,
-    CUDAGraph.replay, max_memory_allocated) on a machine without a GPU; check on the first GPU run.
-    """
+    def call(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return teacher(torch.from_numpy(images)).float().cpu().numpy()
 
-    timing = "CUDA events around each call (device-side), synchronised after each call"
-
-    def __init__(self, model: Any, mode: str) -> None:
-        import torch
-
-        if mode not in ("eager", "cuda-graph"):
-            raise ValueError(f"mode must be 'eager' or 'cuda-graph', got {mode!r}")
-        self._torch = torch
-        self.mode = mode
-        self.device = torch.device("cuda")
-        # fixed shapes per batch size: let cuDNN pick its fastest kernels (during warm-up); restored in close()
-        self._old_cudnn_benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        self.model = copy.deepcopy(model).eval().half().to(self.device).to(memory_format=torch.channels_last)
-        self.input_size = int(model.input_size)
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
-        self._fn: Callable[[], Any] | None = None
-        self._graph: Any = None
-        self._static: tuple[Any, Any] | None = None
-
-    def info(self) -> dict[str, Any]:
-        torch = self._torch
-        return {**super().info(), "dtype": "float16", "memory_format": "channels_last", "mode": self.mode,
-                "gpu": torch.cuda.get_device_name(self.device), "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-                "call": "model(images) under torch.no_grad(), images float16 already on the device (no copies)"
-                        if self.mode == "eager" else
-                        "CUDAGraph.replay() of one model(images) call captured per batch size (static input)"}
-
-    def _release(self) -> None:
-        self._fn = self._graph = self._static = None
-        self._torch.cuda.empty_cache()
-
-    def prepare(self, batch: int) -> None:
-        torch = self._torch
-        self._release()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        s = self.input_size
-        gen = torch.Generator(device=self.device).manual_seed(batch)
-        images = torch.rand((batch, 3, s, s), generator=gen, device=self.device, dtype=torch.float16)
-        images = images.contiguous(memory_format=torch.channels_last)
-        model = self.model
-        if self.mode == "eager":
-            def call() -> Any:
-                with torch.no_grad():
-                    return model(images)
-
-            self._fn = call
-            return
-        # CUDA graph: warm up on a side stream (as the PyTorch docs require), then capture one call.
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(3):
-                model(images)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            out = model(images)
-        torch.cuda.synchronize(self.device)
-        self._graph, self._static = graph, (images, out)
-        self._fn = graph.replay
-
-    def timed_call(self) -> float:
-        assert self._fn is not None, "prepare(batch) first"
-        self._start.record()
-        self._fn()
-        self._end.record()
-        self._end.synchronize()
-        return float(self._start.elapsed_time(self._end))
-
-    def batch_extra(self) -> dict[str, Any]:
-        return {"peak_gpu_mib": round(self._torch.cuda.max_memory_allocated(self.device) / 2**20, 1)}
-
-    def close(self) -> None:
-        self._release()
-        self.model = None
-        self._torch.backends.cudnn.benchmark = self._old_cudnn_benchmark
-
-
-class TensorRTBenchRunner(_Runner):
-    """An FP16 TensorRT engine of ``model`` (built once per model, shared by both modes).
-
-    ``mode="device"``: the engine alone, inputs already on the GPU, CUDA-graph replay, CUDA events.
-    ``mode="host-to-host"``: :class:`~mlanet.edge.backends.TensorRTBackend` called with numpy
-    (pinned upload, engine, download, synchronise), wall clock.
-
-    UNTESTED: written without TensorRT or a GPU; check on the first GPU run.
-    """
-
-    MODES = ("device", "host-to-host")
-
-    def __init__(self, model: Any, face_model: Any, tmp: Path, mode: str, *, max_batch: int, opt_batch: int,
-                 engines: dict[str, Path]) -> None:
-        from ...export.onnx_export import export_onnx
-        from ...export.tensorrt_engine import build_engine
-        from ..backends import TensorRTBackend
-
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        self.mode = mode
-        self.timing = ("CUDA events around one engine run (execute_async_v3 or its CUDA-graph replay), inputs "
-                       "already on the device" if mode == "device" else
-                       "wall clock (time.perf_counter) around TensorRTBackend(images): pinned upload, engine, "
-                       "download, synchronise")
-        key = f"{model.name}:{max_batch}:{opt_batch}"
-        if key not in engines:  # the build (minutes for the r50) is paid once per model
-            onnx_path = export_onnx(model, face_model, tmp / f"{model.name}.onnx")
-            engines[key] = build_engine(onnx_path, tmp / f"{model.name}.engine", fp16=True, max_batch=max_batch,
-                                        opt_batch=min(opt_batch, max_batch), timing_cache_path=tmp / "timing.cache")
-        self.engine_path = engines[key]
-        self.backend = TensorRTBackend(self.engine_path, face_model=face_model, cuda_graphs=(mode == "device"))
-        self.input_size = int(model.input_size)
-        self.max_batch = max_batch
-        self._images: np.ndarray | None = None
-        self._batch = 0
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "dtype": "float16 kernels, float32 I/O", "mode": self.mode,
-                "engine": self.backend.metadata.get("engine"), "engine_mib": round(self.engine_path.stat().st_size / 2**20, 2),
-                "call": "TensorRTRunner.time_enqueue(B) after load_device_input" if self.mode == "device"
-                        else "TensorRTBackend(images) (numpy in and out)"}
-
-    def prepare(self, batch: int) -> None:
-        if batch > self.max_batch:
-            raise MLANetError(f"batch {batch} exceeds the engine profile's max batch {self.max_batch}")
-        self._images = _random_images(batch, self.input_size)
-        self._batch = batch
-        if self.mode == "device":
-            self.backend._runner.load_device_input(self._images)
-
-    def timed_call(self) -> float:
-        if self.mode == "device":
-            return self.backend._runner.time_enqueue(self._batch)
-        t0 = time.perf_counter()
-        self.backend(self._images)
-        return (time.perf_counter() - t0) * 1e3
-
-    def close(self) -> None:
-        self.backend.close()
+    runner = _CpuRunner(call, input_size)
+    runner.info = lambda: {"timing": runner.timing, **_torch_info(),  # type: ignore[method-assign]
+                           "call": "model(torch.from_numpy(images)) under torch.no_grad(), output to numpy "
+                                   "(as TorchBackend)"}
+    return runner
 
 
 # --------------------------------------------------------------------------------------------- measurement
@@ -651,18 +617,35 @@ def _build_model(name: str, face_model: Any, input_size: int | None) -> Any:
 
 def _runners(backend: str, model: Any, face_model: Any, tmp: Path, *, batch_sizes: list[int] = (1,),
              trt_opt_batch: int = 1, ort_threads: int | None = None) -> list[Callable[[], _Runner]]:
-    """Factories of the runners (modes) of ``backend``; built lazily so setup time is measured per mode."""
+    """Factories of the runners (modes) of ``backend`` for ``model``, each opening the model's artifact
+    through the backend registry (:func:`~mlanet.edge.backends.open_backend`); built lazily so setup time
+    (writing the artifact, the export, the engine build, opening) is measured per mode."""
+    from ..backends import open_backend
+
+    backend_spec(backend)  # an unknown name fails here, naming the known ones
+    files = _Artifacts(tmp, face_model)
     if backend == "torch-cpu":
-        return [lambda: TorchCpuRunner(model)]
+        return [lambda: BackendRunner(open_backend(files.checkpoint(model), face_model, device="cpu"))]
     if backend == "onnxruntime-cpu":
-        return [lambda: OnnxRuntimeCpuRunner(model, face_model, tmp, ort_threads)]
+        def ort() -> _Runner:
+            path = files.onnx(model)
+            return BackendRunner(open_backend(path, face_model, device="cpu", intra_op_threads=ort_threads),
+                                 artifact=path)
+
+        return [ort]
     if backend == "torch-cuda-fp16":
-        return [lambda: TorchCudaFp16Runner(model, "eager"), lambda: TorchCudaFp16Runner(model, "cuda-graph")]
-    if backend == "tensorrt":
-        engines: dict[str, Path] = {}
-        kw = {"max_batch": max(batch_sizes), "opt_batch": trt_opt_batch, "engines": engines}
-        return [lambda m=m: TensorRTBenchRunner(model, face_model, tmp, m, **kw) for m in TensorRTBenchRunner.MODES]
-    raise MLANetError(f"backend {backend!r} has no runner")
+        return [lambda m=m: TorchCudaRunner(open_backend(files.checkpoint(model), face_model, device="cuda",
+                                                         cuda_graphs=(m == "cuda-graph")), m)
+                for m in ("eager", "cuda-graph")]
+    # tensorrt: one engine per model, shared by both modes
+    max_batch = max(batch_sizes)
+
+    def trt(mode: str) -> _Runner:
+        path = files.engine(model, max_batch, trt_opt_batch)
+        b = open_backend(path, face_model, device="cuda", cuda_graphs=(mode == "device"))
+        return TensorRTBenchRunner(b, mode, engine_path=path, max_batch=max_batch)
+
+    return [lambda m=m: trt(m) for m in TensorRTBenchRunner.MODES]
 
 
 def _resolve_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], RepeatPolicy]:
@@ -751,7 +734,7 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
     load_start = _load_average()
     face_model, fm_info = _load_face_model(getattr(args, "face_model", None))
     fm_info.update({"model_id": face_model.model_id, "params_P": face_model.layout.total})
-    availability = {b: backend_unavailable_reason(b) for b in BACKENDS}
+    reasons = availability()
     results: dict[str, Any] = {
         "weights": WEIGHTS_NOTE,
         "face_model": fm_info,
@@ -763,7 +746,7 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
                     "cpu_count": os.cpu_count(), "ort_intra_op": getattr(args, "ort_threads", None)},
         "models": {},
         "backends": {b: ({"available": True} if r is None else {"available": False, "reason": r})
-                     for b, r in availability.items()},
+                     for b, r in reasons.items()},
         "runs": [],
     }
     ort_threads = getattr(args, "ort_threads", None)
@@ -771,7 +754,7 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
     print(_ROW.format("model", "backend", "mode", "batch", "median_ms", "p95_ms", "faces/s", "repeats"), flush=True)
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-model-") as tmp_dir:
         if teacher_dir is not None:
-            _run_teacher(Path(teacher_dir).expanduser(), backends, availability, batch_sizes, policy, Path(tmp_dir),
+            _run_teacher(Path(teacher_dir).expanduser(), backends, reasons, batch_sizes, policy, Path(tmp_dir),
                          ort_threads, results)
         for name in models:
             model = _build_model(name, face_model, getattr(args, "input_size", None))
@@ -782,11 +765,11 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
                                        "input_size": int(model.input_size), "input_size_source": size_source,
                                        "output_size": int(model.layout.total)}
             for backend in backends:
-                if availability[backend] is not None:
+                if reasons[backend] is not None:
                     run_entry = {"model": name, "backend": backend, "mode": None, "status": "skipped",
-                                 "reason": availability[backend], "batches": []}
+                                 "reason": reasons[backend], "batches": []}
                     results["runs"].append(run_entry)
-                    print(_ROW.format(name, backend, "-", "-", "skipped", "", "", "") + f"  {availability[backend]}",
+                    print(_ROW.format(name, backend, "-", "-", "skipped", "", "", "") + f"  {reasons[backend]}",
                           flush=True)
                     continue
                 for factory in _runners(backend, model, face_model, Path(tmp_dir), batch_sizes=batch_sizes,
@@ -809,7 +792,7 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
     return path
 
 
-def _run_teacher(folder: Path, backends: list[str], availability: dict[str, str | None], batch_sizes: list[int],
+def _run_teacher(folder: Path, backends: list[str], reasons: dict[str, str | None], batch_sizes: list[int],
                  policy: RepeatPolicy, tmp: Path, ort_threads: int | None, results: dict[str, Any]) -> None:
     """Time the teacher on the requested CPU backends; its runs go into ``results["runs"]`` as model
     :data:`TEACHER_NAME`, its description into ``results["teacher"]``."""
@@ -824,7 +807,7 @@ def _run_teacher(folder: Path, backends: list[str], availability: dict[str, str 
                           "note": "parameters include the unused fc_lm head (136 outputs) that the upstream weights "
                                   "carry; MACs count only what forward runs"}
     for backend in backends:
-        reason = availability[backend] or (None if backend in TEACHER_BACKENDS else
+        reason = reasons[backend] or (None if backend in TEACHER_BACKENDS else
                                            f"the teacher is timed on {', '.join(TEACHER_BACKENDS)} only")
         if reason is not None:
             results["runs"].append({"model": TEACHER_NAME, "backend": backend, "mode": None, "status": "skipped",
@@ -832,7 +815,7 @@ def _run_teacher(folder: Path, backends: list[str], availability: dict[str, str 
             print(_ROW.format(TEACHER_NAME, backend, "-", "-", "skipped", "", "", "") + f"  {reason}", flush=True)
             continue
         factory: Callable[[], _Runner] = (
-            (lambda: TorchCpuRunner(teacher, INPUT_SIZE)) if backend == "torch-cpu"
+            (lambda: _teacher_torch_runner(teacher, INPUT_SIZE)) if backend == "torch-cpu"
             else (lambda: TeacherOnnxRuntimeRunner(teacher, tmp, ort_threads))
         )
         results["runs"].append(_run_one(TEACHER_NAME, backend, factory, batch_sizes, policy))

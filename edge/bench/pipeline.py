@@ -71,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: Path) -> Any:
     """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend, under the runtime's thread plan
-    (:func:`mlanet.edge.thread_plan.plan_threads`, applied here as ``mlanet-video`` does; in ``metadata``)."""
-    from ..backends import OnnxRuntimeBackend, TorchBackend
+    (:func:`mlanet.edge.thread_plan.plan_threads`, applied here as ``mlanet-video`` does; in
+    ``metadata.runtime["thread_plan"]``)."""
+    from ..backends import TorchBackend, open_backend
     from ..thread_plan import plan_threads
 
     plan = plan_threads(backend)
@@ -85,8 +86,8 @@ def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: 
 
         path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model,
                            tmp / f"{model_name}.onnx")
-        opened = OnnxRuntimeBackend(path, face_model=face_model, intra_op_threads=plan.network)
-    opened.metadata["thread_plan"] = plan.to_dict()
+        opened = open_backend(path, face_model, device="cpu", intra_op_threads=plan.network)
+    opened.metadata = opened.metadata.with_runtime(thread_plan=plan.to_dict())
     return opened
 
 
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> Path:
         tmp = Path(tmp_dir)
         backend = open_backend_for_bench(args.model, args.backend, face_model, tmp)
         backend.warmup()
-        results["thread_plan"] = backend.metadata["thread_plan"]
+        results["thread_plan"] = backend.metadata.runtime["thread_plan"]
         for ci, clip in enumerate(clips):
             entry: dict[str, Any] = {"clip": clip.name, "runs": []}
             for render in (True, False):

@@ -21,7 +21,6 @@ from pathlib import Path
 from mlanet.errors import MLANetError
 from mlanet.eval.cli import _check_outputs, _progress
 from mlanet.fileutil import file_sha256, write_json_atomic
-from mlanet.preprocess import PreprocessCfg
 
 from ..filters import FilterCfg
 from ..loading import add_model_arguments, float_in, open_model, positive_int
@@ -58,7 +57,7 @@ def cmd_jitter(args: argparse.Namespace) -> int:
     clips = []
     reference = None
     try:
-        roi_scale = PreprocessCfg.from_dict(backend.metadata["preprocess"]).roi_scale
+        roi_scale = backend.metadata.preprocess.roi_scale
         reference = WindowReference(roi_scale=roi_scale)
         for video in args.video:
             clips.append(evaluate_clip(video, backend, face_model, cfg, detector=MediaPipeFaceDetector(model=args.detector),
@@ -68,10 +67,10 @@ def cmd_jitter(args: argparse.Namespace) -> int:
         if reference is not None:
             reference.close()
         backend.close()
-    meta = dict(backend.metadata)
-    source = Path(str(meta.get("source", "")))
+    meta = backend.metadata
+    source = Path(meta.source)
     weights = {"source": str(source), "sha256": file_sha256(source) if source.is_file() else None,
-               "untrained": bool(meta.get("untrained", False))}
+               "untrained": bool(meta.runtime.get("untrained", False))}
     result = {
         "benchmark": "video landmark jitter",
         "protocol": PROTOCOL.format(thr=args.static_speed),
@@ -95,7 +94,7 @@ def cmd_jitter(args: argparse.Namespace) -> int:
         },
         "reference": reference.describe(),
         "pipeline": {**pipeline_description(cfg), "detector": args.detector},
-        "model": {k: meta[k] for k in ("model_name", "backend", "untrained", "preprocess") if k in meta},
+        "model": {k: v for k, v in meta.to_dict().items() if k in ("model_name", "backend", "untrained", "preprocess")},
         "weights": weights,
         "face_model": face_model.describe(),
         "clips": clips,

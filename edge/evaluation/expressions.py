@@ -637,7 +637,6 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
     from ..reconstruct import DEFAULT_FOV_DEG
     from ..tracking import TrackerCfg
     from mlanet.fileutil import file_sha256
-    from mlanet.preprocess import PreprocessCfg
     from mlanet.eval.cli import _progress
     from .jitter import WindowReference, pipeline_description
 
@@ -653,7 +652,7 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
     clips = []
     reference = None
     try:
-        roi_scale = PreprocessCfg.from_dict(backend.metadata["preprocess"]).roi_scale
+        roi_scale = backend.metadata.preprocess.roi_scale
         with native_stderr_quiet(not verbose):
             reference = WindowReference(roi_scale=roi_scale, input_size=REFERENCE_INPUT_SIZE)
         for video in args.video:
@@ -664,8 +663,8 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
         if reference is not None:
             reference.close()
         backend.close()
-    meta = dict(backend.metadata)
-    source = Path(str(meta.get("source", "")))
+    meta = backend.metadata
+    source = Path(meta.source)
     result = {
         "benchmark": "video expression tracking",
         "protocol": PROTOCOL.format(every=args.every, jaw=TARGETS["jaw_open_vs_lip_gap"],
@@ -677,9 +676,9 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
                                                             "eyes": MP468_EYES}},
         "pipeline": {**pipeline_description(cfg), "detector": args.detector, "device": args.device, "every": args.every,
                      "max_frames": args.max_frames},
-        "model": {k: meta[k] for k in ("model_name", "backend", "untrained", "preprocess") if k in meta},
+        "model": {k: v for k, v in meta.to_dict().items() if k in ("model_name", "backend", "untrained", "preprocess")},
         "weights": {"source": str(source), "sha256": file_sha256(source) if source.is_file() else None,
-                    "untrained": bool(meta.get("untrained", False))},
+                    "untrained": bool(meta.runtime.get("untrained", False))},
         "face_model": face_model.describe(),
         "clips": clips,
     }
