@@ -20,18 +20,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..geometry.camera import PinholeCamera
 from ..params import ParamLayout
 from ..preprocess import PreprocessCfg
 from .crops import crop_faces
 from .filters import FilterCfg, TrackFilters
+from .protocols import FaceDecoderLike, FaceTrackerLike, InferenceBackend
 from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
 from .timing import StageStats, timed
 from .tracking import FaceTracker, TrackerCfg
-from .types import FaceFit, Frame, FrameResult
+from .types import Detection, FaceFit, Frame, FrameResult, TrackROI
+
+if TYPE_CHECKING:
+    from ..morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class FacePipeline:
         face_model: the :class:`~mlanet.morphable.model.MorphableModel` the backend predicts for.
         cfg: :class:`PipelineCfg`.
         detector: face detector for the tracker (default: MediaPipe full-range, created lazily).
-        tracker: a ready tracker (tests); overrides ``detector``.
+        tracker: a ready :class:`~mlanet.edge.protocols.FaceTrackerLike` (tests); overrides ``detector``.
         renderer_factory: ``(width, height) -> renderer`` with
             ``render(image, faces, camera, mode=..., overlays=..., alpha=...)``; default: the
             ModernGL :class:`~mlanet.edge.gl_renderer.FaceRenderer` (offscreen EGL).
@@ -88,12 +93,12 @@ class FacePipeline:
 
     def __init__(
         self,
-        backend: Any,
-        face_model: Any,
+        backend: InferenceBackend,
+        face_model: MorphableModel,
         cfg: PipelineCfg = PipelineCfg(),
         *,
-        detector: Callable[[np.ndarray], list] | None = None,
-        tracker: Any = None,
+        detector: Callable[[np.ndarray], Sequence[Detection]] | None = None,
+        tracker: FaceTrackerLike | None = None,
         renderer_factory: Callable[[int, int], Any] | None = None,
         stats_window: int | None = None,
     ) -> None:
@@ -114,22 +119,22 @@ class FacePipeline:
 
                 detector = MediaPipeFaceDetector()
             tracker = FaceTracker(replace(cfg.tracker, roi_scale=self.preprocess.roi_scale), detector)
-        self.tracker = tracker
-        self.decoder = FaceDecoder(face_model)
+        self.tracker: FaceTrackerLike = tracker
+        self.decoder: FaceDecoderLike = FaceDecoder(face_model)
         self.filters = TrackFilters(self.layout, cfg.filter)
         self._renderer_factory = renderer_factory
         self._renderer: Any = None
         self._camera_key: tuple[int, int] | None = None
-        self.camera = None
+        self.camera: PinholeCamera | None = None
         self.stats = StageStats(warmup_frames=2, window=stats_window)
         self.frames_done = 0
         self.face_counts: list[int] = []
 
     # ------------------------------------------------------------------ stages
 
-    def _camera_for(self, frame: Frame) -> Any:
+    def _camera_for(self, frame: Frame) -> PinholeCamera:
         key = (frame.width, frame.height)
-        if key != self._camera_key:
+        if self.camera is None or key != self._camera_key:
             self.camera = frame_camera(frame.width, frame.height, self.cfg.fov_deg)
             self._camera_key = key
         return self.camera
@@ -165,7 +170,7 @@ class FacePipeline:
             self.filters.retain(set())
         with timed(ms, "detect_track"):
             rois = self.tracker.begin(frame)
-        if getattr(self.tracker, "last_scene_cut", False):
+        if self.tracker.last_scene_cut:
             self.filters.retain(set())  # a track that keeps its id across a cut must not blend the two shots
         boxes = [r.box for r in rois]
         with timed(ms, "preprocess"):
@@ -183,14 +188,15 @@ class FacePipeline:
             self.tracker.end(fits_for_tracker)
             self.filters.retain({f.track_id for f in faces} | set(getattr(self.tracker, "track_ids", ())))
         result = FrameResult(frame=frame, faces=faces, stage_ms=ms,
-                             scene_cut=bool(getattr(self.tracker, "last_scene_cut", False)),
-                             detected=bool(getattr(self.tracker, "last_detected", False)))
+                             scene_cut=bool(self.tracker.last_scene_cut),
+                             detected=bool(self.tracker.last_detected))
         if mode:
             with timed(ms, "render"):
                 result.rendered = self.render(frame, faces, mode, self.cfg.overlays if overlays is None else overlays)
         return result
 
-    def _reconstruct(self, frame: Frame, rois: list, raw: np.ndarray, camera: Any) -> list[FaceFit]:
+    def _reconstruct(self, frame: Frame, rois: Sequence[TrackROI], raw: np.ndarray,
+                     camera: PinholeCamera) -> list[FaceFit]:
         if not rois:
             return []
         boxes = [r.box for r in rois]
@@ -214,7 +220,7 @@ class FacePipeline:
             for i, r in enumerate(rois)
         ]
 
-    def _add_meshes(self, faces: list[FaceFit], camera: Any) -> None:
+    def _add_meshes(self, faces: list[FaceFit], camera: PinholeCamera) -> None:
         """Decode the full mesh and albedo of ``faces`` (one batch) into ``vertices`` / ``extras["albedo"]``."""
         decoded = self.decoder(np.stack([f.params for f in faces]), camera)
         for i, f in enumerate(faces):
@@ -224,17 +230,20 @@ class FacePipeline:
     def render(self, frame: Frame, faces: list[FaceFit], mode: str, overlays: tuple[str, ...]) -> np.ndarray:
         """The overlay image (H, W, 3) uint8 of ``faces`` drawn over ``frame`` (decoding the meshes of
         faces that have none yet, with the camera of the last processed frame)."""
+        camera = self._camera_for(frame) if self.camera is None else self.camera
         missing = [f for f in faces if f.vertices is None]
         if missing:
-            self._add_meshes(missing, self.camera)
+            self._add_meshes(missing, camera)
         renderer = self.renderer(frame.width, frame.height)
         items = [self._render_face(f) for f in faces]
-        return renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+        return renderer.render(frame.image, items, camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
 
     def _render_face(self, f: FaceFit) -> Any:
         from .gl_renderer import RenderFace
 
         lighting = np.asarray(f.params[self.layout.slices()["lighting"]], np.float32).reshape(3, 9)
+        if f.vertices is None:
+            raise ValueError(f"face {f.track_id} has no mesh: decode it first (PipelineCfg.meshes or render)")
         return RenderFace(vertices=f.vertices, albedo=f.extras["albedo"], lighting=lighting,
                           landmarks2d=f.landmarks2d, color_id=f.track_id)
 
@@ -244,7 +253,10 @@ class FacePipeline:
         ``image`` must be the frame ``fit`` was made on (the camera of the last processed frame is used).
         """
         renderer = self.renderer(image.shape[1], image.shape[0])
-        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit), self.camera, size=size)
+        camera = self.camera if self.camera is not None else frame_camera(image.shape[1], image.shape[0], self.cfg.fov_deg)
+        if fit.vertices is None:
+            self._add_meshes([fit], camera)
+        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit), camera, size=size)
         return texture
 
     def warmup(self, width: int | None = None, height: int | None = None) -> None:
@@ -306,6 +318,4 @@ class FacePipeline:
         if self._renderer is not None and hasattr(self._renderer, "release"):
             self._renderer.release()
         self._renderer = None
-        close = getattr(self.tracker, "close", None)
-        if close is not None:
-            close()
+        self.tracker.close()
