@@ -275,9 +275,9 @@ class DeviceFacePath:
             host = self._fixed_camera if self._fixed_camera is not None else frame_camera(width, height, self.fov_deg)
             if (host.width, host.height) != key:
                 raise ValueError(f"the camera is for {host.width}x{host.height} frames, got a {width}x{height} frame")
-            vals = [float(v[0]) for v in (host.fx, host.fy, host.cx, host.cy)]
-            dev = PinholeCamera(*(torch.full((1,), v, dtype=torch.float32, device=self.device) for v in vals),
-                                host.width, host.height)
+            fx, fy, cx, cy = (torch.full((1,), float(v[0]), dtype=torch.float32, device=self.device)
+                              for v in (host.fx, host.fy, host.cx, host.cy))
+            dev = PinholeCamera(fx, fy, cx, cy, host.width, host.height)
             got = self._cameras[key] = (host, dev)
         return got
 

@@ -164,8 +164,8 @@ def decimate_mesh(poses: np.ndarray, triangles: np.ndarray, target_triangles: in
     third = _triangle_areas(points, tri) / 3.0
     for k in range(3):
         np.add.at(area, tri[:, k], third)
-    colour = None if colours is None else np.asarray(colours, np.float64).reshape(V, -1)
-    colour_weight = float(colour_weight) if colour is not None else 0.0
+    colour = np.zeros((V, 1)) if colours is None else np.asarray(colours, np.float64).reshape(V, -1)
+    colour_weight = float(colour_weight) if colours is not None else 0.0
 
     is_locked = np.zeros(V, bool)
     if locked is not None:
@@ -211,11 +211,11 @@ def decimate_mesh(poses: np.ndarray, triangles: np.ndarray, target_triangles: in
     edges = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
     h = homogeneous
     for a_col, b_col in ((0, 1), (1, 0)):  # both directions of every edge, costs vectorised
-        u, v = edges[:, a_col], edges[:, b_col]
-        c = np.einsum("ei,eij,ej->e", h[v], Q[u] + Q[v], h[v])
+        us, vs = edges[:, a_col], edges[:, b_col]
+        c = np.einsum("ei,eij,ej->e", h[vs], Q[us] + Q[vs], h[vs])
         if colour_weight:
-            c = c + colour_weight * area[u] * ((colour[u] - colour[v]) ** 2).sum(1)
-        heap.extend(zip(c.tolist(), u.tolist(), v.tolist(), [0] * len(u), [0] * len(u)))
+            c = c + colour_weight * area[us] * ((colour[us] - colour[vs]) ** 2).sum(1)
+        heap.extend(zip(c.tolist(), us.tolist(), vs.tolist(), [0] * len(us), [0] * len(us)))
     heapq.heapify(heap)
 
     def allowed(u: int, v: int) -> bool:
@@ -241,7 +241,7 @@ def decimate_mesh(poses: np.ndarray, triangles: np.ndarray, target_triangles: in
             before = np.cross(corners[1] - corners[0], corners[2] - corners[0])
             corners[[a, b, c].index(u)] = p_new
             after = np.cross(corners[1] - corners[0], corners[2] - corners[0])
-            nb, na = np.linalg.norm(before), np.linalg.norm(after)
+            nb, na = float(np.linalg.norm(before)), float(np.linalg.norm(after))
             if na <= 1e-12 * max(nb, 1e-30) or float(before @ after) < MIN_NORMAL_COSINE * nb * na:
                 return False
             corners_after = [v if w == u else w for w in (a, b, c)]

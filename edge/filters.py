@@ -59,6 +59,7 @@ class OneEuroFilter:
             return self._x.copy()
         dx = (x - self._x) / dt
         a_d = self._alpha(self.d_cutoff, dt)
+        assert self._dx is not None  # set with _x by the first sample
         self._dx = a_d * dx + (1.0 - a_d) * self._dx
         cutoff = self.min_cutoff + self.beta * np.abs(self._dx)
         a = self._alpha(cutoff, dt)

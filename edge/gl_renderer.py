@@ -292,7 +292,7 @@ class FaceRenderer:
         triangles = self._keep(ctx.buffer(gl_tri.tobytes()))
         edges = self._keep(ctx.buffer(self.topology.gl_edges.tobytes()))
 
-        def mesh_vao(program: Any, index: Any, extra: list[tuple] = ()) -> Any:
+        def mesh_vao(program: Any, index: Any, extra: Sequence[tuple] = ()) -> Any:
             content = [(self._stream, *_STREAM_FORMAT), *extra]
             vao = ctx.vertex_array(program, content, index_buffer=index, index_element_size=4, skip_errors=True)
             return self._keep(vao)

@@ -86,7 +86,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -358,10 +358,11 @@ class StreamingLoop:
         ops = self.ops
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        frame = next(it, _END)
+        item = next(it, _END)
         ms["decode"] = 1000.0 * (time.perf_counter() - t0)
-        if frame is _END:
+        if item is _END:
             return None
+        frame = cast(Frame, item)  # checked next
         image = getattr(frame, "image", None)
         if (not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8
                 or image.shape[0] < 1 or image.shape[1] < 1):

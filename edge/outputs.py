@@ -41,7 +41,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,11 @@ from ..errors import MLANetError
 from ..fileutil import error_line, write_json_atomic
 from ..geometry.rotations import euler_to_matrix
 from ..params import FaceParams, ParamLayout
+from .protocols import FrameWriter, TrackSequenceWriter
 from .types import FrameResult
+
+if TYPE_CHECKING:
+    from .writers.tables import BlendshapeCsvWriter
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +137,9 @@ class VideoRunOutputs:
         self.frames_done = 0
         self.start_frame = 0
         self.first_track_id = 0
-        self._video = None
-        self._csv = None
-        self._sequences: dict[int, Any] = {}  # track id -> MeshSequenceWriter
+        self._video: FrameWriter | None = None  # H264VideoWriter once the first frame is written
+        self._csv: BlendshapeCsvWriter | None = None
+        self._sequences: dict[int, TrackSequenceWriter] = {}  # track id -> MeshSequenceWriter
         self._best_texture: dict[int, tuple[float, np.ndarray]] = {}
         self._t0_ns: int | None = None
         run_file = self.out_dir / "run.json"
@@ -230,7 +234,7 @@ class VideoRunOutputs:
             writer.close()
             log.info("resume: %s keeps %d frames", writer.path.name, kept)
 
-    def _sequence_writer(self, track_id: int):
+    def _sequence_writer(self, track_id: int) -> TrackSequenceWriter:
         from .writers.mesh_sequence import MeshSequenceWriter, sequence_path
 
         fm = self.face_model

@@ -20,17 +20,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..geometry.camera import PinholeCamera
+from ..preprocess import PreprocessCfg
 from .crops import crop_faces
 from .display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from .filters import FilterCfg, TrackFilters
+from .protocols import FaceDecoderLike, FaceTrackerLike, InferenceBackend
 from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
 from .timing import StageStats, timed
 from .tracking import FaceTracker, TrackerCfg
-from .types import FaceFit, Frame, FrameResult
+from .types import Detection, FaceFit, Frame, FrameResult, TrackROI
+
+if TYPE_CHECKING:
+    from ..morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +91,7 @@ class FacePipeline:
         face_model: the :class:`~mlanet.morphable.model.MorphableModel` the backend predicts for.
         cfg: :class:`PipelineCfg`.
         detector: face detector for the tracker (default: MediaPipe full-range, created lazily).
-        tracker: a ready tracker (tests); overrides ``detector``.
+        tracker: a ready :class:`~mlanet.edge.protocols.FaceTrackerLike` (tests); overrides ``detector``.
         renderer_factory: ``(width, height, topology) -> renderer`` with
             ``render(image, faces, camera, mode=..., overlays=..., alpha=...)`` for faces on
             ``topology`` (a :class:`~mlanet.edge.mesh_topology.MeshTopology`: the display mesh,
@@ -97,12 +103,12 @@ class FacePipeline:
 
     def __init__(
         self,
-        backend: Any,
-        face_model: Any,
+        backend: InferenceBackend,
+        face_model: MorphableModel,
         cfg: PipelineCfg = PipelineCfg(),
         *,
-        detector: Callable[[np.ndarray], list] | None = None,
-        tracker: Any = None,
+        detector: Callable[[np.ndarray], Sequence[Detection]] | None = None,
+        tracker: FaceTrackerLike | None = None,
         renderer_factory: Callable[[int, int, Any], Any] | None = None,
         stats_window: int | None = None,
     ) -> None:
@@ -110,7 +116,10 @@ class FacePipeline:
         self.face_model = face_model
         meta = backend.metadata
         self.layout = meta.layout
-        self.preprocess = meta.preprocess
+        if meta.preprocess is None:
+            raise ValueError(f"{meta.source or 'backend'}: a face-decoder export has no preprocessing; "
+                             "the pipeline needs a network")
+        self.preprocess: PreprocessCfg = meta.preprocess
         if self.layout != face_model.layout:
             raise ValueError(
                 f"{meta.source or 'backend'}: parameter layout {self.layout.sizes} differs from face model "
@@ -123,24 +132,24 @@ class FacePipeline:
 
                 detector = MediaPipeFaceDetector()
             tracker = FaceTracker(replace(cfg.tracker, roi_scale=self.preprocess.roi_scale), detector)
-        self.tracker = tracker
-        self.decoder = FaceDecoder(face_model)
+        self.tracker: FaceTrackerLike = tracker
+        self.decoder: FaceDecoderLike = FaceDecoder(face_model)
         self.filters = TrackFilters(self.layout, cfg.filter)
         self._renderer_factory = renderer_factory
         self._renderers: dict[str, Any] = {}  # "display" / "full" -> renderer of the current frame size
         self._display: DisplayMesh | None = None
         self._last_box: tuple[int, int, int, int] | None = None
         self._camera_key: tuple[int, int] | None = None
-        self.camera = None
+        self.camera: PinholeCamera | None = None
         self.stats = StageStats(warmup_frames=2, window=stats_window)
         self.frames_done = 0
         self.face_counts: list[int] = []
 
     # ------------------------------------------------------------------ stages
 
-    def _camera_for(self, frame: Frame) -> Any:
+    def _camera_for(self, frame: Frame) -> PinholeCamera:
         key = (frame.width, frame.height)
-        if key != self._camera_key:
+        if self.camera is None or key != self._camera_key:
             self.camera = frame_camera(frame.width, frame.height, self.cfg.fov_deg)
             self._camera_key = key
         return self.camera
@@ -194,7 +203,7 @@ class FacePipeline:
             self.filters.retain(set())
         with timed(ms, "detect_track"):
             rois = self.tracker.begin(frame)
-        if getattr(self.tracker, "last_scene_cut", False):
+        if self.tracker.last_scene_cut:
             self.filters.retain(set())  # a track that keeps its id across a cut must not blend the two shots
         boxes = [r.box for r in rois]
         with timed(ms, "preprocess"):
@@ -216,15 +225,16 @@ class FacePipeline:
             self.tracker.end(fits_for_tracker)
             self.filters.retain({f.track_id for f in faces} | set(getattr(self.tracker, "track_ids", ())))
         result = FrameResult(frame=frame, faces=faces, stage_ms=ms,
-                             scene_cut=bool(getattr(self.tracker, "last_scene_cut", False)),
-                             detected=bool(getattr(self.tracker, "last_detected", False)))
+                             scene_cut=bool(self.tracker.last_scene_cut),
+                             detected=bool(self.tracker.last_detected))
         if mode:
             with timed(ms, "render"):
                 result.rendered = self.render(frame, faces, mode, overlays)
                 result.rendered_box = self._last_box
         return result
 
-    def _reconstruct(self, frame: Frame, rois: list, raw: np.ndarray, camera: Any) -> list[FaceFit]:
+    def _reconstruct(self, frame: Frame, rois: Sequence[TrackROI], raw: np.ndarray,
+                     camera: PinholeCamera) -> list[FaceFit]:
         if not rois:
             return []
         boxes = [r.box for r in rois]
@@ -248,7 +258,7 @@ class FacePipeline:
             for i, r in enumerate(rois)
         ]
 
-    def _add_meshes(self, faces: list[FaceFit], camera: Any) -> None:
+    def _add_meshes(self, faces: list[FaceFit], camera: PinholeCamera) -> None:
         """Decode the full mesh and albedo of ``faces`` (one batch) into ``vertices`` / ``extras["albedo"]``
         (NumPy on the CPU, :meth:`FaceDecoder.mesh`; the decoder's device otherwise)."""
         flat = np.stack([f.params for f in faces])
@@ -274,28 +284,31 @@ class FacePipeline:
 
         The surface is drawn with the display mesh (:attr:`PipelineCfg.display_triangles`), the
         ``wireframe`` overlay with the full mesh (a wireframe shows the face model's own edges)."""
+        camera = self._camera_for(frame) if self.camera is None else self.camera
         full = "wireframe" in overlays or self.cfg.display_triangles is None
         if full:
             missing = [f for f in faces if f.vertices is None]
             if missing:
-                self._add_meshes(missing, self.camera)
+                self._add_meshes(missing, camera)
         else:
             missing = [f for f in faces if f.vertices is None and "display_vertices" not in f.extras]
             if missing:
                 self._add_display_meshes(missing)
         renderer = self.renderer(frame.width, frame.height, "full" if full else "display")
         items = [self._render_face(f, full) for f in faces]
-        image = renderer.render(frame.image, items, self.camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
+        image = renderer.render(frame.image, items, camera, mode=mode, overlays=overlays, alpha=self.cfg.mesh_alpha)
         self._last_box = getattr(renderer, "last_box", None)  # a renderer that does not say: anywhere
         return image
 
     def _render_face(self, f: FaceFit, full: bool = True) -> Any:
         from .gl_renderer import RenderFace
 
-        if full:
-            vertices, albedo = f.vertices, f.extras["albedo"]
-        elif "display_vertices" in f.extras:
+        if not full and "display_vertices" in f.extras:
             vertices, albedo = f.extras["display_vertices"], f.extras["display_albedo"]
+        elif f.vertices is None:
+            raise ValueError(f"face {f.track_id} has no mesh: decode it first (PipelineCfg.meshes or render)")
+        elif full:
+            vertices, albedo = f.vertices, f.extras["albedo"]
         else:  # the full mesh was decoded (for writers): its display rows
             kept = self.display.kept
             vertices, albedo = f.vertices[kept], f.extras["albedo"][kept]
@@ -308,10 +321,11 @@ class FacePipeline:
 
         ``image`` must be the frame ``fit`` was made on (the camera of the last processed frame is used).
         """
+        camera = self.camera if self.camera is not None else frame_camera(image.shape[1], image.shape[0], self.cfg.fov_deg)
         if fit.vertices is None:
-            self._add_meshes([fit], self.camera)
+            self._add_meshes([fit], camera)
         renderer = self.renderer(image.shape[1], image.shape[0], "full")
-        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit, True), self.camera, size=size)
+        texture, _visible = renderer.unwrap_texture(image, self._render_face(fit, True), camera, size=size)
         return texture
 
     def warmup(self, width: int | None = None, height: int | None = None) -> None:
@@ -374,6 +388,4 @@ class FacePipeline:
             if hasattr(r, "release"):
                 r.release()
         self._renderers.clear()
-        close = getattr(self.tracker, "close", None)
-        if close is not None:
-            close()
+        self.tracker.close()

@@ -57,7 +57,8 @@ def frame_camera(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> P
         lo, hi = FOV_RANGE_DEG
         raise ValueError(f"field of view must be within [{lo:g}, {hi:g}] degrees, got {fov_deg}")
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2.0)
-    return PinholeCamera(f, f, 0.5 * width, 0.5 * height, int(width), int(height))
+    # PinholeCamera converts numbers to (1,) tensors; its fields are typed as what they become
+    return PinholeCamera(f, f, 0.5 * width, 0.5 * height, int(width), int(height))  # type: ignore[arg-type]
 
 
 def _rotation_z_to(d: torch.Tensor) -> torch.Tensor:
@@ -166,8 +167,8 @@ def crop_pose_to_frame_tensor(
         raise ValueError(f"flat must be an (N, P={layout.total}) tensor, got {desc}")
     n = flat.shape[0]
     if not isinstance(boxes, torch.Tensor) or tuple(boxes.shape) != (n, 3) or boxes.dtype != torch.float64:
-        desc = f"{tuple(boxes.shape)} {boxes.dtype}" if isinstance(boxes, torch.Tensor) else type(boxes).__name__
-        raise ValueError(f"boxes must be an (N={n}, 3) float64 tensor [x0, y0, size], got {desc}")
+        got = f"{tuple(boxes.shape)} {boxes.dtype}" if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be an (N={n}, 3) float64 tensor [x0, y0, size], got {got}")
     if boxes.device != flat.device:
         raise ValueError(f"boxes are on {boxes.device}, flat on {flat.device}")
     x = flat.double()
@@ -237,6 +238,7 @@ class FaceDecoder:
             V = self.face_model.n_vertices
             return DecodedFaces(np.zeros((0, V, 3), np.float32), np.zeros((0, 68, 2), np.float32), np.zeros((0, V, 3), np.float32))
         verts, lm2d, albedo = self.decode_tensors(x, camera)
+        assert albedo is not None  # decode_tensors(albedo=True)
         return DecodedFaces(verts.cpu().numpy(), lm2d.cpu().numpy(), albedo.cpu().numpy())
 
     @torch.no_grad()

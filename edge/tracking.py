@@ -298,7 +298,7 @@ class FaceTracker:
         # detection it last matched): a fit that drifts between detections (a biased or untrained
         # network feeding its own ROI) must not cost the face its id. Outside scene cuts only.
         def overlap(t: _Track, c: CropBox) -> float:
-            boxes = (t.box,) if cut else (t.box, t.anchor)
+            boxes = (t.box,) if cut or t.anchor is None else (t.box, t.anchor)
             return max((box_iou(b, c) for b in boxes if 1.0 / r <= c.size / b.size <= r), default=0.0)
 
         pairs = sorted(

@@ -192,7 +192,11 @@ def _run(args: argparse.Namespace) -> int:
         if options.texture:
             outputs.texture_fn = pipeline.unwrap_texture
         if outputs.first_track_id:
-            pipeline.tracker.next_id = outputs.first_track_id
+            from .tracking import FaceTracker
+
+            tracker = pipeline.tracker
+            assert isinstance(tracker, FaceTracker), type(tracker)  # FacePipeline built it from cfg.tracker
+            tracker.next_id = outputs.first_track_id
         total = source.n_frames if source.n_frames else 0
         # --max-frames counts from the start of the input, so "the same command + --resume" ends where it would have
         remaining = None if args.max_frames is None else max(0, args.max_frames - outputs.start_frame)

@@ -106,6 +106,8 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
     except AssetError as exc:
         raise _fail(source, f"engine metadata (layout/preprocess) is incomplete or invalid ({exc})") from None
     layout, preprocess = typed.layout, typed.preprocess
+    if preprocess is None:
+        raise _fail(source, "engine header's ONNX metadata has no preprocessing (a face-decoder export, not a network)")
     if not isinstance(header.get("tensorrt_version"), str) or not _version_tuple(header["tensorrt_version"]):
         raise _fail(source, f"engine header has no valid tensorrt_version ({header.get('tensorrt_version')!r})")
     if header.get("precision") not in PRECISIONS:

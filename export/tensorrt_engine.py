@@ -505,7 +505,7 @@ def engine_parity_report(
     engine = open_backend(engine_path, face_model, device="cuda")  # header, checksum, face model checked first
     onnx = open_backend(onnx_path, face_model, device="cpu")
     try:
-        header = engine.header
+        header = getattr(engine, "header")  # noqa: B009 - the TensorRT backend's own attribute
         report = compare_backends(onnx, engine, face_model, n=max(1, int(n)), seed=seed,
                                   max_batch=int(header["profile"]["max_batch"]))
     finally:

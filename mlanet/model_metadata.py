@@ -219,7 +219,8 @@ class ModelMetadata:
         if onnx.kind != KIND_NETWORK:
             raise AssetError(f"{source}: engine built from an MLANet ONNX of kind {onnx.kind!r}, not a network")
         engine = {k: header.get(k) for k in ENGINE_FACTS}
-        blob = header.get("engine") if isinstance(header.get("engine"), Mapping) else {}
+        raw_blob = header.get("engine")
+        blob = raw_blob if isinstance(raw_blob, Mapping) else {}
         engine.update({"size": blob.get("size"), "sha256": blob.get("sha256")})
         return dataclasses.replace(onnx, format=ENGINE_FORMAT, format_version=int(header.get("format_version", 0)),
                                    extra={**dict(onnx.extra), "engine": engine})

@@ -58,6 +58,9 @@ class FakeTracker:
         self.log.append("track_end")
         self.fits.append(fits)
 
+    def reset(self):
+        self.log.append("track_reset")
+
     def close(self):
         self.closed = True
 

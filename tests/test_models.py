@@ -177,6 +177,21 @@ def test_count_flops_single_layers():
     assert count_flops(dw, (1, 4, 6, 6))["macs"] == 4 * 6 * 6 * 9
 
 
+@pytest.mark.parametrize("name", ["mlanet_mobile", "mlanet_r50"])
+def test_conv_and_linear_macs_equal_torch_flop_counter(name, layout):
+    """The hook rules for convolutions and linear layers give exactly what ``torch.utils.flop_counter``
+    counts (it counts only matmuls and convolutions: batchnorm, pooling and the element-wise terms are
+    ours alone, 0.7 % of r50's MACs and 2.2 % of mobile's, so the counter is kept rather than replaced)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(name, layout=layout, preprocess=SMALL).eval()
+    ours = count_flops(model)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.rand(ours["input_shape"]))
+    assert counter.get_total_flops() == 2 * (ours["by_type"]["conv"] + ours["by_type"]["linear"])
+
+
 def test_plain_resnet50_macs_match_the_known_figure(layout):
     plain = create_model("mlanet_r50", layout=layout, block_attention=False, fusion=False)
     conv = count_flops(plain)["by_type"]["conv"]

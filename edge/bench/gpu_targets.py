@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> Path:
     measured["preprocess_8_faces_1080p"] = {"crop-kernel:fp16_channels_last": pre["fp16_channels_last"]}
     path_ms = measure_frame_path(face_model, device, args.warmup, args.repeats, details)
     measured["frame_path_1_face"] = path_ms
-    results = {"gpu": _gpu_info(device), "input_size": INPUT_SIZE, "frame": list(FRAME_HW), "face_model": fm_info,
+    results: dict[str, Any] = {"gpu": _gpu_info(device), "input_size": INPUT_SIZE, "frame": list(FRAME_HW), "face_model": fm_info,
                "weights": ml.WEIGHTS_NOTE, "targets": judge(measured), "details": details,
                "wall_s": round(time.perf_counter() - t0, 2)}
     for t in results["targets"]:

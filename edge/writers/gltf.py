@@ -65,7 +65,7 @@ UNSIGNED_INT = 5125
 ARRAY_BUFFER = 34962
 ELEMENT_ARRAY_BUFFER = 34963
 _N_COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
-_DTYPES = {FLOAT: np.dtype("<f4"), UNSIGNED_INT: np.dtype("<u4"), 5123: np.dtype("<u2"), 5121: np.dtype("u1"),
+_DTYPES: dict[int, np.dtype[Any]] = {FLOAT: np.dtype("<f4"), UNSIGNED_INT: np.dtype("<u4"), 5123: np.dtype("<u2"), 5121: np.dtype("u1"),
            5122: np.dtype("<i2"), 5120: np.dtype("i1")}
 
 #: Rotation matrices further than this from orthonormal (max abs entry of R^T R - I) are refused.
@@ -274,7 +274,7 @@ def track_glb_bytes(
     frames: np.ndarray | None = None,
     name: str = "face",
     extras: dict[str, Any] | None = None,
-) -> Path:
+) -> bytes:
     """One face track as the bytes of a self-contained GLB 2.0 file. See the module docstring.
 
     Args:
@@ -461,7 +461,7 @@ class GlbTrackWriter:
         extras: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._mesh = dict(neutral_vertices=neutral_vertices, triangles=triangles, uv=uv, triangles_uv=triangles_uv,
+        self._mesh: dict[str, Any] = dict(neutral_vertices=neutral_vertices, triangles=triangles, uv=uv, triangles_uv=triangles_uv,
                           expression_basis=expression_basis, morph_names=list(morph_names), texture_png=texture_png,
                           name=name, extras=extras)
         self.K = len(self._mesh["morph_names"])

@@ -188,7 +188,8 @@ class MeshSequenceWriter:
         if (uv is None) != (triangles_uv is None):
             raise ValueError(f"{self.path}: give both uv and triangles_uv, or neither")
         self.triangles = t.astype(np.int32)
-        self.uv = self.triangles_uv = None
+        self.uv: np.ndarray | None = None
+        self.triangles_uv: np.ndarray | None = None
         if uv is not None:
             uv_a, tuv = np.asarray(uv, dtype=np.float32), np.asarray(triangles_uv)
             if uv_a.ndim != 2 or uv_a.shape[1] != 2:
@@ -236,11 +237,17 @@ class MeshSequenceWriter:
             fh.write(records.tobytes())
         self._n += len(records)
 
+    def _spool_offset(self) -> int:
+        """Where the spool's records start (its header size); the spool must exist."""
+        if self._data_offset is None:
+            raise WriterError(f"{self.path}: no spool yet")
+        return self._data_offset
+
     def _records(self) -> np.ndarray:
         """The spool's records as a read-only memory map, (n,) of :func:`_record_dtype`."""
         if self._n == 0:
             return np.zeros(0, self.dtype)
-        return np.memmap(self.spool, dtype=self.dtype, mode="r", offset=self._data_offset, shape=(self._n,))
+        return np.memmap(self.spool, dtype=self.dtype, mode="r", offset=self._spool_offset(), shape=(self._n,))
 
     def _materialise(self) -> None:
         """After resume_from kept frames of the finished file: copy them into a fresh spool."""
@@ -344,7 +351,7 @@ class MeshSequenceWriter:
         del rec
         keep = _increasing_prefix_before(frames, int(frame))
         if keep < self._n:
-            os.truncate(self.spool, self._data_offset + keep * self.dtype.itemsize)
+            os.truncate(self.spool, self._spool_offset() + keep * self.dtype.itemsize)
             self._n = keep
             self._last_frame = int(frames[keep - 1]) if keep else None
             self._last_time = float(times[keep - 1]) if keep else None
@@ -371,7 +378,7 @@ class MeshSequenceWriter:
             if not self._replace_final:
                 log.warning("%s: no frames were added; no mesh sequence written", self.path)
             return None
-        os.truncate(self.spool, self._data_offset + self._n * self.dtype.itemsize)  # a record cut by Ctrl-C
+        os.truncate(self.spool, self._spool_offset() + self._n * self.dtype.itemsize)  # a record cut by Ctrl-C
         self._write_npz()
         self.spool.unlink(missing_ok=True)
         self._result = self.path
@@ -414,7 +421,7 @@ class MeshSequenceWriter:
             **self.extra_meta,
         }
         small: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta)), "triangles": self.triangles}
-        if self.uv is not None:
+        if self.uv is not None and self.triangles_uv is not None:  # both or neither (__init__)
             small.update(uv=self.uv, triangles_uv=self.triangles_uv)
         small.update(frames=frames, times_s=np.ascontiguousarray(rec["time_s"], dtype=np.float64),
                      offset=np.ascontiguousarray(rec["offset"], dtype=np.float32),

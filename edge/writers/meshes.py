@@ -53,7 +53,8 @@ def _check_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> tupl
     return v, t.astype(np.int64)
 
 
-def _check_uv(path: Path, triangles: np.ndarray, uv: np.ndarray, triangles_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_uv(path: Path, triangles: np.ndarray, uv: np.ndarray,
+              triangles_uv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     uv = np.asarray(uv, dtype=np.float64)
     tuv = np.asarray(triangles_uv)
     if uv.ndim != 2 or uv.shape[1] != 2:

@@ -306,7 +306,7 @@ def write_params_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
             raise ValueError(f"{path}: array {name!r} has dtype object; only plain numeric/string arrays are stored")
         clean[name] = arr
     with atomic_file(path, suffix=".npz") as fh:
-        np.savez_compressed(fh, **clean)
+        np.savez_compressed(fh, **clean)  # type: ignore[arg-type]  # the stubs match **kwds to allow_pickle
     return path
 
 

@@ -340,8 +340,8 @@ class H264VideoWriter:
                         copy = frame  # already what the encoder takes: no colour conversion
                     else:
                         rgb = frame.to_ndarray(format="rgb24")[: self.height, : self.width]
-                        rgb = np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")
-                        copy = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+                        padded = np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")
+                        copy = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded, np.uint8), format="rgb24").reformat(
                             format="yuv420p", dst_colorspace="itu709"
                         )
                     copy.pict_type = av.video.frame.PictureType.NONE
@@ -368,6 +368,7 @@ class H264VideoWriter:
             log.warning("%s: no frames were written; no video created", self.path)
             self.abort()
             return None
+        assert self._tmp is not None  # set by _open() with the container
         try:
             self._container.mux(self._stream.encode(None))
             self._container.close()

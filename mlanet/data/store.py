@@ -648,9 +648,9 @@ def prepare_store(
     labels_sha = _labels_sha256(labels)
     _save_npz_atomic(out / LABELS_FILE, labels)
     extras_spec = {}
-    for k, v in labels.items():
-        if k.startswith("x_"):
-            name = k[2:]
+    for label, v in labels.items():  # (k is a shard number above)
+        if label.startswith("x_"):
+            name = label[2:]
             extras_spec[name] = {"shape": list(v.shape[1:]), "dtype": str(v.dtype),
                                  "point_set": name in point_sets, "definition": point_sets.get(name)}
     ok = labels["ok"]
@@ -837,7 +837,7 @@ class Store:
 
     def to_image(self, row: int, points: np.ndarray) -> np.ndarray:
         """Store-crop pixels (..., 2) of ``row`` -> its original image's pixels."""
-        return self.crop_box(row).crop_to_image(np.asarray(points, dtype=np.float64), self.size)
+        return np.asarray(self.crop_box(row).crop_to_image(np.asarray(points, dtype=np.float64), self.size))
 
     def verify(self) -> None:
         """Recompute the image and label hashes; :class:`ChecksumError` on a mismatch."""

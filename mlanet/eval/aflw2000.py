@@ -83,7 +83,7 @@ CONVENTIONS = {
     "nme_units": "percent",
 }
 
-REFERENCES = {
+REFERENCES: dict[str, Any] = {
     "published_mean_of_bins": {"3DDFA_V2": 3.51, "SynergyNet": 3.41, "Deep3DFaceRecon": 3.37, "PRNet": 3.62},
     "label": (
         "published mean-of-bins NME (%), same protocol (ground-truth crops, sqrt(w*h) normalisation, mean of the "

@@ -303,7 +303,8 @@ def _read_ply_vertices(path: Path) -> np.ndarray:
     if not data.startswith(b"ply") or end < 0:
         raise AssetError(f"{path}: not a PLY file (no 'ply' magic or 'end_header')")
     body_start = data.index(b"\n", end) + 1
-    fmt, elements = None, []  # elements: [name, count, [(prop name, type or None for lists)]]
+    fmt: str | None = None
+    elements: list[Any] = []  # elements: [name, count, [(prop name, type or None for lists)]]
     for raw in data[:end].decode("ascii", errors="replace").splitlines()[1:]:
         words = raw.split()
         if not words or words[0] in ("comment", "obj_info"):

@@ -174,7 +174,8 @@ class PinholeCamera:
 
     def _intrinsics_like(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """fx, fy, cx, cy as ``(B, 1)`` tensors of ``x``'s dtype and device."""
-        return tuple(t.to(dtype=x.dtype, device=x.device)[:, None] for t in (self.fx, self.fy, self.cx, self.cy))
+        fx, fy, cx, cy = (t.to(dtype=x.dtype, device=x.device)[:, None] for t in (self.fx, self.fy, self.cx, self.cy))
+        return fx, fy, cx, cy
 
     def _check_points(self, x: Tensor, name: str, last: int, what: str) -> None:
         if not isinstance(x, Tensor):

@@ -20,7 +20,10 @@ modules with               what the module's own ``forward`` does element-wise o
 
 Not counted: activation functions (ReLU, ReLU6, h-swish, sigmoid), dropout, reshapes and
 concatenations. Conv/Linear dominate: a plain torchvision-style ResNet-50 at 224x224 gives
-4.09 GMACs for its convolutions and fc, the usual figure.
+4.09 GMACs for its convolutions and fc, the usual figure. The conv and linear counts equal
+``torch.utils.flop_counter.FlopCounterMode``'s (tested); that counter is not used here because it
+counts only matmuls and convolutions, not the batchnorm, pooling and element-wise terms nor the
+per-part split these records report.
 """
 
 from __future__ import annotations

@@ -411,7 +411,8 @@ def fit_landmarks(
         if init is not None:
             c0 = torch.cat([init.identity[sl_], init.expression[sl_]], 1).double().clone()
             R, t, c, cost = _lm(prob, init.rotation[sl_].double(), init.translation[sl_].double(), c0, s.iterations, k_id)
-            out_R.append(R), out_t.append(t), out_c.append(c), out_cost.append(cost)
+            for acc, part in zip((out_R, out_t, out_c, out_cost), (R, t, c, cost)):
+                acc.append(part)
             say(f"fit: {sl_.stop}/{N} faces")
             continue
         # pose-only starts
@@ -428,7 +429,8 @@ def fit_landmarks(
         R, t = R1[pick], t1[pick]
         c = torch.zeros(b, K, dtype=torch.float64)
         R, t, c, cost = _lm(prob, R, t, c, s.iterations, k_id)
-        out_R.append(R), out_t.append(t), out_c.append(c), out_cost.append(cost)
+        for acc, part in zip((out_R, out_t, out_c, out_cost), (R, t, c, cost)):
+            acc.append(part)
         say(f"fit: {sl_.stop}/{N} faces")
     R, t, c, cost = torch.cat(out_R), torch.cat(out_t), torch.cat(out_c), torch.cat(out_cost)
     # mean point distance (crop px), weights as given

@@ -59,6 +59,17 @@ class MorphableModel(nn.Module):
     non-persistent buffers (``state_dict`` is unchanged by them); see :meth:`landmark_points`.
     """
 
+    # registered buffers (typed here: nn.Module.__getattr__ would give Tensor | Module)
+    mean_shape: torch.Tensor
+    shape_basis: torch.Tensor
+    albedo_mean: torch.Tensor
+    albedo_basis: torch.Tensor
+    triangles: torch.Tensor
+    uv: torch.Tensor
+    triangles_uv: torch.Tensor
+    landmark_index: torch.Tensor
+    region_labels: torch.Tensor
+
     def __init__(self, data: FaceModelData) -> None:
         super().__init__()
         data = data.normalised()

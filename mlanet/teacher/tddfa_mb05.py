@@ -359,7 +359,7 @@ class Teacher(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.param_mean.device
+        return self.param_mean.device  # type: ignore[return-value]  # a registered buffer (Tensor)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Crops (B, 3, 120, 120) RGB float [0, 1] -> de-whitened parameters (B, 62)."""

@@ -532,7 +532,7 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
             n_window += batch["image"].shape[0] * world
             if is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps - 1):
                 elapsed = time.perf_counter() - t_window
-                values = {f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}
+                values: dict[str, Any] = {f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}
                 values.update({"loss/total": float(out.total.detach()), "lr": scheduler.get_last_lr()[0],
                                "grad_norm": float(grad_norm), "samples_per_s": n_window / max(elapsed, 1e-9)})
                 writer.scalars(step, values)

@@ -233,7 +233,7 @@ def choose_face(faces: Sequence[Any], manual: np.ndarray) -> Any | None:
         return None
     if len(manual) == 0:
         return max(faces, key=lambda f: f.score)
-    scored = [(_inside_fraction(manual, *np.asarray(f.box, dtype=np.float64), MANUAL_BOX_MARGIN), f.score, i)
+    scored = [(_inside_fraction(manual, *np.asarray(f.box, dtype=np.float64), MANUAL_BOX_MARGIN), f.score, i)  # type: ignore[call-arg]  # *array
               for i, f in enumerate(faces)]
     frac, _, i = max(scored)
     return faces[i] if frac >= MANUAL_INSIDE_FRACTION else None
@@ -323,7 +323,7 @@ class TeacherMediaPipeLabeller:
                 b = np.asarray(face.box, dtype=np.float64)
                 box, out.box_from = roi_from_detector_box(*b.tolist()), BOX_DETECTOR
                 out.det_box, out.det_score = b, float(face.score)
-            elif mesh is not None and _inside_fraction(
+            elif mesh is not None and _inside_fraction(  # type: ignore[call-arg]  # *array: mypy cannot count it
                 manual, *mesh.min(axis=0), *mesh.max(axis=0), MANUAL_BOX_MARGIN
             ) >= MANUAL_INSIDE_FRACTION:
                 box, out.box_from = box_from_mp468(mesh, LANDMARK_ROI_SCALE), BOX_MESH

@@ -32,7 +32,7 @@ def draw_sample(sample: FaceSample, tile: int = 256, labels: bool = True):  # ->
     img = sample.image
     h, w = img.shape[:2]
     s = tile / max(h, w)
-    pic = Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    pic = Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (tile, tile + 14), (30, 30, 30))
     canvas.paste(pic, (0, 0))
     d = ImageDraw.Draw(canvas)
