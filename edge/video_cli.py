@@ -24,6 +24,7 @@ from ..fileutil import check_writable_dir, check_writable_file, error_line
 from .loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
                       run_cli)
 from .send import LiveSenders, add_send_arguments
+from .sinks import registered_sinks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-glb", action="store_true", help="do not write the per-track GLB files")
     o.add_argument("--texture", action="store_true",
                    help="photo-texture each track's GLB from its most frontal frame (projected UVs)")
+    for spec in registered_sinks():  # opt-in output formats registered in mlanet.edge.sinks
+        if spec.flag:
+            o.add_argument(spec.flag, action="store_true", dest=f"sink_{spec.name}", help=spec.help)
     o.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                    help="stop after the first N frames of the input (also with --resume)")
     o.add_argument("--json-stats", metavar="FILE", help="write per-stage timing (p50/p95) as JSON here too")
@@ -164,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         video=not args.no_video,
         glb=not args.no_glb,
         texture=args.texture,
+        extra=tuple(spec.name for spec in registered_sinks() if spec.flag and getattr(args, f"sink_{spec.name}", False)),
     )
     # full meshes only for what draws or writes them (GLBs, CSV and params need the parameters only)
     cfg = replace(cfg, meshes=bool(options.meshes) or options.texture)

@@ -573,17 +573,17 @@ def test_full_disk_fails_the_run_keeps_the_frames_and_resume_finishes(tmp_path: 
 def test_full_disk_at_the_end_is_not_complete(tmp_path: Path, face_model_file: Path, clip: Path, capsys,
                                               monkeypatch) -> None:
     """Finishing the files (tracks.json here) on a full disk: run.json says failed, never complete."""
-    from mlanet.edge import outputs as outputs_mod
+    from mlanet.edge.sinks import tracks as tracks_sink
 
     out = tmp_path / "run"
-    real = outputs_mod.write_json_atomic
+    real = tracks_sink.write_json_atomic
 
     def no_space_for_tracks(path, obj, **kw):
         if Path(path).name == "tracks.json":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, obj, **kw)
 
-    monkeypatch.setattr(outputs_mod, "write_json_atomic", no_space_for_tracks)
+    monkeypatch.setattr(tracks_sink, "write_json_atomic", no_space_for_tracks)
     rc = video_cli.main(_video_args(clip, face_model_file, out, "--no-video"))
     _, err = capsys.readouterr()
     _assert_user_error(rc, "", err, ("No space left on device",))

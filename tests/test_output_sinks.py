@@ -1,0 +1,123 @@
+"""Output sinks (mlanet.edge.sinks): the registry, the call protocol and resume, with a toy format
+registered the way a new one would be (one class + one register_sink line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_mesh_sequence import _clip_folder, _run
+
+from mlanet.edge import sinks
+from mlanet.edge.sinks import SinkBase, register_sink, unregister_sink
+
+
+class FrameLogSink(SinkBase):
+    """Toy format: ``frame_log.txt``, one line ``<frame> <faces> <time_s>`` per frame; resume keeps the lines before it."""
+
+    calls: list[tuple] = []
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.out_dir / "frame_log.txt"
+
+    def _lines(self) -> list[str]:
+        return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+
+    def resumable_frames(self) -> int | None:
+        self.calls.append(("resumable_frames",))
+        return len(self._lines())
+
+    def begin(self, resume_from):
+        self.calls.append(("begin", resume_from))
+        keep = [ln for ln in self._lines() if int(ln.split()[0]) < resume_from] if resume_from is not None else []
+        self.path.write_text("".join(keep))
+        self._fh = open(self.path, "a")
+
+    def write(self, result, time_s):
+        self.calls.append(("write", result.frame.index))
+        self._fh.write(f"{result.frame.index} {len(result.faces)} {time_s:.3f}\n")
+
+    def checkpoint(self):
+        self.calls.append(("checkpoint", self.ctx.frames_done))
+        self._fh.flush()
+
+    def finish(self, status):
+        self.calls.append(("finish", status, self.ctx.frames_done))
+        self._fh.close()
+        self.path.write_text("".join(ln for ln in self._lines() if int(ln.split()[0]) < self.ctx.frames_done))
+
+
+@pytest.fixture
+def frame_log():
+    FrameLogSink.calls = []
+    spec = register_sink("frame_log", FrameLogSink, flag="--frame-log", help="toy: one line per frame")
+    try:
+        yield spec
+    finally:
+        unregister_sink("frame_log")
+
+
+def _frames(out: Path) -> list[int]:
+    return [int(ln.split()[0]) for ln in (out / "frame_log.txt").read_text().splitlines()]
+
+
+def test_builtin_sinks_registered_in_order():
+    names = [s.name for s in sinks.registered_sinks()]
+    assert names == ["blendshapes_csv", "mesh_sequence", "frame_meshes", "glb", "overlay_video", "tracks_json",
+                     "params_npz"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_sink("glb", SinkBase)
+
+
+def test_toy_sink_protocol_ctrl_c_and_resume(synthetic_model, tmp_path, frame_log):
+    folder = _clip_folder(tmp_path / "clip", 45)
+    out = tmp_path / "run"
+    # opt-in: not called without OutputOptions.extra
+    _run(synthetic_model, folder, tmp_path / "plain", resume=False, max_frames=5, finish="complete")
+    assert FrameLogSink.calls == [] and not (tmp_path / "plain" / "frame_log.txt").exists()
+    # Ctrl-C after 30 frames
+    _run(synthetic_model, folder, out, resume=False, max_frames=30, finish="interrupted", extra=("frame_log",))
+    calls = FrameLogSink.calls
+    assert calls[0] == ("begin", None) and calls[-1] == ("finish", "interrupted", 30)
+    assert [c[1] for c in calls if c[0] == "write"] == list(range(30))
+    assert ("checkpoint", 25) in calls and calls.index(("checkpoint", 25)) == calls.index(("write", 24)) + 1
+    assert _frames(out) == list(range(30))
+    assert json.loads((out / "run.json").read_text())["options"]["extra"] == ["frame_log"]
+    # resume continues at 30 (params.npz and the toy file agree) and the toy file continues too
+    FrameLogSink.calls = []
+    outputs = _run(synthetic_model, folder, out, resume=True, max_frames=None, finish="complete", extra=("frame_log",))
+    assert outputs.start_frame == 30
+    assert FrameLogSink.calls[:2] == [("resumable_frames",), ("begin", 30)]
+    assert FrameLogSink.calls[-1] == ("finish", "complete", 45)
+    assert _frames(out) == list(range(45))
+
+
+def test_hard_kill_and_the_fewest_frames_any_sink_holds(synthetic_model, tmp_path, frame_log):
+    folder = _clip_folder(tmp_path / "clip", 45)
+    out = tmp_path / "run"
+    # hard kill at frame 40: the checkpoint said 25, the toy file holds 40 lines -> resume cuts it back to 25
+    _run(synthetic_model, folder, out, resume=False, max_frames=40, finish=None, extra=("frame_log",))
+    assert not any(c[0] == "finish" for c in FrameLogSink.calls)
+    assert FrameLogSink.calls[0] == ("begin", None)
+    outputs = _run(synthetic_model, folder, out, resume=True, max_frames=35, finish="interrupted",
+                   extra=("frame_log",))
+    assert outputs.start_frame == 25 and _frames(out) == list(range(35))
+    # the toy file losing lines: the run continues at the fewest frames any sink holds (12, not 35)
+    (out / "frame_log.txt").write_text("".join(f"{k} 1 0\n" for k in range(12)))
+    outputs = _run(synthetic_model, folder, out, resume=True, max_frames=None, finish="complete",
+                   extra=("frame_log",))
+    assert outputs.start_frame == 12 and _frames(out) == list(range(45))
+    with np.load(out / "params.npz", allow_pickle=False) as z:
+        assert sorted(set(z["frame_index"].tolist())) == list(range(45)) and int(z["frames_done"]) == 45
+        assert len(z["frame_index"]) == len(set(z["frame_index"].tolist()))  # rows at or after 12 were dropped once
+
+
+def test_opt_in_sink_gets_a_cli_flag(frame_log):
+    from mlanet.edge import video_cli
+
+    args = video_cli.build_parser().parse_args(["in.mp4", "--out", "o", "--frame-log"])
+    assert args.sink_frame_log is True
+    assert video_cli.build_parser().parse_args(["in.mp4", "--out", "o"]).sink_frame_log is False
