@@ -24,7 +24,7 @@ from ..fileutil import check_writable_dir, check_writable_file, error_line
 from .loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
                       run_cli)
 from .send import LiveSenders, add_send_arguments
-from .sinks import registered_sinks
+from .sinks import meshes_needed, registered_sinks
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         extra=tuple(spec.name for spec in registered_sinks() if spec.flag and getattr(args, f"sink_{spec.name}", False)),
     )
     # full meshes only for what draws or writes them (GLBs, CSV and params need the parameters only)
-    cfg = replace(cfg, meshes=bool(options.meshes) or options.texture)
+    cfg = replace(cfg, meshes=meshes_needed(options))
     try:
         source = open_source(args.input, image_sequence=args.image_sequence)
     except BaseException:

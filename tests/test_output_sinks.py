@@ -115,6 +115,20 @@ def test_hard_kill_and_the_fewest_frames_any_sink_holds(synthetic_model, tmp_pat
         assert len(z["frame_index"]) == len(set(z["frame_index"].tolist()))  # rows at or after 12 were dropped once
 
 
+def test_full_meshes_only_for_sinks_that_read_them(frame_log):
+    from mlanet.edge.outputs import OutputOptions
+
+    assert sinks.meshes_needed(OutputOptions())  # mesh sequences
+    assert sinks.meshes_needed(OutputOptions(meshes="obj"))
+    assert not sinks.meshes_needed(OutputOptions(meshes=None))
+    assert sinks.meshes_needed(OutputOptions(meshes=None, texture=True))  # GLB texture unwrapping
+    assert not sinks.meshes_needed(OutputOptions(meshes=None, texture=True, glb=False))
+    unregister_sink("frame_log")
+    register_sink("frame_log", FrameLogSink, flag="--frame-log", needs_meshes=lambda o: True)
+    assert not sinks.meshes_needed(OutputOptions(meshes=None))
+    assert sinks.meshes_needed(OutputOptions(meshes=None, extra=("frame_log",)))
+
+
 def test_opt_in_sink_gets_a_cli_flag(frame_log):
     from mlanet.edge import video_cli
 

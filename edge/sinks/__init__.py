@@ -8,8 +8,8 @@ order registered: tracks.json lists files the sinks before it wrote, and params.
 
 from __future__ import annotations
 
-from .base import (PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, SinkBase, SinkSpec, register_sink,
-                   registered_sinks, sinks_for, unregister_sink)
+from .base import (PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, SinkBase, SinkSpec, meshes_needed,
+                   register_sink, registered_sinks, sinks_for, unregister_sink)
 from .blendshapes import BlendshapeCsvSink
 from .glb import GlbSink
 from .mesh_sequence import MeshSequenceSink
@@ -18,13 +18,14 @@ from .params import ParamsNpzSink
 from .tracks import TracksJsonSink
 from .video import OverlayVideoSink
 
-__all__ = ["PARAMS_ARRAYS", "OutputSink", "ParamRows", "RunContext", "SinkBase", "SinkSpec", "register_sink",
-           "registered_sinks", "sinks_for", "unregister_sink"]
+__all__ = ["PARAMS_ARRAYS", "OutputSink", "ParamRows", "RunContext", "SinkBase", "SinkSpec", "meshes_needed",
+           "register_sink", "registered_sinks", "sinks_for", "unregister_sink"]
 
 register_sink("blendshapes_csv", BlendshapeCsvSink)
-register_sink("mesh_sequence", MeshSequenceSink)  # always: resume cuts back sequences whatever --meshes is
-register_sink("frame_meshes", FrameMeshSink, enabled_by=lambda o: o.meshes is not None)
-register_sink("glb", GlbSink, enabled_by=lambda o: o.glb)
+register_sink("mesh_sequence", MeshSequenceSink,  # always: resume cuts back sequences whatever --meshes is
+              needs_meshes=lambda o: o.meshes == "sequence")
+register_sink("frame_meshes", FrameMeshSink, enabled_by=lambda o: o.meshes is not None, needs_meshes=lambda o: True)
+register_sink("glb", GlbSink, enabled_by=lambda o: o.glb, needs_meshes=lambda o: o.texture)  # texture unwrapping
 register_sink("overlay_video", OverlayVideoSink, enabled_by=lambda o: o.video)
 register_sink("tracks_json", TracksJsonSink)
 register_sink("params_npz", ParamsNpzSink)

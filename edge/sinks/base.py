@@ -213,13 +213,15 @@ class SinkBase:
 @dataclass(frozen=True)
 class SinkSpec:
     """A registered output format: ``factory(ctx) -> OutputSink``; ``enabled_by(options) -> bool``;
-    ``flag``: the mlanet-video flag that turns on an opt-in format (with ``help``), or None."""
+    ``flag``: the mlanet-video flag that turns on an opt-in format (with ``help``), or None;
+    ``needs_meshes(options) -> bool``: whether its ``write`` reads ``FaceFit.vertices`` (full meshes)."""
 
     name: str
     factory: Callable[[RunContext], OutputSink]
     enabled_by: Callable[[Any], bool]
     flag: str | None = None
     help: str | None = None
+    needs_meshes: Callable[[Any], bool] = lambda options: False
 
 
 _REGISTRY: dict[str, SinkSpec] = {}
@@ -227,7 +229,7 @@ _REGISTRY: dict[str, SinkSpec] = {}
 
 def register_sink(name: str, factory: Callable[[RunContext], OutputSink], *,
                   enabled_by: Callable[[Any], bool] | None = None, flag: str | None = None,
-                  help: str | None = None) -> SinkSpec:
+                  help: str | None = None, needs_meshes: Callable[[Any], bool] | None = None) -> SinkSpec:
     """Add an output format; sinks are called in registration order.
 
     Args:
@@ -238,12 +240,16 @@ def register_sink(name: str, factory: Callable[[RunContext], OutputSink], *,
         flag: e.g. ``"--frame-log"``: mlanet-video gets this flag (store_true) and puts ``name``
             into ``OutputOptions.extra`` when it is given.
         help: the flag's help text.
+        needs_meshes: ``(OutputOptions) -> bool``: the sink reads each face's full mesh
+            (``FaceFit.vertices``; decoded only when some enabled sink or the overlay needs it).
+            Default: never.
     """
     if name in _REGISTRY:
         raise ValueError(f"output sink {name!r} is already registered")
     if enabled_by is None:
         enabled_by = (lambda o: name in getattr(o, "extra", ())) if flag else (lambda o: True)
-    spec = _REGISTRY[name] = SinkSpec(name, factory, enabled_by, flag, help)
+    spec = _REGISTRY[name] = SinkSpec(name, factory, enabled_by, flag, help,
+                                      needs_meshes or (lambda options: False))
     return spec
 
 
@@ -255,6 +261,11 @@ def unregister_sink(name: str) -> None:
 def registered_sinks() -> tuple[SinkSpec, ...]:
     """Every registered format, in call order."""
     return tuple(_REGISTRY.values())
+
+
+def meshes_needed(options: Any) -> bool:
+    """Whether any sink ``options`` enables reads full meshes (``PipelineCfg.meshes`` of mlanet-video)."""
+    return any(spec.enabled_by(options) and spec.needs_meshes(options) for spec in _REGISTRY.values())
 
 
 def sinks_for(options: Any, ctx: RunContext) -> list[OutputSink]:
