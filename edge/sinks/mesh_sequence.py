@@ -72,6 +72,8 @@ class MeshSequenceSink(SinkBase):
         if not self._on or (frame.independent and frame.name is not None) or frame.index % self.ctx.options.mesh_every:
             return
         for f in result.faces:
+            if f.vertices is None:
+                raise RuntimeError(f"track {f.track_id}: no mesh decoded for frame {frame.index} (a mesh sink needs_meshes)")
             writer = self._writers.get(f.track_id)
             if writer is None:
                 writer = self._writers[f.track_id] = self._writer(f.track_id)

@@ -29,6 +29,8 @@ class FrameMeshSink(SinkBase):
                 folder, stem = ctx.out_dir / "meshes" / photo, f"track_{f.track_id:03d}"
             else:
                 folder, stem = ctx.out_dir / "meshes" / f"track_{f.track_id:03d}", f"frame_{frame.index:06d}"
+            if f.vertices is None:
+                raise RuntimeError(f"track {f.track_id}: no mesh decoded for frame {frame.index} (a mesh sink needs_meshes)")
             if kind in ("obj", "sequence"):
                 write_obj(folder / f"{stem}.obj", f.vertices, tri, uv, tri_uv)
             else:

@@ -68,6 +68,8 @@ class OverlayVideoSink(SinkBase):
         if self._video is None:
             self._open(frame.width, frame.height)
         video = self._video
+        if video is None:
+            raise RuntimeError(f"{self.path}: the overlay writer did not open")
         if (frame.width, frame.height) != (video.width, video.height):
             from ..frames import letterbox  # photos of other sizes: fitted into the first one's frame
 
