@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import time_call, write_record  # noqa: E402
 
-from mlanet.morphable.ict import build_ict_face_model  # noqa: E402
+from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 from mlanet.params import FaceParams  # noqa: E402
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write_record  # noqa: E402
 
 from mlanet.edge.bench.compare import differentiable_renderer_timings  # noqa: E402
-from mlanet.morphable.ict import build_ict_face_model  # noqa: E402
+from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import time_call, write_record  # noqa: E402
 
 from mlanet.data.synthetic import SyntheticCfg, SyntheticFaces  # noqa: E402
-from mlanet.morphable.ict import build_ict_face_model  # noqa: E402
+from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 from mlanet.preprocess import PreprocessCfg  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..preprocess import CropBox, crop_image
+from mlanet.preprocess import CropBox, crop_image
 
 
 def crop_faces(image: np.ndarray, boxes: Sequence[CropBox], input_size: int) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import MLANetError
-from .gpu_crops import normalize_device, require_cuda
+from mlanet.errors import MLANetError
+from mlanet.edge.gpu_crops import normalize_device, require_cuda
 
 
 # ========================================================================================= device operations

@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..preprocess import CropBox, PreprocessCfg
-from .gpu_crops import _check_frame_tensor, _check_size, _check_table, box_table, crop_from_table, normalize_device
-from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_tensor, frame_camera
+from mlanet.preprocess import CropBox, PreprocessCfg
+from mlanet.edge.gpu_crops import _check_frame_tensor, _check_size, _check_table, box_table, crop_from_table, normalize_device
+from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_tensor, frame_camera
 
 #: Landmarks per face (the 68-point set of every face model).
 N_LANDMARKS = 68
@@ -238,7 +238,7 @@ class DeviceFacePath:
             ValueError: another backend (ONNX Runtime and TensorRT return host arrays), or a face
                 model whose layout differs from the backend's.
         """
-        from ..model_metadata import ModelMetadata
+        from mlanet.model_metadata import ModelMetadata
 
         meta = getattr(backend, "metadata", None)
         if not isinstance(meta, ModelMetadata) or meta.preprocess is None:
@@ -248,7 +248,7 @@ class DeviceFacePath:
             raise ValueError(f"{meta.source or 'backend'}: parameter layout {layout.sizes} differs from face model "
                              f"{face_model.model_id} ({face_model.layout.sizes})")
         if callable(getattr(backend, "run_device", None)):
-            from .gpu_crops import GpuCropper
+            from mlanet.edge.gpu_crops import GpuCropper
 
             cropper = GpuCropper(preprocess.input_size, backend.device, dtype=backend.dtype,
                                  channels_last=backend.memory_format == torch.channels_last)
@@ -270,7 +270,7 @@ class DeviceFacePath:
         key = (int(width), int(height))
         got = self._cameras.get(key)
         if got is None:
-            from ..geometry.camera import PinholeCamera
+            from mlanet.geometry.camera import PinholeCamera
 
             host = self._fixed_camera if self._fixed_camera is not None else frame_camera(width, height, self.fov_deg)
             if (host.width, host.height) != key:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .mesh_topology import MeshTopology
+from mlanet.edge.mesh_topology import MeshTopology
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def _cache_key(face_model: Any, target_triangles: int) -> str:
 
 
 def default_cache_dir() -> Path:
-    from ..paths import asset_home
+    from mlanet.paths import asset_home
 
     return asset_home() / CACHE_DIRNAME
 

@@ -59,8 +59,8 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocess import CropBox
-from .types import Detection
+from mlanet.preprocess import CropBox
+from mlanet.edge.types import Detection
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import rotations_numpy as rot_np
-from ..params import ParamLayout
+from mlanet.geometry import rotations_numpy as rot_np
+from mlanet.params import ParamLayout
 
 
 class OneEuroFilter:

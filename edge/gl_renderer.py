@@ -38,12 +38,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..geometry.camera import PinholeCamera
-from ..geometry.sh import LAMBERT_FACTORS, SH_C0, SH_C1, SH_C2_XX_YY, SH_C2_XY, SH_C2_Z
-from ..params import UNIT_AMBIENT_SH_DC
-from ..shaders import load_shader
-from .mesh_topology import MeshTopology, _as_array, _to_numpy
-from .types import RuntimeStageError
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.geometry.sh import LAMBERT_FACTORS, SH_C0, SH_C1, SH_C2_XX_YY, SH_C2_XY, SH_C2_Z
+from mlanet.params import UNIT_AMBIENT_SH_DC
+from mlanet.shaders import load_shader
+from mlanet.edge.mesh_topology import MeshTopology, _as_array, _to_numpy
+from mlanet.edge.types import RuntimeStageError
 
 __all__ = [
     "FAR_M",

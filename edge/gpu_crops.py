@@ -57,8 +57,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import MLANetError
-from ..preprocess import CropBox
+from mlanet.errors import MLANetError
+from mlanet.preprocess import CropBox
 
 log = logging.getLogger(__name__)
 

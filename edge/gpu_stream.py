@@ -91,13 +91,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 import numpy as np
 import torch
 
-from ..errors import MLANetError
-from ..preprocess import CropBox
-from .gpu_crops import box_table, crop_from_table, normalize_device
-from .face_detection import FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, crop_box_from_detection
-from .types import Frame
-from .device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
-from .device_path import (
+from mlanet.errors import MLANetError
+from mlanet.preprocess import CropBox
+from mlanet.edge.gpu_crops import box_table, crop_from_table, normalize_device
+from mlanet.edge.face_detection import FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, crop_box_from_detection
+from mlanet.edge.types import Frame
+from mlanet.edge.device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
+from mlanet.edge.device_path import (
     N_LANDMARKS,
     DeviceFacePath,
     DeviceFaces,

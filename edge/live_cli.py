@@ -23,13 +23,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MLANetError
-from ..fileutil import check_writable_dir, check_writable_file
-from .loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
+from mlanet.errors import MLANetError
+from mlanet.fileutil import check_writable_dir, check_writable_file
+from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
                       open_detector, open_model, positive_int, run_cli)
-from .send import LiveSenders, add_send_arguments
-from .timing import peak_rss_mib, rss_mib
-from .video_cli import add_pipeline_arguments, pipeline_cfg_from_args
+from mlanet.edge.send import LiveSenders, add_send_arguments
+from mlanet.edge.timing import peak_rss_mib, rss_mib
+from mlanet.edge.video_cli import add_pipeline_arguments, pipeline_cfg_from_args
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class LiveSession:
     """State of the live loop: render mode, overlays, recording; reacts to key names."""
 
     def __init__(self, pipeline: Any, fps: float, record_dir: Path) -> None:
-        from .pipeline import RENDER_MODES
+        from mlanet.edge.pipeline import RENDER_MODES
 
         self.pipeline = pipeline
         self.modes = list(RENDER_MODES)
@@ -130,7 +130,7 @@ class LiveSession:
         if self.recorder is None:
             return
         if self.recorder == "pending":
-            from .writers.video import H264VideoWriter
+            from mlanet.edge.writers.video import H264VideoWriter
 
             self.recorder = H264VideoWriter(self.record_path, self.fps, image.shape[1], image.shape[0])
         self.recorder.write(image)
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .frames import CameraSource, LiveReplaySource, VideoFileSource
-    from .pipeline import FacePipeline
+    from mlanet.edge.frames import CameraSource, LiveReplaySource, VideoFileSource
+    from mlanet.edge.pipeline import FacePipeline
 
     if args.record:
         check_writable_file(args.record, "--record")
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = replace(pipeline_cfg_from_args(args), meshes=False)
     window = None
     if not args.no_window:
-        from .window import GlfwWindow
+        from mlanet.edge.window import GlfwWindow
 
         window = GlfwWindow(1280, 720, "mlanet-live")  # fails early and clearly without a display
     backend, face_model = open_model(args)
@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
         raise
     renderer_factory: Callable[[int, int, Any], Any] | None = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
-        from .gl_renderer import FaceRenderer
+        from mlanet.edge.gl_renderer import FaceRenderer
 
         ctx = window.ctx
 
@@ -259,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         if senders.active:
             stats["live_outputs"] = senders.summary()
         if args.json_stats:
-            from ..fileutil import write_json_atomic
+            from mlanet.fileutil import write_json_atomic
 
             write_json_atomic(args.json_stats, {"source": str(args.video if args.video else f"camera:{args.camera}"), **stats})
         pipeline.close()

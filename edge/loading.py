@@ -11,8 +11,8 @@ import sys
 import warnings
 from typing import Any, Callable, Iterator
 
-from ..errors import MLANetError
-from ..fileutil import os_error_message
+from mlanet.errors import MLANetError
+from mlanet.fileutil import os_error_message
 
 #: The network used when neither --weights nor --untrained says otherwise.
 DEFAULT_MODEL = "mlanet_mobile"
@@ -47,11 +47,11 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
         MLANetError: no weights given and none shipped; unreadable or mismatched artifacts
             (messages name the file and say what to do).
     """
-    from ..weights import default_weights_path
-    from ..morphable.model import MorphableModel
-    from .backends import TorchBackend, parse_device
-    from .runtime_backend import open_runtime_backend
-    from .thread_plan import plan_threads
+    from mlanet.weights import default_weights_path
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.backends import TorchBackend, parse_device
+    from mlanet.edge.runtime_backend import open_runtime_backend
+    from mlanet.edge.thread_plan import plan_threads
 
     if args.weights and args.untrained:
         raise MLANetError("give either --weights or --untrained, not both")
@@ -59,12 +59,12 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
     kind, index = parse_device(device)  # an unknown device fails before the face model is read
     face_model = MorphableModel.load(args.face_model)
     if args.untrained:
-        from ..models.registry import list_models
+        from mlanet.models.registry import list_models
 
         if args.untrained not in list_models():
             raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
         if kind == "cuda":
-            from .backends import torch_cuda
+            from mlanet.edge.backends import torch_cuda
 
             return torch_cuda.TorchCudaBackend.untrained(args.untrained, face_model, device="cuda" if index is None else index,
                                               cuda_graphs=True), face_model
@@ -88,7 +88,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def announce_shipped_weights(path: Any) -> None:
     """Say on stderr which shipped weights run and their terms (once per command)."""
-    from ..weights.pack import release_info
+    from mlanet.weights.pack import release_info
 
     notice = (release_info(path) or {}).get("notice")
     print(f"using the shipped weights {path}" + (f" ({notice})" if notice else ""), file=sys.stderr)
@@ -163,7 +163,7 @@ def open_detector(model: str, verbose: bool = False) -> Any:
     """
     import numpy as np
 
-    from .face_detection import MediaPipeFaceDetector
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
 
     with native_stderr_quiet(not verbose):
         detector = MediaPipeFaceDetector(model=model)

@@ -48,11 +48,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MLANetError
-from ..fileutil import error_line, write_json_atomic
-from ..params import ParamLayout
-from .sinks import PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, sinks_for
-from .types import FrameResult
+from mlanet.errors import MLANetError
+from mlanet.fileutil import error_line, write_json_atomic
+from mlanet.params import ParamLayout
+from mlanet.edge.sinks import PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, sinks_for
+from mlanet.edge.types import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class VideoRunOutputs:
         if resume and not run_file.exists():
             raise MLANetError(f"--resume: {self.out_dir} holds no mlanet-video run (no run.json)")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        from .writers.tables import ArkitMapping
+        from mlanet.edge.writers.tables import ArkitMapping
 
         self.arkit = ArkitMapping.from_model(face_model)  # shapes sharing an ARKit name are merged
         recorded_options = asdict(options)

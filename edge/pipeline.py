@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..geometry.camera import PinholeCamera
-from ..preprocess import PreprocessCfg
-from .crops import crop_faces
-from .display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
-from .filters import FilterCfg, TrackFilters
-from .protocols import FaceDecoderLike, FaceTrackerLike, InferenceBackend
-from .reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
-from .timing import StageStats, timed
-from .tracking import FaceTracker, TrackerCfg
-from .types import Detection, FaceFit, Frame, FrameResult, TrackROI
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.preprocess import PreprocessCfg
+from mlanet.edge.crops import crop_faces
+from mlanet.edge.display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
+from mlanet.edge.filters import FilterCfg, TrackFilters
+from mlanet.edge.protocols import FaceDecoderLike, FaceTrackerLike, InferenceBackend
+from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
+from mlanet.edge.timing import StageStats, timed
+from mlanet.edge.tracking import FaceTracker, TrackerCfg
+from mlanet.edge.types import Detection, FaceFit, Frame, FrameResult, TrackROI
 
 if TYPE_CHECKING:
-    from ..morphable.model import MorphableModel
+    from mlanet.morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class FacePipeline:
         self.cfg = cfg
         if tracker is None:
             if detector is None:
-                from .face_detection import MediaPipeFaceDetector
+                from mlanet.edge.face_detection import MediaPipeFaceDetector
 
                 detector = MediaPipeFaceDetector()
             tracker = FaceTracker(replace(cfg.tracker, roi_scale=self.preprocess.roi_scale), detector)
@@ -176,13 +176,13 @@ class FacePipeline:
             if mesh == "display":
                 topology = self.display.topology
             else:
-                from .mesh_topology import MeshTopology
+                from mlanet.edge.mesh_topology import MeshTopology
 
                 topology = MeshTopology.from_face_model(self.face_model)
             if self._renderer_factory is not None:
                 r = self._renderer_factory(width, height, topology)
             else:
-                from .gl_renderer import FaceRenderer
+                from mlanet.edge.gl_renderer import FaceRenderer
 
                 r = FaceRenderer(width, height, topology)
             self._renderers[mesh] = r
@@ -301,7 +301,7 @@ class FacePipeline:
         return image
 
     def _render_face(self, f: FaceFit, full: bool = True) -> Any:
-        from .gl_renderer import RenderFace
+        from mlanet.edge.gl_renderer import RenderFace
 
         if not full and "display_vertices" in f.extras:
             vertices, albedo = f.extras["display_vertices"], f.extras["display_albedo"]

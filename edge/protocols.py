@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_chec
 
 import numpy as np
 
-from .backends.base import InferenceBackend
-from .types import Frame, TrackROI
+from mlanet.edge.backends.base import InferenceBackend
+from mlanet.edge.types import Frame, TrackROI
 
 if TYPE_CHECKING:
     import os
 
     import torch
 
-    from ..geometry.camera import PinholeCamera
-    from .reconstruct import DecodedFaces
+    from mlanet.geometry.camera import PinholeCamera
+    from mlanet.edge.reconstruct import DecodedFaces
 
 __all__ = ["InferenceBackend", "FaceTrackerLike", "FaceDecoderLike", "OutputWriter", "FrameWriter", "TrackSequenceWriter"]
 

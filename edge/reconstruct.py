@@ -33,13 +33,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..geometry.camera import PinholeCamera
-from ..geometry import rotations_numpy as rot_np
-from ..geometry.camera import MIN_DEPTH
-from ..geometry.rotations import euler_to_matrix, matrix_to_euler
-from ..morphable.model import MorphableModel
-from ..params import FaceParams, ParamLayout
-from ..preprocess import CropBox, PreprocessCfg
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.geometry import rotations_numpy as rot_np
+from mlanet.geometry.camera import MIN_DEPTH
+from mlanet.geometry.rotations import euler_to_matrix, matrix_to_euler
+from mlanet.morphable.model import MorphableModel
+from mlanet.params import FaceParams, ParamLayout
+from mlanet.preprocess import CropBox, PreprocessCfg
 
 #: Default horizontal field of view of a frame camera whose intrinsics are unknown, degrees.
 DEFAULT_FOV_DEG = 60.0

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import AssetError, MLANetError
+from mlanet.errors import AssetError, MLANetError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def onnx_runtime_available() -> bool:
 
 
 def onnx_cache_dir() -> Path:
-    from ..paths import asset_home
+    from mlanet.paths import asset_home
 
     return asset_home() / CACHE_DIRNAME
 
@@ -57,10 +57,10 @@ def onnx_cache_key(checkpoint: Path, face_model: Any, opset: int) -> str:
     """
     import torch
 
-    from ..checkpoint import load_weights
-    from ..export.onnx_export import FORMAT_VERSION
-    from ..fileutil import file_sha256
-    from ..models.registry import check_checkpoint_binding, describe_face_model
+    from mlanet.checkpoint import load_weights
+    from mlanet.export.onnx_export import FORMAT_VERSION
+    from mlanet.fileutil import file_sha256
+    from mlanet.models.registry import check_checkpoint_binding, describe_face_model
 
     _, meta = load_weights(checkpoint)
     check_checkpoint_binding(checkpoint, meta, describe_face_model(face_model))
@@ -84,8 +84,8 @@ def cached_onnx(checkpoint: str | os.PathLike[str], face_model: Any, *, opset: i
         AssetError: the cache folder cannot be written (names it and the alternatives), or the
             export differs from PyTorch by more than :data:`PARITY_MAX_MM`.
     """
-    from ..checkpoint import read_meta, resolve_weights
-    from ..fileutil import os_error_message
+    from mlanet.checkpoint import read_meta, resolve_weights
+    from mlanet.fileutil import os_error_message
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
     ckpt = resolve_weights(checkpoint)
@@ -94,8 +94,8 @@ def cached_onnx(checkpoint: str | os.PathLike[str], face_model: Any, *, opset: i
     path = onnx_cache_dir() / f"{name}-{key[:20]}.onnx"
     if path.is_file():
         return path
-    from ..export.onnx_export import export_onnx, parity_report
-    from ..models.registry import create_model
+    from mlanet.export.onnx_export import export_onnx, parity_report
+    from mlanet.models.registry import create_model
 
     say(f"exporting {ckpt.name} to ONNX once for the fastest CPU backend (cached as {path}; "
         "--backend torch skips this)")
@@ -152,8 +152,8 @@ def open_runtime_backend(weights: str | os.PathLike[str], face_model: Any, *, de
     Raises:
         MLANetError: an unknown or impossible choice (names the flag and the file).
     """
-    from .backends import open_backend, parse_device
-    from .thread_plan import plan_threads
+    from mlanet.edge.backends import open_backend, parse_device
+    from mlanet.edge.thread_plan import plan_threads
 
     if backend not in BACKEND_CHOICES:
         raise MLANetError(f"--backend {backend}: choose one of {', '.join(BACKEND_CHOICES)}")

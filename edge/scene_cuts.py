@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .face_detection import _check_image
+from mlanet.edge.face_detection import _check_image
 
 
 #: Default histogram distance above which two consecutive frames are a scene cut (see

@@ -92,7 +92,7 @@ def usable_cores() -> int:
         except ValueError:
             n = 0
         if n < 1:
-            from ..errors import MLANetError
+            from mlanet.errors import MLANetError
 
             raise MLANetError(f"{THREADS_ENV}={env!r}: must be a positive integer (the cores the runtime may use)")
         return n

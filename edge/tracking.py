@@ -42,11 +42,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..preprocess import CropBox, box_from_points
-from .types import Detection, Frame, TrackROI
-from .face_detection import (FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, _check_image, box_inside_fraction,
+from mlanet.preprocess import CropBox, box_from_points
+from mlanet.edge.types import Detection, Frame, TrackROI
+from mlanet.edge.face_detection import (FULL_RANGE_BOX_CALIBRATION, DetectionBoxCalibration, _check_image, box_inside_fraction,
                              box_iou, crop_box_from_detection)
-from .scene_cuts import SCENE_CUT_THRESHOLD, SceneCutDetector
+from mlanet.edge.scene_cuts import SCENE_CUT_THRESHOLD, SceneCutDetector
 
 logger = logging.getLogger(__name__)
 

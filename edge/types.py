@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MLANetError
-from ..preprocess import CropBox
+from mlanet.errors import MLANetError
+from mlanet.preprocess import CropBox
 
 
 class SourceError(MLANetError):

@@ -19,12 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import MLANetError
-from ..fileutil import check_writable_dir, check_writable_file, error_line
-from .loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
+from mlanet.errors import MLANetError
+from mlanet.fileutil import check_writable_dir, check_writable_file, error_line
+from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
                       run_cli)
-from .send import LiveSenders, add_send_arguments
-from .sinks import meshes_needed, registered_sinks
+from mlanet.edge.send import LiveSenders, add_send_arguments
+from mlanet.edge.sinks import meshes_needed, registered_sinks
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     (YAML with the same keys), then ``--set key=value`` overrides (``tracker.detect_every=5``,
     ``filter.rotation_min_cutoff=1.0``, ...), then the flags below, when given.
     """
-    from .pipeline import RENDER_MODES
-    from .reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
+    from mlanet.edge.pipeline import RENDER_MODES
+    from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
 
     g = p.add_argument_group("pipeline")
     g.add_argument("--config", metavar="FILE", default=None,
@@ -102,9 +102,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
 
 def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True):
     """:class:`PipelineCfg` from the pipeline arguments (defaults < --config < --set < flags)."""
-    from ..config import load_config
-    from .pipeline import PipelineCfg
-    from .reconstruct import FOV_RANGE_DEG
+    from mlanet.config import load_config
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.edge.reconstruct import FOV_RANGE_DEG
 
     try:
         cfg = load_config(PipelineCfg, getattr(args, "config", None), getattr(args, "set", None) or [])
@@ -146,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..progress import Progress
-    from .frames import open_source
-    from .outputs import OutputOptions, VideoRunOutputs
-    from .pipeline import FacePipeline
+    from mlanet.progress import Progress
+    from mlanet.edge.frames import open_source
+    from mlanet.edge.outputs import OutputOptions, VideoRunOutputs
+    from mlanet.edge.pipeline import FacePipeline
 
     # output paths first: a run must not fail at its end because of them
     check_writable_dir(args.out, "--out")
@@ -197,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         if options.texture:
             outputs.texture_fn = pipeline.unwrap_texture
         if outputs.first_track_id:
-            from .tracking import FaceTracker
+            from mlanet.edge.tracking import FaceTracker
 
             tracker = pipeline.tracker
             assert isinstance(tracker, FaceTracker), type(tracker)  # FacePipeline built it from cfg.tracker
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MLANetError(f"{error_line(failure)}; {args.out} holds valid outputs for the {n} frames done (run.json "
                           "status \"failed\"); remove the cause and run the same command with --resume to continue")
     if args.json_stats and stats is not None:
-        from ..fileutil import write_json_atomic
+        from mlanet.fileutil import write_json_atomic
 
         write_json_atomic(args.json_stats, {"input": str(args.input), **stats})
     if interrupted:

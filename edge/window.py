@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry.camera import PinholeCamera
-from .gl_renderer import camera_uniforms, shader_source
-from .types import RuntimeStageError
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.edge.gl_renderer import camera_uniforms, shader_source
+from mlanet.edge.types import RuntimeStageError
 
 __all__ = ["GlfwWindow", "NO_DISPLAY_MESSAGE"]
 

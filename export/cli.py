@@ -24,7 +24,7 @@ import sys
 
 def _check_outputs(args: argparse.Namespace, *options: str) -> None:
     """The output files of these options must be writable: checked before any work."""
-    from ..fileutil import check_writable_file
+    from mlanet.fileutil import check_writable_file
 
     for option in options:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
@@ -33,8 +33,8 @@ def _check_outputs(args: argparse.Namespace, *options: str) -> None:
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
-    from ..checkpoint import resolve_weights
-    from ..weights import default_weights_path
+    from mlanet.checkpoint import resolve_weights
+    from mlanet.weights import default_weights_path
 
     _check_outputs(args, "--out", "--decoder", "--report")
 
@@ -45,10 +45,10 @@ def cmd_onnx(args: argparse.Namespace) -> int:
             return 2
         print(f"exporting the shipped {args.model} weights {shipped}", file=sys.stderr)
         args.weights = str(shipped)
-    from ..fileutil import write_json_atomic
-    from ..models.registry import create_model
-    from ..morphable.model import MorphableModel
-    from .onnx_export import export_face_decoder_onnx, export_onnx, parity_report
+    from mlanet.fileutil import write_json_atomic
+    from mlanet.models.registry import create_model
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.export.onnx_export import export_face_decoder_onnx, export_onnx, parity_report
 
     face_model = MorphableModel.load(args.face_model)
     model = create_model(checkpoint=resolve_weights(args.weights), face_model=face_model)
@@ -73,7 +73,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorrt(args: argparse.Namespace) -> int:
-    from .tensorrt_engine import build_engine
+    from mlanet.export.tensorrt_engine import build_engine
 
     if args.opt_batch > args.max_batch:
         print(f"--opt-batch ({args.opt_batch}) must be <= --max-batch ({args.max_batch})", file=sys.stderr)
@@ -93,9 +93,9 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}")
     if args.parity:
-        from ..fileutil import write_json_atomic
-        from ..morphable.model import MorphableModel
-        from .tensorrt_engine import engine_parity_report
+        from mlanet.fileutil import write_json_atomic
+        from mlanet.morphable.model import MorphableModel
+        from mlanet.export.tensorrt_engine import engine_parity_report
 
         report = engine_parity_report(out, args.onnx, MorphableModel.load(args.face_model))
         v, lm = report["vertex_mm"], report["landmark_mm"]

@@ -46,8 +46,8 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from ..fileutil import atomic_file
+from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError
+from mlanet.fileutil import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
         AssetError: (naming ``source``) anything missing or inconsistent.
         IncompatibleFormatError: another ``format_version``.
     """
-    from ..model_metadata import KIND_NETWORK, ONNX_FORMAT, ModelMetadata
+    from mlanet.model_metadata import KIND_NETWORK, ONNX_FORMAT, ModelMetadata
 
     if not isinstance(header, dict):
         raise _fail(source, f"MLANet engine header is a {type(header).__name__}, not a JSON object")
@@ -146,7 +146,7 @@ def validate_header(header: Any, source: str) -> dict[str, Any]:
 
 def input_size(header: Mapping[str, Any]) -> int:
     """S of the engine's input (B, 3, S, S), from its preprocessing metadata."""
-    from ..model_metadata import ModelMetadata
+    from mlanet.model_metadata import ModelMetadata
 
     return ModelMetadata.from_engine_header(header, "engine header").input_size
 

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AssetError
-from ..fileutil import mkstemp_beside
-from ..model_metadata import (KIND_FACE_DECODER, KIND_NETWORK, ONNX_FORMAT, ONNX_FORMAT_VERSION,  # noqa: F401
+from mlanet.errors import AssetError
+from mlanet.fileutil import mkstemp_beside
+from mlanet.model_metadata import (KIND_FACE_DECODER, KIND_NETWORK, ONNX_FORMAT, ONNX_FORMAT_VERSION,  # noqa: F401
                               ModelMetadata)
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _git_commit() -> str | None:
 
 
 def _versions(opset: int) -> dict[str, Any]:
-    from .. import __version__
+    from mlanet import __version__
 
     return {
         "mlanet_version": __version__,
@@ -290,7 +290,7 @@ def open_reference(reference: Any, face_model: Any) -> Any:
     (:func:`mlanet.edge.backends.open_backend`, on the CPU) when it is an artifact path, an in-memory network
     wrapped as :class:`~mlanet.edge.backends.TorchBackend` (:meth:`~mlanet.edge.backends.TorchBackend.from_model`),
     or an already open backend as it is."""
-    from ..edge.backends import TorchBackend, open_backend
+    from mlanet.edge.backends import TorchBackend, open_backend
 
     if isinstance(reference, (str, os.PathLike)):
         return open_backend(reference, face_model, device="cpu")
@@ -345,7 +345,7 @@ def parity_report(reference: Any, face_model: Any, onnx_path: str | os.PathLike[
     Raises:
         NonFiniteOutputError: either side produced NaN or infinite parameters.
     """
-    from ..edge.backends import open_backend
+    from mlanet.edge.backends import open_backend
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

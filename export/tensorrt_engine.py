@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AssetError, MLANetError
-from ..fileutil import write_bytes_atomic
-from .engine_file import (
+from mlanet.errors import AssetError, MLANetError
+from mlanet.fileutil import write_bytes_atomic
+from mlanet.export.engine_file import (
     INPUT_NAME,
     OUTPUT_NAME,
     _version_tuple,
@@ -157,7 +157,7 @@ def build_engine(
         TensorRTUnavailableError: TensorRT missing (message: how to install it).
         MLANetError: TensorRT other than 10.x, or the build failed (see the TensorRT log).
     """
-    from .onnx_export import KIND_NETWORK, read_onnx_metadata, read_onnx_model_metadata
+    from mlanet.export.onnx_export import KIND_NETWORK, read_onnx_metadata, read_onnx_model_metadata
 
     for name, value in (("max_batch", max_batch), ("opt_batch", opt_batch), ("workspace_mib", workspace_mib)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -228,9 +228,9 @@ def build_engine(
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
-    from .. import __version__
-    from ..fileutil import file_sha256
-    from .onnx_export import _git_commit
+    from mlanet import __version__
+    from mlanet.fileutil import file_sha256
+    from mlanet.export.onnx_export import _git_commit
 
     header = {
         "onnx_metadata": meta,
@@ -499,8 +499,8 @@ def engine_parity_report(
         ``{"vertex_mm": {"mean", "max"}, "landmark_mm": {...}, "param_max_abs", "batch_sizes",
         "precision", "tensorrt_version", "device", "engine", "onnx"}``.
     """
-    from ..edge.backends import open_backend
-    from .onnx_export import compare_backends
+    from mlanet.edge.backends import open_backend
+    from mlanet.export.onnx_export import compare_backends
 
     engine = open_backend(engine_path, face_model, device="cuda")  # header, checksum, face model checked first
     onnx = open_backend(onnx_path, face_model, device="cpu")

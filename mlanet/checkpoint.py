@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .errors import AssetError, ChecksumError, IncompatibleFormatError
-from .fileutil import mkstemp_beside
-from .params import ParamLayout
-from .preprocess import PreprocessCfg
+from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError
+from mlanet.fileutil import mkstemp_beside
+from mlanet.params import ParamLayout
+from mlanet.preprocess import PreprocessCfg
 
 FORMAT_NAME = "mlanet-checkpoint"
 FORMAT_VERSION = 1

@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 
-from . import __version__
-from .errors import MLANetError
+from mlanet import __version__
+from mlanet.errors import MLANetError
 
 #: Command groups: name -> module providing ``add_parser(subparsers)``.
 GROUPS = {
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:
-        from .fileutil import os_error_message
+        from mlanet.fileutil import os_error_message
 
         print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2

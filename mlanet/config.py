@@ -18,7 +18,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from .errors import MLANetError
+from mlanet.errors import MLANetError
 
 T = TypeVar("T")
 
@@ -175,6 +175,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from .fileutil import write_text_atomic
+    from mlanet.fileutil import write_text_atomic
 
     return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry.quaternions import matrices_to_quaternions
+from mlanet.geometry.quaternions import matrices_to_quaternions
 
 #: Offset from a pixel's integer index to its centre, in pixels.
 PIXEL_CENTER_OFFSET: float = 0.5

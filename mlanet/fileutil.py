@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import MLANetError
+from mlanet.errors import MLANetError
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

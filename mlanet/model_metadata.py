@@ -30,9 +30,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import AssetError, IncompatibleFormatError
-from .params import ParamLayout
-from .preprocess import PreprocessCfg
+from mlanet.errors import AssetError, IncompatibleFormatError
+from mlanet.params import ParamLayout
+from mlanet.preprocess import PreprocessCfg
 
 #: ``format`` of each container (the checkpoint's is :data:`mlanet.checkpoint.FORMAT_NAME`).
 CHECKPOINT_FORMAT = "mlanet-checkpoint"
@@ -149,7 +149,7 @@ class ModelMetadata:
         extra = {"checkpoint_extra": dict(meta.extra)} if meta.extra else {}
         if meta.tensors_sha256 is not None:
             extra["tensors_sha256"] = meta.tensors_sha256
-        from .checkpoint import FORMAT_VERSION
+        from mlanet.checkpoint import FORMAT_VERSION
 
         return cls(layout=meta.layout, preprocess=meta.preprocess, face_model=dict(meta.face_model or {}),
                    model_name=str(meta.model_name), model_config=dict(meta.model_config or {}),

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .conventions import COLOUR_CHANNELS, SH_COEFFS_PER_CHANNEL
+from mlanet.conventions import COLOUR_CHANNELS, SH_COEFFS_PER_CHANNEL
 
 #: Group names in flat-vector order.
 GROUPS: tuple[str, ...] = ("identity", "expression", "albedo", "rotation", "translation", "lighting")
@@ -201,7 +201,7 @@ def require_finite_params(params: Any, source: str) -> Any:
     Raises:
         NonFiniteOutputError: naming ``source`` and how many of the B faces are affected.
     """
-    from .errors import NonFiniteOutputError
+    from mlanet.errors import NonFiniteOutputError
 
     finite = torch.isfinite(params) if isinstance(params, torch.Tensor) else _np_isfinite(params)
     if finite.all():

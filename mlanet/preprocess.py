@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry.camera import PinholeCamera
+from mlanet.geometry.camera import PinholeCamera
 
 PREPROCESS_VERSION = 1
 

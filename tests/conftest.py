@@ -104,7 +104,7 @@ def synthetic_model(synthetic_data):
 @pytest.fixture(scope="session")
 def ict_model_file(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real ICT face model, built once per session from the shared archive (with MediaPipe)."""
-    from mlanet.morphable.ict import build_ict_face_model
+    from mlanet.morphable.sources.ict import build_ict_face_model
 
     data = build_ict_face_model(shared / ICT_ARCHIVE, mediapipe_obj=shared / MEDIAPIPE_OBJ)
     return data.save(tmp_path_factory.mktemp("ict") / "ict_face.mlface.npz")

@@ -13,13 +13,13 @@ import torch
 from mlanet.errors import AssetError, ChecksumError
 from mlanet.geometry.rotations import euler_to_matrix
 from mlanet.geometry.sh import LAMBERT_FACTORS, SH_C0, sh_shade
-from mlanet.morphable.albedo_file import (
+from mlanet.morphable.albedo.file import (
     SHIPPED_ALBEDO,
     AlbedoModelFile,
     resolve_albedo,
     topology_sha256,
 )
-from mlanet.morphable.albedo_fit import (
+from mlanet.morphable.albedo.fit import (
     DelightSettings,
     FaceSample,
     FitSettings,
@@ -308,7 +308,7 @@ def test_build_albedo_model_end_to_end_on_synthetic_photos(synthetic_data):
 # ------------------------------------------------------------- `mlanet assets albedo` on training data
 def test_regional_reference_ignores_the_embedded_albedo(synthetic_data):
     """The builder starts from (and is scaled to) the regional default, never the face model's own albedo."""
-    from mlanet.morphable.albedo_fit import regional_reference
+    from mlanet.morphable.albedo.fit import regional_reference
 
     ref = regional_reference(synthetic_data)
     np.testing.assert_allclose(ref, synthetic_data.albedo_mean, atol=1e-6)  # synthetic embeds the regional one
@@ -324,7 +324,7 @@ def _copy_face(data):
 
 
 def test_select_faces_shares_the_cap_in_proportion_and_spreads_the_picks():
-    from mlanet.morphable.albedo_sources import select_faces
+    from mlanet.morphable.albedo.sources import select_faces
 
     assert [len(i) for i in select_faces([5, 3], None)] == [5, 3]
     assert [len(i) for i in select_faces([5, 3], 100)] == [5, 3]
@@ -337,7 +337,7 @@ def test_select_faces_shares_the_cap_in_proportion_and_spreads_the_picks():
 
 
 def test_crop_window_keeps_the_builders_crop_exactly():
-    from mlanet.morphable.albedo_sources import crop_window
+    from mlanet.morphable.albedo.sources import crop_window
     from mlanet.preprocess import box_from_points, crop_image, image_to_tensor
 
     rng = np.random.default_rng(0)
@@ -579,8 +579,8 @@ def test_assets_build_embeds_the_data_driven_albedo(ict_data):
 
 @pytest.mark.assets
 def test_assets_build_regional_and_foreign_albedo(ict_unpacked, synthetic_data, tmp_path):
-    from mlanet.morphable.albedo import DEFAULT_ALBEDO_ID
-    from mlanet.morphable.ict import build_ict_face_model
+    from mlanet.morphable.albedo.regional import DEFAULT_ALBEDO_ID
+    from mlanet.morphable.sources.ict import build_ict_face_model
 
     said: list[str] = []
     data = build_ict_face_model(ict_unpacked, crop="narrow", progress=said.append)  # auto, no shipped file: notice

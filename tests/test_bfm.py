@@ -17,7 +17,7 @@ import scipy.io
 
 from mlanet.conventions import Y_UP_TO_MODEL_FRAME
 from mlanet.errors import AssetError
-from mlanet.morphable.bfm import BFM_LICENSE, load_bfm_front_mat, planar_frontal_uv
+from mlanet.morphable.sources.bfm import BFM_LICENSE, load_bfm_front_mat, planar_frontal_uv
 from mlanet.morphable.data import FaceModelData
 
 NX = NY = 10
@@ -357,7 +357,7 @@ def test_error_non_finite(tmp_path, fields):
 
 
 def test_logs_no_print(mat_path, caplog, capsys):
-    with caplog.at_level(logging.INFO, logger="mlanet.morphable.bfm"):
+    with caplog.at_level(logging.INFO, logger="mlanet.morphable.sources.bfm"):
         load_bfm_front_mat(mat_path)
     assert any("loaded BFM front model" in r.getMessage() for r in caplog.records)
     assert capsys.readouterr().out == ""

@@ -241,7 +241,7 @@ def test_rebind_upgrades_a_legacy_checkpoint_only_with_its_own_face_model(tmp_pa
 # ----------------------------------------------------------------------------- the real build
 _BUILD = """
 import sys
-from mlanet.morphable.ict import build_ict_face_model
+from mlanet.morphable.sources.ict import build_ict_face_model
 build_ict_face_model(sys.argv[1], mediapipe_obj=sys.argv[2]).save(sys.argv[3])
 """
 

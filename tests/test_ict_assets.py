@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mlanet.errors import AssetError
-from mlanet.morphable import ict_topology as topo
-from mlanet.morphable.ict import build_ict_face_model
-from mlanet.morphable.ict_source import PINNED_CONTENT_SHA256, read_ict_release
+from mlanet.morphable.sources import ict_topology as topo
+from mlanet.morphable.sources.ict import build_ict_face_model
+from mlanet.morphable.sources.ict_archive import PINNED_CONTENT_SHA256, read_ict_release
 from mlanet.morphable.model import MorphableModel
 from mlanet.params import FaceParams
 

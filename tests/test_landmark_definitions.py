@@ -16,12 +16,12 @@ import torch
 
 from mlanet.errors import AssetError, ChecksumError
 from mlanet.geometry.rotations import euler_to_matrix
-from mlanet.morphable import surface_landmarks as sl
-from mlanet.morphable.albedo_file import topology_sha256
+from mlanet.morphable.landmarks import definitions as sl
+from mlanet.morphable.albedo.file import topology_sha256
 from mlanet.morphable.data import FaceModelData
-from mlanet.morphable.landmark_build import ibug68_start, symmetrise
-from mlanet.morphable.landmark_file import LandmarkDefinitionsFile, resolve_landmarks
-from mlanet.morphable.landmark_fit import (
+from mlanet.morphable.landmarks.build import ibug68_start, symmetrise
+from mlanet.morphable.landmarks.file import LandmarkDefinitionsFile, resolve_landmarks
+from mlanet.morphable.landmarks.fit import (
     LandmarkFitSettings,
     Observation,
     fit_landmarks,
@@ -409,7 +409,7 @@ def test_floor_with_the_new_definition_is_at_most_one_percent(ict_model_file, sh
 def test_build_definitions_recovers_a_known_teacher_definition(synthetic_data, synthetic_model, tmp_path):
     """End to end on synthetic faces: manual iBUG points (ict68) and 'teacher' points of a hidden definition."""
     from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION
-    from mlanet.morphable.landmark_build import BuildSettings, FaceSet, build_landmark_file
+    from mlanet.morphable.landmarks.build import BuildSettings, FaceSet, build_landmark_file
 
     m = synthetic_model
     mean = synthetic_data.mean_shape.astype(np.float64)
@@ -470,7 +470,7 @@ def test_the_fit_survives_a_thread_count_change():
 
     code = (
         "import torch\n"
-        "from mlanet.morphable.landmark_fit import _solve_spd\n"
+        "from mlanet.morphable.landmarks.fit import _solve_spd\n"
         "torch.set_num_threads(1); torch.nn.Conv2d(3, 8, 3)(torch.rand(1, 3, 32, 32)); torch.set_num_threads(2)\n"
         "a = torch.rand(4, 40, 40, dtype=torch.float64); a = a @ a.transpose(1, 2) + torch.eye(40, dtype=torch.float64)\n"
         "b = torch.rand(4, 40, dtype=torch.float64)\n"

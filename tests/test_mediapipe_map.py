@@ -428,9 +428,9 @@ _ENV_KNOBS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPE
 @pytest.fixture(scope="module")
 def builder_inputs(tmp_path_factory):
     """The asset builder's registration inputs (float64 mean, float32 deltas), saved to an .npz."""
-    from mlanet.morphable.ict import crop_mesh
-    from mlanet.morphable.ict_source import read_ict_release
-    from mlanet.morphable.ict_topology import CROP_PRESETS, DEFAULT_CROP
+    from mlanet.morphable.sources.ict import crop_mesh
+    from mlanet.morphable.sources.ict_archive import read_ict_release
+    from mlanet.morphable.sources.ict_topology import CROP_PRESETS, DEFAULT_CROP
 
     archive = _shared_dir() / "assets" / "ict-facekit" / "FaceXModel.tar.xz"
     mp_path = _shared_dir() / "assets" / "mediapipe-canonical" / "canonical_face_model.obj"

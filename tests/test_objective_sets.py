@@ -12,7 +12,7 @@ import torch
 
 from mlanet.losses import terms
 from mlanet.losses.objective import LossCfg, Objective
-from mlanet.morphable import surface_landmarks as sl
+from mlanet.morphable.landmarks import definitions as sl
 from mlanet.morphable.data import FaceModelData
 from mlanet.morphable.model import MorphableModel
 from mlanet.params import FaceParams

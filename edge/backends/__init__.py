@@ -28,13 +28,13 @@ so importing this package stays light.
 
 from __future__ import annotations
 
-from .base import (DEVICE_CHOICES, RUN_FOLDER, BackendSpec, InferenceBackend, artifact_suffix, backend_for,
+from mlanet.edge.backends.base import (DEVICE_CHOICES, RUN_FOLDER, BackendSpec, InferenceBackend, artifact_suffix, backend_for,
                    backend_named, open_backend, parse_device, register_backend, registered_backends)
-from .metadata import ModelMetadata, read_model_metadata
-from .onnxruntime import OnnxRuntimeBackend, ort_session, ort_session_options
-from .tensorrt import TensorRTBackend
-from .torch_cpu import TorchBackend
-from .torch_cuda import TorchCudaBackend
+from mlanet.edge.backends.metadata import ModelMetadata, read_model_metadata
+from mlanet.edge.backends.onnxruntime import OnnxRuntimeBackend, ort_session, ort_session_options
+from mlanet.edge.backends.tensorrt import TensorRTBackend
+from mlanet.edge.backends.torch_cpu import TorchBackend
+from mlanet.edge.backends.torch_cuda import TorchCudaBackend
 
 __all__ = [
     "BackendSpec", "DEVICE_CHOICES", "InferenceBackend", "ModelMetadata", "OnnxRuntimeBackend", "RUN_FOLDER",

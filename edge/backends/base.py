@@ -20,8 +20,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ...errors import AssetError
-from ...model_metadata import ModelMetadata
+from mlanet.errors import AssetError
+from mlanet.model_metadata import ModelMetadata
 
 #: The suffix of a training run folder (a folder is opened like its newest or best checkpoint).
 RUN_FOLDER = "<run folder>"
@@ -62,7 +62,7 @@ def _as_images(images: Any, size: int, where: str) -> np.ndarray:
 
 def _check_face_model(source: str, meta: ModelMetadata, face_model: Any) -> None:
     """Refuse an artifact made for another face model than ``face_model`` (decoder signature, layout)."""
-    from ...morphable.decoder_identity import check_binding
+    from mlanet.morphable.decoder_identity import check_binding
 
     check_binding(source, meta.face_model, face_model.describe())
     layout = meta.layout

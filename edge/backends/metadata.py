@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...errors import AssetError
-from ...model_metadata import ModelMetadata
+from mlanet.errors import AssetError
+from mlanet.model_metadata import ModelMetadata
 
 __all__ = ["ModelMetadata", "read_model_metadata"]
 
@@ -28,16 +28,16 @@ def read_model_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".safetensors" or path.name in ("best.json", "last.json"):
-        from ...checkpoint import read_meta, resolve_weights
+        from mlanet.checkpoint import read_meta, resolve_weights
 
         resolved = resolve_weights(path)
         return ModelMetadata.from_checkpoint_meta(read_meta(resolved), str(resolved))
     if suffix == ".onnx":
-        from ...export.onnx_export import read_onnx_model_metadata
+        from mlanet.export.onnx_export import read_onnx_model_metadata
 
         return read_onnx_model_metadata(path)
     if suffix in (".engine", ".plan"):
-        from ...export.engine_file import read_engine_header
+        from mlanet.export.engine_file import read_engine_header
 
         return ModelMetadata.from_engine_header(read_engine_header(path), str(path))
     raise AssetError(f"{path}: no MLANet model metadata reader for suffix {suffix or '(none)'!r}; known: "

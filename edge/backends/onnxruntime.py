@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import AssetError
-from ...model_metadata import ModelMetadata
-from ...params import require_finite_params
-from .base import BackendSpec, _as_images, _check_face_model, missing_modules, register_backend
+from mlanet.errors import AssetError
+from mlanet.model_metadata import ModelMetadata
+from mlanet.params import require_finite_params
+from mlanet.edge.backends.base import BackendSpec, _as_images, _check_face_model, missing_modules, register_backend
 
 
 def ort_session_options(intra_op_threads: int | None = None) -> Any:
@@ -78,7 +78,7 @@ class OnnxRuntimeBackend:
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
     ) -> None:
-        from ...export.onnx_export import KIND_NETWORK, load_onnx_proto, model_metadata_from_proto
+        from mlanet.export.onnx_export import KIND_NETWORK, load_onnx_proto, model_metadata_from_proto
 
         self.path = Path(path)
         #: what errors name (the cached export of a checkpoint names the checkpoint)
@@ -149,7 +149,7 @@ def _open_cuda(path: Path, face_model: Any, index: int | None, cuda_graphs: bool
                intra_op_threads: int | None = None) -> OnnxRuntimeBackend:
     """On ONNX Runtime's CUDA execution provider: refused, not silently run on the CPU, when this onnxruntime
     lacks it or the session does not use it."""
-    from ..gpu_crops import require_cuda
+    from mlanet.edge.gpu_crops import require_cuda
 
     require_cuda(f"{path} on device cuda")
     backend = OnnxRuntimeBackend(path, face_model=face_model, providers=_onnx_cuda_providers(path, index),
@@ -177,7 +177,7 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    from .torch_cuda import cuda_unavailable_reason
+    from mlanet.edge.backends.torch_cuda import cuda_unavailable_reason
 
     return cuda_unavailable_reason()
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ...params import require_finite_params
-from .base import BackendSpec, _as_images, _check_face_model, register_backend
+from mlanet.params import require_finite_params
+from mlanet.edge.backends.base import BackendSpec, _as_images, _check_face_model, register_backend
 
 
 class TensorRTBackend:
@@ -37,8 +37,8 @@ class TensorRTBackend:
     def __init__(
         self, path: str | os.PathLike[str], face_model: Any = None, *, device: int = 0, cuda_graphs: bool = False
     ) -> None:
-        from ...export.engine_file import read_engine_file
-        from ...model_metadata import ModelMetadata
+        from mlanet.export.engine_file import read_engine_file
+        from mlanet.model_metadata import ModelMetadata
 
         self.path = Path(path)
         header, engine_bytes = read_engine_file(self.path)  # validated: network kind, layout, input size
@@ -49,7 +49,7 @@ class TensorRTBackend:
         self.input_size = meta.input_size
         self.header = header
 
-        from ...export.tensorrt_engine import TensorRTRunner
+        from mlanet.export.tensorrt_engine import TensorRTRunner
 
         self._runner = TensorRTRunner(engine_bytes, header, source=str(self.path), device=device, cuda_graphs=cuda_graphs)
         self.metadata = meta.with_runtime(backend="tensorrt", device=f"cuda:{device}")

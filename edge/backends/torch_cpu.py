@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...params import require_finite_params
-from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
+from mlanet.params import require_finite_params
+from mlanet.edge.backends.base import RUN_FOLDER, BackendSpec, _as_images, register_backend
 
 if TYPE_CHECKING:
-    from ...model_metadata import ModelMetadata
+    from mlanet.model_metadata import ModelMetadata
 
 
 class TorchBackend:
@@ -27,9 +27,9 @@ class TorchBackend:
     def __init__(self, weights: str | os.PathLike[str], face_model: Any = None, *, device: str = "cpu") -> None:
         import torch
 
-        from ...checkpoint import read_meta, resolve_weights
-        from ...model_metadata import ModelMetadata
-        from ...models.registry import create_model
+        from mlanet.checkpoint import read_meta, resolve_weights
+        from mlanet.model_metadata import ModelMetadata
+        from mlanet.models.registry import create_model
 
         self.metadata: ModelMetadata
         self.path = resolve_weights(weights)
@@ -49,8 +49,8 @@ class TorchBackend:
         """
         import torch
 
-        from ...model_metadata import ModelMetadata
-        from ...models.registry import create_model
+        from mlanet.model_metadata import ModelMetadata
+        from mlanet.models.registry import create_model
 
         torch.manual_seed(seed)
         self = cls.__new__(cls)
@@ -69,8 +69,8 @@ class TorchBackend:
         (its layout must match); what a parity check of a just-exported network compares against."""
         import torch
 
-        from ...errors import AssetError
-        from ...model_metadata import ModelMetadata
+        from mlanet.errors import AssetError
+        from mlanet.model_metadata import ModelMetadata
 
         if model.layout != face_model.layout:
             raise AssetError(f"{source or model.name}: layout {model.layout.sizes} differs from face model "

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from ...params import require_finite_params
-from ..gpu_crops import normalize_device, require_cuda
-from .base import RUN_FOLDER, BackendSpec, _as_images, register_backend
-from .torch_cpu import TorchBackend
+from mlanet.params import require_finite_params
+from mlanet.edge.gpu_crops import normalize_device, require_cuda
+from mlanet.edge.backends.base import RUN_FOLDER, BackendSpec, _as_images, register_backend
+from mlanet.edge.backends.torch_cpu import TorchBackend
 
 if TYPE_CHECKING:
-    from ...model_metadata import ModelMetadata
+    from mlanet.model_metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ...errors import FaceModelNotFoundError, MLANetError
-from .record import RESULTS, record_dir, time_call, write_record
+from mlanet.errors import FaceModelNotFoundError, MLANetError
+from mlanet.edge.bench.record import RESULTS, record_dir, time_call, write_record
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def resolve_clip(clip: str | os.PathLike[str] | None) -> Path:
 
 
 def resolve_face_model(path: str | os.PathLike[str] | None) -> Path:
-    from ...morphable.model import build_command
-    from ...paths import default_face_model_path
+    from mlanet.morphable.model import build_command
+    from mlanet.paths import default_face_model_path
 
     if path is None:
         p = default_face_model_path()
@@ -124,7 +124,7 @@ def resolve_face_model(path: str | os.PathLike[str] | None) -> Path:
 
 def decode_frames(clip: Path, max_frames: int | None) -> tuple[list[Any], dict[str, Any]]:
     """The first ``max_frames`` frames of ``clip`` (all when None), decoded into memory, and clip info."""
-    from ..frames import open_source
+    from mlanet.edge.frames import open_source
 
     t0 = time.perf_counter()
     with open_source(clip) as source:
@@ -236,9 +236,9 @@ def mlanet_pass(backend: Any, face_model: Any, frames: Sequence[Any], max_faces:
     Returns per-frame ``ms`` (wall time of ``process()``), ``stage_ms`` (its stage breakdown),
     ``faces`` (faces fitted) and ``detected`` (whether the detector ran).
     """
-    from ..pipeline import FacePipeline, PipelineCfg
-    from ..face_detection import MediaPipeFaceDetector
-    from ..tracking import TrackerCfg
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
+    from mlanet.edge.tracking import TrackerCfg
 
     cfg = PipelineCfg(render_mode=render_mode, tracker=TrackerCfg(max_faces=max_faces), meshes=False)
     pipeline = FacePipeline(backend, face_model, cfg, detector=MediaPipeFaceDetector())
@@ -260,7 +260,7 @@ def _stage_summary(per_pass_stages: list[list[dict[str, float]]], warmup: int) -
     """Median/p95 per stage over the timed frames of all passes (pooled), and their sum's median."""
     import numpy as np
 
-    from ..timing import STAGES
+    from mlanet.edge.timing import STAGES
 
     order = {s: i for i, s in enumerate(STAGES)}
     frames = [s for stages in per_pass_stages for s in stages[warmup:]]
@@ -280,7 +280,7 @@ def perturbed_params(model: Any, batch: int, depth_m: float, seed: int, device: 
     """Flat (B, P) parameters: neutral face at ``depth_m`` plus small random perturbations."""
     import torch
 
-    from ...params import FaceParams
+    from mlanet.params import FaceParams
 
     g = torch.Generator().manual_seed(seed)
     layout = model.layout
@@ -334,10 +334,10 @@ def differentiable_renderer_timings(
     """
     import torch
 
-    from ...params import FaceParams
-    from ...preprocess import PreprocessCfg
-    from ...render.rasterizer import interpolate, rasterize
-    from ...render.renderer import render_face
+    from mlanet.params import FaceParams
+    from mlanet.preprocess import PreprocessCfg
+    from mlanet.render.rasterizer import interpolate, rasterize
+    from mlanet.render.renderer import render_face
 
     unknown = [p for p in parts if p not in RENDERER_PARTS]
     if unknown:
@@ -415,9 +415,9 @@ def gl_renderer_timings(backend: Any, face_model: Any, frames: Sequence[Any], *,
 
     The face is the pipeline's fit on the first frame of ``frames`` where it finds one.
     """
-    from ..pipeline import FacePipeline, PipelineCfg
-    from ..face_detection import MediaPipeFaceDetector
-    from ..tracking import TrackerCfg
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
+    from mlanet.edge.tracking import TrackerCfg
 
     pipeline = FacePipeline(backend, face_model, PipelineCfg(render_mode=None, tracker=TrackerCfg(max_faces=1)),
                             detector=MediaPipeFaceDetector())
@@ -536,13 +536,13 @@ def run(args: argparse.Namespace) -> Path:
     """Run the comparison with ``args`` (see :func:`add_arguments`); write and return the record."""
     import numpy as np
 
-    from ...models.registry import create_model
-    from ...morphable.model import MorphableModel
-    from ...export.onnx_export import export_onnx
-    from ..backends import open_backend
-    from ..pipeline import PipelineCfg
-    from ..thread_plan import plan_threads
-    from ..tracking import TrackerCfg
+    from mlanet.models.registry import create_model
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.export.onnx_export import export_onnx
+    from mlanet.edge.backends import open_backend
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.edge.thread_plan import plan_threads
+    from mlanet.edge.tracking import TrackerCfg
 
     t_start = time.perf_counter()
     s = _settings(args)

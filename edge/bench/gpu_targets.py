@@ -48,9 +48,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...errors import MLANetError
-from ...preprocess import CropBox
-from .record import record_dir, write_record
+from mlanet.errors import MLANetError
+from mlanet.preprocess import CropBox
+from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def cuda_event_times(fn: Callable[[], Any], *, warmup: int, repeats: int, stream
 
 
 def _stats(times: list[float]) -> dict[str, Any]:
-    from .model_latency import summarise
+    from mlanet.edge.bench.model_latency import summarise
 
     return {**{k: round(v, 5) for k, v in summarise(times).items()}, "repeats": len(times)}
 
@@ -156,7 +156,7 @@ def _random_frame(frame_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- parts
 def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp: Path) -> dict[str, dict[str, float]]:
     """r50 batch 1 and 32, mobile batch 1, on every GPU backend present."""
-    from . import model_latency as ml
+    from mlanet.edge.bench import model_latency as ml
 
     measured: dict[str, dict[str, float]] = {}
     plan = {"mlanet_r50": [1, 32], "mlanet_mobile": [1]}
@@ -190,7 +190,7 @@ def measure_preprocess(device: Any, warmup: int, repeats: int, details: dict[str
     and the same with the frame uploaded from a numpy array (through the cropper's pinned staging)."""
     import torch
 
-    from ..gpu_crops import GpuCropper
+    from mlanet.edge.gpu_crops import GpuCropper
 
     frame = _random_frame(FRAME_HW)
     boxes = boxes_8_faces(FRAME_HW)
@@ -222,9 +222,9 @@ def measure_frame_path(face_model: Any, device: Any, warmup: int, repeats: int,
     wall time per frame (informational)."""
     import torch
 
-    from ..gpu_stream import DeviceFacePath, StreamingLoop, TorchCudaOps, boxes_to_table
-    from ..backends import torch_cuda
-    from ..types import Frame
+    from mlanet.edge.gpu_stream import DeviceFacePath, StreamingLoop, TorchCudaOps, boxes_to_table
+    from mlanet.edge.backends import torch_cuda
+    from mlanet.edge.types import Frame
 
     frame = _random_frame(FRAME_HW, seed=1)
     dev_frame = torch.from_numpy(frame).to(device)
@@ -275,8 +275,8 @@ def run(args: argparse.Namespace) -> Path:
     """Measure every target on the GPU; write ``gpu_targets.json``; return its path."""
     import torch
 
-    from ..gpu_crops import require_cuda
-    from . import model_latency as ml
+    from mlanet.edge.gpu_crops import require_cuda
+    from mlanet.edge.bench import model_latency as ml
 
     require_cuda("mlanet bench gpu", "run it on a GPU host (bash benchmarks/gpu_session.sh); `mlanet bench model` measures the CPU backends")
     if args.repeats < 1 or args.warmup < 0:

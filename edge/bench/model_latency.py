@@ -100,8 +100,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...errors import MLANetError
-from .record import record_dir, write_record
+from mlanet.errors import MLANetError
+from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def backend_spec(name: str) -> Any:
     """The registered backend (:func:`~mlanet.edge.backends.backend_named`) a bench backend name stands for;
     :class:`MLANetError` listing :data:`BACKENDS` for any other name."""
-    from ..backends import backend_named
+    from mlanet.edge.backends import backend_named
 
     if name not in BACKENDS:
         raise MLANetError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
@@ -403,7 +403,7 @@ class _Artifacts:
         return f"{model.name}-{int(model.input_size)}"
 
     def checkpoint(self, model: Any) -> Path:
-        from ...models.model_io import save_model
+        from mlanet.models.model_io import save_model
 
         path = self.tmp / f"{self._stem(model)}.safetensors"
         if not path.is_file():
@@ -411,7 +411,7 @@ class _Artifacts:
         return path
 
     def onnx(self, model: Any) -> Path:
-        from ...export.onnx_export import export_onnx
+        from mlanet.export.onnx_export import export_onnx
 
         path = self.tmp / f"{self._stem(model)}.onnx"
         if not path.is_file():
@@ -419,7 +419,7 @@ class _Artifacts:
         return path
 
     def engine(self, model: Any, max_batch: int, opt_batch: int) -> Path:
-        from ...export.tensorrt_engine import build_engine
+        from mlanet.export.tensorrt_engine import build_engine
 
         path = self.tmp / f"{self._stem(model)}-b{max_batch}-o{opt_batch}.engine"
         if not path.is_file():  # the build (minutes for the r50) is paid once per model
@@ -434,8 +434,8 @@ def export_teacher_onnx(teacher: Any, path: Path, *, opset: int = 17) -> Path:
     its metadata says ``kind: "teacher"``, so :class:`~mlanet.edge.backends.OnnxRuntimeBackend` refuses it."""
     import torch
 
-    from ...export.onnx_export import FORMAT_NAME, FORMAT_VERSION, _export_with_metadata
-    from ...teacher.tddfa_mb05 import INPUT_SIZE
+    from mlanet.export.onnx_export import FORMAT_NAME, FORMAT_VERSION, _export_with_metadata
+    from mlanet.teacher.tddfa_mb05 import INPUT_SIZE
 
     s = INPUT_SIZE
     example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
@@ -453,8 +453,8 @@ class TeacherOnnxRuntimeRunner(_CpuRunner):
     check out)."""
 
     def __init__(self, teacher: Any, tmp: Path, intra_op_threads: int | None = None) -> None:
-        from ...teacher.tddfa_mb05 import INPUT_SIZE
-        from ..backends import ort_session
+        from mlanet.teacher.tddfa_mb05 import INPUT_SIZE
+        from mlanet.edge.backends import ort_session
 
         path = export_teacher_onnx(teacher, tmp / f"{TEACHER_NAME}.onnx")
         self.onnx_mib = path.stat().st_size / 2**20
@@ -462,7 +462,7 @@ class TeacherOnnxRuntimeRunner(_CpuRunner):
         super().__init__(self._call, INPUT_SIZE)
 
     def _call(self, images: np.ndarray) -> np.ndarray:
-        from ...params import require_finite_params
+        from mlanet.params import require_finite_params
 
         arr = np.ascontiguousarray(images, dtype=np.float32)
         return require_finite_params(self.session.run(["params"], {"images": arr})[0], TEACHER_NAME)
@@ -573,8 +573,8 @@ def _run_backend(runner: _Runner, batch_sizes: list[int], policy: RepeatPolicy,
 
 # --------------------------------------------------------------------------------------------- setup helpers
 def _load_face_model(path: str | None) -> tuple[Any, dict[str, Any]]:
-    from ...morphable.model import MorphableModel
-    from ...paths import default_face_model_path
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.paths import default_face_model_path
 
     if path is not None:
         fm = MorphableModel.load(Path(path).expanduser())
@@ -582,7 +582,7 @@ def _load_face_model(path: str | None) -> tuple[Any, dict[str, Any]]:
     default = default_face_model_path()
     if default.is_file():
         return MorphableModel.load(default), {"source": "asset home", "path": str(default)}
-    from ...morphable.synthetic import make_synthetic_face_model
+    from mlanet.morphable.synthetic import make_synthetic_face_model
 
     log.warning("no face model at %s: using the synthetic test model (only the output size P differs)", default)
     return MorphableModel(make_synthetic_face_model()), {
@@ -595,8 +595,8 @@ def _load_face_model(path: str | None) -> tuple[Any, dict[str, Any]]:
 def _model_preprocess(name: str, input_size: int | None) -> tuple[Any, str]:
     """(PreprocessCfg, where it came from): ``input_size`` if given, else the model's own
     (:func:`~mlanet.models.registry.registered_preprocess`: shipped weights', else the registry's default)."""
-    from ...models.registry import registered_preprocess
-    from ...preprocess import PreprocessCfg
+    from mlanet.models.registry import registered_preprocess
+    from mlanet.preprocess import PreprocessCfg
 
     if input_size:
         return PreprocessCfg(input_size=input_size), "--input-size"
@@ -607,7 +607,7 @@ def _build_model(name: str, face_model: Any, input_size: int | None) -> Any:
     """The untrained model (seed 0) at :func:`_model_preprocess`'s input size."""
     import torch
 
-    from ...models.registry import create_model
+    from mlanet.models.registry import create_model
 
     preprocess, _ = _model_preprocess(name, input_size)
     with torch.random.fork_rng(devices=[]):
@@ -620,7 +620,7 @@ def _runners(backend: str, model: Any, face_model: Any, tmp: Path, *, batch_size
     """Factories of the runners (modes) of ``backend`` for ``model``, each opening the model's artifact
     through the backend registry (:func:`~mlanet.edge.backends.open_backend`); built lazily so setup time
     (writing the artifact, the export, the engine build, opening) is measured per mode."""
-    from ..backends import open_backend
+    from mlanet.edge.backends import open_backend
 
     backend_spec(backend)  # an unknown name fails here, naming the known ones
     files = _Artifacts(tmp, face_model)
@@ -649,7 +649,7 @@ def _runners(backend: str, model: Any, face_model: Any, tmp: Path, *, batch_size
 
 
 def _resolve_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], RepeatPolicy]:
-    from ...models.registry import list_models
+    from mlanet.models.registry import list_models
 
     quick = bool(getattr(args, "quick", False))
     models = _csv(args.models) if getattr(args, "models", None) else list(DEFAULT_MODELS)
@@ -728,7 +728,7 @@ def _run(args: argparse.Namespace, models: list[str], backends: list[str], batch
 
     import torch
 
-    from ...models.flops import count_flops
+    from mlanet.models.flops import count_flops
 
     t_start = time.perf_counter()
     load_start = _load_average()
@@ -796,8 +796,8 @@ def _run_teacher(folder: Path, backends: list[str], reasons: dict[str, str | Non
                  policy: RepeatPolicy, tmp: Path, ort_threads: int | None, results: dict[str, Any]) -> None:
     """Time the teacher on the requested CPU backends; its runs go into ``results["runs"]`` as model
     :data:`TEACHER_NAME`, its description into ``results["teacher"]``."""
-    from ...models.flops import count_flops
-    from ...teacher.tddfa_mb05 import INPUT_SIZE, N_PARAMS, load_tddfa_mb05
+    from mlanet.models.flops import count_flops
+    from mlanet.teacher.tddfa_mb05 import INPUT_SIZE, N_PARAMS, load_tddfa_mb05
 
     teacher = load_tddfa_mb05(folder).eval()
     flops = count_flops(teacher, INPUT_SIZE)

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import MLANetError
-from ..loading import positive_int
-from ..timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
-from .record import record_dir, write_record
+from mlanet.errors import MLANetError
+from mlanet.edge.loading import positive_int
+from mlanet.edge.timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
+from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,16 @@ def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: 
     """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend, under the runtime's thread plan
     (:func:`mlanet.edge.thread_plan.plan_threads`, applied here as ``mlanet-video`` does; in
     ``metadata.runtime["thread_plan"]``)."""
-    from ..backends import TorchBackend, open_backend
-    from ..thread_plan import plan_threads
+    from mlanet.edge.backends import TorchBackend, open_backend
+    from mlanet.edge.thread_plan import plan_threads
 
     plan = plan_threads(backend)
     plan.apply()
     if backend == "torch":
         opened = TorchBackend.untrained(model_name, face_model)
     else:
-        from ...export.onnx_export import export_onnx
-        from ...models.registry import create_model
+        from mlanet.export.onnx_export import export_onnx
+        from mlanet.models.registry import create_model
 
         path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model,
                            tmp / f"{model_name}.onnx")
@@ -94,9 +94,9 @@ def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: 
 def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -> Any:
     from dataclasses import replace
 
-    from ..pipeline import FacePipeline, PipelineCfg
-    from ..face_detection import MediaPipeFaceDetector
-    from ..tracking import TrackerCfg
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
+    from mlanet.edge.tracking import TrackerCfg
 
     cfg = PipelineCfg(render_mode="shaded" if render else None, tracker=replace(TrackerCfg(), max_faces=max_faces),
                       meshes=False)
@@ -106,7 +106,7 @@ def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -
 def run_file(backend: Any, face_model: Any, source: Any, *, render: bool, max_frames: int | None, tmp: Path,
              max_faces: int = 4) -> dict[str, Any]:
     """One pass over ``source`` as fast as possible; with ``render`` also H.264-encodes the overlay."""
-    from ..writers.video import H264VideoWriter
+    from mlanet.edge.writers.video import H264VideoWriter
 
     pipeline = _pipeline(backend, face_model, render, max_faces)
     writer = None
@@ -146,7 +146,7 @@ def run_file(backend: Any, face_model: Any, source: Any, *, render: bool, max_fr
 
 def run_live(backend: Any, face_model: Any, clip: Path, max_frames: int | None) -> dict[str, Any]:
     """Real-time replay of ``clip``: capture-to-render latency and dropped frames."""
-    from ..frames import LiveReplaySource, VideoFileSource
+    from mlanet.edge.frames import LiveReplaySource, VideoFileSource
 
     pipeline = _pipeline(backend, face_model, render=True)
     source = LiveReplaySource(VideoFileSource(clip))
@@ -168,7 +168,7 @@ def tiled_frames(clip: Path, k: int, max_frames: int | None) -> list[np.ndarray]
     """The clip's frames tiled ``k`` times into a grid, at the clip's resolution: (H, W, 3) uint8 each."""
     import cv2
 
-    from ..frames import VideoFileSource
+    from mlanet.edge.frames import VideoFileSource
 
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
@@ -189,8 +189,8 @@ def tiled_frames(clip: Path, k: int, max_frames: int | None) -> list[np.ndarray]
 
 
 def run(args: argparse.Namespace) -> Path:
-    from ...morphable.model import MorphableModel
-    from ..frames import ArraySource, VideoFileSource
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.frames import ArraySource, VideoFileSource
 
     clips = [Path(c) for c in args.clip] if args.clip else [default_clip(n) for n in DEFAULT_CLIPS]
     for clip in clips:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...fileutil import save_figure_atomic, write_text_atomic
+from mlanet.fileutil import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def summarise_device(device_dir: Path, recs: dict[str, dict[str, Any]], images: 
 def build_report(root: Path) -> Path:
     """Draw the plots of every device folder under ``root`` and write ``root/SUMMARY.md``."""
     if not root.is_dir():
-        from ...errors import MLANetError
+        from mlanet.errors import MLANetError
 
         raise MLANetError(f"{root}: no benchmark results folder (run `mlanet bench` first)")
     sections = []

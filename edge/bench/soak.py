@@ -21,10 +21,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ...errors import MLANetError
-from ..timing import peak_rss_mib, rss_mib
-from .pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
-from .record import record_dir, write_record
+from mlanet.errors import MLANetError
+from mlanet.edge.timing import peak_rss_mib, rss_mib
+from mlanet.edge.bench.pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
+from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def looped_frames(clip: Path) -> Iterator[Any]:
     """Frames of ``clip`` forever, indices and timestamps continuing across restarts."""
-    from ..frames import VideoFileSource
-    from ..types import Frame
+    from mlanet.edge.frames import VideoFileSource
+    from mlanet.edge.types import Frame
 
     offset_i, offset_ns = 0, 0
     while True:
@@ -77,9 +77,9 @@ def growth_pct(samples: list[tuple[float, float]], warmup_s: float) -> float | N
 
 
 def run(args: argparse.Namespace) -> Path:
-    from ...morphable.model import MorphableModel
-    from ..pipeline import FacePipeline, PipelineCfg
-    from ..face_detection import MediaPipeFaceDetector
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.face_detection import MediaPipeFaceDetector
 
     minutes, warmup_min, sample_s = args.minutes, args.warmup_min, args.sample_s
     if args.quick:

@@ -22,18 +22,18 @@ from mlanet.errors import MLANetError
 from mlanet.eval.cli import _check_outputs, _progress
 from mlanet.fileutil import file_sha256, write_json_atomic
 
-from ..filters import FilterCfg
-from ..loading import add_model_arguments, float_in, open_model, positive_int
-from ..pipeline import PipelineCfg
-from ..reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
-from ..face_detection import MediaPipeFaceDetector
-from ..tracking import TrackerCfg
-from .expressions import add_expressions_parser
-from .jitter import STATIC_SPEED_PERCENT
+from mlanet.edge.filters import FilterCfg
+from mlanet.edge.loading import add_model_arguments, float_in, open_model, positive_int
+from mlanet.edge.pipeline import PipelineCfg
+from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FOV_RANGE_DEG
+from mlanet.edge.face_detection import MediaPipeFaceDetector
+from mlanet.edge.tracking import TrackerCfg
+from mlanet.edge.evaluation.expressions import add_expressions_parser
+from mlanet.edge.evaluation.jitter import STATIC_SPEED_PERCENT
 
 
 def cmd_jitter(args: argparse.Namespace) -> int:
-    from .jitter import PROTOCOL, SKIP_REASONS, WindowReference, evaluate_clip, pipeline_description
+    from mlanet.edge.evaluation.jitter import PROTOCOL, SKIP_REASONS, WindowReference, evaluate_clip, pipeline_description
 
     _check_outputs(args)
     for video in args.video:

@@ -484,7 +484,7 @@ def open_clip(path: str | Path) -> Any:
     Raises:
         MLANetError: missing path, not a video (unreadable or damaged), or a single still image.
     """
-    from ..frames import ImageSource, open_source
+    from mlanet.edge.frames import ImageSource, open_source
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -524,9 +524,9 @@ def evaluate_clip(
     """
     from dataclasses import replace
 
-    from ..pipeline import FacePipeline
+    from mlanet.edge.pipeline import FacePipeline
     from mlanet.fileutil import file_sha256
-    from .jitter import WindowReference
+    from mlanet.edge.evaluation.jitter import WindowReference
 
     path = Path(path).expanduser()
     names = list(face_model.expression_names)
@@ -630,15 +630,15 @@ def cmd_expressions(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from dataclasses import replace
 
-    from ..bench.record import environment
-    from ..filters import FilterCfg
-    from ..loading import native_stderr_quiet, open_detector, open_model
-    from ..pipeline import PipelineCfg
-    from ..reconstruct import DEFAULT_FOV_DEG
-    from ..tracking import TrackerCfg
+    from mlanet.edge.bench.record import environment
+    from mlanet.edge.filters import FilterCfg
+    from mlanet.edge.loading import native_stderr_quiet, open_detector, open_model
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.edge.reconstruct import DEFAULT_FOV_DEG
+    from mlanet.edge.tracking import TrackerCfg
     from mlanet.fileutil import file_sha256
     from mlanet.eval.cli import _progress
-    from .jitter import WindowReference, pipeline_description
+    from mlanet.edge.evaluation.jitter import WindowReference, pipeline_description
 
     backend, face_model = open_model(args)
     try:  # a face model without the shapes fails before any clip runs
@@ -687,8 +687,8 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
 
 def add_expressions_parser(sub: Any) -> None:
     """Register ``mlanet eval expressions``."""
-    from ..loading import add_model_arguments, float_in, positive_int
-    from ..reconstruct import FOV_RANGE_DEG
+    from mlanet.edge.loading import add_model_arguments, float_in, positive_int
+    from mlanet.edge.reconstruct import FOV_RANGE_DEG
 
     e = sub.add_parser(
         "expressions",

@@ -371,8 +371,8 @@ def evaluate_clip(
     """
     from dataclasses import replace
 
-    from ..frames import open_source
-    from ..pipeline import FacePipeline
+    from mlanet.edge.frames import open_source
+    from mlanet.edge.pipeline import FacePipeline
     from mlanet.fileutil import file_sha256
 
     path = Path(path).expanduser()

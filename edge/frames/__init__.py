@@ -42,11 +42,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..types import Frame, SourceError
-from .base import DEFAULT_MAX_PIXELS, FrameSource, IMAGE_SUFFIXES, NOMINAL_FOLDER_FPS
-from .live import CameraSource, LatestFrameBuffer, LiveReplaySource, LiveSource
-from .stills import ArraySource, ImageFolderSource, ImageSource, format_frame_ranges, letterbox, read_image, to_rgb_uint8
-from .video import VideoFileSource
+from mlanet.edge.types import Frame, SourceError
+from mlanet.edge.frames.base import DEFAULT_MAX_PIXELS, FrameSource, IMAGE_SUFFIXES, NOMINAL_FOLDER_FPS
+from mlanet.edge.frames.live import CameraSource, LatestFrameBuffer, LiveReplaySource, LiveSource
+from mlanet.edge.frames.stills import ArraySource, ImageFolderSource, ImageSource, format_frame_ranges, letterbox, read_image, to_rgb_uint8
+from mlanet.edge.frames.video import VideoFileSource
 
 # --------------------------------------------------------------------------------------------
 # Choosing a source from a user's spec

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 
 
-from ..types import Frame, SourceError
+from mlanet.edge.types import Frame, SourceError
 
 
 log = logging.getLogger(__name__)

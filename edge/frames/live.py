@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-from ..types import Frame, SourceError
+from mlanet.edge.types import Frame, SourceError
 
-from .base import FrameSource, _NS
-from .stills import to_rgb_uint8
-from .video import _describe
+from mlanet.edge.frames.base import FrameSource, _NS
+from mlanet.edge.frames.stills import to_rgb_uint8
+from mlanet.edge.frames.video import _describe
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..types import Frame, SourceError
+from mlanet.edge.types import Frame, SourceError
 
-from .base import DEFAULT_MAX_PIXELS, FrameSource, IMAGE_SUFFIXES, NOMINAL_FOLDER_FPS, _NS
+from mlanet.edge.frames.base import DEFAULT_MAX_PIXELS, FrameSource, IMAGE_SUFFIXES, NOMINAL_FOLDER_FPS, _NS
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..types import Frame, SourceError
+from mlanet.edge.types import Frame, SourceError
 
-from .base import FrameSource, _NS
-from .stills import format_frame_ranges
+from mlanet.edge.frames.base import FrameSource, _NS
+from mlanet.edge.frames.stills import format_frame_ranges
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ class LiveSenders:
     """
 
     def __init__(self, args: argparse.Namespace, face_model: Any, *, file_replay: bool = False) -> None:
-        from .face_sample import CaptureClock, FaceSampler  # torch and the face-model code: not at import time
+        from mlanet.edge.send.face_sample import CaptureClock, FaceSampler  # torch and the face-model code: not at import time
 
         self.clock = CaptureClock(file_replay=file_replay)
         self.sampler = FaceSampler(face_model, getattr(args, "send_face", LARGEST), self.clock)
@@ -98,11 +98,11 @@ class LiveSenders:
         self.viewer = None
         urls = list(getattr(args, "send", None) or [])
         if urls:
-            from .vmc import VmcSender, parse_vmc_url
+            from mlanet.edge.send.vmc import VmcSender, parse_vmc_url
 
             self.vmc = VmcSender([parse_vmc_url(u) for u in urls])
         if getattr(args, "serve", None) is not None:
-            from .viewer import ViewerServer
+            from mlanet.edge.send.viewer import ViewerServer
 
             try:
                 self.viewer = ViewerServer(face_model, port=args.serve, host=args.serve_host)

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...conventions import camera_pose_to_vmc
-from ...geometry.rotations import euler_to_matrix
-from ...morphable.ict_topology import ARKIT_BLENDSHAPES
-from ..writers.tables import ArkitMapping
-from . import LARGEST, parse_face_choice  # noqa: F401 (parse_face_choice re-exported)
+from mlanet.conventions import camera_pose_to_vmc
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.morphable.sources.ict_topology import ARKIT_BLENDSHAPES
+from mlanet.edge.writers.tables import ArkitMapping
+from mlanet.edge.send import LARGEST, parse_face_choice  # noqa: F401 (parse_face_choice re-exported)
 
 #: The 52 ARKit blendshape names, in the order they are sent.
 ARKIT_NAMES: tuple[str, ...] = tuple(ARKIT_BLENDSHAPES)

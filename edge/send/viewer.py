@@ -32,13 +32,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
-from ...errors import MLANetError
-from ...geometry.quaternions import matrices_to_quaternions
-from ..frames import LatestFrameBuffer
-from ..writers.gltf import D_GLTF, track_glb_bytes
-from ..writers.tables import ArkitMapping, arkit_morph_mesh
-from . import DEFAULT_VIEWER_PORT
-from .face_sample import ARKIT_NAMES, FaceSample
+from mlanet.errors import MLANetError
+from mlanet.geometry.quaternions import matrices_to_quaternions
+from mlanet.edge.frames import LatestFrameBuffer
+from mlanet.edge.writers.gltf import D_GLTF, track_glb_bytes
+from mlanet.edge.writers.tables import ArkitMapping, arkit_morph_mesh
+from mlanet.edge.send import DEFAULT_VIEWER_PORT
+from mlanet.edge.send.face_sample import ARKIT_NAMES, FaceSample
 
 log = logging.getLogger(__name__)
 #: the websockets library's own log (one line per start, stop and failed handshake): warnings only

@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from ...errors import MLANetError
-from ..frames import LatestFrameBuffer
-from . import DEFAULT_VMC_PORT
-from .face_sample import ARKIT_NAMES, FaceSample
+from mlanet.errors import MLANetError
+from mlanet.edge.frames import LatestFrameBuffer
+from mlanet.edge.send import DEFAULT_VMC_PORT
+from mlanet.edge.send.face_sample import ARKIT_NAMES, FaceSample
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ order registered: tracks.json lists files the sinks before it wrote, and params.
 
 from __future__ import annotations
 
-from .base import (PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, SinkBase, SinkSpec, meshes_needed,
+from mlanet.edge.sinks.base import (PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, SinkBase, SinkSpec, meshes_needed,
                    register_sink, registered_sinks, sinks_for, unregister_sink)
-from .blendshapes import BlendshapeCsvSink
-from .glb import GlbSink
-from .mesh_sequence import MeshSequenceSink
-from .meshes import FrameMeshSink
-from .params import ParamsNpzSink
-from .tracks import TracksJsonSink
-from .video import OverlayVideoSink
+from mlanet.edge.sinks.blendshapes import BlendshapeCsvSink
+from mlanet.edge.sinks.glb import GlbSink
+from mlanet.edge.sinks.mesh_sequence import MeshSequenceSink
+from mlanet.edge.sinks.meshes import FrameMeshSink
+from mlanet.edge.sinks.params import ParamsNpzSink
+from mlanet.edge.sinks.tracks import TracksJsonSink
+from mlanet.edge.sinks.video import OverlayVideoSink
 
 __all__ = ["PARAMS_ARRAYS", "OutputSink", "ParamRows", "RunContext", "SinkBase", "SinkSpec", "meshes_needed",
            "register_sink", "registered_sinks", "sinks_for", "unregister_sink"]

@@ -25,8 +25,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ...params import ParamLayout
-from ..types import FrameResult
+from mlanet.params import ParamLayout
+from mlanet.edge.types import FrameResult
 
 #: Arrays of params.npz with one row per face per frame.
 #: ``source_name`` (str) is the file each row came from: the photo's file name for photo folders

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..types import FrameResult
-from .base import SinkBase
+from mlanet.edge.types import FrameResult
+from mlanet.edge.sinks.base import SinkBase
 
 
 class BlendshapeCsvSink(SinkBase):
@@ -22,7 +22,7 @@ class BlendshapeCsvSink(SinkBase):
     _csv: Any = None
 
     def begin(self, resume_from: int | None) -> None:
-        from ..writers.tables import BlendshapeCsvWriter
+        from mlanet.edge.writers.tables import BlendshapeCsvWriter
 
         self._csv = BlendshapeCsvWriter(self.ctx.out_dir / "blendshapes.csv", self.ctx.arkit.names,
                                         resume_before_frame=resume_from if resume_from else None)

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...geometry.rotations import euler_to_matrix
-from ...params import FaceParams
-from ..types import FrameResult
-from .base import SinkBase
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.params import FaceParams
+from mlanet.edge.types import FrameResult
+from mlanet.edge.sinks.base import SinkBase
 
 
 class GlbSink(SinkBase):
@@ -38,8 +38,8 @@ class GlbSink(SinkBase):
                 self._best_texture[f.track_id] = (frontal, ctx.texture_fn(result.frame.image, f))
 
     def finish(self, status: str) -> None:
-        from ..writers.gltf import write_track_glb
-        from ..writers.tables import arkit_morph_mesh
+        from mlanet.edge.writers.gltf import write_track_glb
+        from mlanet.edge.writers.tables import arkit_morph_mesh
 
         ctx = self.ctx
         tracks = ctx.rows.tracks(ctx.frames_done)

@@ -15,10 +15,10 @@ import logging
 import os
 from typing import Any
 
-from ...fileutil import error_line
-from ..protocols import TrackSequenceWriter
-from ..types import FrameResult
-from .base import SinkBase
+from mlanet.fileutil import error_line
+from mlanet.edge.protocols import TrackSequenceWriter
+from mlanet.edge.types import FrameResult
+from mlanet.edge.sinks.base import SinkBase
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class MeshSequenceSink(SinkBase):
         self._on = ctx.options.meshes == "sequence"
 
     def _writer(self, track_id: int) -> TrackSequenceWriter:
-        from ..writers.mesh_sequence import MeshSequenceWriter, sequence_path
+        from mlanet.edge.writers.mesh_sequence import MeshSequenceWriter, sequence_path
 
         ctx = self.ctx
         tri, uv, tri_uv = ctx.topology()
@@ -49,7 +49,7 @@ class MeshSequenceSink(SinkBase):
         unfinished spool is finished with its frames kept, a finished file holding later frames
         is rewritten, one left empty is removed). Old tracks get no new frames (ids continue
         after the largest one), so each is finished here."""
-        from ..writers.mesh_sequence import SPOOL_SUFFIX, SUFFIX
+        from mlanet.edge.writers.mesh_sequence import SPOOL_SUFFIX, SUFFIX
 
         folder = self.ctx.out_dir / "meshes"
         if resume_from is None or not folder.is_dir():
@@ -82,7 +82,7 @@ class MeshSequenceSink(SinkBase):
     def finish(self, status: str) -> None:
         """Finish every sequence with the frames done (each on its own; the first error is raised,
         its spool stays for --resume), then list every finished sequence of the run's tracks."""
-        from ..writers.mesh_sequence import sequence_path
+        from mlanet.edge.writers.mesh_sequence import sequence_path
 
         writers, self._writers = self._writers, {}
         first: Exception | None = None

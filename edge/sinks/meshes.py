@@ -8,15 +8,15 @@ complete, so checkpoints, finish and resume have nothing to do (resume rewrites 
 
 from __future__ import annotations
 
-from ..types import FrameResult
-from .base import SinkBase
+from mlanet.edge.types import FrameResult
+from mlanet.edge.sinks.base import SinkBase
 
 
 class FrameMeshSink(SinkBase):
     """Writes one OBJ/PLY per face per frame (and per face per independent photo)."""
 
     def write(self, result: FrameResult, time_s: float) -> None:
-        from ..writers.meshes import write_obj, write_ply
+        from mlanet.edge.writers.meshes import write_obj, write_ply
 
         ctx, frame = self.ctx, result.frame
         kind = ctx.options.meshes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import PARAMS_ARRAYS, SinkBase
+from mlanet.edge.sinks.base import PARAMS_ARRAYS, SinkBase
 
 
 class ParamsNpzSink(SinkBase):
@@ -42,6 +42,6 @@ class ParamsNpzSink(SinkBase):
         self._save()
 
     def _save(self) -> None:
-        from ..writers.tables import write_params_npz
+        from mlanet.edge.writers.tables import write_params_npz
 
         write_params_npz(self.path, **self.ctx.rows.arrays(self.ctx.frames_done))

@@ -6,8 +6,8 @@ Written atomically at the end from the run's rows; register it after the sinks w
 
 from __future__ import annotations
 
-from ...fileutil import write_json_atomic
-from .base import SinkBase
+from mlanet.fileutil import write_json_atomic
+from mlanet.edge.sinks.base import SinkBase
 
 
 class TracksJsonSink(SinkBase):

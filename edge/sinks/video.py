@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import MLANetError
-from ..protocols import FrameWriter
-from ..types import FrameResult
-from .base import SinkBase
+from mlanet.errors import MLANetError
+from mlanet.edge.protocols import FrameWriter
+from mlanet.edge.types import FrameResult
+from mlanet.edge.sinks.base import SinkBase
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class OverlayVideoSink(SinkBase):
         return self.ctx.out_dir / "overlay.mp4"
 
     def resumable_frames(self) -> int | None:
-        from ..writers.video import count_video_frames
+        from mlanet.edge.writers.video import count_video_frames
 
         if not self.path.exists():
             return 0
@@ -48,7 +48,7 @@ class OverlayVideoSink(SinkBase):
         self._resume_from = resume_from  # the writer opens at the first frame (its size)
 
     def _open(self, width: int, height: int) -> None:
-        from ..writers.video import H264VideoWriter
+        from mlanet.edge.writers.video import H264VideoWriter
 
         start = self._resume_from
         if start and self.path.exists():
@@ -71,7 +71,7 @@ class OverlayVideoSink(SinkBase):
         if video is None:
             raise RuntimeError(f"{self.path}: the overlay writer did not open")
         if (frame.width, frame.height) != (video.width, video.height):
-            from ..frames import letterbox  # photos of other sizes: fitted into the first one's frame
+            from mlanet.edge.frames import letterbox  # photos of other sizes: fitted into the first one's frame
 
             rendered = letterbox(rendered, video.width, video.height)
         # Frames lost to a damaged input (index gaps) are black, so overlay frame k stays input frame k.

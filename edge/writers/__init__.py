@@ -26,8 +26,8 @@ under a final name, except the CSV whose last line may be incomplete after a har
 
 from __future__ import annotations
 
-from ...errors import MLANetError
-from ...fileutil import atomic_file, write_bytes_atomic  # re-exported: the writers' atomic file helpers
+from mlanet.errors import MLANetError
+from mlanet.fileutil import atomic_file, write_bytes_atomic  # re-exported: the writers' atomic file helpers
 
 
 class WriterError(MLANetError):

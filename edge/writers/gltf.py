@@ -45,8 +45,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...geometry.quaternions import matrices_to_quaternions, quaternions_to_matrices  # noqa: F401 (re-exported)
-from . import WriterError, write_bytes_atomic
+from mlanet.geometry.quaternions import matrices_to_quaternions, quaternions_to_matrices  # noqa: F401 (re-exported)
+from mlanet.edge.writers import WriterError, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def track_glb_bytes(
         "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 0.7},
     }
     if texture_png is not None:
-        from .meshes import png_bytes
+        from mlanet.edge.writers.meshes import png_bytes
 
         png = png_bytes(texture_png, f"{path} texture")
         b.gltf["images"] = [{"bufferView": b.view(png), "mimeType": "image/png", "name": f"{name}_texture"}]

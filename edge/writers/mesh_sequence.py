@@ -83,7 +83,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import WriterError, atomic_file
+from mlanet.edge.writers import WriterError, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +559,7 @@ class MeshSequence:
         """Write the ``i``-th stored frame as OBJ with :func:`.meshes.write_obj` (y-up by default, UVs
         when stored; ``kwargs`` go to it, e.g. ``texture_png``). Only for sequences in the OpenCV
         camera frame, which ``write_obj`` expects."""
-        from .meshes import write_obj
+        from mlanet.edge.writers.meshes import write_obj
 
         if self.meta.get("coordinate_frame") != OPENCV_CAMERA:
             raise WriterError(f"{self.path}: vertices are in {self.meta.get('coordinate_frame')!r}, not the OpenCV "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import WriterError, write_bytes_atomic
+from mlanet.edge.writers import WriterError, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...fileutil import write_json_atomic
-from . import WriterError, atomic_file, write_bytes_atomic
+from mlanet.fileutil import write_json_atomic
+from mlanet.edge.writers import WriterError, atomic_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

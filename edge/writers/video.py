@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ...fileutil import mkstemp_beside
-from . import WriterError
+from mlanet.fileutil import mkstemp_beside
+from mlanet.edge.writers import WriterError
 
 #: libx264 options on top of the preset (``x264-params``): the cheapest motion search (diamond, one
 #: subpixel refinement pass). On the 720p overlay of the Obama clip, veryfast with these took 8.1 ms of

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import AssetError
-from ..params import ParamLayout
-from ..preprocess import CropBox, PreprocessCfg, box_from_points
-from .landmarks import IBUG68_N_POINTS, MATLAB_TO_OURS, make_sample, read_image_rgb, warn_skipped, yaw_bin
+from mlanet.errors import AssetError
+from mlanet.params import ParamLayout
+from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points
+from mlanet.data.landmarks import IBUG68_N_POINTS, MATLAB_TO_OURS, make_sample, read_image_rgb, warn_skipped, yaw_bin
 
 logger = logging.getLogger(__name__)
 

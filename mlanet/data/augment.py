@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
+from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
 
 _LUMA = (0.299, 0.587, 0.114)
 _N_DRAWS = 21

@@ -33,7 +33,7 @@ TEACHER_SUBDIR = Path("models/3ddfa_v2_mb05")
 
 def parse_source_spec(spec: str) -> tuple[str, Path]:
     """``"NAME=PATH"`` -> (name, path); MLANetError for anything else."""
-    from ..errors import MLANetError
+    from mlanet.errors import MLANetError
 
     name, sep, path = spec.partition("=")
     if not sep or not name.strip() or not path.strip():
@@ -43,7 +43,7 @@ def parse_source_spec(spec: str) -> tuple[str, Path]:
 
 def find_teacher_dir() -> Path | None:
     """``models/3ddfa_v2_mb05`` under ``$MLANET_SHARED``, ``../shared``, ``./shared`` or the checkout's ``../shared``."""
-    from ..paths import SHARED_ENV_VAR
+    from mlanet.paths import SHARED_ENV_VAR
 
     roots = [os.environ.get(SHARED_ENV_VAR), Path.cwd() / ".." / "shared", Path.cwd() / "shared",
              Path(__file__).resolve().parents[2] / ".." / "shared"]
@@ -54,9 +54,9 @@ def find_teacher_dir() -> Path | None:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from ..errors import MLANetError
-    from ..fileutil import check_writable_dir
-    from .sources import open_source
+    from mlanet.errors import MLANetError
+    from mlanet.fileutil import check_writable_dir
+    from mlanet.data.sources import open_source
 
     specs = [parse_source_spec(s) for s in args.source]
     names = [n for n, _ in specs]
@@ -78,8 +78,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         options = {"every": args.every} if name == "video-folder" else {}
         readers.append(open_source(name, path, **options))
 
-    from ..teacher import load_tddfa_mb05
-    from .labels import LabelCache, TeacherMediaPipeLabeller, label_source
+    from mlanet.teacher import load_tddfa_mb05
+    from mlanet.data.labels import LabelCache, TeacherMediaPipeLabeller, label_source
 
     teacher = load_tddfa_mb05(teacher_dir)
     try:
@@ -110,9 +110,9 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_label_report(args: argparse.Namespace) -> int:
-    from ..errors import MLANetError
-    from ..fileutil import check_writable_file, write_json_atomic, write_text_atomic
-    from .labels import LabelCache, label_quality, markdown_table
+    from mlanet.errors import MLANetError
+    from mlanet.fileutil import check_writable_file, write_json_atomic, write_text_atomic
+    from mlanet.data.labels import LabelCache, label_quality, markdown_table
 
     cache = LabelCache(args.cache)
     if not cache.root.is_dir():
@@ -131,10 +131,10 @@ def cmd_label_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..errors import MLANetError
-    from ..fileutil import check_writable_dir
-    from .fits import FitCache, fit_source
-    from .labels import LabelCache
+    from mlanet.errors import MLANetError
+    from mlanet.fileutil import check_writable_dir
+    from mlanet.data.fits import FitCache, fit_source
+    from mlanet.data.labels import LabelCache
 
     if args.limit is not None and args.limit < 1:
         raise MLANetError(f"--limit {args.limit}: must be >= 1")
@@ -158,15 +158,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _face_model(path: str | None):
-    from ..morphable.model import MorphableModel, load_face_model_data
+    from mlanet.morphable.model import MorphableModel, load_face_model_data
 
     return MorphableModel(load_face_model_data(path))
 
 
 def cmd_fit_report(args: argparse.Namespace) -> int:
-    from ..errors import MLANetError
-    from ..fileutil import check_writable_file, write_json_atomic, write_text_atomic
-    from .fits import FitCache, fit_model_keys, fit_report, report_markdown
+    from mlanet.errors import MLANetError
+    from mlanet.fileutil import check_writable_file, write_json_atomic, write_text_atomic
+    from mlanet.data.fits import FitCache, fit_model_keys, fit_report, report_markdown
 
     cache = FitCache(args.fits)
     if not cache.sources():
@@ -219,7 +219,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--face-model", default=None, metavar="FILE",
                     help="report the fits made for this face model's geometry (default: the installed one)")
     fr.set_defaults(func=cmd_fit_report)
-    from .store_cli import add_pack_parsers, add_prepare_parser  # the training store (mlanet.data.store)
+    from mlanet.data.store_cli import add_pack_parsers, add_prepare_parser  # the training store (mlanet.data.store)
 
     add_prepare_parser(sub)
     add_pack_parsers(sub)

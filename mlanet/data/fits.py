@@ -1,7 +1,7 @@
 """Pseudo-3DMM targets: a robust offline fit of the face model to every training face's landmarks (issue 14.4/14.5).
 
 Per face, pose, identity and expression (in [0, 1]) are fitted with
-:func:`mlanet.morphable.landmark_fit.fit_landmarks` to every landmark set the label cache
+:func:`mlanet.morphable.landmarks.fit.fit_landmarks` to every landmark set the label cache
 (:mod:`mlanet.data.labels`) holds for it, each set with its own trust:
 
 ==============  ===================  =======================  ==========================
@@ -59,8 +59,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..fileutil import atomic_file
-from ..preprocess import CropBox, PreprocessCfg
+from mlanet.fileutil import atomic_file
+from mlanet.preprocess import CropBox, PreprocessCfg
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def cauchy_weight(d: np.ndarray, scale: float) -> np.ndarray:
 def flat_params(model: Any, rotation: torch.Tensor, translation: torch.Tensor, identity: torch.Tensor,
                 expression: torch.Tensor) -> np.ndarray:
     """(N, P) ParamLayout vectors: fitted groups set, albedo/light at the neutral prior."""
-    from ..geometry.rotations import matrix_to_euler
-    from ..params import FaceParams, ParamLayout
+    from mlanet.geometry.rotations import matrix_to_euler
+    from mlanet.params import FaceParams, ParamLayout
 
     layout = ParamLayout.for_face_model(model)
     n = int(rotation.shape[0])
@@ -170,7 +170,7 @@ def flat_params(model: Any, rotation: torch.Tensor, translation: torch.Tensor, i
 
 def fitted_mask(model: Any) -> np.ndarray:
     """(P,) bool: which entries of the flat vector the fit estimates."""
-    from ..params import ParamLayout
+    from mlanet.params import ParamLayout
 
     layout = ParamLayout.for_face_model(model)
     m = np.zeros(layout.total, bool)
@@ -181,7 +181,7 @@ def fitted_mask(model: Any) -> np.ndarray:
 
 def robust_fit(model: Any, specs: Sequence[ObservationSpec], settings: RobustFitSettings | None = None) -> FitOutcome:
     """Robust (IRLS, Cauchy) fit of pose, identity and expression of N faces to the sets ``specs``."""
-    from ..morphable.landmark_fit import LandmarkFitSettings, Observation, fit_landmarks
+    from mlanet.morphable.landmarks.fit import LandmarkFitSettings, Observation, fit_landmarks
 
     s = settings or RobustFitSettings()
     if not specs:
@@ -233,7 +233,7 @@ def robust_fit(model: Any, specs: Sequence[ObservationSpec], settings: RobustFit
 def fit_box_for(source: str, arrays: Mapping[str, np.ndarray], row: int,
                 preprocess: PreprocessCfg | None = None) -> tuple[CropBox, str] | None:
     """The fit box (the store's network crop) of label-table row ``row`` and the rule that gave it."""
-    from .store import BOX_RULES, DEFINITION_PRIORITY, FACE_CROP_RULES
+    from mlanet.data.store import BOX_RULES, DEFINITION_PRIORITY, FACE_CROP_RULES
 
     pre = preprocess or PreprocessCfg()
     got = None
@@ -303,7 +303,7 @@ def fit_model_keys(model: Any) -> dict[str, str]:
     """The keys a fit shard is matched by: ``geometry_sha256`` (what a landmark fit depends on:
     the decoder signature without the albedo arrays, and the parameter layout the params are
     stored in) and ``decoder_sha256`` (the whole decoder; how shards of format 1 were keyed)."""
-    from ..params import ParamLayout
+    from mlanet.params import ParamLayout
 
     sig = model.decoder_signature
     geometry = {**sig, "arrays": {k: v for k, v in sig["arrays"].items() if not k.startswith("albedo")},
@@ -352,7 +352,7 @@ class FitCache:
         self.root = Path(root).expanduser()
 
     def source_dir(self, source: str) -> Path:
-        from .labels.cache import source_folder
+        from mlanet.data.labels.cache import source_folder
 
         return source_folder(self.root, source)
 
@@ -446,8 +446,8 @@ def fit_source(
     fitter: FitFn | None = None,
 ) -> FitRunStats:
     """Fit every labelled face of one label table (:class:`~mlanet.data.labels.LabelTable`) not cached yet."""
-    from ..progress import Progress
-    from .labels.cache import STATUS_LABELLED, lookup_key
+    from mlanet.progress import Progress
+    from mlanet.data.labels.cache import STATUS_LABELLED, lookup_key
 
     s = settings or RobustFitSettings()
     fit_fn = fitter or robust_fit
@@ -528,7 +528,7 @@ def fit_report(cache: FitCache, expressions: Sequence[str] = ("jawOpen", "eyeBli
                sources: Sequence[str] | None = None, model_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Fit residual per source (median / p90 px and NME) and the spread of the fitted ``expressions``
     (only the fits made for a face model of ``model_keys`` (:func:`fit_model_keys`), when given)."""
-    from ..params import ParamLayout
+    from mlanet.params import ParamLayout
 
     out: dict[str, Any] = {"fitter": {"name": FITTER_NAME, "version": FITTER_VERSION}, "sources": {}}
     for src in sources or cache.sources():
@@ -601,14 +601,14 @@ class LabelFitExtras:
     def __init__(self, labels: str | os.PathLike[str] | None, fits: str | os.PathLike[str] | None,
                  hasher: Callable[[Any], str] | None = None, preprocess: PreprocessCfg | None = None,
                  face_model: Any | None = None) -> None:
-        from .labels import LabelCache
+        from mlanet.data.labels import LabelCache
 
         self._model_keys = fit_model_keys(face_model) if face_model is not None else None
         #: recorded in the store manifest's extras identity
         self.details = {"fits_geometry_sha256": self._model_keys["geometry_sha256"]} if self._model_keys else {}
 
         self._pre = preprocess or PreprocessCfg()
-        from .labels.labeller import ContentHasher
+        from mlanet.data.labels.labeller import ContentHasher
 
         self._labels = LabelCache(labels) if labels is not None else None
         self._fits = FitCache(fits) if fits is not None else None
@@ -639,7 +639,7 @@ class LabelFitExtras:
     def _row(self, sample: Any) -> tuple[Any, int | None, tuple[str, str, str]]:
         """The sample's label table, row and lookup key; memoised by sample key, since the store asks twice
         (face_box while planning, the extras while writing) and hashing decodes the pixels."""
-        from .labels.labeller import annotation_digest, box_rule_for
+        from mlanet.data.labels.labeller import annotation_digest, box_rule_for
 
         memo = self._rows.get(sample.key)
         if memo is not None:
@@ -663,7 +663,7 @@ class LabelFitExtras:
         return ((lo + hi) / 2.0, side, TEACHER_BOX_RULE) if side > 1.0 else None
 
     def __call__(self, sample: Any) -> dict[str, np.ndarray] | None:
-        from .labels.cache import lookup_key
+        from mlanet.data.labels.cache import lookup_key
 
         table, row, (content, rule, ann) = self._row(sample)
         if row is None:
@@ -678,7 +678,7 @@ class LabelFitExtras:
         frow = ft.row(lookup_key(content, rule, ann)) if ft is not None and len(ft) else None
         if frow is not None and int(ft["status"][frow]) == STATUS_FITTED:
             ok = bool(ft["ok"][frow])
-            from .store import face_box
+            from mlanet.data.store import face_box
 
             fb = face_box(sample)
             if fb is not None:

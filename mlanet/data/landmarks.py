@@ -50,9 +50,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import AssetError
-from ..params import ParamLayout
-from ..preprocess import CropBox, PreprocessCfg, crop_image, image_to_tensor
+from mlanet.errors import AssetError
+from mlanet.params import ParamLayout
+from mlanet.preprocess import CropBox, PreprocessCfg, crop_image, image_to_tensor
 
 logger = logging.getLogger(__name__)
 

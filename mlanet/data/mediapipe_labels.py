@@ -71,11 +71,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import AssetError
-from ..fileutil import file_sha256, mkstemp_beside
-from ..params import ParamLayout
-from ..preprocess import CropBox, PreprocessCfg, box_from_points
-from .landmarks import MP468_N_POINTS, make_sample, mirror_permutation, read_image_rgb, warn_skipped
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256, mkstemp_beside
+from mlanet.params import ParamLayout
+from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points
+from mlanet.data.landmarks import MP468_N_POINTS, make_sample, mirror_permutation, read_image_rgb, warn_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def mediapipe468_flip_permutation(canonical_obj: str | os.PathLike[str]) -> np.n
     involution; 0.1 mm tolerance on the exactly symmetric canonical mesh). Pass it to
     :class:`mlanet.data.augment.Augment` to keep ``mp468`` through flips.
     """
-    from ..morphable.mediapipe_map import read_mediapipe_canonical
+    from mlanet.morphable.mediapipe_map import read_mediapipe_canonical
 
     vertices = read_mediapipe_canonical(canonical_obj)
     try:

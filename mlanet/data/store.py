@@ -110,11 +110,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import AssetError, ChecksumError, MLANetError
-from ..fileutil import atomic_file, write_json_atomic
-from ..preprocess import CropBox, PreprocessCfg
-from .sources.exclusion import ExclusionGuard, check_training_list
-from .sources.schema import DEFINITIONS, FaceSample
+from mlanet.errors import AssetError, ChecksumError, MLANetError
+from mlanet.fileutil import atomic_file, write_json_atomic
+from mlanet.preprocess import CropBox, PreprocessCfg
+from mlanet.data.sources.exclusion import ExclusionGuard, check_training_list
+from mlanet.data.sources.schema import DEFINITIONS, FaceSample
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def _crop_to_uint8(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     """(S, S, 3) uint8 crop (:func:`crop_uint8`, rounded)."""
     import torch
 
-    from .landmarks import crop_uint8
+    from mlanet.data.landmarks import crop_uint8
 
     crop = crop_uint8(image, box, size)  # (3, S, S) float in [0, 1]
     return crop.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -490,7 +490,7 @@ def prepare_store(
         MLANetError: ``out`` holds a store (finished or not) prepared with other settings or samples.
         KeyboardInterrupt: passed on after the finished shards are safe (call again to resume).
     """
-    from ..progress import Progress
+    from mlanet.progress import Progress
 
     t0 = time.perf_counter()
     pre = preprocess if preprocess is not None else PreprocessCfg(input_size=input_size)
@@ -715,7 +715,7 @@ def prepare_store(
 
 
 def _version() -> str:
-    from .. import __version__
+    from mlanet import __version__
 
     return str(__version__)
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import MLANetError
+from mlanet.errors import MLANetError
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Run ``mlanet data prepare``; returns the exit status."""
-    from ..fileutil import check_writable_dir
-    from .cli import parse_source_spec
-    from .sources import list_sources, open_source
-    from .store import prepare_store
+    from mlanet.fileutil import check_writable_dir
+    from mlanet.data.cli import parse_source_spec
+    from mlanet.data.sources import list_sources, open_source
+    from mlanet.data.store import prepare_store
 
     if not args.source:
         raise MLANetError(f"give at least one --source NAME=PATH (sources: {', '.join(list_sources())})")
@@ -48,11 +48,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     readers = [open_source(name, path) for name, path in specs]
     extras = None
     if args.labels or args.fits:
-        from .fits import LabelFitExtras
+        from mlanet.data.fits import LabelFitExtras
 
         if not args.labels:
             raise MLANetError("--fits needs --labels (fits are matched through the label entries)")
-        from .cli import _face_model
+        from mlanet.data.cli import _face_model
 
         # fits are used only where they were made for this face model's geometry
         extras = LabelFitExtras(args.labels, args.fits, face_model=_face_model(args.face_model) if args.fits else None)
@@ -78,7 +78,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``prepare`` to the sub-parsers ``sub`` of the ``data`` command group."""
-    from .store import DEFAULT_MARGIN, DEFAULT_SHARD_SIZE
+    from mlanet.data.store import DEFAULT_MARGIN, DEFAULT_SHARD_SIZE
 
     p = sub.add_parser("prepare", help="decode the training sources once into a store of fixed-size uint8 crops "
                                        "with their labels (resumable)")
@@ -115,8 +115,8 @@ def _parse_pairs(specs: list[str] | None, flag: str) -> dict[str, list[str]]:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Run ``mlanet data pack``; returns the exit status."""
-    from .store import Store
-    from .store_pack import pack_store, select_rows
+    from mlanet.data.store import Store
+    from mlanet.data.store_pack import pack_store, select_rows
 
     if args.input_size is not None and args.input_size < 16:
         raise MLANetError(f"--input-size must be >= 16, got {args.input_size}")
@@ -139,7 +139,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     """Run ``mlanet data unpack``; returns the exit status."""
-    from .store_pack import unpack_store
+    from mlanet.data.store_pack import unpack_store
 
     st = unpack_store(args.packed, args.out, progress=not args.quiet)
     print(f"{args.out}: {st!r}; content {st.manifest['content_sha256'][:16]}")
@@ -148,7 +148,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def add_pack_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``pack`` and ``unpack`` (:mod:`mlanet.data.store_pack`) to the ``data`` sub-parsers."""
-    from .store_pack import DEFAULT_QUALITY
+    from mlanet.data.store_pack import DEFAULT_QUALITY
 
     p = sub.add_parser("pack", help="pack a store into one small file (WebP crops at the network's size) to move it "
                                     "to another machine")

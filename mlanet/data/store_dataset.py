@@ -53,10 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .augment import Augment, AugmentCfg, AugmentDraw
-from .landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
-from .sources.schema import DEFINITIONS
-from .store import Store
+from mlanet.data.augment import Augment, AugmentCfg, AugmentDraw
+from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
+from mlanet.data.sources.schema import DEFINITIONS
+from mlanet.data.store import Store
 
 #: Name of the point-set extra that fills the loop's ``mp468`` / ``has_mp468`` keys.
 MP468_EXTRA = "mp468"

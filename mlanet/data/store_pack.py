@@ -40,9 +40,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import AssetError, MLANetError
-from ..fileutil import atomic_file, write_json_atomic
-from .store import (DEFAULT_SHARD_SIZE, IMAGES_FILE, LABELS_FILE, MANIFEST_FILE, STORE_FORMAT, Store,
+from mlanet.errors import AssetError, MLANetError
+from mlanet.fileutil import atomic_file, write_json_atomic
+from mlanet.data.store import (DEFAULT_SHARD_SIZE, IMAGES_FILE, LABELS_FILE, MANIFEST_FILE, STORE_FORMAT, Store,
                     _labels_sha256, _save_npz_atomic, _sha256_json)
 
 #: Format tag of a packed store.

@@ -48,13 +48,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..conventions import COLOUR_CHANNELS, PIXEL_CENTER_OFFSET, SH_COEFFS_PER_CHANNEL
-from ..geometry.rotations import euler_to_matrix
-from ..geometry.sh import directional_light_sh, sh_irradiance
-from ..morphable.model import MorphableModel
-from ..params import UNIT_AMBIENT_SH_DC, FaceParams
-from ..preprocess import PreprocessCfg
-from ..render.rasterizer import interpolate, rasterize
+from mlanet.conventions import COLOUR_CHANNELS, PIXEL_CENTER_OFFSET, SH_COEFFS_PER_CHANNEL
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.geometry.sh import directional_light_sh, sh_irradiance
+from mlanet.morphable.model import MorphableModel
+from mlanet.params import UNIT_AMBIENT_SH_DC, FaceParams
+from mlanet.preprocess import PreprocessCfg
+from mlanet.render.rasterizer import interpolate, rasterize
 
 __all__ = ["SyntheticCfg", "SyntheticFaces", "SKIN_REGIONS_FOR_MASK", "hole_loops"]
 

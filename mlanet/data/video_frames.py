@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import AssetError
-from ..fileutil import file_sha256
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import AssetError
-from ..params import ParamLayout
-from ..preprocess import PreprocessCfg, box_from_points
-from .aflw2000 import find_pairs, load_mat
-from .landmarks import IBUG68_N_POINTS, MATLAB_TO_OURS, make_sample, read_image_rgb, warn_skipped
+from mlanet.errors import AssetError
+from mlanet.params import ParamLayout
+from mlanet.preprocess import PreprocessCfg, box_from_points
+from mlanet.data.aflw2000 import find_pairs, load_mat
+from mlanet.data.landmarks import IBUG68_N_POINTS, MATLAB_TO_OURS, make_sample, read_image_rgb, warn_skipped
 
 logger = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import AssetError, MLANetError
-from ..fileutil import file_sha256
-from ..preprocess import CropBox, PreprocessCfg, box_from_points, box_from_rect
-from .metrics import nme_per_image, summarise, yaw_bins
-from .predict import PredictFn, predict_in_boxes
+from mlanet.errors import AssetError, MLANetError
+from mlanet.fileutil import file_sha256
+from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points, box_from_rect
+from mlanet.eval.metrics import nme_per_image, summarise, yaw_bins
+from mlanet.eval.predict import PredictFn, predict_in_boxes
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class NameList:
     @classmethod
     def load(cls, spec: str | Path) -> "NameList":
         """Read a named list or a list file (:class:`AssetError` naming it on any problem)."""
-        from ..data.splits import NAMED_LISTS, read_name_list, resolve_list
+        from mlanet.data.splits import NAMED_LISTS, read_name_list, resolve_list
 
         names = read_name_list(spec)
         path = resolve_list(spec)

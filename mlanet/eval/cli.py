@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..fileutil import check_writable_file, file_sha256, write_json_atomic
+from mlanet.fileutil import check_writable_file, file_sha256, write_json_atomic
 
 #: Model whose shipped weights are used when neither --model nor --weights is given.
 DEFAULT_MODEL = "mlanet_mobile"
@@ -50,15 +50,15 @@ def _progress(done: int, total: int, *_: Any) -> None:
 def _resolve_weights(args: argparse.Namespace) -> Path | None:
     """The checkpoint to evaluate: ``--weights`` (file or run folder), else the shipped default of
     ``--model``; None with ``--untrained``. Raises :class:`MLANetError` when none is shipped."""
-    from ..errors import MLANetError
+    from mlanet.errors import MLANetError
 
     if getattr(args, "untrained", None):
         return None
     if args.weights is not None:
-        from ..checkpoint import resolve_weights
+        from mlanet.checkpoint import resolve_weights
 
         return resolve_weights(args.weights)
-    from .. import weights as shipped
+    from mlanet import weights as shipped
 
     model_name = args.model or DEFAULT_MODEL
     weights = shipped.default_weights_path(model_name)
@@ -72,10 +72,10 @@ def _resolve_weights(args: argparse.Namespace) -> Path | None:
 
 def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any, Any, Any, dict, dict]:
     """``(predict_fn, preprocess, face_model, model descriptor, weights descriptor)`` for the 2D benchmarks."""
-    from ..errors import AssetError, MLANetError
-    from ..models.registry import create_model, list_models
-    from ..morphable.model import MorphableModel
-    from .predict import make_landmark_predictor, resolve_eval_definition
+    from mlanet.errors import AssetError, MLANetError
+    from mlanet.models.registry import create_model, list_models
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.eval.predict import make_landmark_predictor, resolve_eval_definition
 
     if weights is None and args.untrained not in list_models():
         raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
@@ -102,7 +102,7 @@ def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any
 
 def _write_ced(curves: dict[str, Any], path: Path, title: str, references: dict[str, float] | None = None) -> Path | None:
     """The CED plot, or None (with a warning) when matplotlib is missing."""
-    from .metrics import MissingExtraError, plot_ced
+    from mlanet.eval.metrics import MissingExtraError, plot_ced
 
     try:
         return plot_ced(curves, path, references=references, title=title)
@@ -116,7 +116,7 @@ def _ced_path(args: argparse.Namespace, json_path: Path) -> Path:
 
 
 def _check_batch(args: argparse.Namespace) -> None:
-    from ..errors import MLANetError
+    from mlanet.errors import MLANetError
 
     if args.batch < 1:
         raise MLANetError(f"--batch must be >= 1, got {args.batch}")
@@ -130,8 +130,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def cmd_aflw2000(args: argparse.Namespace) -> int:
-    from ..errors import MLANetError
-    from .aflw2000 import REFERENCES, AFLW2000Eval, NameList
+    from mlanet.errors import MLANetError
+    from mlanet.eval.aflw2000 import REFERENCES, AFLW2000Eval, NameList
 
     _check_batch(args)
     _check_outputs(args)
@@ -190,7 +190,7 @@ def cmd_aflw2000(args: argparse.Namespace) -> int:
 
 
 def cmd_landmarks68(args: argparse.Namespace) -> int:
-    from .landmarks68 import Landmarks68Eval
+    from mlanet.eval.landmarks68 import Landmarks68Eval
 
     _check_batch(args)
     _check_outputs(args)
@@ -223,7 +223,7 @@ def cmd_landmarks68(args: argparse.Namespace) -> int:
 
 
 def cmd_micc(args: argparse.Namespace) -> int:
-    from .micc import MM_PER_M, evaluate_micc_folders
+    from mlanet.eval.micc import MM_PER_M, evaluate_micc_folders
 
     _check_outputs(args)
     result = evaluate_micc_folders(
@@ -265,7 +265,7 @@ def _add_2d_arguments(a: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    from .micc import FOLDER_LAYOUT, MICC_RADIUS_M, MM_PER_M, UNITS
+    from mlanet.eval.micc import FOLDER_LAYOUT, MICC_RADIUS_M, MM_PER_M, UNITS
 
     p = subparsers.add_parser(
         "eval", help="benchmarks: AFLW2000-3D and in-the-wild 68-point NME, video landmark jitter and expression tracking, "
@@ -336,7 +336,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAc
     m.add_argument("--icp-iterations", type=int, default=100, help="maximum ICP iterations (default 100)")
     m.set_defaults(func=cmd_micc)
 
-    from .floor import add_floor_parser
+    from mlanet.eval.floor import add_floor_parser
 
     add_floor_parser(sub)
     return sub

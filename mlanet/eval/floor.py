@@ -1,7 +1,7 @@
 """The landmark *floor* of a face model on AFLW2000-3D: how well the model itself can match the ground truth.
 
 For every image the face model (pose, identity, expression) is fitted directly to the image's
-ground-truth 68 points (:func:`mlanet.morphable.landmark_fit.fit_landmarks`, in crop pixels of
+ground-truth 68 points (:func:`mlanet.morphable.landmarks.fit.fit_landmarks`, in crop pixels of
 the standard protocol's ground-truth crop and the standard crop camera), and the fitted
 model's points of one landmark definition are scored with the benchmark's own code
 (:meth:`mlanet.eval.aflw2000.AFLW2000Eval.evaluate`: the fitted points are replayed as the
@@ -16,7 +16,7 @@ crop; the default 1.0 px gives fitted identities as spread as the prior says (me
 records the fit settings and the fitted coefficients' spread.
 
 Only for measuring: AFLW2000-3D never enters the fitting of a definition (see
-:mod:`mlanet.morphable.landmark_build`).
+:mod:`mlanet.morphable.landmarks.build`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..morphable.landmark_fit import LandmarkFitSettings, Observation, fit_landmarks
-from ..morphable.model import MorphableModel
-from ..preprocess import PreprocessCfg
-from .aflw2000 import AFLW2000Eval, NameList
+from mlanet.morphable.landmarks.fit import LandmarkFitSettings, Observation, fit_landmarks
+from mlanet.morphable.model import MorphableModel
+from mlanet.preprocess import PreprocessCfg
+from mlanet.eval.aflw2000 import AFLW2000Eval, NameList
 
 #: Default fit of the floor (see the module docstring).
 FLOOR_FIT = LandmarkFitSettings(input_size=224, sigma_px=1.0, iterations=60, chunk=256)
@@ -89,7 +89,7 @@ def landmark_floor(
             "the face model fitted directly to each image's ground-truth 68 points (pose, identity, expression; MAP "
             "under the model's priors) and its points of this definition scored with the standard protocol"
         ),
-        "fit": {**s.to_dict(), "method": "Levenberg-Marquardt, analytic Jacobians (mlanet.morphable.landmark_fit)",
+        "fit": {**s.to_dict(), "method": "Levenberg-Marquardt, analytic Jacobians (mlanet.morphable.landmarks.fit)",
                 "camera": "the standard crop camera of PreprocessCfg(input_size) on the ground-truth crop"},
         "fit_residual_median_px": round(float(np.median(fit.residual_px)), 4),
         "identity_norm_median": round(float(np.median(ident)), 3),
@@ -139,8 +139,8 @@ def compare_floors(
 def cmd_floor(args: Any) -> int:
     import sys
 
-    from ..fileutil import check_writable_file, write_json_atomic
-    from ..errors import MLANetError
+    from mlanet.fileutil import check_writable_file, write_json_atomic
+    from mlanet.errors import MLANetError
 
     check_writable_file(args.json, "--json")
     if not args.sigma_px > 0:

@@ -34,11 +34,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..data.landmarks import IBUG68_N_POINTS, read_dlib_xml, read_pts
-from ..errors import AssetError, MLANetError
-from ..preprocess import CropBox, PreprocessCfg, box_from_points
-from .metrics import nme_per_image, summarise_nme
-from .predict import PredictFn, predict_in_boxes
+from mlanet.data.landmarks import IBUG68_N_POINTS, read_dlib_xml, read_pts
+from mlanet.errors import AssetError, MLANetError
+from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points
+from mlanet.eval.metrics import nme_per_image, summarise_nme
+from mlanet.eval.predict import PredictFn, predict_in_boxes
 
 #: Image suffixes searched for next to a ``.pts`` file, in order.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")

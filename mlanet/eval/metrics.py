@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import MLANetError
-from ..fileutil import save_figure_atomic
+from mlanet.errors import MLANetError
+from mlanet.fileutil import save_figure_atomic
 
 #: Yaw bin edges in degrees: bin k holds ``YAW_BIN_EDGES_DEG[k] < |yaw| <= YAW_BIN_EDGES_DEG[k + 1]``
 #: (bin 0 includes 0); anything beyond 90 degrees falls into the last bin.

@@ -34,8 +34,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import AssetError
-from ..morphable.obj import read_obj, read_obj_vertices, triangulate
+from mlanet.errors import AssetError
+from mlanet.morphable.obj import read_obj, read_obj_vertices, triangulate
 
 #: The crop radius of the protocol, metres.
 MICC_RADIUS_M = 0.095
@@ -185,7 +185,7 @@ def micc_rmse(
             raise ValueError(f"pred_landmarks {pl.shape} and gt_landmarks {gl.shape} must correspond one to one")
         scale, rot, trans = umeyama(pl, gl)
 
-    from ..morphable.mediapipe_map import closest_points_on_mesh  # scipy.spatial: imported on use
+    from mlanet.morphable.mediapipe_map import closest_points_on_mesh  # scipy.spatial: imported on use
 
     def closest(s: float, r: np.ndarray, t: np.ndarray):  # type: ignore[no-untyped-def]
         return closest_points_on_mesh(g, s * verts @ r.T + t, tris)

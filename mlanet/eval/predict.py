@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..geometry.rotations import euler_to_matrix
-from ..morphable.model import MorphableModel
-from ..params import FaceParams, ParamLayout, require_finite_params
-from ..preprocess import CropBox, PreprocessCfg
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.morphable.model import MorphableModel
+from mlanet.params import FaceParams, ParamLayout, require_finite_params
+from mlanet.preprocess import CropBox, PreprocessCfg
 
 #: ``predict_fn(images (B, 3, S, S) float [0, 1]) -> landmarks (B, L, 2+)`` in crop pixels.
 PredictFn = Callable[[torch.Tensor], Any]
@@ -139,7 +139,7 @@ def predict_in_boxes(
         AssetError: an image cannot be read (the message names it).
         ValueError: ``batch_size < 1`` or a predictor output of the wrong shape.
     """
-    from ..data.landmarks import crop_uint8, read_image_rgb
+    from mlanet.data.landmarks import crop_uint8, read_image_rgb
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rotations import GIMBAL_LOCK_EPS_FACTOR
+from mlanet.geometry.rotations import GIMBAL_LOCK_EPS_FACTOR
 
 __all__ = ["euler_to_matrix", "matrix_to_euler", "matrix_to_rotation_6d", "rotation_6d_to_matrix",
            "rotation_z_to"]

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..conventions import COLOUR_CHANNELS, SH_COEFFS_PER_CHANNEL
+from mlanet.conventions import COLOUR_CHANNELS, SH_COEFFS_PER_CHANNEL
 
 __all__ = [
     "SH_C0",

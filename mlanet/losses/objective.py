@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..geometry.rotations import euler_to_matrix
-from ..morphable.model import MorphableModel
-from ..params import FaceParams
-from ..preprocess import PreprocessCfg
-from . import terms
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.morphable.model import MorphableModel
+from mlanet.params import FaceParams
+from mlanet.preprocess import PreprocessCfg
+from mlanet.losses import terms
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Objective:
             terms.AlbedoPriors(face_model) if (cfg.albedo_symmetry or cfg.albedo_smoothness) else None
         )
         face_model.landmark_definition(cfg.landmark_definition)  # KeyError naming the model's definitions
-        from ..data.sources.schema import LANDMARK_SETS
+        from mlanet.data.sources.schema import LANDMARK_SETS
 
         #: set name -> (definition, weight) of the per-definition landmark terms that run
         self.sets: dict[str, tuple[str, float]] = {}
@@ -114,7 +114,7 @@ class Objective:
         if cfg.fit_expression and missing:
             import difflib
 
-            from ..errors import ConfigError
+            from mlanet.errors import ConfigError
 
             near = {n: difflib.get_close_matches(n, face_model.expression_names, n=2, cutoff=0.5) for n in missing}
             hint = "; ".join(f"{n}: did you mean {' or '.join(c)}?" for n, c in near.items() if c)
@@ -177,8 +177,8 @@ class Objective:
                 out["vertex_colour"] = cfg.vertex_colour * terms.vertex_colour_loss(fm, pred, target, has_params)
         render = render_mask = None
         if photometric:
-            from ..render.rasterizer import interpolate
-            from ..render.renderer import render_face
+            from mlanet.render.rasterizer import interpolate
+            from mlanet.render.renderer import render_face
 
             r = render_face(fm, pred, camera, S, S)
             skin = interpolate(self.skin[None, :, None].expand(B, -1, -1), r.fragments, fm.triangles)[..., 0]

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ..morphable.albedo import vertex_adjacency
-from ..morphable.model import MorphableModel
-from ..params import FaceParams
+from mlanet.morphable.albedo.regional import vertex_adjacency
+from mlanet.morphable.model import MorphableModel
+from mlanet.params import FaceParams
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

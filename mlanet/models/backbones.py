@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .attention import CoordinateAttention
+from mlanet.models.attention import CoordinateAttention
 
 STAGE_STRIDES: tuple[int, int, int, int] = (4, 8, 16, 32)
 #: Default of ``ca_stages``: coordinate attention in the blocks of all four stages.
@@ -367,7 +367,7 @@ def _mobilenetv2(*, block_attention: bool, ca_reduction: int, ca_min_width: int,
 
 def _efficientnet_lite0(*, block_attention: bool, ca_reduction: int, ca_min_width: int, width_mult: float,
                         ca_stages: tuple[int, ...], ca_blocks: str, last_channels: int) -> nn.Module:
-    from .efficientnet_lite import EfficientNetLiteBackbone  # its own module (it builds on this one)
+    from mlanet.models.efficientnet_lite import EfficientNetLiteBackbone  # its own module (it builds on this one)
 
     return EfficientNetLiteBackbone(width_mult, block_attention, ca_reduction, ca_min_width, last_channels, ca_stages,
                                     ca_blocks)

@@ -13,7 +13,7 @@ ICT_SIZES = {"identity": 100, "expression": 55, "albedo": 10}
 
 
 def _layout_from_header(header: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from ..params import ParamLayout
+    from mlanet.params import ParamLayout
 
     counts = header.get("counts") or {}
     if all(k in counts for k in ICT_SIZES):
@@ -23,11 +23,11 @@ def _layout_from_header(header: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 def resolve_layout(face_model: str | None) -> tuple[Any, str]:
     """(ParamLayout, where it came from): ``face_model`` file, else the default model, else ICT sizes."""
-    from ..errors import FaceModelNotFoundError
-    from ..morphable.data import read_header
-    from ..morphable.model import load_face_model_data
-    from ..params import ParamLayout
-    from ..paths import default_face_model_path
+    from mlanet.errors import FaceModelNotFoundError
+    from mlanet.morphable.data import read_header
+    from mlanet.morphable.model import load_face_model_data
+    from mlanet.params import ParamLayout
+    from mlanet.paths import default_face_model_path
 
     if face_model is not None:
         if not Path(face_model).expanduser().is_file():
@@ -49,10 +49,10 @@ def resolve_layout(face_model: str | None) -> tuple[Any, str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .flops import count_flops, format_count
-    from .registry import MODELS, create_model, list_models
+    from mlanet.models.flops import count_flops, format_count
+    from mlanet.models.registry import MODELS, create_model, list_models
 
-    from ..preprocess import PreprocessCfg
+    from mlanet.preprocess import PreprocessCfg
 
     layout, source = resolve_layout(args.face_model)
     try:
@@ -80,16 +80,16 @@ def input_preprocess(name: str) -> tuple[Any, str]:
     """``(PreprocessCfg, where it came from)`` of a model as it runs: its shipped weights' preprocessing
     (their input size, e.g. 128 px) where this install ships weights for it, else the registry's default
     (:func:`mlanet.models.registry.registered_preprocess`)."""
-    from .registry import registered_preprocess
+    from mlanet.models.registry import registered_preprocess
 
     return registered_preprocess(name)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..config import apply_overrides
-    from ..preprocess import PreprocessCfg
-    from .flops import count_flops
-    from .registry import MODELS, create_model, list_models
+    from mlanet.config import apply_overrides
+    from mlanet.preprocess import PreprocessCfg
+    from mlanet.models.flops import count_flops
+    from mlanet.models.registry import MODELS, create_model, list_models
 
     if args.name not in MODELS:
         print(f"error: unknown model {args.name!r}; known models: {', '.join(list_models())}", file=sys.stderr)

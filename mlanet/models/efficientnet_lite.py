@@ -75,9 +75,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AssetError
-from ..fileutil import file_sha256
-from .backbones import (
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
+from mlanet.models.backbones import (
     ALL_STAGES,
     STAGE_STRIDES,
     ConvBNAct,
@@ -281,7 +281,7 @@ def pretrained_weights_path() -> Path:
 
 
 def _lite_backbone(model: Any) -> tuple[EfficientNetLiteBackbone, str]:
-    from .model_io import _unwrap
+    from mlanet.models.model_io import _unwrap
 
     model = _unwrap(model)
     if isinstance(model, EfficientNetLiteBackbone):
@@ -326,7 +326,7 @@ def load_efficientnet_lite0(
         AssetError: package missing, file altered, unreadable source, nothing matched, or (strict)
             missing / mis-shaped / unexpected tensors (a ``width_mult`` other than 1.0 never fits).
     """
-    from .model_io import _read_state_dict
+    from mlanet.models.model_io import _read_state_dict
 
     backbone, model_name = _lite_backbone(model)
     sha = None

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..params import GROUPS, FaceParams, ParamLayout
-from ..preprocess import PreprocessCfg
-from .attention import AttentionalFeatureFusion, CoordinateAttention
-from .backbones import ALL_STAGES, BACKBONES, DEFAULT_LAST_CHANNELS, build_backbone, check_ca_blocks, check_ca_stages
+from mlanet.params import GROUPS, FaceParams, ParamLayout
+from mlanet.preprocess import PreprocessCfg
+from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention
+from mlanet.models.backbones import ALL_STAGES, BACKBONES, DEFAULT_LAST_CHANNELS, build_backbone, check_ca_blocks, check_ca_stages
 
 
 EXPRESSION_ACTIVATIONS = ("linear", "sigmoid")

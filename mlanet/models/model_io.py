@@ -18,11 +18,11 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import AssetError
-from ..checkpoint import CheckpointMeta, save_weights
-from ..params import ParamLayout
-from .mlanet import MLANet
-from .registry import describe_face_model
+from mlanet.errors import AssetError
+from mlanet.checkpoint import CheckpointMeta, save_weights
+from mlanet.params import ParamLayout
+from mlanet.models.mlanet import MLANet
+from mlanet.models.registry import describe_face_model
 
 log = logging.getLogger(__name__)
 

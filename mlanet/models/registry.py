@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from ..checkpoint import CheckpointMeta, load_weights
-from ..errors import AssetError
-from ..params import ParamLayout
-from ..preprocess import PreprocessCfg
-from .efficientnet_lite import PRETRAINED_MEAN, PRETRAINED_STD, load_efficientnet_lite0  # noqa: F401 (re-export)
-from .mlanet import MLANet, MLANetConfig
+from mlanet.checkpoint import CheckpointMeta, load_weights
+from mlanet.errors import AssetError
+from mlanet.params import ParamLayout
+from mlanet.preprocess import PreprocessCfg
+from mlanet.models.efficientnet_lite import PRETRAINED_MEAN, PRETRAINED_STD, load_efficientnet_lite0  # noqa: F401 (re-export)
+from mlanet.models.mlanet import MLANet, MLANetConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def registered_preprocess(name: str) -> tuple[PreprocessCfg, str]:
     """``(PreprocessCfg, where it came from)`` of a registered network as it runs: its shipped weights'
     preprocessing where this install ships weights for it, else :data:`DEFAULT_PREPROCESS`, else
     ``PreprocessCfg()``."""
-    from ..checkpoint import read_meta
-    from ..weights import shipped_weights_file
+    from mlanet.checkpoint import read_meta
+    from mlanet.weights import shipped_weights_file
 
     _registered(name)
     shipped = shipped_weights_file(canonical_name(name))
@@ -144,7 +144,7 @@ def describe_face_model(face_model: Any) -> dict[str, Any]:
     header = getattr(face_model, "header", None)
     if not isinstance(header, Mapping) or "model_id" not in header:
         raise ValueError(f"expected a MorphableModel, FaceModelData or description dict, got {type(face_model).__name__}")
-    from ..morphable.decoder_identity import build_recipe, decoder_signature
+    from mlanet.morphable.decoder_identity import build_recipe, decoder_signature
 
     return {
         "model_id": str(header["model_id"]),
@@ -158,7 +158,7 @@ def describe_face_model(face_model: Any) -> dict[str, Any]:
 
 def _resolve_face_model(face_model: Any) -> Any:
     if isinstance(face_model, (str, os.PathLike)):
-        from ..morphable.model import load_face_model_data
+        from mlanet.morphable.model import load_face_model_data
 
         return load_face_model_data(face_model)
     return face_model
@@ -254,7 +254,7 @@ def _from_checkpoint(
     preprocess: PreprocessCfg | None,
     overrides: Mapping[str, Any],
 ) -> MLANet:
-    from ..config import ConfigError, from_dict
+    from mlanet.config import ConfigError, from_dict
 
     if overrides:
         raise ValueError(
@@ -284,7 +284,7 @@ def _from_checkpoint(
 
 def check_checkpoint_binding(path: Path, meta: CheckpointMeta, given: dict[str, Any]) -> None:
     """Raise AssetError (naming ``path``) unless the face model described by ``given`` decodes this checkpoint."""
-    from ..morphable.decoder_identity import check_binding
+    from mlanet.morphable.decoder_identity import check_binding
 
     check_binding(str(path), meta.face_model, given)
     if "layout" in given and ParamLayout.from_dict(given["layout"]) != meta.layout:

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..paths import DEFAULT_FACE_MODEL_NAME, default_face_model_path, face_model_dir
-from . import ict_topology as topo
+from mlanet.paths import DEFAULT_FACE_MODEL_NAME, default_face_model_path, face_model_dir
+from mlanet.morphable.sources import ict_topology as topo
 
 MEDIAPIPE_OBJ_NAME = "canonical_face_model.obj"
 
@@ -35,7 +35,7 @@ def find_mediapipe_canonical() -> Path | None:
 
 def _output_path(args: argparse.Namespace, default_name: str) -> Path:
     """Where the face-model file goes; refused (MLANetError naming the option) when it cannot be written."""
-    from ..fileutil import check_writable_dir, check_writable_file
+    from mlanet.fileutil import check_writable_dir, check_writable_file
 
     if args.output:
         return check_writable_file(args.output, "--output")
@@ -49,7 +49,7 @@ def _ict_file_name(crop: str) -> str:
 
 
 def _resolve_mediapipe(args: argparse.Namespace) -> Path | None:
-    from ..errors import AssetError
+    from mlanet.errors import AssetError
 
     if args.no_mediapipe:
         return None
@@ -66,8 +66,8 @@ def _resolve_mediapipe(args: argparse.Namespace) -> Path | None:
 
 
 def _build_ict(source: Path | str, args: argparse.Namespace) -> Path:
-    from ..errors import AssetError
-    from .ict import build_ict_face_model
+    from mlanet.errors import AssetError
+    from mlanet.morphable.sources.ict import build_ict_face_model
 
     if not Path(source).expanduser().exists():
         raise AssetError(f"{source}: no such file or folder (expected ICT-FaceKit's FaceXModel/ folder or archive)")
@@ -98,7 +98,7 @@ def _report(out: Path, data, seconds: float) -> None:  # type: ignore[no-untyped
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .bfm import load_bfm_front_mat
+    from mlanet.morphable.sources.bfm import load_bfm_front_mat
 
     if bool(args.ict) == bool(args.bfm):
         print("error: give exactly one of --ict PATH or --bfm PATH", file=sys.stderr)
@@ -115,7 +115,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import ICT_ARCHIVE_URL, fetch_ict
+    from mlanet.morphable.fetch import ICT_ARCHIVE_URL, fetch_ict
 
     _output_path(args, _ict_file_name(args.crop))  # refuse an unwritable output before the download
     archive = fetch_ict(args.url or ICT_ARCHIVE_URL, timeout=args.timeout, progress=_say)
@@ -142,15 +142,15 @@ def _albedo_command(args: argparse.Namespace, specs: list[tuple[str, Path]], fac
 
 
 def cmd_albedo(args: argparse.Namespace) -> int:
-    from ..data.cli import parse_source_spec
-    from ..data.sources import ExclusionGuard, check_training_list
-    from ..errors import AssetError, MLANetError
-    from ..fileutil import check_writable_file
-    from ..paths import default_face_model_path
-    from ..preprocess import PreprocessCfg
-    from .albedo_fit import FitSettings, build_albedo_model
-    from .albedo_sources import ALBEDO_SOURCES, load_faces, open_albedo_sources, select_faces, source_entry
-    from .model import load_face_model_data
+    from mlanet.data.cli import parse_source_spec
+    from mlanet.data.sources import ExclusionGuard, check_training_list
+    from mlanet.errors import AssetError, MLANetError
+    from mlanet.fileutil import check_writable_file
+    from mlanet.paths import default_face_model_path
+    from mlanet.preprocess import PreprocessCfg
+    from mlanet.morphable.albedo.fit import FitSettings, build_albedo_model
+    from mlanet.morphable.albedo.sources import ALBEDO_SOURCES, load_faces, open_albedo_sources, select_faces, source_entry
+    from mlanet.morphable.model import load_face_model_data
 
     if args.aflw is not None or args.list is not None:
         raise AssetError(
@@ -205,7 +205,7 @@ def cmd_albedo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .model import load_face_model_data
+    from mlanet.morphable.model import load_face_model_data
 
     data = load_face_model_data(args.path)
     h = data.header
@@ -229,9 +229,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from ..fileutil import check_writable_file
-    from .model import load_face_model_data
-    from .preview import render_preview
+    from mlanet.fileutil import check_writable_file
+    from mlanet.morphable.model import load_face_model_data
+    from mlanet.morphable.preview import render_preview
 
     check_writable_file(args.out, "--out")
     data = load_face_model_data(args.path)
@@ -284,7 +284,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     outputs(f)
     f.set_defaults(func=cmd_fetch)
 
-    from .albedo_sources import DEFAULT_EVERY, DEFAULT_MAX_FACES
+    from mlanet.morphable.albedo.sources import DEFAULT_EVERY, DEFAULT_MAX_FACES
 
     a = sub.add_parser("albedo", help="build a data-driven albedo model file from training faces (300-W, video frames)")
     a.add_argument("--source", action="append", metavar="NAME=PATH",
@@ -307,7 +307,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="reject faces whose mean landmark fit residual (224 px crop) exceeds this")
     a.set_defaults(func=cmd_albedo)
 
-    from .landmark_cli import add_landmarks_parser
+    from mlanet.morphable.landmarks.cli import add_landmarks_parser
 
     add_landmarks_parser(sub)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from ..fileutil import atomic_file
+from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError
+from mlanet.fileutil import atomic_file
 
 #: ``header["format"]`` of every face-model file.
 FORMAT_NAME = "mlanet-facemodel"
@@ -59,7 +59,7 @@ class FaceModelData:
         region_labels (V,) uint8 indices into ``header["region_names"]``
         extra: optional named arrays (e.g. ``landmarks/jaw_left``, ``mediapipe/triangle``); landmark
             definitions as ``landmarks/NAME/{triangle,barycentric,contour[,contour_candidates]}``
-            with metadata in ``header["landmark_definitions"]`` (:mod:`.surface_landmarks`)
+            with metadata in ``header["landmark_definitions"]`` (:mod:`mlanet.morphable.landmarks.definitions`)
 
     Required header keys: ``model_id``, ``expression_names`` (K_exp names), ``region_names``.
     :meth:`save` adds ``format``, ``format_version``, ``units``, ``frame``, counts and the
@@ -180,7 +180,7 @@ class FaceModelData:
         for name in _FLOAT_FIELDS:
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(f"{name} contains NaN or infinite values")
-        from .surface_landmarks import read_definitions
+        from mlanet.morphable.landmarks.definitions import read_definitions
 
         try:
             definitions = read_definitions(self.extra, self.header)

@@ -40,8 +40,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import AssetError
-from ..paths import find_local_ict_assets
+from mlanet.errors import AssetError
+from mlanet.paths import find_local_ict_assets
 
 #: Version of the signature format; a stored signature of another version is recomputed/refused.
 SIGNATURE_VERSION = 1
@@ -174,7 +174,7 @@ def build_recipe(header: Mapping[str, Any]) -> dict[str, Any]:
 def _shipped_albedo_id(crop: str) -> str | None:
     """The id of the albedo model ``mlanet assets build --albedo auto`` embeds for ``crop`` (None: none)."""
     try:
-        from .albedo_file import SHIPPED_ALBEDO, AlbedoModelFile
+        from mlanet.morphable.albedo.file import SHIPPED_ALBEDO, AlbedoModelFile
 
         path = SHIPPED_ALBEDO.get(crop)
         return AlbedoModelFile.load(path).id if path is not None and path.is_file() else None

@@ -2,7 +2,7 @@
 
 The GitHub archive of the pinned commit is downloaded to ``<asset home>/downloads/`` (to a
 ``.part`` file, renamed when complete) and verified by its *content* checksum (the same one
-the builder records; see :mod:`.ict_source`), which does not depend on how GitHub packs
+the builder records; see :mod:`mlanet.morphable.sources.ict_archive`), which does not depend on how GitHub packs
 the archive. Offline, it fails at once and names the local-path alternative.
 """
 
@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import AssetError, ChecksumError, OfflineError
-from ..paths import downloads_dir
-from .ict_source import PINNED_COMMIT, PINNED_CONTENT_SHA256, UPSTREAM_REPO, ProgressFn, read_ict_release
+from mlanet.errors import AssetError, ChecksumError, OfflineError
+from mlanet.paths import downloads_dir
+from mlanet.morphable.sources.ict_archive import PINNED_COMMIT, PINNED_CONTENT_SHA256, UPSTREAM_REPO, ProgressFn, read_ict_release
 
 #: Archive of the pinned upstream commit.
 ICT_ARCHIVE_URL = f"{UPSTREAM_REPO}/archive/{PINNED_COMMIT}.zip"

@@ -90,9 +90,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..conventions import METRES_PER_CM, y_up_to_model_frame
-from ..errors import AssetError
-from .exact_linalg import (
+from mlanet.conventions import METRES_PER_CM, y_up_to_model_frame
+from mlanet.errors import AssetError
+from mlanet.morphable.exact_linalg import (
     box_qp,
     matmul,
     matvec,
@@ -103,7 +103,7 @@ from .exact_linalg import (
     solve_spd,
     symmetric_eigen,
 )
-from .obj import read_obj
+from mlanet.morphable.obj import read_obj
 
 logger = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FaceModelNotFoundError
-from ..geometry.mesh import vertex_normals
-from ..geometry.rotations import euler_to_matrix
-from ..geometry.sh import sh_shade
-from ..params import FaceParams, ParamLayout
-from ..paths import HOME_ENV_VAR, default_face_model_path, find_local_ict_assets
-from . import surface_landmarks as sl
-from .decoder_identity import build_recipe, decoder_signature
-from .data import FaceModelData
+from mlanet.errors import FaceModelNotFoundError
+from mlanet.geometry.mesh import vertex_normals
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.geometry.sh import sh_shade
+from mlanet.params import FaceParams, ParamLayout
+from mlanet.paths import HOME_ENV_VAR, default_face_model_path, find_local_ict_assets
+from mlanet.morphable.landmarks import definitions as sl
+from mlanet.morphable.decoder_identity import build_recipe, decoder_signature
+from mlanet.morphable.data import FaceModelData
 
 def build_command(*flags: str) -> str:
     """A command that builds the default face model on this machine, as it can be typed.
@@ -55,7 +55,7 @@ class MorphableModel(nn.Module):
     ``albedo_basis`` (K_alb, 3V); ``triangles`` (F, 3) long; ``uv`` (U, 2);
     ``triangles_uv`` (F, 3) long; ``landmark_index`` (68,) long; ``region_labels`` (V,) long;
     and, when the file has them, ``mediapipe_triangle`` (468,) long and
-    ``mediapipe_barycentric`` (468, 3). Landmark definitions (:mod:`.surface_landmarks`) are
+    ``mediapipe_barycentric`` (468, 3). Landmark definitions (:mod:`mlanet.morphable.landmarks.definitions`) are
     non-persistent buffers (``state_dict`` is unchanged by them); see :meth:`landmark_points`.
     """
 
@@ -112,7 +112,7 @@ class MorphableModel(nn.Module):
         self._init_definitions(data)
 
     def _init_definitions(self, data: FaceModelData) -> None:
-        """Buffers of every landmark definition (see :mod:`.surface_landmarks`)."""
+        """Buffers of every landmark definition (see :mod:`mlanet.morphable.landmarks.definitions`)."""
         tris = data.triangles.astype("int64")
         self._definitions: dict[str, dict[str, Any]] = {}
         self._definitions[sl.ICT68] = {
@@ -271,7 +271,7 @@ class MorphableModel(nn.Module):
 
         Without ``camera`` every point is its fixed surface point. With a camera
         (:class:`~mlanet.geometry.camera.PinholeCamera`, vertices in its frame) the definition's
-        contour points follow the silhouette seen by it (:mod:`.surface_landmarks`); ``rotation``
+        contour points follow the silhouette seen by it (:mod:`mlanet.morphable.landmarks.definitions`); ``rotation``
         (B, 3, 3), the head rotation, is estimated from the vertices when not given.
         """
         self._require_definition(name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AssetError
+from mlanet.errors import AssetError
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import FaceModelData
+from mlanet.morphable.data import FaceModelData
 
 #: Display colours per region name (RGB 0..255).
 REGION_COLOURS = {

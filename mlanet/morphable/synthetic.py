@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
-from .data import FaceModelData
-from .regions import REGION_NAMES, SKIN_REGIONS, label_regions
+from mlanet.morphable.albedo.regional import DEFAULT_ALBEDO_ID, default_albedo_model
+from mlanet.morphable.data import FaceModelData
+from mlanet.morphable.regions import REGION_NAMES, SKIN_REGIONS, label_regions
 
 _HALF_WIDTH = 0.08  # m
 _HALF_HEIGHT = 0.105  # m

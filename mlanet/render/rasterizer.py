@@ -64,8 +64,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..conventions import PIXEL_CENTER_OFFSET
-from ..geometry.camera import PinholeCamera
+from mlanet.conventions import PIXEL_CENTER_OFFSET
+from mlanet.geometry.camera import PinholeCamera
 
 __all__ = ["Fragments", "rasterize", "interpolate", "DEFAULT_MAX_CANDIDATES"]
 

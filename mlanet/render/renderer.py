@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..geometry.camera import PinholeCamera
-from ..params import FaceParams
-from .rasterizer import Fragments, interpolate, rasterize
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.params import FaceParams
+from mlanet.render.rasterizer import Fragments, interpolate, rasterize
 
 __all__ = ["RenderOutput", "render_mesh", "render_face"]
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .tddfa_mb05 import (
+from mlanet.teacher.tddfa_mb05 import (
     HeadPose,
     Teacher,
     TeacherPrediction,

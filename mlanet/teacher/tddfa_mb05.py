@@ -86,10 +86,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AssetError
-from ..fileutil import file_sha256
-from ..geometry.rotations import matrix_to_euler
-from ..preprocess import CropBox, PreprocessCfg, box_from_points
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
+from mlanet.geometry.rotations import matrix_to_euler
+from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points
 
 logger = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class Teacher(nn.Module):
             :class:`TeacherPrediction` (numpy float64): points2d (B, 68, 2) and points3d
             (B, 68, 3) in image pixels, pose :class:`HeadPose`.
         """
-        from ..data.landmarks import crop_uint8
+        from mlanet.data.landmarks import crop_uint8
 
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} boxes")

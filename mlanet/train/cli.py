@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from ..config import load_config
+from mlanet.config import load_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainCfg
-    from .loop import train
+    from mlanet.train.config import TrainCfg
+    from mlanet.train.loop import train
 
     overrides = list(args.set or [])
     if args.out:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses.objective import LossCfg
-from ..preprocess import PreprocessCfg
+from mlanet.losses.objective import LossCfg
+from mlanet.preprocess import PreprocessCfg
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..checkpoint import load_training_state, load_weights, save_training_state
-from ..config import save_config, to_dict
-from ..fileutil import write_json_atomic
-from ..losses.objective import Objective
-from ..morphable.model import MorphableModel
-from ..progress import Progress
-from .config import TrainCfg
-from .sampling import MixtureBatchSampler, MixtureDataset, make_collate
+from mlanet.checkpoint import load_training_state, load_weights, save_training_state
+from mlanet.config import save_config, to_dict
+from mlanet.fileutil import write_json_atomic
+from mlanet.losses.objective import Objective
+from mlanet.morphable.model import MorphableModel
+from mlanet.progress import Progress
+from mlanet.train.config import TrainCfg
+from mlanet.train.sampling import MixtureBatchSampler, MixtureDataset, make_collate
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ def _device(spec: str, local_rank: int) -> torch.device:
 
 def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any], list[float], list[Any]]:
     """Datasets, their weights and augmentations from ``cfg.data``."""
-    from ..data.synthetic import SyntheticFaces
+    from mlanet.data.synthetic import SyntheticFaces
 
     d, pre = cfg.data, cfg.preprocess
     sources, weights, augments = [], [], []
     augment = None
     if d.augment and (d.unlabelled_dir or d.unlabelled_videos or d.w300lp_dir or d.aflw2000_dir):
-        from ..data.augment import Augment, AugmentCfg
+        from mlanet.data.augment import Augment, AugmentCfg
 
         augment = Augment(AugmentCfg())
     if d.synthetic > 0:
@@ -81,30 +81,30 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         augments.append(None)
     unlabelled_dirs = [d.unlabelled_dir] if d.unlabelled_dir else []
     if d.unlabelled_videos and d.unlabelled_weight > 0:
-        from ..data.video_frames import extract_frames
+        from mlanet.data.video_frames import extract_frames
 
         unlabelled_dirs += [extract_frames(v, d.unlabelled_video_cache, d.unlabelled_video_every) for v in d.unlabelled_videos]
     if unlabelled_dirs and d.unlabelled_weight > 0:
         from torch.utils.data import ConcatDataset
 
-        from ..data.mediapipe_labels import UnlabelledFaces
+        from mlanet.data.mediapipe_labels import UnlabelledFaces
 
         parts = [UnlabelledFaces(u, pre) for u in unlabelled_dirs]
         sources.append(parts[0] if len(parts) == 1 else ConcatDataset(parts))
         weights.append(d.unlabelled_weight)
         augments.append(augment)
     if d.w300lp_dir and d.w300lp_weight > 0:
-        from ..data import w300lp
+        from mlanet.data import w300lp
 
         sources.append(w300lp.W300LP(d.w300lp_dir, pre))
         weights.append(d.w300lp_weight)
         augments.append(augment)
     if d.aflw2000_dir and d.aflw2000_weight > 0:
-        from ..data.aflw2000 import AFLW2000
+        from mlanet.data.aflw2000 import AFLW2000
 
-        from ..data.splits import read_name_list
+        from mlanet.data.splits import read_name_list
 
-        from ..data.sources.exclusion import check_training_list
+        from mlanet.data.sources.exclusion import check_training_list
 
         names = read_name_list(d.aflw2000_list) if d.aflw2000_list else None
         ds = AFLW2000(d.aflw2000_dir, pre, layout=face_model.layout, extras=False, names=names)
@@ -118,21 +118,21 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
     for k, (path, weight, only) in enumerate(stores):
         if weight <= 0:
             continue
-        from ..data.store_dataset import StoreDataset
+        from mlanet.data.store_dataset import StoreDataset
 
-        from ..data.augment import AugmentCfg
+        from mlanet.data.augment import AugmentCfg
 
         aug = AugmentCfg(rotation_deg=d.store_rotation_deg, wide_rotation_prob=d.store_wide_rotation_prob,
                          wide_rotation_deg=d.store_wide_rotation_deg) if d.augment else None
         store = StoreDataset(path, aug, seed=cfg.run.seed, n_params=face_model.layout.total,
                              input_size=pre.input_size, sources=only)
         if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
-            from ..errors import AssetError
+            from mlanet.errors import AssetError
 
             raise AssetError(f"store {path}: crops at roi_scale {store.store.preprocess.roi_scale}, "
                              f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
         if k == 0 and d.store_dir and d.store_yaw_balance > 0:  # the main store only
-            from .sampling import yaw_balanced_weights
+            from mlanet.train.sampling import yaw_balanced_weights
 
             store.item_weights = yaw_balanced_weights(store.abs_yaw_deg(), d.store_yaw_balance)
         sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
@@ -158,12 +158,12 @@ def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
 def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
     """Load another run's weights into ``model`` (same network and parameter layout; the face
     model's content may differ, e.g. a new albedo basis). Returns the checkpoint file used."""
-    from ..checkpoint import resolve_weights
-    from ..errors import AssetError
+    from mlanet.checkpoint import resolve_weights
+    from mlanet.errors import AssetError
 
     path = resolve_weights(weights)
     state, meta = load_weights(path)
-    from ..models.registry import canonical_name
+    from mlanet.models.registry import canonical_name
 
     if canonical_name(meta.model_name) != canonical_name(model.name) or meta.layout != model.layout:
         raise AssetError(
@@ -188,7 +188,7 @@ def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, 
 
     ``face_model`` (on ``device``) decodes predictions; ``data_face_model`` (CPU) renders the images.
     """
-    from ..data.synthetic import SyntheticFaces
+    from mlanet.data.synthetic import SyntheticFaces
 
     n = cfg.data.val_synthetic
     if n <= 0:
@@ -202,7 +202,7 @@ def validate(model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, 
     for start in range(0, n, 16):
         batch = collate([{**data[i], "source": torch.tensor(0)} for i in range(start, min(start + 16, n))])
         pred = model(batch["image"].to(device)).float()
-        from ..params import FaceParams
+        from mlanet.params import FaceParams
 
         p = FaceParams.from_flat(pred, face_model.layout)
         cam = cfg.preprocess.camera(pred.shape[0], device=device)
@@ -228,7 +228,7 @@ class DevValidation:
     """
 
     def __init__(self, folder: str, definition: str, face_model: MorphableModel) -> None:
-        from ..eval.aflw2000 import AFLW2000Eval
+        from mlanet.eval.aflw2000 import AFLW2000Eval
 
         self.bench = AFLW2000Eval(folder)
         face_model.landmark_definition(definition)  # KeyError naming the model's definitions
@@ -236,7 +236,7 @@ class DevValidation:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg) -> dict[str, float]:
-        from ..eval.predict import make_landmark_predictor
+        from mlanet.eval.predict import make_landmark_predictor
 
         was_training = model.training
         model.eval()
@@ -310,7 +310,7 @@ class _Writer:
 # --------------------------------------------------------------------------- checkpoints
 def _save(out_dir: Path, model: torch.nn.Module, face_model: MorphableModel, cfg: TrainCfg, step: int,
           optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, metrics: dict[str, float]) -> Path:
-    from ..models.model_io import save_model
+    from mlanet.models.model_io import save_model
 
     ckpt_dir = out_dir / "checkpoints"
     weights = save_model(model, ckpt_dir / f"step_{step:07d}.safetensors", face_model.describe(),
@@ -423,8 +423,8 @@ def train(cfg: TrainCfg, resume: bool = False) -> dict[str, Any]:
 
 
 def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
-    from ..models.model_io import load_torchvision_resnet50
-    from ..models.registry import create_model
+    from mlanet.models.model_io import load_torchvision_resnet50
+    from mlanet.models.registry import create_model
 
     rank, world, local_rank = _distributed()
     device = _device(cfg.run.device, local_rank)
@@ -445,7 +445,7 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
         report = load_torchvision_resnet50(model, cfg.model.init_torchvision)
         log.info("initialised the backbone from %s: %s", cfg.model.init_torchvision, {k: len(v) if isinstance(v, list) else v for k, v in report.items()})
     if cfg.model.init_imagenet and not resume:
-        from ..models.efficientnet_lite import load_efficientnet_lite0
+        from mlanet.models.efficientnet_lite import load_efficientnet_lite0
 
         src = None if cfg.model.init_imagenet == "package" else cfg.model.init_imagenet
         report = load_efficientnet_lite0(model, src)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.sources.schema import LANDMARK_SETS  # the optional landmark keys (re-exported)
+from mlanet.data.sources.schema import LANDMARK_SETS  # the optional landmark keys (re-exported)
 
 #: Keys every training sample carries (see mlanet.data); collation keeps exactly these.
 SAMPLE_KEYS = ("image", "landmarks", "landmarks_valid", "params", "has_params", "mp468", "has_mp468", "box", "index")

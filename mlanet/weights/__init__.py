@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MLANetError
+from mlanet.errors import MLANetError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
@@ -45,7 +45,7 @@ class WeightsNotShippedError(MLANetError):
 
 
 def _canonical(model_name: str) -> str:
-    from ..models.registry import canonical_name
+    from mlanet.models.registry import canonical_name
 
     return canonical_name(model_name)
 

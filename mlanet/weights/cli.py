@@ -12,8 +12,8 @@ import json
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_meta
-    from . import MODEL_CARD, NOT_SHIPPED, SHIPPED, default_weights_path
+    from mlanet.checkpoint import read_meta
+    from mlanet.weights import MODEL_CARD, NOT_SHIPPED, SHIPPED, default_weights_path
 
     for name in SHIPPED:
         path = default_weights_path(name)
@@ -35,9 +35,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_meta, resolve_weights
-    from ..errors import MLANetError
-    from . import default_weights_path
+    from mlanet.checkpoint import read_meta, resolve_weights
+    from mlanet.errors import MLANetError
+    from mlanet.weights import default_weights_path
 
     path = default_weights_path(args.weights) or resolve_weights(args.weights)
     if not path.is_file():
@@ -54,8 +54,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     import sys
 
-    from ..checkpoint import read_meta
-    from .pack import pack_weights, release_info, unbuildable_albedo
+    from mlanet.checkpoint import read_meta
+    from mlanet.weights.pack import pack_weights, release_info, unbuildable_albedo
 
     out = pack_weights(args.weights, args.out, stages=args.stage, name=args.name, stores=args.store,
                        max_bytes=int(args.max_mb * 1e6) if args.max_mb > 0 else None)
@@ -85,7 +85,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_rebind(args: argparse.Namespace) -> int:
-    from .pack import rebind_weights
+    from mlanet.weights.pack import rebind_weights
 
     out = rebind_weights(args.weights, args.face_model, args.out or args.weights)
     print(f"wrote {out}: bound to the decoder of {args.face_model}, tensor checksum recorded")
@@ -93,7 +93,7 @@ def cmd_rebind(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from . import MAX_SHIPPED_BYTES
+    from mlanet.weights import MAX_SHIPPED_BYTES
 
     p = subparsers.add_parser("weights", help="shipped default weights: list, info, pack")
     sub = p.add_subparsers(dest="weights_cmd", required=True)

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointMeta, load_weights, resolve_weights, save_weights
-from ..errors import AssetError, MLANetError
-from ..fileutil import file_sha256, mkstemp_beside
-from . import MAX_SHIPPED_BYTES
+from mlanet.checkpoint import CheckpointMeta, load_weights, resolve_weights, save_weights
+from mlanet.errors import AssetError, MLANetError
+from mlanet.fileutil import file_sha256, mkstemp_beside
+from mlanet.weights import MAX_SHIPPED_BYTES
 
 RESEARCH_ONLY_NOTICE = (
     "research use only: trained on research-only face images (AFLW, 300-W, MTFL) with labels from a research-only "
@@ -78,9 +78,9 @@ def default_data_terms(face_model: dict[str, Any] | None = None,
     """
     import importlib
 
-    from ..data.labels.labeller import MEDIAPIPE_TERMS
-    from ..models.efficientnet_lite import PRETRAINED_PACKAGE, PRETRAINED_PACKAGE_VERSION, PRETRAINED_TERMS
-    from ..teacher.tddfa_mb05 import TERMS as TEACHER_TERMS
+    from mlanet.data.labels.labeller import MEDIAPIPE_TERMS
+    from mlanet.models.efficientnet_lite import PRETRAINED_PACKAGE, PRETRAINED_PACKAGE_VERSION, PRETRAINED_TERMS
+    from mlanet.teacher.tddfa_mb05 import TERMS as TEACHER_TERMS
 
     def joined(parts: dict[str, str]) -> str:
         return "; ".join(f"{k}: {v}" for k, v in parts.items())
@@ -145,7 +145,7 @@ _RETIRED_ALBEDO_TERMS = {
 
 def _shipped_albedo_terms() -> dict[str, str]:
     """Albedo model id -> terms, of the albedo files this checkout ships (what ``mlanet assets build`` embeds)."""
-    from ..morphable.albedo_file import SHIPPED_ALBEDO_DIR, AlbedoModelFile
+    from mlanet.morphable.albedo.file import SHIPPED_ALBEDO_DIR, AlbedoModelFile
 
     found = {}
     for path in sorted(SHIPPED_ALBEDO_DIR.glob("*.npz")):
@@ -263,7 +263,7 @@ def _stage_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     last = _read_json(run / "last.json") or {}
     checkpoint = run / "checkpoints" / str(last.get("weights", ""))
     if last.get("weights") and checkpoint.is_file():  # the face model the run trained with (albedo in its build)
-        from ..checkpoint import read_meta
+        from mlanet.checkpoint import read_meta
 
         face = read_meta(checkpoint).face_model or {}
         info["face_model"] = {k: face.get(k) for k in ("model_id", "content_sha256", "build") if k in face}
@@ -336,9 +336,9 @@ def _store_summary(store: Path) -> dict[str, Any]:
 
 def _target_name(meta: CheckpointMeta, name: str | None, src: Path) -> str:
     """The registered name to ship as; the checkpoint's architecture must be exactly its registered config."""
-    from ..config import ConfigError, from_dict
-    from ..models.mlanet import MLANetConfig
-    from ..models.registry import MODELS, canonical_name, list_models
+    from mlanet.config import ConfigError, from_dict
+    from mlanet.models.mlanet import MLANetConfig
+    from mlanet.models.registry import MODELS, canonical_name, list_models
 
     target = canonical_name(name or meta.model_name)
     if target not in MODELS:
@@ -431,7 +431,7 @@ def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
 
 def release_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``release`` block of shipped weights (``None`` for an ordinary checkpoint)."""
-    from ..checkpoint import read_meta
+    from mlanet.checkpoint import read_meta
 
     return read_meta(path).extra.get("release")
 
@@ -451,8 +451,8 @@ def rebind_weights(weights: str | os.PathLike[str], face_model: str | os.PathLik
     Raises:
         AssetError: ``face_model`` is not the file the checkpoint was made with.
     """
-    from ..morphable.decoder_identity import check_binding
-    from ..morphable.model import MorphableModel
+    from mlanet.morphable.decoder_identity import check_binding
+    from mlanet.morphable.model import MorphableModel
 
     src = resolve_weights(weights)
     state, meta = load_weights(src)

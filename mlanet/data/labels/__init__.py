@@ -16,7 +16,7 @@ Nothing here imports ``mediapipe`` at module level; the CLI is ``mlanet data lab
 
 from __future__ import annotations
 
-from .cache import (
+from mlanet.data.labels.cache import (
     BOX_FROM_NAMES,
     MP_STATUS_NAMES,
     STATUS_NAMES,
@@ -25,8 +25,8 @@ from .cache import (
     LabelTable,
     lookup_key,
 )
-from .correspondence import REFERENCE_POINTS, Correspondence, ReferencePoint, correspondence
-from .labeller import (
+from mlanet.data.labels.correspondence import REFERENCE_POINTS, Correspondence, ReferencePoint, correspondence
+from mlanet.data.labels.labeller import (
     DETECTOR_REFINE,
     IBUG68_LANDMARKS,
     SOURCE_BOX_RULES,
@@ -43,7 +43,7 @@ from .labeller import (
     labeller_id,
     load_labels,
 )
-from .report import label_quality, markdown_table
+from mlanet.data.labels.report import label_quality, markdown_table
 
 __all__ = [
     "BOX_FROM_NAMES", "BoxRule", "ContentHasher", "Correspondence", "DETECTOR_REFINE", "FaceLabels",

@@ -67,8 +67,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import AssetError, IncompatibleFormatError
-from ...fileutil import atomic_file, write_json_atomic
+from mlanet.errors import AssetError, IncompatibleFormatError
+from mlanet.fileutil import atomic_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

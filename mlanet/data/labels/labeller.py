@@ -48,11 +48,11 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ...fileutil import file_sha256
-from ...preprocess import CropBox
-from ...progress import Progress
-from ..sources.schema import FaceSample
-from .cache import (
+from mlanet.fileutil import file_sha256
+from mlanet.preprocess import CropBox
+from mlanet.progress import Progress
+from mlanet.data.sources.schema import FaceSample
+from mlanet.data.labels.cache import (
     BOX_DETECTOR,
     BOX_MANUAL,
     BOX_MESH,
@@ -257,8 +257,8 @@ class TeacherMediaPipeLabeller:
 
     def __init__(self, teacher: Any, mesh: Callable[[np.ndarray], np.ndarray | None] | None = None,
                  detector: Callable[[np.ndarray], list[Any]] | None = None) -> None:
-        from ..mediapipe_labels import FaceMeshDetector
-        from .detect import FaceBoxDetector
+        from mlanet.data.mediapipe_labels import FaceMeshDetector
+        from mlanet.data.labels.detect import FaceBoxDetector
 
         self.teacher = teacher
         self._own: list[Any] = []
@@ -272,7 +272,7 @@ class TeacherMediaPipeLabeller:
         self.detector = detector
 
     def identity(self) -> dict[str, Any]:
-        from .. import mediapipe_labels as mpl
+        from mlanet.data import mediapipe_labels as mpl
 
         t = self.teacher
         return {
@@ -294,8 +294,8 @@ class TeacherMediaPipeLabeller:
         return self.teacher.predict([image], [box])
 
     def label(self, image: np.ndarray, sample: FaceSample, rule: BoxRule) -> FaceLabels:
-        from ...teacher.tddfa_mb05 import LANDMARK_ROI_SCALE, roi_from_detector_box, roi_from_landmarks
-        from ..mediapipe_labels import box_from_mp468
+        from mlanet.teacher.tddfa_mb05 import LANDMARK_ROI_SCALE, roi_from_detector_box, roi_from_landmarks
+        from mlanet.data.mediapipe_labels import box_from_mp468
 
         H, W = image.shape[:2]
         mesh = self.mesh(image)

@@ -35,8 +35,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .cache import MP_FOUND, STATUS_LABELLED, LabelCache, LabelTable
-from .correspondence import (
+from mlanet.data.labels.cache import MP_FOUND, STATUS_LABELLED, LabelCache, LabelTable
+from mlanet.data.labels.correspondence import (
     MEDIAPIPE468,
     MP468_VERTEX_CANDIDATES,
     REFERENCE_POINTS,
@@ -252,7 +252,7 @@ def label_quality(cache: LabelCache | str, sources: list[str] | None = None) -> 
 
     Each source is read with the labeller id of its manifest (the last run).
     """
-    from .labeller import load_labels
+    from mlanet.data.labels.labeller import load_labels
 
     cache = cache if isinstance(cache, LabelCache) else LabelCache(cache)
     names = cache.sources() if sources is None else list(sources)

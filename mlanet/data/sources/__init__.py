@@ -21,14 +21,14 @@ import difflib
 import os
 from typing import Any, Callable
 
-from ...errors import MLANetError
-from .aflw_crops import AFLWCrops
-from .base import SourceReader
-from .exclusion import AFLW2000_MAX_NUMBER, ExclusionGuard, check_training_list, find_aflw2000_entries
-from .mtfl import MTFL
-from .schema import AFLW21, DEFINITIONS, IBUG68, MTFL5, FaceSample, LandmarkDefinition, LandmarkSet
-from .video_folder import VideoFolder
-from .w300 import W300
+from mlanet.errors import MLANetError
+from mlanet.data.sources.aflw_crops import AFLWCrops
+from mlanet.data.sources.base import SourceReader
+from mlanet.data.sources.exclusion import AFLW2000_MAX_NUMBER, ExclusionGuard, check_training_list, find_aflw2000_entries
+from mlanet.data.sources.mtfl import MTFL
+from mlanet.data.sources.schema import AFLW21, DEFINITIONS, IBUG68, MTFL5, FaceSample, LandmarkDefinition, LandmarkSet
+from mlanet.data.sources.video_folder import VideoFolder
+from mlanet.data.sources.w300 import W300
 
 #: Source name -> reader class (called as ``reader(path, **options)``).
 READERS: dict[str, Callable[..., SourceReader]] = {

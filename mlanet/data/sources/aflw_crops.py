@@ -54,11 +54,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import AssetError
-from ..landmarks import MATLAB_TO_OURS
-from .base import SourceReader
-from .exclusion import ExclusionGuard
-from .schema import AFLW21, FaceSample, LandmarkSet, make_key
+from mlanet.errors import AssetError
+from mlanet.data.landmarks import MATLAB_TO_OURS
+from mlanet.data.sources.base import SourceReader
+from mlanet.data.sources.exclusion import ExclusionGuard
+from mlanet.data.sources.schema import AFLW21, FaceSample, LandmarkSet, make_key
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Sequence, overload
 
-from .schema import FaceSample
+from mlanet.data.sources.schema import FaceSample
 
 
 class SourceReader(Sequence[FaceSample]):

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ...fileutil import write_bytes_atomic
-from .schema import DEFINITIONS, FaceSample
+from mlanet.fileutil import write_bytes_atomic
+from mlanet.data.sources.schema import DEFINITIONS, FaceSample
 
 _SIDE_COLOUR = {"L": (255, 40, 40), "R": (40, 120, 255), "C": (40, 220, 40)}
 

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ...errors import AssetError
+from mlanet.errors import AssetError
 
 logger = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ...errors import AssetError
-from ..landmarks import warn_skipped
-from .base import SourceReader
-from .exclusion import ExclusionGuard
-from .schema import MTFL5, FaceSample, LandmarkSet, make_key
+from mlanet.errors import AssetError
+from mlanet.data.landmarks import warn_skipped
+from mlanet.data.sources.base import SourceReader
+from mlanet.data.sources.exclusion import ExclusionGuard
+from mlanet.data.sources.schema import MTFL5, FaceSample, LandmarkSet, make_key
 
 logger = logging.getLogger(__name__)
 

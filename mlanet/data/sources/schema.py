@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..landmarks import IBUG68_FLIP_PERMUTATION, IBUG68_N_POINTS, check_flip_permutation
+from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION, IBUG68_N_POINTS, check_flip_permutation
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class FaceSample:
         """(H, W, 3) uint8 RGB, decoded now (AssetError naming the file if it cannot be)."""
         if self.loader is not None:
             return self.loader()
-        from ..landmarks import read_image_rgb
+        from mlanet.data.landmarks import read_image_rgb
 
         return read_image_rgb(self.image_path)
 

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import AssetError
-from .base import SourceReader
-from .exclusion import ExclusionGuard
-from .schema import FaceSample
+from mlanet.errors import AssetError
+from mlanet.data.sources.base import SourceReader
+from mlanet.data.sources.exclusion import ExclusionGuard
+from mlanet.data.sources.schema import FaceSample
 
 logger = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import AssetError
-from ..landmarks import read_pts, warn_skipped
-from .base import SourceReader
-from .exclusion import ExclusionGuard
-from .schema import IBUG68, FaceSample, LandmarkSet, make_key
+from mlanet.errors import AssetError
+from mlanet.data.landmarks import read_pts, warn_skipped
+from mlanet.data.sources.base import SourceReader
+from mlanet.data.sources.exclusion import ExclusionGuard
+from mlanet.data.sources.schema import IBUG68, FaceSample, LandmarkSet, make_key
 
 logger = logging.getLogger(__name__)
 

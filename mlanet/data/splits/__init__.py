@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...errors import AssetError
+from mlanet.errors import AssetError
 
 _HERE = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""Training faces for the data-driven albedo model (:mod:`.albedo_fit`), with their terms (issue 15).
+"""Training faces for the data-driven albedo model (:mod:`.fit`), with their terms (issue 15).
 
 The albedo is built from the **training** sources only (``mlanet assets albedo --source
 NAME=PATH``, the same readers and convention as ``mlanet data prepare``), never from
@@ -37,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import AssetError
-from .albedo_fit import FaceSample
+from mlanet.errors import AssetError
+from mlanet.morphable.albedo.fit import FaceSample
 
 #: Sources the albedo may be built from -> where their 68 landmarks come from.
 ALBEDO_SOURCES: dict[str, str] = {
@@ -99,7 +99,7 @@ def refuse_unfit(name: str) -> None:
                          f"albedo sources: {', '.join(ALBEDO_SOURCES)}")
     import difflib
 
-    from ..data.sources import UnknownSourceError
+    from mlanet.data.sources import UnknownSourceError
 
     close = difflib.get_close_matches(name, list(ALBEDO_SOURCES), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -133,8 +133,8 @@ def _refuse_excluded(name: str, root: Path, reader: Any) -> None:
 def _teacher_landmarks(reader: Any, labels_dir: Path, progress: Callable[[str], None]) -> tuple[
         list[Any], np.ndarray, dict[str, Any], dict[str, int]]:
     """Samples of ``reader`` with a labelled teacher entry in the label cache, their 68 points, info, skips."""
-    from ..data.labels import LabelCache, annotation_digest, box_rule_for, load_labels
-    from ..data.labels.labeller import ContentHasher
+    from mlanet.data.labels import LabelCache, annotation_digest, box_rule_for, load_labels
+    from mlanet.data.labels.labeller import ContentHasher
 
     cache = LabelCache(labels_dir)
     source = str(reader.source)
@@ -200,7 +200,7 @@ def open_albedo_sources(
     Raises :class:`AssetError` (one-line message) for an unfit or unknown source, a repeated
     name, AFLW2000-3D data, a missing label cache, or a source without faces.
     """
-    from ..data.sources import ExclusionGuard, open_source
+    from mlanet.data.sources import ExclusionGuard, open_source
 
     say = progress or (lambda m: None)
     guard = ExclusionGuard.default() if guard is None else guard
@@ -271,7 +271,7 @@ def crop_window(shape: tuple[int, ...], landmarks: np.ndarray, roi_scale: float,
     box; ``margin`` pixels more are kept, and the window is clipped to the image. Cropping the
     image to it (and shifting the landmarks by ``(x0, y0)``) leaves the builder's crop unchanged.
     """
-    from ..preprocess import box_from_points
+    from mlanet.preprocess import box_from_points
 
     box = box_from_points(landmarks, roi_scale)
     H, W = shape[:2]
@@ -288,7 +288,7 @@ def load_faces(
     roi_scale: float,
     progress: Callable[[str], None] | None = None,
 ) -> list[FaceSample]:
-    """Decode the faces ``indices`` of ``source`` as :class:`~.albedo_fit.FaceSample` (named by sample key).
+    """Decode the faces ``indices`` of ``source`` as :class:`~.fit.FaceSample` (named by sample key).
 
     Only the window :func:`crop_window` of each image is kept. A face that cannot be decoded
     raises the reader's :class:`AssetError` naming the file.

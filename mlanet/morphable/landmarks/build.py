@@ -1,6 +1,6 @@
 """Fit the face model's landmark definitions from training data (``mlanet assets landmarks``).
 
-Definitions made here (:mod:`.surface_landmarks` stores them; :mod:`.landmark_file` ships them):
+Definitions made here (:mod:`mlanet.morphable.landmarks.definitions` stores them; :mod:`mlanet.morphable.landmarks.file` ships them):
 
 ``ibug68``
     iBUG / Multi-PIE 68 points as 300-W annotates them. Jaw points 0-7 and 9-16 follow the
@@ -17,10 +17,10 @@ Definitions made here (:mod:`.surface_landmarks` stores them; :mod:`.landmark_fi
     MTFL's 5 points (eye centres, nose tip, mouth corners), fitted to MTFL's manual points.
 
 Method, for every definition: fit the face model (pose, identity, expression;
-:func:`~.landmark_fit.fit_landmarks`) to each training face's points of known definitions, then
+:func:`~mlanet.morphable.landmarks.fit.fit_landmarks`) to each training face's points of known definitions, then
 choose for each point of the definition being fitted the surface point whose projections
 through all fitted faces best match that point's 2D annotations (robust reprojection error,
-:func:`~.landmark_fit.reprojection_surface_points`). Two rounds (the second refits the faces
+:func:`~mlanet.morphable.landmarks.fit.reprojection_surface_points`). Two rounds (the second refits the faces
 with the first round's definitions); finally left/right twins are made mirror images of each
 other on the mean face (:func:`symmetrise`). Only 2D annotations enter, so points hidden by the
 face itself (a far-side jaw point of AFLW2000-3D's definition) are placed as 2D benchmarks
@@ -38,17 +38,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..preprocess import CropBox, box_from_points
-from . import surface_landmarks as sl
-from .data import FaceModelData
-from .landmark_fit import (
+from mlanet.preprocess import CropBox, box_from_points
+from mlanet.morphable.landmarks import definitions as sl
+from mlanet.morphable.data import FaceModelData
+from mlanet.morphable.landmarks.fit import (
     LandmarkFit,
     LandmarkFitSettings,
     Observation,
     fit_landmarks,
     reprojection_surface_points,
 )
-from .model import MorphableModel
+from mlanet.morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str], None]
@@ -186,7 +186,7 @@ def _to_crop(points: np.ndarray, boxes: Sequence[CropBox]) -> np.ndarray:
 
 def prepare_w300(root: str | Path, teacher: Any, progress: ProgressFn | None = None) -> FaceSet:
     """300-W faces: manual ``ibug68`` points; crop (and teacher crop) = the standard box of those points."""
-    from ..data.sources import open_source
+    from mlanet.data.sources import open_source
 
     say = progress or (lambda m: None)
     reader = open_source("300w", root)
@@ -210,8 +210,8 @@ def prepare_aflw(root: str | Path, teacher: Any, per_bin: int = 1500, seed: int 
                  progress: ProgressFn | None = None) -> FaceSet:
     """AFLW training crops (never AFLW2000-3D: the reader drops crops numbered <= 4375): up to ``per_bin`` per
     |yaw| bin [0, 30], (30, 60], > 60 (AFLW's yaw), manual ``aflw21`` points (visible ones), teacher on the crop."""
-    from ..data.sources import open_source
-    from ..data.sources.aflw_crops import CROP_SIZE
+    from mlanet.data.sources import open_source
+    from mlanet.data.sources.aflw_crops import CROP_SIZE
 
     say = progress or (lambda m: None)
     reader = open_source("aflw-crops", root)
@@ -252,7 +252,7 @@ def prepare_mtfl(root: str | Path, teacher: Any, n: int = 2000, seed: int = 0,
                  progress: ProgressFn | None = None) -> FaceSet:
     """MTFL faces (the misaligned ``net_7876/_*`` labels skipped by the reader): ``n`` sampled, manual ``mtfl5``;
     the crop is the standard box of the teacher's 68 points, found in two passes from a box around the 5 points."""
-    from ..data.sources import open_source
+    from mlanet.data.sources import open_source
 
     say = progress or (lambda m: None)
     reader = open_source("mtfl", root)
@@ -299,7 +299,7 @@ class BuildSettings:
 
 
 def _names_and_flip(name: str) -> tuple[list[str], list[int], list[str]]:
-    from ..data.sources.schema import DEFINITIONS
+    from mlanet.data.sources.schema import DEFINITIONS
 
     key = "ibug68" if name == "aflw2000_68" else name
     d = DEFINITIONS[key]
@@ -332,7 +332,7 @@ def _fit(model: MorphableModel, obs: list[Observation], s: BuildSettings, say: P
 
 def _manual_residual(model: MorphableModel, fit: LandmarkFit, d: sl.SurfaceDefinition | str, pts: np.ndarray) -> np.ndarray:
     """Mean distance (crop px) of the fitted faces' points of ``d`` from ``pts`` (N, L, 2), NaN-aware, fixed points."""
-    from .landmark_fit import _definition_arrays
+    from mlanet.morphable.landmarks.fit import _definition_arrays
 
     corners, bary, _, _ = _definition_arrays(model, d)
     ids = np.unique(corners)
@@ -359,7 +359,7 @@ def build_definitions(
     See the module docstring for the method. Returns the definitions (with their header
     metadata in ``info``) and a build report (per step: faces, residuals, statistics).
     """
-    from ..data.sources import check_training_list
+    from mlanet.data.sources import check_training_list
 
     s = settings or BuildSettings()
     say = progress or (lambda m: None)
@@ -494,10 +494,10 @@ def build_landmark_file(
     teacher_info: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> "Any":
-    """:func:`build_definitions` wrapped as a :class:`~.landmark_file.LandmarkDefinitionsFile` (not saved)."""
-    from .. import __version__
-    from .albedo_file import topology_sha256
-    from .landmark_file import LandmarkDefinitionsFile
+    """:func:`build_definitions` wrapped as a :class:`~mlanet.morphable.landmarks.file.LandmarkDefinitionsFile` (not saved)."""
+    from mlanet import __version__
+    from mlanet.morphable.albedo.file import topology_sha256
+    from mlanet.morphable.landmarks.file import LandmarkDefinitionsFile
 
     defs, report = build_definitions(data, w300, aflw, mtfl, settings, progress)
     sets = [fs for fs in (w300, aflw, mtfl) if fs is not None]

@@ -1,12 +1,12 @@
 """The project's landmark-definitions file: fitted surface landmark definitions bound to one topology.
 
-A landmark-definitions file (the shipped ``landmark_data/ict_face_landmarks_v1.npz`` or any file
+A landmark-definitions file (the shipped ``data/ict_face_landmarks_v1.npz`` or any file
 ``mlanet assets landmarks`` writes) is a zip archive written by :func:`numpy.savez_compressed`,
 read with ``allow_pickle=False`` only:
 
 * per definition ``NAME``: ``NAME/triangle`` (L,) int32, ``NAME/barycentric`` (L, 3) float32,
   ``NAME/contour`` (L,) uint8 and, with contour points, ``NAME/contour_candidates`` (L, C)
-  int32 (see :mod:`.surface_landmarks`);
+  int32 (see :mod:`mlanet.morphable.landmarks.definitions`);
 * ``header``: UTF-8 JSON: format, version, id, the face model it was fitted on (with a
   topology fingerprint), ``definitions`` (per name: description, point names, flip
   permutation, how and on what data it was fitted, terms), data ``sources`` with their terms,
@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from . import surface_landmarks as sl
-from .albedo_file import topology_sha256
-from .data import content_sha256, read_npz_with_header, write_npz_with_header
+from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError
+from mlanet.morphable.landmarks import definitions as sl
+from mlanet.morphable.albedo.file import topology_sha256
+from mlanet.morphable.data import content_sha256, read_npz_with_header, write_npz_with_header
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ LANDMARK_FORMAT_NAME = "mlanet-landmarks"
 #: Major version this code reads and writes.
 LANDMARK_FORMAT_VERSION = 1
 #: Folder of landmark files shipped inside the package.
-SHIPPED_LANDMARK_DIR = Path(__file__).resolve().parent / "landmark_data"
+SHIPPED_LANDMARK_DIR = Path(__file__).resolve().parent / "data"
 #: Shipped definitions per ICT crop (only crops listed here have them).
 SHIPPED_LANDMARKS = {"face": SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v1.npz"}
 #: ``--landmarks`` value: the shipped file where one exists for the crop, else none (with a notice).
@@ -55,7 +55,7 @@ class LandmarkDefinitionsFile:
 
     ``header`` (JSON-able) has at least ``id``, ``face_model`` (``model_id``, ``vertices``,
     ``triangles``, ``triangles_sha256``), ``definitions`` (name -> metadata), ``sources`` and
-    ``terms``; ``definitions`` maps names to :class:`~.surface_landmarks.SurfaceDefinition`.
+    ``terms``; ``definitions`` maps names to :class:`~mlanet.morphable.landmarks.definitions.SurfaceDefinition`.
     """
 
     header: dict[str, Any]

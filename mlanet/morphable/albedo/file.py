@@ -1,6 +1,6 @@
 """The project's albedo-model file: a PCA albedo basis bound to one face-model topology.
 
-An albedo-model file (``*.mlalbedo.npz`` or the shipped ``albedo_data/*.npz``) is a zip archive
+An albedo-model file (``*.mlalbedo.npz`` or the shipped ``data/*.npz``) is a zip archive
 written by :func:`numpy.savez_compressed` with three arrays and a JSON header, read with
 ``allow_pickle=False`` only:
 
@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import AssetError, ChecksumError, IncompatibleFormatError
-from .data import content_sha256, read_npz_with_header, write_npz_with_header
+from mlanet.errors import AssetError, ChecksumError, IncompatibleFormatError
+from mlanet.morphable.data import content_sha256, read_npz_with_header, write_npz_with_header
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ ALBEDO_FORMAT_NAME = "mlanet-albedo"
 #: Major version this code reads and writes.
 ALBEDO_FORMAT_VERSION = 1
 #: Folder of albedo files shipped inside the package.
-SHIPPED_ALBEDO_DIR = Path(__file__).resolve().parent / "albedo_data"
+SHIPPED_ALBEDO_DIR = Path(__file__).resolve().parent / "data"
 #: Shipped data-driven albedo per ICT crop (only crops listed here have one). ``mlanet-albedo-ict-v2``
 #: was built by ``mlanet assets albedo`` from training data only (300-W and expression-clip frames; its
 #: header records the sources, their terms and the command); v1, built from AFLW2000-3D dev images,

@@ -29,10 +29,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import AssetError
-from ..fileutil import file_sha256
-from . import ict_topology as topo
-from .obj import ObjMesh, read_obj, read_obj_vertices
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
+from mlanet.morphable.sources import ict_topology as topo
+from mlanet.morphable.obj import ObjMesh, read_obj, read_obj_vertices
 
 log = logging.getLogger(__name__)
 

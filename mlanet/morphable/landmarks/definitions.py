@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import AssetError
+from mlanet.errors import AssetError
 
 #: ``extra`` key prefix of landmark definitions (shared with :mod:`.decoder_identity`).
 PREFIX = "landmarks/"

@@ -1,6 +1,6 @@
 """Build the project's compact face-model file from an ICT-FaceKit release.
 
-Steps (each a function below): read the release (:mod:`.ict_source`); crop to a face region
+Steps (each a function below): read the release (:mod:`mlanet.morphable.sources.ict_archive`); crop to a face region
 (a preset of :data:`~.ict_topology.CROP_PRESETS`), keeping only polygons whose vertices all
 lie in it, re-indexing vertices and UVs and fan-triangulating quads (per-corner UV indices
 are carried through, so UV seams stay seams); convert to the model frame in metres; take
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..conventions import METRES_PER_CM, y_up_to_model_frame
-from ..errors import AssetError
-from ..fileutil import file_sha256
-from . import ict_topology as topo
-from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model
-from .albedo_file import resolve_albedo
-from .data import FaceModelData
-from .landmark_file import resolve_landmarks
-from .ict_source import (
+from mlanet import __version__
+from mlanet.conventions import METRES_PER_CM, y_up_to_model_frame
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
+from mlanet.morphable.sources import ict_topology as topo
+from mlanet.morphable.albedo.regional import DEFAULT_ALBEDO_ID, default_albedo_model
+from mlanet.morphable.albedo.file import resolve_albedo
+from mlanet.morphable.data import FaceModelData
+from mlanet.morphable.landmarks.file import resolve_landmarks
+from mlanet.morphable.sources.ict_archive import (
     PINNED_COMMIT,
     PINNED_CONTENT_SHA256,
     UPSTREAM_REPO,
@@ -35,8 +35,8 @@ from .ict_source import (
     ProgressFn,
     read_ict_release,
 )
-from .obj import triangulate
-from .regions import REGION_NAMES, SKIN_REGIONS, label_regions
+from mlanet.morphable.obj import triangulate
+from mlanet.morphable.regions import REGION_NAMES, SKIN_REGIONS, label_regions
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def build_ict_face_model(
         progress: optional callback receiving short status lines.
         albedo: ``"auto"`` (the shipped data-driven albedo for crops that have one, else the
             regional default with a notice through ``progress``), ``"regional"``, or an
-            albedo-model file (:mod:`.albedo_file`; refused for another topology).
-        definitions: fitted landmark definitions to embed (:mod:`.landmark_file`): ``"auto"`` (the
+            albedo-model file (:mod:`mlanet.morphable.albedo.file`; refused for another topology).
+        definitions: fitted landmark definitions to embed (:mod:`mlanet.morphable.landmarks.file`): ``"auto"`` (the
             shipped file for crops that have one, else none with a notice through ``progress``),
             ``"none"``, or a landmark-definitions file (refused for another topology).
     """
@@ -193,7 +193,7 @@ def build_ict_face_model(
 
     mediapipe_header = None
     if mediapipe_obj is not None:
-        from .mediapipe_map import read_mediapipe_canonical, register_mediapipe
+        from mlanet.morphable.mediapipe_map import read_mediapipe_canonical, register_mediapipe
 
         say("registering MediaPipe's canonical mesh onto the face model")
         corr = register_mediapipe(

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from ..conventions import y_up_to_model_frame
-from ..errors import AssetError
-from ..fileutil import file_sha256
-from .data import FaceModelData
+from mlanet.conventions import y_up_to_model_frame
+from mlanet.errors import AssetError
+from mlanet.fileutil import file_sha256
+from mlanet.morphable.data import FaceModelData
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ one of a Gaussian landmark noise of ``sigma_px`` crop pixels and the model's pri
     sum_points w |proj(point) - target|^2 / sigma_px^2  +  |identity|^2  +  w_expression |expression|^2
 
 with the expression weights kept in [0, 1]. Contour points of a definition follow the
-silhouette (:mod:`.surface_landmarks`) while fitting when ``silhouette=True``. Several yaw
+silhouette (:mod:`mlanet.morphable.landmarks.definitions`) while fitting when ``silhouette=True``. Several yaw
 starts are tried with the mean shape (pose only), the best goes on to the full fit. Analytic
 Jacobians; everything is vectorised over faces (chunks of ``chunk``), float64.
 
@@ -28,10 +28,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..geometry.rotations import euler_to_matrix, matrix_to_euler
-from ..preprocess import PreprocessCfg
-from . import surface_landmarks as sl
-from .model import MorphableModel
+from mlanet.geometry.rotations import euler_to_matrix, matrix_to_euler
+from mlanet.preprocess import PreprocessCfg
+from mlanet.morphable.landmarks import definitions as sl
+from mlanet.morphable.model import MorphableModel
 
 ProgressFn = Callable[[str], None]
 
@@ -63,7 +63,7 @@ class LandmarkFitSettings:
 class Observation:
     """2D targets of one landmark definition for N faces.
 
-    definition: a name of the model's definitions or a :class:`~.surface_landmarks.SurfaceDefinition`
+    definition: a name of the model's definitions or a :class:`~mlanet.morphable.landmarks.definitions.SurfaceDefinition`
     (one not stored in the model yet). points: (N, L, 2) crop pixels (NaN allowed where the
     weight is 0). weights: (N, L) (default 1).
     """
@@ -209,7 +209,7 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 
 
 def _rodrigues(w: torch.Tensor) -> torch.Tensor:
-    from ..geometry.rotations import axis_angle_to_matrix
+    from mlanet.geometry.rotations import axis_angle_to_matrix
 
     return axis_angle_to_matrix(w)
 

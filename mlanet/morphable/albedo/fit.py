@@ -44,14 +44,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry.rotations import euler_to_matrix
-from ..geometry.sh import LAMBERT_FACTORS, SH_C0, sh_basis
-from ..preprocess import PreprocessCfg, box_from_points, crop_image, image_to_tensor
-from ..render.rasterizer import rasterize
-from .albedo import DEFAULT_ALBEDO_ID, default_albedo_model, smooth_over_mesh, vertex_adjacency
-from .albedo_file import AlbedoModelFile, topology_sha256
-from .data import FaceModelData
-from .model import MorphableModel
+from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.geometry.sh import LAMBERT_FACTORS, SH_C0, sh_basis
+from mlanet.preprocess import PreprocessCfg, box_from_points, crop_image, image_to_tensor
+from mlanet.render.rasterizer import rasterize
+from mlanet.morphable.albedo.regional import DEFAULT_ALBEDO_ID, default_albedo_model, smooth_over_mesh, vertex_adjacency
+from mlanet.morphable.albedo.file import AlbedoModelFile, topology_sha256
+from mlanet.morphable.data import FaceModelData
+from mlanet.morphable.model import MorphableModel
 
 ProgressFn = Callable[[str], None]
 
@@ -575,7 +575,7 @@ def build_albedo_model(
         "smoothing": "3 half-steps of neighbour averaging over the mesh (mean and basis)",
         "built_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
-    from .. import __version__
+    from mlanet import __version__
 
     header["built_by"] = f"mlanet {__version__}"
     out = AlbedoModelFile(header=header, mean=pmean.astype(np.float32), basis=basis.astype(np.float32))

@@ -2,9 +2,9 @@
 
 ``mlanet assets landmarks --w300 DIR --teacher DIR [--aflw-crops DIR] [--mtfl DIR] --out FILE
 [--face-model FILE] [--aflw-per-bin N] [--mtfl-faces N] [--seed S]`` runs
-:func:`mlanet.morphable.landmark_build.build_landmark_file` and writes a landmark-definitions
-file (:mod:`mlanet.morphable.landmark_file`) that ``mlanet assets build --landmarks FILE``
-embeds. The shipped ``landmark_data/ict_face_landmarks_v1.npz`` was made with the defaults and
+:func:`mlanet.morphable.landmarks.build.build_landmark_file` and writes a landmark-definitions
+file (:mod:`mlanet.morphable.landmarks.file`) that ``mlanet assets build --landmarks FILE``
+embeds. The shipped ``data/ict_face_landmarks_v1.npz`` was made with the defaults and
 all three sources (``../shared/data/train/{300w,aflw-crops,mtfl}``, teacher
 ``../shared/models/3ddfa_v2_mb05``); AFLW2000-3D folders are refused by every reader.
 """
@@ -21,10 +21,10 @@ def _say(msg: str) -> None:
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
-    from ..fileutil import check_writable_file
-    from ..teacher import load_tddfa_mb05
-    from .landmark_build import BuildSettings, build_landmark_file, prepare_aflw, prepare_mtfl, prepare_w300
-    from .model import load_face_model_data
+    from mlanet.fileutil import check_writable_file
+    from mlanet.teacher import load_tddfa_mb05
+    from mlanet.morphable.landmarks.build import BuildSettings, build_landmark_file, prepare_aflw, prepare_mtfl, prepare_w300
+    from mlanet.morphable.model import load_face_model_data
 
     out = check_writable_file(args.out, "--out")
     t0 = time.perf_counter()

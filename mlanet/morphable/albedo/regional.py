@@ -1,8 +1,8 @@
 """The regional albedo model: hand-made, MIT, no image data (``--albedo regional``).
 
 ICT-FaceKit Light ships no albedo. For the ICT ``face`` crop the default is now the
-data-driven PCA model built by :mod:`.albedo_fit` (research use only, see
-:mod:`.albedo_file`); this regional model is the fallback for other crops and topologies and
+data-driven PCA model built by :mod:`.fit` (research use only, see
+:mod:`mlanet.morphable.albedo.file`); this regional model is the fallback for other crops and topologies and
 the choice for MIT-only builds. Both fill the same arrays, ``albedo_mean`` (V,3) and
 ``albedo_basis`` (K,V,3):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .regions import REGION_NAMES
+from mlanet.morphable.regions import REGION_NAMES
 
 #: Identifier recorded in face-model headers.
 DEFAULT_ALBEDO_ID = "mlanet-default-regional-v1"
