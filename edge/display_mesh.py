@@ -90,11 +90,6 @@ def _plane_quadrics(points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarr
     return 0.5 * double_area[:, None, None] * plane[:, :, None] * plane[:, None, :], unit
 
 
-def _triangle_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    p0, p1, p2 = (points[triangles[:, k]] for k in range(3))
-    return 0.5 * np.linalg.norm(np.cross(p1 - p0, p2 - p0), axis=1)
-
-
 def _accumulate(quadrics: np.ndarray, triangles: np.ndarray, n_vertices: int) -> np.ndarray:
     """Sum each triangle's quadric onto its three corners: (V, 4, 4)."""
     out = np.zeros((n_vertices, 4, 4))
@@ -160,8 +155,9 @@ def decimate_mesh(poses: np.ndarray, triangles: np.ndarray, target_triangles: in
         for k in range(2):
             np.add.at(Q, border[:, k], bq)
 
+    face_normal = np.cross(points[tri[:, 1]] - points[tri[:, 0]], points[tri[:, 2]] - points[tri[:, 0]])  # |n| = 2 area
     area = np.zeros(V)  # a third of each triangle's area on each corner (m^2)
-    third = _triangle_areas(points, tri) / 3.0
+    third = np.linalg.norm(face_normal, axis=1) / 6.0
     for k in range(3):
         np.add.at(area, tri[:, k], third)
     colour = np.zeros((V, 1)) if colours is None else np.asarray(colours, np.float64).reshape(V, -1)
@@ -172,7 +168,6 @@ def decimate_mesh(poses: np.ndarray, triangles: np.ndarray, target_triangles: in
         is_locked[np.asarray(locked, np.int64)] = True
 
     surface_normal = np.zeros((V, 3))  # the original mesh's vertex normals (area-weighted)
-    face_normal = np.cross(points[tri[:, 1]] - points[tri[:, 0]], points[tri[:, 2]] - points[tri[:, 0]])
     for k in range(3):
         np.add.at(surface_normal, tri[:, k], face_normal)
     surface_normal /= np.maximum(np.linalg.norm(surface_normal, axis=1), 1e-30)[:, None]
