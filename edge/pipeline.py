@@ -30,7 +30,8 @@ from mlanet.edge.crops import crop_faces
 from mlanet.edge.display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from mlanet.edge.filters import FilterCfg, TrackFilters
 from mlanet.edge.protocols import FaceDecoderLike, FaceTrackerLike, InferenceBackend
-from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_numpy, frame_camera
+from mlanet.edge.reconstruct import (DEFAULT_FOV_DEG, FaceDecoder, camera_intrinsics, crop_pose_to_frame_numpy,
+                                     frame_camera)
 from mlanet.edge.timing import StageStats, timed
 from mlanet.edge.tracking import FaceTracker, TrackerCfg
 from mlanet.edge.types import Detection, FaceFit, Frame, FrameResult, TrackROI
@@ -141,6 +142,7 @@ class FacePipeline:
         self._last_box: tuple[int, int, int, int] | None = None
         self._camera_key: tuple[int, int] | None = None
         self.camera: PinholeCamera | None = None
+        self._intrinsics: tuple[float, float, float, float] | None = None
         self.stats = StageStats(warmup_frames=2, window=stats_window)
         self.frames_done = 0
         self.face_counts: list[int] = []
@@ -152,6 +154,7 @@ class FacePipeline:
         if self.camera is None or key != self._camera_key:
             self.camera = frame_camera(frame.width, frame.height, self.cfg.fov_deg)
             self._camera_key = key
+            self._intrinsics = camera_intrinsics(self.camera)  # floats for the per-frame NumPy/Python maths
         return self.camera
 
     @property
@@ -238,17 +241,19 @@ class FacePipeline:
         if not rois:
             return []
         boxes = [r.box for r in rois]
-        flat_frame = crop_pose_to_frame_numpy(raw, boxes, self.layout, self.preprocess, camera)  # (N, P) float32
+        intrinsics = self._intrinsics if camera is self.camera else None  # the kept floats of this camera
+        flat_frame = crop_pose_to_frame_numpy(raw, boxes, self.layout, self.preprocess, camera,
+                                              intrinsics=intrinsics)  # (N, P) float32
         t = frame.t_capture_ns * 1e-9
         # The 68 landmark rows only, not the mesh; the tracker follows the unfiltered fit (a filtered
         # ROI would lag behind fast motion): both sets in one batch.
         if self.filters.cfg.enabled and not frame.independent:
             filtered = np.stack([self.filters(r.track_id, flat_frame[i], t) for i, r in enumerate(rois)])
-            both = self.decoder.landmarks2d(np.concatenate([filtered, flat_frame]), camera)
+            both = self.decoder.landmarks2d(np.concatenate([filtered, flat_frame]), camera, intrinsics=intrinsics)
             landmarks, raw_lm = both[: len(rois)], both[len(rois):]
         else:
             filtered = flat_frame.copy()
-            landmarks = raw_lm = self.decoder.landmarks2d(filtered, camera)
+            landmarks = raw_lm = self.decoder.landmarks2d(filtered, camera, intrinsics=intrinsics)
         return [
             FaceFit(
                 track_id=r.track_id, box=r.box, params=filtered[i], raw_params=flat_frame[i],

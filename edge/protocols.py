@@ -64,8 +64,10 @@ class FaceTrackerLike(Protocol):
 class FaceDecoderLike(Protocol):
     """Flat frame-camera parameters ``(N, P)`` -> what the reconstruct and mesh stages need."""
 
-    def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
-        """``(N, 68, 2)`` float32 image pixels (no full mesh)."""
+    def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera, *,
+                    intrinsics: tuple[float, float, float, float] | None = None) -> np.ndarray:
+        """``(N, 68, 2)`` float32 image pixels (no full mesh); ``intrinsics``: the camera's ``(fx, fy, cx,
+        cy)`` floats when the caller keeps them."""
         ...
 
     device: torch.device

@@ -35,6 +35,7 @@ import torch
 
 from mlanet.geometry.camera import PinholeCamera
 from mlanet.geometry import rotations_numpy as rot_np
+from mlanet.geometry import rotations_scalar as rot_s
 from mlanet.geometry.camera import MIN_DEPTH
 from mlanet.geometry.rotations import euler_to_matrix, matrix_to_euler
 from mlanet.morphable.model import MorphableModel
@@ -59,6 +60,11 @@ def frame_camera(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> P
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2.0)
     # PinholeCamera converts numbers to (1,) tensors; its fields are typed as what they become
     return PinholeCamera(f, f, 0.5 * width, 0.5 * height, int(width), int(height))  # type: ignore[arg-type]
+
+
+def camera_intrinsics(camera: PinholeCamera) -> tuple[float, float, float, float]:
+    """``(fx, fy, cx, cy)`` of a single camera as Python floats (pixels)."""
+    return float(camera.fx[0]), float(camera.fy[0]), float(camera.cx[0]), float(camera.cy[0])
 
 
 def _rotation_z_to(d: torch.Tensor) -> torch.Tensor:
@@ -111,12 +117,16 @@ def crop_pose_to_frame_numpy(
     layout: ParamLayout,
     preprocess: PreprocessCfg,
     camera: PinholeCamera,
+    *,
+    intrinsics: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
-    """:func:`crop_pose_to_frame` in NumPy: (N, P) float32 array, computed in float64.
+    """:func:`crop_pose_to_frame` on the CPU for a few faces: (N, P) float32 array, computed in float64.
 
-    The per-frame path of the CPU runtime (a few faces: PyTorch's per-op dispatch would cost more than
-    the arithmetic). The same maths as :func:`crop_pose_to_frame_tensor`, which stays the definition;
-    ``tests/test_edge_reconstruct.py`` checks that the two agree.
+    The per-frame path of the CPU runtime: each face's pose is converted with plain-Python float maths
+    (:mod:`mlanet.geometry.rotations_scalar`; PyTorch's per-op dispatch or NumPy's per-call set-up would
+    cost more than the arithmetic). The same maths as :func:`crop_pose_to_frame_tensor`, which stays the
+    definition; ``tests/test_edge_reconstruct.py`` checks that the two agree. ``intrinsics``: the
+    camera's ``(fx, fy, cx, cy)`` as floats when the caller keeps them (:func:`camera_intrinsics`).
     """
     x = np.asarray(flat, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != layout.total or x.shape[0] != len(boxes):
@@ -125,17 +135,16 @@ def crop_pose_to_frame_numpy(
     if x.shape[0] == 0:
         return out.astype(np.float32)
     sl = layout.slices()
-    b = np.array([[bx.x0 + 0.5 * bx.size, bx.y0 + 0.5 * bx.size, bx.size] for bx in boxes], dtype=np.float64)
-    F = float(camera.fx[0])
-    cx, cy = float(camera.cx[0]), float(camera.cy[0])
-    g = preprocess.focal_ratio * b[:, 2]
-    t = x[:, sl["translation"]]
-    du, dv = (b[:, 0] - cx) / g, (b[:, 1] - cy) / g
-    out[:, sl["translation"]] = np.stack([t[:, 0] + t[:, 2] * du, t[:, 1] + t[:, 2] * dv, t[:, 2] * F / g], -1)
-    ray = np.stack([(b[:, 0] - cx) / F, (b[:, 1] - cy) / F, np.ones_like(g)], -1)
-    R_f = rot_np.rotation_z_to(ray / np.linalg.norm(ray, axis=-1, keepdims=True)) @ rot_np.euler_to_matrix(
-        x[:, sl["rotation"]])
-    out[:, sl["rotation"]] = rot_np.matrix_to_euler(R_f)
+    r0, t0 = sl["rotation"].start, sl["translation"].start
+    F, _, cx, cy = camera_intrinsics(camera) if intrinsics is None else intrinsics
+    for i, (bx, (pitch, yaw, roll), (tx, ty, tz)) in enumerate(
+            zip(boxes, x[:, r0:r0 + 3].tolist(), x[:, t0:t0 + 3].tolist())):
+        u, v = bx.x0 + 0.5 * bx.size - cx, bx.y0 + 0.5 * bx.size - cy  # crop centre from the principal point
+        g = preprocess.focal_ratio * bx.size
+        out[i, t0:t0 + 3] = (tx + tz * u / g, ty + tz * v / g, tz * F / g)
+        norm = math.sqrt(u * u + v * v + F * F)  # the ray (u / F, v / F, 1), normalised
+        R_ray = rot_s.rotation_z_to(u / norm, v / norm, F / norm)
+        out[i, r0:r0 + 3] = rot_s.matrix_to_euler(rot_s.matmul(R_ray, rot_s.euler_to_matrix(pitch, yaw, roll)))
     return out.astype(np.float32)
 
 
@@ -266,12 +275,14 @@ class FaceDecoder:
         alb = self.face_model.albedo(params.albedo).clamp(0.0, 1.0) if albedo else None
         return verts, lm2d, alb
 
-    def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
+    def landmarks2d(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera, *,
+                    intrinsics: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """(N, 68, 2) float32 image pixels of frame-camera parameters (N, P), without the full mesh.
 
         On the CPU with a NumPy input this runs in NumPy (a few faces per frame: PyTorch's per-op
         dispatch would cost more than the arithmetic); else as :meth:`landmarks2d_tensor`. The two
-        agree to float32 rounding (tested).
+        agree to float32 rounding (tested). ``intrinsics``: the camera's ``(fx, fy, cx, cy)`` floats
+        when the caller keeps them (:func:`camera_intrinsics`).
         """
         if self.device.type != "cpu" or isinstance(flat, torch.Tensor):
             return self.landmarks2d_tensor(flat, camera)
@@ -283,7 +294,7 @@ class FaceDecoder:
         lm = lm @ R.transpose(0, 2, 1) + x[:, None, self._trans]
         z = lm[..., 2]
         z = np.where(np.abs(z) < MIN_DEPTH, np.where(z < 0, -MIN_DEPTH, MIN_DEPTH), z).astype(np.float32)
-        fx, fy, cx, cy = (float(camera.fx[0]), float(camera.fy[0]), float(camera.cx[0]), float(camera.cy[0]))
+        fx, fy, cx, cy = camera_intrinsics(camera) if intrinsics is None else intrinsics
         return np.stack([fx * lm[..., 0] / z + cx, fy * lm[..., 1] / z + cy], axis=-1).astype(np.float32)
 
     def mesh_rows(self, flat: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

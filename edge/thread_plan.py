@@ -8,7 +8,7 @@ sizes itself to every core, and idle OpenMP threads spin after their work: on a 
 the network on PyTorch with 2 threads took 43 s for the Obama clip's 55 frames with
 multi-second stalls, 9 s with one thread. The plan gives:
 
-* ``network``: ONNX Runtime intra-op threads (spinning off, :func:`~mlanet.edge.backends.ort_session_options`)
+* ``network``: ONNX Runtime intra-op threads (spinning only while a run is in flight, :func:`~mlanet.edge.backends.ort_session_options`)
   or PyTorch threads when PyTorch runs the network;
 * ``torch``: PyTorch threads for everything else (decoding parameters, filters, reconstruction
   are small tensors: one thread);

@@ -72,6 +72,14 @@ def test_missing_face_model_says_how_to_build(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_untrained_network_must_be_registered_and_excludes_weights(tmp_path):
+    with pytest.raises(MLANetError, match="--untrained nope: unknown model"):
+        compare.run(_args("--out", str(tmp_path), "--untrained", "nope"))
+    with pytest.raises(SystemExit):
+        _args("--untrained", "mlanet_mobile", "--weights", "w.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_clip(tmp_path):
     fm = tmp_path / "fm.npz"
     fm.write_bytes(b"")
@@ -120,7 +128,9 @@ def test_run_tiny(ict_model_file, shared, tmp_path, monkeypatch, capsys):
     assert r["clip"]["frames_decoded"] == 6
     st = r["settings"]
     assert (st["frames"], st["passes"], st["max_faces"], st["quick"]) == (6, 1, 1, True)
-    assert st["backend"] == "onnxruntime-cpu" and "untrained" in st["weights"]
+    # the weights a user runs (the shipped ones), not an untrained network
+    assert st["backend"] == "onnxruntime-cpu" and st["weights"] == {"file": "mlanet_mobile.safetensors", "shipped": True}
+    assert st["model"] == "mlanet_mobile" and st["thread_plan"]["network_backend"] == "onnxruntime"
     assert any("decoded once" in line for line in r["methodology"])
     warmup = st["warmup_frames"]
 

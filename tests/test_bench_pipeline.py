@@ -34,6 +34,7 @@ def test_pipeline_soak_and_report(shared, ict_model_file, tmp_path):
     env = rec["environment"]
     assert {"device", "versions", "commit", "command", "time_utc"} <= set(env)
     r = rec["results"]
+    assert r["weights"] == {"file": "mlanet_mobile.safetensors", "shipped": True} and r["model"] == "mlanet_mobile"
     assert [c["clip"] for c in r["clips"]] == ["obama_720p.mp4"] and r["clips"][0]["resolution"] == "1280x720"
     runs = r["clips"][0]["runs"]
     assert [x["render_and_encode"] for x in runs] == [True, False]
@@ -46,6 +47,7 @@ def test_pipeline_soak_and_report(shared, ict_model_file, tmp_path):
     assert mlanet_main(["bench", "soak", *common, "--clip", str(clip), "--face-model", str(ict_model_file),
                         "--minutes", "0.1", "--warmup-min", "0.02", "--sample-s", "0.5"]) == 0
     s = json.loads((device_dirs[0] / "soak.json").read_text())["results"]
+    assert s["weights"]["shipped"] is True
     assert s["frames"] > 0 and len(s["rss_mib"]) >= 2 and s["targets"]["peak_rss_ok"] in (True, False)
 
     assert mlanet_main(["bench", "report", *common]) == 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mlanet.edge.crops import crop_faces
+from mlanet.geometry import rotations_numpy as rot_np
 from mlanet.edge.filters import FilterCfg, OneEuroFilter, RunningMean, TrackFilter
 from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame, frame_camera
 from mlanet.edge.timing import STAGES, StageStats, timed
@@ -85,13 +86,27 @@ def test_crop_faces_equals_full_frame_crop():
     img = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
     boxes = [CropBox(10.3, 20.7, 50.0), CropBox(-30.0, 90.0, 60.5), CropBox(170.2, -5.0, 45.0)]
     got = crop_faces(img, boxes, 32)
-    ref = crop_image(image_to_tensor(img), boxes, 32).numpy()
-    assert got.shape == (3, 3, 32, 32) and got.dtype == np.float32
-    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert got.shape == (3, 3, 32, 32) and got.dtype == np.float32 and got.flags.c_contiguous
+    # crop_image is the definition; in float64 its sample positions are exact, in float32 they carry
+    # grid_sample's [-1, 1] normalisation rounding (~W * 2^-24 pixels), which crop_faces does not
+    ref64 = crop_image(image_to_tensor(img).double(), boxes, 32).numpy()
+    np.testing.assert_allclose(got, ref64, atol=1e-6)
+    np.testing.assert_allclose(got, crop_image(image_to_tensor(img), boxes, 32).numpy(), atol=1e-5)
     assert crop_faces(img, [], 32).shape == (0, 3, 32, 32)
     assert not crop_faces(img, [CropBox(500, 500, 20)], 16).any()
     with pytest.raises(ValueError, match="uint8 RGB"):
         crop_faces(img.astype(np.float32), boxes, 32)
+
+
+def test_crop_faces_on_a_720p_frame_with_faces_of_every_size():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    boxes = [CropBox(500.25, 90.5, 450.0), CropBox(1200.0, 650.0, 200.0), CropBox(3.7, 5.1, 37.0),
+             CropBox(-100.0, -100.0, 1500.0)]
+    got = crop_faces(img, boxes, 96)
+    ref64 = crop_image(image_to_tensor(img).double(), boxes, 96).numpy()
+    np.testing.assert_allclose(got, ref64, atol=1e-6)
+    assert got[1, :, -20:, -20:].max() == 0.0  # the part of the second box below and right of the frame
 
 
 def test_one_euro_smooths_noise_and_follows_steps():
@@ -143,6 +158,39 @@ def test_track_filter_groups(synthetic_model):
     assert abs(outs[20:, yaw].mean() - 0.2) < 0.02
     off = TrackFilter(layout, FilterCfg(enabled=False))
     np.testing.assert_array_equal(off(ins[5], 0.0), ins[5].astype(np.float32))
+
+
+def test_track_filter_equals_one_filter_per_group(synthetic_model):
+    """TrackFilter runs the groups as one vector (per-element settings): the same numbers as one
+    One-Euro filter per group and one running mean per shape group."""
+    layout = synthetic_model.layout
+    s = layout.slices()
+    cfg = FilterCfg()
+    tf = TrackFilter(layout, cfg)
+    rot = OneEuroFilter(cfg.rotation_min_cutoff, cfg.rotation_beta)
+    groups = {"translation": OneEuroFilter(cfg.translation_min_cutoff, cfg.translation_beta),
+              "expression": OneEuroFilter(cfg.expression_min_cutoff, cfg.expression_beta),
+              "lighting": OneEuroFilter(cfg.lighting_min_cutoff, 0.0),
+              "identity": RunningMean(cfg.identity_window), "albedo": RunningMean(cfg.identity_window)}
+    rng = np.random.default_rng(5)
+    base = FaceParams.neutral(layout).to_flat()[0].numpy().astype(np.float64)
+    for i in range(40):
+        x = base + 0.1 * rng.standard_normal(layout.total)
+        t = i / 25.0 + (0.01 if i % 7 == 0 else 0.0)  # uneven frame times
+        got = tf(x, t)
+        want = x.copy()
+        r6 = rot_np.matrix_to_rotation_6d(rot_np.euler_to_matrix(x[s["rotation"]]))
+        want[s["rotation"]] = rot_np.matrix_to_euler(rot_np.rotation_6d_to_matrix(rot(r6, t)))
+        for g, f in groups.items():
+            want[s[g]] = f(x[s[g]], t) if isinstance(f, OneEuroFilter) else f(x[s[g]])
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+def test_one_euro_per_element_settings_are_checked():
+    with pytest.raises(ValueError, match="positive"):
+        OneEuroFilter(np.array([1.0, 0.0]), 0.0)
+    with pytest.raises(ValueError, match="beta"):
+        OneEuroFilter(1.0, np.array([0.5, -1.0]))
 
 
 def test_stage_stats_summary():

@@ -17,7 +17,7 @@ from mlanet.edge.backends.base import BackendSpec, _as_images, _check_face_model
 def ort_session_options(intra_op_threads: int | None = None) -> Any:
     """The ``onnxruntime.SessionOptions`` of every MLANet ONNX session (and of anything timed against them).
 
-    Warnings-and-up logging, no spinning of idle intra-op threads, and ``intra_op_threads``
+    Warnings-and-up logging, intra-op threads that spin only while a run is in flight, and ``intra_op_threads``
     threads (``None``: onnxruntime's default, one per physical core).
     """
     import onnxruntime as ort
@@ -27,10 +27,13 @@ def ort_session_options(intra_op_threads: int | None = None) -> Any:
         raise ValueError(f"intra_op_threads must be a positive integer or None, got {intra_op_threads!r}")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    # No busy-waiting of idle worker threads after each run: in the runtime, ONNX Runtime shares the cores with
-    # MediaPipe, the GL renderer (llvmpipe on CPU) and the encoder; spinning threads slowed rendering by ~30 %
-    # on 2 cores (measured by `mlanet bench compare`), for ~20 % slower inference in isolation.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Worker threads spin while a run is in flight (the hand-offs between the many small layers of a 96 px
+    # network cost more than the work when threads sleep) and stop spinning when Run() returns: in the runtime,
+    # ONNX Runtime shares the cores with MediaPipe, the GL renderer (llvmpipe on CPU) and the encoder, and
+    # threads left spinning after a run slowed rendering by ~30 % on 2 cores. Measured in one
+    # `mlanet bench compare --passes 6` pair (2 cores): no spinning at all, network stage 3.4 ms; spinning only
+    # inside a run, 2.6 ms; fit fps ratio to MediaPipe 0.58 -> 0.73.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     if intra_op_threads is not None:
         opts.intra_op_num_threads = int(intra_op_threads)
     return opts

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mlanet.errors import FaceModelNotFoundError, MLANetError
+from mlanet.edge.bench.network import add_network_arguments, check_network_arguments, open_network
 from mlanet.edge.bench.record import RESULTS, record_dir, time_call, write_record
 
 log = logging.getLogger(__name__)
@@ -478,8 +479,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"first frames of each pass excluded from the statistics (default {DEFAULTS['warmup']})")
     p.add_argument("--max-faces", type=int, default=1, help="faces tracked by both sides (default 1: single-face clip)")
     p.add_argument("--face-model", type=Path, default=None, help="face-model file (default: the asset home's)")
-    p.add_argument("--model", default="mlanet_mobile",
-                   help="network, untrained, on ONNX Runtime CPU (default mlanet_mobile)")
+    add_network_arguments(p)
     p.add_argument("--renderer-batch", type=int, default=8, help="differentiable renderer batch (default 8)")
     p.add_argument("--renderer-size", type=int, default=224, help="differentiable renderer image size (default 224)")
     p.add_argument("--skip-renderers", action="store_true", help="only the tracker/pipeline comparison")
@@ -522,7 +522,8 @@ def methodology(settings: dict[str, Any]) -> list[str]:
         "reading the landmarks into numpy is timed separately (extract_landmarks) and not included.",
         "mlanet_fit: wall time of FacePipeline.process(frame), render_mode=None: detect/track (MediaPipe "
         "BlazeFace full-range every TrackerCfg.detect_every frames), crop, network on ONNX Runtime CPU, "
-        "reconstruction, temporal filter. Weights are untrained: speed does not depend on them.",
+        "reconstruction, temporal filter, with the weights a user runs (settings.weights; the shipped ones by "
+        "default): the faces they fit set the tracker's boxes and the overlay's area.",
         "mlanet_fit_render: the same plus the ModernGL overlay (PipelineCfg default: shaded + landmarks, "
         "offscreen EGL, RGB readback).",
         "Ratios: " + RATIO_DEFINITION + ".",
@@ -536,18 +537,14 @@ def run(args: argparse.Namespace) -> Path:
     """Run the comparison with ``args`` (see :func:`add_arguments`); write and return the record."""
     import numpy as np
 
-    from mlanet.models.registry import create_model
     from mlanet.morphable.model import MorphableModel
-    from mlanet.export.onnx_export import export_onnx
-    from mlanet.edge.backends import open_backend
     from mlanet.edge.pipeline import PipelineCfg
-    from mlanet.edge.thread_plan import plan_threads
     from mlanet.edge.tracking import TrackerCfg
 
     t_start = time.perf_counter()
     s = _settings(args)
     max_faces = int(getattr(args, "max_faces", 1))
-    model_name = getattr(args, "model", "mlanet_mobile")
+    check_network_arguments(args)
     face_model_path = resolve_face_model(getattr(args, "face_model", None))
     clip = resolve_clip(getattr(args, "clip", None))
     out_dir = _out_dir(args)
@@ -565,9 +562,7 @@ def run(args: argparse.Namespace) -> Path:
             "warmup_frames": s["warmup"],
             "max_faces": max_faces,
             "quick": bool(getattr(args, "quick", False)),
-            "model": model_name,
             "backend": "onnxruntime-cpu",
-            "weights": "untrained (speed only; it does not depend on the weights)",
             "face_model": face_model.describe() | {"file": face_model_path.name},
             "mlanet_tracker": {"detector": "mediapipe BlazeFace full_range",
                                "detect_every": TrackerCfg().detect_every},
@@ -578,17 +573,14 @@ def run(args: argparse.Namespace) -> Path:
         "methodology": methodology(s),
     }
 
-    plan = plan_threads("onnxruntime")
-    plan.apply()
-    results["settings"]["thread_plan"] = plan.to_dict()
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-compare-") as tmp:
         t0 = time.perf_counter()
-        net = create_model(model_name, face_model=face_model).eval()
-        onnx_path = export_onnx(net, face_model, Path(tmp) / f"{model_name}.onnx")
-        del net
-        backend = open_backend(onnx_path, face_model, device="cpu", intra_op_threads=plan.network)
+        backend, results["settings"]["weights"] = open_network(args, face_model, Path(tmp))
+        thread_plan = backend.metadata.runtime["thread_plan"]
+        results["settings"]["model"] = backend.metadata.model_name
+        results["settings"]["thread_plan"] = thread_plan
         backend.warmup()
-        results["settings"]["export_seconds"] = round(time.perf_counter() - t0, 3)
+        results["settings"]["open_model_seconds"] = round(time.perf_counter() - t0, 3)
         import onnxruntime as ort
         import mediapipe as mp
 

@@ -13,9 +13,10 @@ Three measurements, one record (``pipeline.json``):
   ``k``-face grid at the clip's resolution (``k`` = 1, 2, 4, 8), tracked with ``max_faces = k``.
 
 Memory: resident set size sampled every frame (``/proc/self/statm``) and the process peak
-(``ru_maxrss``); on CUDA also ``torch.cuda.max_memory_allocated``. The network is ``mlanet_mobile``
-(``--model``) with untrained weights — speed does not depend on the weight values — exported to
-ONNX and run on ONNX Runtime CPU (``--backend torch`` for PyTorch).
+(``ru_maxrss``); on CUDA also ``torch.cuda.max_memory_allocated``. The network is the one a user runs
+(:mod:`mlanet.edge.bench.network`: the shipped ``mlanet_mobile`` weights on ONNX Runtime CPU by default,
+``--weights`` / ``--untrained``; ``--backend torch`` for PyTorch): the faces it fits set the tracker's
+boxes and the overlay's area, so its weights matter to the runtime's speed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from mlanet.errors import MLANetError
 from mlanet.edge.loading import positive_int
 from mlanet.edge.timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
+from mlanet.edge.bench.network import add_network_arguments, check_network_arguments, open_network
 from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
@@ -61,34 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="video file; repeat for several (default: the shared obama_720p.mp4 and "
                    "hamilton_360p_multiface.mp4). fps vs faces and the live run use the first")
     p.add_argument("--face-model", default=None, help="face-model file (default: the asset home's)")
-    p.add_argument("--model", default="mlanet_mobile", help="network (untrained weights; speed only)")
+    add_network_arguments(p)
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     p.add_argument("--max-frames", type=positive_int, default=None, help="frames per run (default: the whole clip)")
     p.add_argument("--faces", default="1,2,4,8", help="face counts for fps vs faces (comma-separated; '' to skip)")
     p.add_argument("--no-live", action="store_true", help="skip the real-time replay (latency) run")
     p.add_argument("--quick", action="store_true", help="30 frames per run, faces 1,4")
-
-
-def open_backend_for_bench(model_name: str, backend: str, face_model: Any, tmp: Path) -> Any:
-    """An untrained ``model_name`` as an ONNX Runtime or PyTorch backend, under the runtime's thread plan
-    (:func:`mlanet.edge.thread_plan.plan_threads`, applied here as ``mlanet-video`` does; in
-    ``metadata.runtime["thread_plan"]``)."""
-    from mlanet.edge.backends import TorchBackend, open_backend
-    from mlanet.edge.thread_plan import plan_threads
-
-    plan = plan_threads(backend)
-    plan.apply()
-    if backend == "torch":
-        opened = TorchBackend.untrained(model_name, face_model)
-    else:
-        from mlanet.export.onnx_export import export_onnx
-        from mlanet.models.registry import create_model
-
-        path = export_onnx(create_model(model_name, face_model=face_model).eval(), face_model,
-                           tmp / f"{model_name}.onnx")
-        opened = open_backend(path, face_model, device="cpu", intra_op_threads=plan.network)
-    opened.metadata = opened.metadata.with_runtime(thread_plan=plan.to_dict())
-    return opened
 
 
 def _pipeline(backend: Any, face_model: Any, render: bool, max_faces: int = 4) -> Any:
@@ -198,19 +178,19 @@ def run(args: argparse.Namespace) -> Path:
             raise MLANetError(f"{clip}: clip not found (pass --clip FILE)")
     max_frames = 30 if args.quick and args.max_frames is None else args.max_frames
     face_counts = [1, 4] if args.quick else [int(x) for x in str(args.faces).split(",") if x.strip()]
+    check_network_arguments(args)
     face_model = MorphableModel.load(args.face_model)
     rss_start = rss_mib()
     results: dict[str, Any] = {
-        "model": args.model,
         "backend": f"{args.backend}-cpu",
-        "weights": "untrained (speed only)",
         "warmup_frames_excluded": 2,
         "clips": [],
         "faces": [],
     }
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        backend = open_backend_for_bench(args.model, args.backend, face_model, tmp)
+        backend, results["weights"] = open_network(args, face_model, tmp, args.backend)
+        results["model"] = backend.metadata.model_name
         backend.warmup()
         results["thread_plan"] = backend.metadata.runtime["thread_plan"]
         for ci, clip in enumerate(clips):

@@ -23,7 +23,8 @@ import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.edge.timing import peak_rss_mib, rss_mib
-from mlanet.edge.bench.pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
+from mlanet.edge.bench.network import add_network_arguments, open_network
+from mlanet.edge.bench.pipeline import default_clip, gpu_peak_mib
 from mlanet.edge.bench.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ TARGET_GROWTH_PCT = 5.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", type=Path, default=None, help="video file (default: the shared obama_720p.mp4)")
     p.add_argument("--face-model", default=None, help="face-model file (default: the asset home's)")
-    p.add_argument("--model", default="mlanet_mobile")
+    add_network_arguments(p)
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     p.add_argument("--minutes", type=float, default=10.0, help="duration (default 10)")
     p.add_argument("--warmup-min", type=float, default=1.0, help="minutes excluded from the growth figure")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> Path:
     samples: list[tuple[float, float]] = []
     gpu_samples: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        backend = open_backend_for_bench(args.model, args.backend, face_model, Path(tmp))
+        backend, weights = open_network(args, face_model, Path(tmp), args.backend)
         pipeline = FacePipeline(backend, face_model, PipelineCfg(render_mode="shaded"), detector=MediaPipeFaceDetector())
         t0 = time.perf_counter()
         next_sample = 0.0
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> Path:
     growth = growth_pct(samples, warmup_min * 60.0)
     results = {
         "clip": clip.name,
-        "model": args.model,
+        "model": backend.metadata.model_name,
+        "weights": weights,
         "backend": f"{args.backend}-cpu",
         "minutes": round(duration / 60.0, 2),
         "frames": frames,
