@@ -6,12 +6,12 @@ runtime's writer) into a temporary file, ``--repeats`` times, in one process. Pe
 the median over repeats of: wall time per frame of the whole encode (every ``write`` plus the final
 flush in ``close``; libx264's frame threads run beside the caller, so this is the throughput a run
 sees), the median time inside ``write`` (what the pipeline's loop waits for), the file size in MB
-per minute of video, the CPU time per frame of the whole process (libx264's threads included: what
+per minute of video, the PSNR of the decoded video against its source frames (dB), the CPU time per frame of the whole process (libx264's threads included: what
 the encoder takes from the pipeline on a 2-core machine), and the ratio of each variant's time to
 the reference's (the first). A variant is a preset, optionally with ``+`` and libx264 options
 (``veryfast+me=dia:subme=1``); a bare preset runs without extra options.
 
-    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,superfast,ultrafast --frames 200 --repeats 3
+    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,superfast,ultrafast --frames 200 --repeats 3
 
 Writes ``benchmarks/results/<device>/encode_presets.json`` (``--out`` for another results root).
 """
@@ -56,17 +56,34 @@ def encode_once(frames: list[np.ndarray], fps: float, variant: str, n: int, tmp:
     writer.close()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    psnr = _psnr_db(path, frames)
     size = path.stat().st_size
     path.unlink()
     return {"wall_ms_per_frame": 1000 * wall / n, "write_ms_p50": 1000 * float(np.median(in_write)),
             "cpu_ms_per_frame": 1000 * cpu / n,
-            "mb_per_minute": size / 1e6 / (n / fps / 60)}
+            "mb_per_minute": size / 1e6 / (n / fps / 60), "psnr_db": psnr}
+
+
+def _psnr_db(path: Path, frames: list[np.ndarray]) -> float:
+    """PSNR (dB, RGB, all frames pooled) of the encoded video at ``path`` against the frames it was
+    made from (frame ``i`` = ``frames[i % len(frames)]``)."""
+    import av
+
+    se, count = 0.0, 0
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            diff = frame.to_ndarray(format="rgb24").astype(np.float64) - frames[i % len(frames)]
+            se += float(np.square(diff).sum())
+            count += diff.size
+    return 10.0 * float(np.log10(255.0 ** 2 / (se / count)))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip", help="a video (default: ../shared/data/video/obama_720p.mp4)")
-    ap.add_argument("--presets", default="veryfast,veryfast+me=dia:subme=1,superfast,ultrafast",
+    ap.add_argument("--presets", default=("veryfast,veryfast+me=dia:subme=1,"
+                                          "veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,"
+                                          "superfast,ultrafast"),
                     help="libx264 presets, each optionally +x264 options; the first is the reference")
     ap.add_argument("--frames", type=int, default=200, help="frames per encode (the clip looped)")
     ap.add_argument("--repeats", type=int, default=3, help="encodes per preset (median), after one warm-up encode")
@@ -94,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "default_preset": H264VideoWriter.__init__.__kwdefaults__["preset"],
         "default_x264_params": H264VideoWriter.__init__.__kwdefaults__["x264_params"],
         "target": "encode <= 5 ms per 720p frame (issue 17)",
+        "input": "whole RGB frames, converted to I420 by the writer (in the runtime, mlanet-video passes the "
+                 "decoded frame's I420 planes and converts only the overlay's box: its pipeline record's encode "
+                 "stage)",
         "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min(),
     }
     out = write_record("encode_presets", results, out_dir=record_dir(args.out))
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for p, r in rows.items():
         print(f"{p:28s} {r['wall_ms_per_frame']:6.2f} ms/frame (write p50 {r['write_ms_p50']:.2f} ms, "
               f"CPU {r['cpu_ms_per_frame']:.2f} ms)  "
-              f"{r['mb_per_minute']:6.1f} MB/min  x{r['time_ratio_to_reference']}")
+              f"{r['mb_per_minute']:6.1f} MB/min  {r['psnr_db']:.2f} dB  x{r['time_ratio_to_reference']}")
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mlanet.edge import live_cli, video_cli
 from mlanet.edge import outputs as outputs_mod
+from mlanet.edge.writers.video import DEFAULT_X264_PARAMS
 
 pytestmark = [pytest.mark.assets, pytest.mark.gl]
 
@@ -48,7 +49,7 @@ def test_video_outputs(obama_clip_24, ict_model_file, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["frames_done"] == 24
     assert run["backend"]["untrained"] is True and run["face_model"]["model_id"]
-    assert run["encoder"] == {"codec": "libx264", "preset": "veryfast", "x264_params": "me=dia:subme=1", "crf": 20,
+    assert run["encoder"] == {"codec": "libx264", "preset": "veryfast", "x264_params": DEFAULT_X264_PARAMS, "crf": 20,
                               "thread_type": "AUTO",
                               "pix_fmt": "yuv420p", "colorspace": "bt709"}
     assert run["backend"]["thread_plan"]["network"] >= 1

@@ -44,9 +44,11 @@ from mlanet.fileutil import mkstemp_beside
 from mlanet.edge.writers import WriterError
 
 #: libx264 options on top of the preset (``x264-params``): the cheapest motion search (diamond, one
-#: subpixel refinement pass). On the 720p overlay of the Obama clip, veryfast with these took 8.1 ms of
-#: CPU per frame instead of 13.4 for 6 % more bytes at the same crf (``benchmarks/encode_presets.py``).
-DEFAULT_X264_PARAMS = "me=dia:subme=1"
+#: subpixel refinement pass), 16x16 partitions and 4x4 transforms only, no weighted P prediction. On the
+#: 720p Obama clip at crf 20 (``benchmarks/encode_presets.py``, 150 frames, whole RGB frames): veryfast
+#: 9.5 ms/frame, with the motion-search options 8.3, with all of these 6.8 ms/frame, for +8 % bytes and
+#: -0.16 dB PSNR against the motion-search options alone (41.0 dB).
+DEFAULT_X264_PARAMS = "me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0"
 
 #: libx264 threading modes :class:`H264VideoWriter` accepts (PyAV ``codec_context.thread_type``).
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE")
