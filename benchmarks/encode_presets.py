@@ -11,7 +11,7 @@ the encoder takes from the pipeline on a 2-core machine), and the ratio of each 
 the reference's (the first). A variant is a preset, optionally with ``+`` and libx264 options
 (``veryfast+me=dia:subme=1``); a bare preset runs without extra options.
 
-    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,superfast,ultrafast --frames 200 --repeats 3
+    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0,superfast,ultrafast --frames 200 --repeats 3
 
 Writes ``benchmarks/results/<device>/encode_presets.json`` (``--out`` for another results root).
 """
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", help="a video (default: ../shared/data/video/obama_720p.mp4)")
     ap.add_argument("--presets", default=("veryfast,veryfast+me=dia:subme=1,"
                                           "veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,"
+                                          "veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0,"
                                           "superfast,ultrafast"),
                     help="libx264 presets, each optionally +x264 options; the first is the reference")
     ap.add_argument("--frames", type=int, default=200, help="frames per encode (the clip looped)")

@@ -44,11 +44,13 @@ from mlanet.fileutil import mkstemp_beside
 from mlanet.edge.writers import WriterError
 
 #: libx264 options on top of the preset (``x264-params``): the cheapest motion search (diamond, one
-#: subpixel refinement pass), 16x16 partitions and 4x4 transforms only, no weighted P prediction. On the
-#: 720p Obama clip at crf 20 (``benchmarks/encode_presets.py``, 150 frames, whole RGB frames): veryfast
-#: 9.5 ms/frame, with the motion-search options 8.3, with all of these 6.8 ms/frame, for +8 % bytes and
-#: -0.16 dB PSNR against the motion-search options alone (41.0 dB).
-DEFAULT_X264_PARAMS = "me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0"
+#: subpixel refinement pass), 16x16 partitions and 4x4 transforms only, no weighted P prediction, no
+#: adaptive quantisation and no B-frames (which also keeps a live stream's encoder latency at one frame).
+#: On the 720p Obama clip at crf 20 (``benchmarks/encode_presets.py``, whole RGB frames, 2 cores): veryfast
+#: alone 9.3 ms/frame and 16.1 ms CPU, 10.0 MB/min, 41.1 dB PSNR; with these 5.6 ms/frame and 7.7 ms CPU,
+#: 13.3 MB/min, 41.9 dB. The encoder shares the cores with the rest of the pipeline, so its CPU time is
+#: what the runtime pays; a user who wants smaller files passes ``x264_params`` (or a slower preset).
+DEFAULT_X264_PARAMS = "me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0"
 
 #: libx264 threading modes :class:`H264VideoWriter` accepts (PyAV ``codec_context.thread_type``).
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE")
