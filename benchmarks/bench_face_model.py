@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import time_call, write_record  # noqa: E402
+from mlanet.edge.bench.record import time_call, write_record  # noqa: E402
 
 from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import time_call, write_record  # noqa: E402
+from mlanet.edge.bench.record import time_call, write_record  # noqa: E402
 
 from mlanet.data.synthetic import SyntheticCfg, SyntheticFaces  # noqa: E402
 from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402

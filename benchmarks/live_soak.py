@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import load_average_1min, write_record  # noqa: E402
+from mlanet.edge.bench.record import load_average_1min, write_record  # noqa: E402
 
 from mlanet.edge.bench.record import record_dir  # noqa: E402
 from mlanet.edge.bench.soak import TARGET_GROWTH_PCT, growth_pct  # noqa: E402

@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, write_record  # noqa: E402
+from mlanet.edge.bench.record import RESULTS, load_average_1min, write_record  # noqa: E402
 
 import numpy as np  # noqa: E402
 

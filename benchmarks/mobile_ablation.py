@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import write_record  # noqa: E402
+from mlanet.edge.bench.record import write_record  # noqa: E402
 
 from mlanet.edge.backends import open_backend  # noqa: E402
 from mlanet.edge.bench.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
