@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mlanet.edge.bench.record import time_call, write_record  # noqa: E402
+from mlanet.benchmarks.record import time_call, write_record  # noqa: E402
 
 from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402

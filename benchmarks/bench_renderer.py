@@ -11,7 +11,7 @@ random perturbations) into ``size x size`` images with the crop camera of ``Prep
 - ``rasterize_no_grad``: visibility + barycentrics only, under ``torch.no_grad``.
 
 Also records the number of candidate (triangle, pixel centre) pairs and covered pixels per image.
-The measurement itself is :func:`mlanet.edge.bench.compare.differentiable_renderer_timings`
+The measurement itself is :func:`mlanet.benchmarks.compare.differentiable_renderer_timings`
 (``mlanet bench compare`` times the first two with it); this script adds the ICT build and the record.
 
     python benchmarks/bench_renderer.py --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from mlanet.edge.bench.record import write_record  # noqa: E402
+from mlanet.benchmarks.record import write_record  # noqa: E402
 
-from mlanet.edge.bench.compare import differentiable_renderer_timings  # noqa: E402
+from mlanet.benchmarks.compare import differentiable_renderer_timings  # noqa: E402
 from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
 from mlanet.morphable.model import MorphableModel  # noqa: E402
 

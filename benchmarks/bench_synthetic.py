@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-from mlanet.edge.bench.record import time_call, write_record  # noqa: E402
+from mlanet.benchmarks.record import time_call, write_record  # noqa: E402
 
 from mlanet.data.synthetic import SyntheticCfg, SyntheticFaces  # noqa: E402
 from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402

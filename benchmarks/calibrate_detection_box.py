@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlanet.edge.bench.record import write_record  # noqa: E402
+from mlanet.benchmarks.record import write_record  # noqa: E402
 
 from mlanet.data.aflw2000 import AFLW2000  # noqa: E402
 from mlanet.data.landmarks import read_image_rgb, yaw_bin  # noqa: E402

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlanet.edge.bench.record import RESULTS, load_average_1min, time_call, write_record  # noqa: E402
+from mlanet.benchmarks.record import RESULTS, load_average_1min, time_call, write_record  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402

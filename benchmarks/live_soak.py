@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlanet.edge.bench.record import load_average_1min, write_record  # noqa: E402
+from mlanet.benchmarks.record import load_average_1min, write_record  # noqa: E402
 
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-from mlanet.edge.bench.soak import TARGET_GROWTH_PCT, growth_pct  # noqa: E402
+from mlanet.benchmarks.record import record_dir  # noqa: E402
+from mlanet.benchmarks.soak import TARGET_GROWTH_PCT, growth_pct  # noqa: E402
 
 #: Drop-rate drift allowed between the first and the last quarter after warm-up (percentage points),
 #: and the processed-fps change allowed (fraction).

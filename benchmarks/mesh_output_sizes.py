@@ -29,12 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlanet.edge.bench.record import RESULTS, load_average_1min, write_record  # noqa: E402
+from mlanet.benchmarks.record import RESULTS, load_average_1min, write_record  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from mlanet.edge import video_cli  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
+from mlanet.benchmarks.record import record_dir  # noqa: E402
 
 
 

@@ -4,7 +4,7 @@ Every variant is an untrained MLANet (seed 0; speed does not depend on the weigh
 with :func:`mlanet.export.onnx_export.export_onnx` and run by
 :class:`mlanet.edge.backends.OnnxRuntimeBackend` with ``--threads`` intra-op threads (default 2),
 batch 1 -- exactly the runtime path. The teacher is exported and run as ``mlanet bench model
---teacher`` does (:class:`mlanet.edge.bench.model_latency.TeacherOnnxRuntimeRunner`: same
+--teacher`` does (:class:`mlanet.benchmarks.model_latency.TeacherOnnxRuntimeRunner`: same
 exporter, same session options, same call). Because the 2-core development machines are
 shared, the variants are timed **interleaved**: ``--rounds`` rounds, each visiting every variant
 (teacher included) in a shuffled order for ``--warmup`` + ``--calls`` calls; a variant's
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlanet.edge.bench.record import write_record  # noqa: E402
+from mlanet.benchmarks.record import write_record  # noqa: E402
 
 from mlanet.edge.backends import open_backend  # noqa: E402
-from mlanet.edge.bench.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
+from mlanet.benchmarks.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
+from mlanet.benchmarks.record import record_dir  # noqa: E402
 from mlanet.export.onnx_export import export_onnx  # noqa: E402
 from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention  # noqa: E402
 from mlanet.models.flops import count_flops  # noqa: E402

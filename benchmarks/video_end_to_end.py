@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlanet.edge.bench.record import RESULTS, load_average_1min, write_record  # noqa: E402
+from mlanet.benchmarks.record import RESULTS, load_average_1min, write_record  # noqa: E402
 
 from mlanet.edge import video_cli  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
+from mlanet.benchmarks.record import record_dir  # noqa: E402
 
 TARGET_FPS = {"obama_720p.mp4": 30.0, "hamilton_360p_multiface.mp4": 20.0}
 

@@ -1,4 +1,4 @@
-"""Tests of ``mlanet bench accuracy`` (mlanet.edge.bench.accuracy).
+"""Tests of ``mlanet bench accuracy`` (mlanet.benchmarks.accuracy).
 
 The ``assets`` tests evaluate untrained networks (and a checkpoint of one) on the first images of
 the shared AFLW2000-3D dev split; the argument and bad-input tests need no data.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mlanet.cli import main
-from mlanet.edge.bench import accuracy, cli
+from mlanet.benchmarks import accuracy, cli
 from mlanet.errors import MLANetError
 
 DEV = "data/aflw2000-3d-dev"
@@ -29,7 +29,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def _device_tag() -> str:
-    from mlanet.edge.bench.record import environment
+    from mlanet.benchmarks.record import environment
 
     return str(environment()["device_tag"]).split(":")[0]
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: package-dir of pyproject.toml: the sub-packages that live outside mlanet/ in the repository.
-MAPPED = {"edge": ROOT / "edge", "export": ROOT / "export", "shaders": ROOT / "shaders"}
+MAPPED = {"edge": ROOT / "edge", "export": ROOT / "export", "shaders": ROOT / "shaders",
+          "benchmarks": ROOT / "benchmarks"}
 
 
 def build_shadow_tree(tmp: Path) -> Path:

@@ -33,9 +33,9 @@ from mlanet.fileutil import write_json_atomic
 
 SCHEMA = "mlanet-bench/1"
 
-_CHECKOUT_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+_CHECKOUT_RESULTS = Path(__file__).resolve().parent / "results"
 #: Default results folder: the checkout's benchmarks/results, or ./mlanet-bench-results for an installed package.
-RESULTS = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.parent.is_dir() else Path("mlanet-bench-results")
+RESULTS = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else Path("mlanet-bench-results")
 
 #: Packages whose versions every record carries (those installed).
 VERSIONED = ("mlanet", "torch", "numpy", "onnxruntime", "onnx", "mediapipe", "opencv-contrib-python", "av",
@@ -94,7 +94,7 @@ def environment() -> dict[str, Any]:
     """Device, driver, library versions, commit and command line for a record."""
     import torch
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()

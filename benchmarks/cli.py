@@ -40,7 +40,7 @@ def _module(part: str) -> Any:
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    from mlanet.edge.bench.record import RESULTS
+    from mlanet.benchmarks.record import RESULTS
 
     p.add_argument("--out", type=Path, default=RESULTS,
                    help=f"results folder; records go to OUT/<device_tag>/ (default {RESULTS})")

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mlanet.errors import FaceModelNotFoundError, MLANetError
-from mlanet.edge.bench.record import RESULTS, record_dir, time_call, write_record
+from mlanet.benchmarks.record import RESULTS, record_dir, time_call, write_record
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.edge.timing import peak_rss_mib, rss_mib
-from mlanet.edge.bench.pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.pipeline import default_clip, gpu_peak_mib, open_backend_for_bench
+from mlanet.benchmarks.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 

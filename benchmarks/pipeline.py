@@ -34,7 +34,7 @@ import numpy as np
 from mlanet.errors import MLANetError
 from mlanet.edge.loading import positive_int
 from mlanet.edge.timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 

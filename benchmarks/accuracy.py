@@ -302,7 +302,7 @@ def evaluate_model(
     """
     import torch
 
-    from mlanet.edge.bench.record import time_call
+    from mlanet.benchmarks.record import time_call
 
     predictor, preprocess, desc = open_model(spec, face_model, seed=seed)
     label = label or spec.label or spec.model_name or spec.source
@@ -491,7 +491,7 @@ def run(args: argparse.Namespace) -> Path:
     from mlanet.eval.aflw2000 import DEV_SPLIT_NOTE, PROTOCOL_STANDARD, REFERENCES, AFLW2000Eval
     from mlanet.eval.metrics import NME_ALL_LABEL, NME_MEAN_BINS_LABEL, MissingExtraError
 
-    from mlanet.edge.bench.record import record_dir, write_record
+    from mlanet.benchmarks.record import record_dir, write_record
 
     t_start = time.perf_counter()
     data = getattr(args, "data", None) or default_data_dir()
