@@ -14,7 +14,7 @@ Also records the number of candidate (triangle, pixel centre) pairs and covered 
 The measurement itself is :func:`mlanet.benchmarks.compare.differentiable_renderer_timings`
 (``mlanet bench compare`` times the first two with it); this script adds the ICT build and the record.
 
-    python benchmarks/bench_renderer.py --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
+    python -m mlanet.benchmarks.bench_renderer --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from mlanet.benchmarks.record import write_record  # noqa: E402
-
-from mlanet.benchmarks.compare import differentiable_renderer_timings  # noqa: E402
-from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
-from mlanet.morphable.model import MorphableModel  # noqa: E402
+from mlanet.benchmarks.compare import differentiable_renderer_timings
+from mlanet.benchmarks.record import write_record
+from mlanet.morphable.model import MorphableModel
+from mlanet.morphable.sources.ict import build_ict_face_model
 
 
 def main(argv: list[str] | None = None) -> int:

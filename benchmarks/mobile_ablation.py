@@ -20,7 +20,7 @@ off, and AFF on the stage widths (no 1280 head) vs on a 1280-wide stage 4 (Lite'
 Writes ``benchmarks/results/<device>/mobile_ablation.json`` (schema ``mlanet-bench/1``) and
 ``mobile_ablation.md`` (the table) next to it. NME is not measured here: it needs training.
 
-    python benchmarks/mobile_ablation.py --teacher ../shared/models/3ddfa_v2_mb05
+    python -m mlanet.benchmarks.mobile_ablation --teacher ../shared/models/3ddfa_v2_mb05
 """
 
 from __future__ import annotations
@@ -38,18 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlanet.benchmarks.record import write_record  # noqa: E402
-
-from mlanet.edge.backends import open_backend  # noqa: E402
-from mlanet.benchmarks.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
-from mlanet.benchmarks.record import record_dir  # noqa: E402
-from mlanet.export.onnx_export import export_onnx  # noqa: E402
-from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention  # noqa: E402
-from mlanet.models.flops import count_flops  # noqa: E402
-from mlanet.models.mlanet import MLANet, MLANetConfig  # noqa: E402
-from mlanet.models.registry import MODELS, registered_preprocess  # noqa: E402
-from mlanet.preprocess import PreprocessCfg  # noqa: E402
-from mlanet.teacher.tddfa_mb05 import INPUT_SIZE as TEACHER_SIZE, load_tddfa_mb05  # noqa: E402
+from mlanet.benchmarks.model_latency import TeacherOnnxRuntimeRunner, _load_face_model
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_dir
+from mlanet.edge.backends import open_backend
+from mlanet.export.onnx_export import export_onnx
+from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention
+from mlanet.models.flops import count_flops
+from mlanet.models.mlanet import MLANet, MLANetConfig
+from mlanet.models.registry import MODELS, registered_preprocess
+from mlanet.preprocess import PreprocessCfg
+from mlanet.teacher.tddfa_mb05 import INPUT_SIZE as TEACHER_SIZE, load_tddfa_mb05
 
 log = logging.getLogger("mobile_ablation")
 
@@ -102,7 +101,7 @@ def _build(config: dict[str, Any], size: int, face_model: Any, name: str) -> MLA
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[2] / "shared/models/3ddfa_v2_mb05"),
+    ap.add_argument("--teacher", default=str(shared_dir() / "models" / "3ddfa_v2_mb05"),
                     help="folder of the 3DDFA_V2 MobileNet x0.5 files (default ../shared/models/3ddfa_v2_mb05)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     ap.add_argument("--rounds", type=int, default=15)

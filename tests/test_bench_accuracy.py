@@ -29,7 +29,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def _device_tag() -> str:
-    from mlanet.benchmarks.record import environment
+    from mlanet.run_environment import environment
 
     return str(environment()["device_tag"]).split(":")[0]
 

@@ -358,7 +358,7 @@ def test_report_summarises_bench_records_only(tmp_path):
     but no environment (accuracy/landmark_floor.json) broke it with a KeyError; it is left out now."""
     import json
 
-    from mlanet.benchmarks.record import environment
+    from mlanet.run_environment import environment
     from mlanet.benchmarks.report import build_report, load_records
 
     (tmp_path / "accuracy").mkdir()
