@@ -13,8 +13,9 @@ adds: several models on one plot, their inference time on this machine, and the 
 Outputs, under ``<out>/<device_tag>/``:
 
 * ``accuracy.json`` — the record (:func:`.record.write_record`): per model its label, source,
-  model name, landmark definition, NMEs, AUC, image count, CED curve and per-image NMEs; the data folder and subset; the
-  published reference numbers with their citations, marked as published (not measured by us).
+  model name, scored landmark definition, NMEs, AUC, image count, CED curve and per-image NMEs; the data
+  folder and subset; the published reference numbers with their citations, marked as published (not
+  measured by us).
 * ``accuracy_ced.png`` — the CED curves of all models on one axes; the published mean-of-bins
   numbers (3DDFA_V2 3.51 %, SynergyNet 3.41 %) as vertical dashed lines. They are single numbers
   measured on all 2,000 AFLW2000-3D images, not curves; ours come from the data folder given
@@ -265,8 +266,11 @@ def open_model(spec: ModelSpec, face_model: Any, seed: int = 0,
         desc["weights"] = {"path": spec.source, "sha256": file_sha256(spec.source)}
     else:  # pragma: no cover - model_specs only makes the three kinds
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    definition = resolve_eval_definition(face_model, landmarks, LANDMARK_DEFINITION,
-                                         warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    try:
+        definition = resolve_eval_definition(face_model, landmarks, LANDMARK_DEFINITION,
+                                             warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except KeyError as exc:  # a --landmarks name the face model lacks: one line, not a traceback
+        raise MLANetError(f"--landmarks {landmarks}: {exc.args[0]}") from None
     predictor = make_landmark_predictor(model, face_model, preprocess=preprocess, layout=model.layout,
                                         definition=definition)
     name = getattr(model, "name", None) or spec.model_name or Path(spec.source).stem
