@@ -29,7 +29,6 @@ import argparse
 import logging
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -171,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher_rounds = np.array(round_medians["teacher"])
     for name, row in rows.items():
-        s = np.array(samples[name])
+        times = np.array(samples[name])
         ratios = np.array(round_medians[name]) / teacher_rounds
-        row.update({"median_ms": round(float(np.median(s)), 4), "p95_ms": round(float(np.percentile(s, 95)), 4),
-                    "calls": int(s.size), "ratio": round(float(np.median(ratios)), 3),
+        row.update({"median_ms": round(float(np.median(times)), 4), "p95_ms": round(float(np.percentile(times, 95)), 4),
+                    "calls": int(times.size), "ratio": round(float(np.median(ratios)), 3),
                     "ratio_range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)],
                     "within_3x": bool(np.median(ratios) <= 3.0)})
     results = {
