@@ -5,7 +5,7 @@ path (vertices + normals + albedo + SH shading). The reference in the same proce
 same work done one face at a time (a Python loop of batch-1 calls), so ``speedup_vs_loop``
 shows what batching buys.
 
-    python benchmarks/bench_face_model.py --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
+    python -m mlanet.benchmarks.bench_face_model --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import time_call, write_record  # noqa: E402
-
-from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
-from mlanet.morphable.model import MorphableModel  # noqa: E402
-from mlanet.params import FaceParams  # noqa: E402
+from mlanet.benchmarks.record import time_call, write_record
+from mlanet.morphable.model import MorphableModel
+from mlanet.morphable.sources.ict import build_ict_face_model
+from mlanet.params import FaceParams
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,10 @@ random perturbations) into ``size x size`` images with the crop camera of ``Prep
 - ``rasterize_no_grad``: visibility + barycentrics only, under ``torch.no_grad``.
 
 Also records the number of candidate (triangle, pixel centre) pairs and covered pixels per image.
-The measurement itself is :func:`mlanet.edge.bench.compare.differentiable_renderer_timings`
+The measurement itself is :func:`mlanet.benchmarks.compare.differentiable_renderer_timings`
 (``mlanet bench compare`` times the first two with it); this script adds the ICT build and the record.
 
-    python benchmarks/bench_renderer.py --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
+    python -m mlanet.benchmarks.bench_renderer --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import write_record  # noqa: E402
-
-from mlanet.edge.bench.compare import differentiable_renderer_timings  # noqa: E402
-from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
-from mlanet.morphable.model import MorphableModel  # noqa: E402
+from mlanet.benchmarks.compare import differentiable_renderer_timings
+from mlanet.benchmarks.record import write_record
+from mlanet.morphable.model import MorphableModel
+from mlanet.morphable.sources.ict import build_ict_face_model
 
 
 def main(argv: list[str] | None = None) -> int:

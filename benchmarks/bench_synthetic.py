@@ -7,7 +7,7 @@ are produced as in training) and renders ``SyntheticFaces`` samples at ``--size`
 - ``per_sample``: ``dataset[i]`` (what a DataLoader worker does per item);
 - ``batch_<B>``: ``dataset.render_batch(B indices)``, one rasteriser call per batch.
 
-    python benchmarks/bench_synthetic.py --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz \\
+    python -m mlanet.benchmarks.bench_synthetic --ict ../shared/assets/ict-facekit/FaceXModel.tar.xz \\
         --mediapipe ../shared/assets/mediapipe-canonical/canonical_face_model.obj
 """
 
@@ -18,16 +18,12 @@ import dataclasses
 import itertools
 import sys
 import time
-from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import time_call, write_record  # noqa: E402
-
-from mlanet.data.synthetic import SyntheticCfg, SyntheticFaces  # noqa: E402
-from mlanet.morphable.sources.ict import build_ict_face_model  # noqa: E402
-from mlanet.morphable.model import MorphableModel  # noqa: E402
-from mlanet.preprocess import PreprocessCfg  # noqa: E402
+from mlanet.benchmarks.record import time_call, write_record
+from mlanet.data.synthetic import SyntheticCfg, SyntheticFaces
+from mlanet.morphable.model import MorphableModel
+from mlanet.morphable.sources.ict import build_ict_face_model
+from mlanet.preprocess import PreprocessCfg
 
 
 def main(argv: list[str] | None = None) -> int:

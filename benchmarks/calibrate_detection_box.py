@@ -21,7 +21,7 @@ from canvas 1) are copied from this output by hand. The script then checks
 ``box_from_points(gt68, roi_scale)``: IoU, centre error / crop side and size ratio, per
 yaw bin. Prints a table and writes ``benchmarks/results/<device>/detection_box_calibration.json``.
 
-    python benchmarks/calibrate_detection_box.py --root ../shared/data/aflw2000-3d-dev
+    python -m mlanet.benchmarks.calibrate_detection_box --root ../shared/data/aflw2000-3d-dev
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import write_record  # noqa: E402
-
-from mlanet.data.aflw2000 import AFLW2000  # noqa: E402
-from mlanet.data.landmarks import read_image_rgb, yaw_bin  # noqa: E402
-from mlanet.edge.face_detection import (  # noqa: E402
+from mlanet.benchmarks.record import write_record
+from mlanet.benchmarks.shared_data import shared_dir
+from mlanet.data.aflw2000 import AFLW2000
+from mlanet.data.landmarks import read_image_rgb, yaw_bin
+from mlanet.edge.face_detection import (
     DETECTION_BOX_CALIBRATIONS,
     EAR_KEYPOINTS,
     DetectionBoxCalibration,
@@ -48,8 +47,8 @@ from mlanet.edge.face_detection import (  # noqa: E402
     box_iou,
     crop_box_from_detection,
 )
-from mlanet.edge.types import Detection  # noqa: E402
-from mlanet.preprocess import PreprocessCfg, box_from_points  # noqa: E402
+from mlanet.edge.types import Detection
+from mlanet.preprocess import PreprocessCfg, box_from_points
 
 BIN_NAMES = ("[0,30]", "(30,60]", "(60,90]")
 
@@ -203,7 +202,7 @@ def fmt_calib(c: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/aflw2000-3d-dev")
+    p.add_argument("--root", type=Path, default=shared_dir() / "data" / "aflw2000-3d-dev")
     p.add_argument("--model", nargs="+", default=["full_range", "short_range"], choices=["full_range", "short_range"])
     p.add_argument("--min-score", type=float, default=0.5)
     p.add_argument("--roi-scale", type=float, default=PreprocessCfg().roi_scale)

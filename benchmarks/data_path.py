@@ -20,7 +20,7 @@ Measures on a store built by ``mlanet data prepare`` (:mod:`mlanet.data.store`):
 ``verdict`` compares the loader's rate with one worker to the training rate without the
 photometric term (the faster, harder case).
 
-    OMP_NUM_THREADS=1 python benchmarks/data_path.py --store /tmp/mlanet_store
+    OMP_NUM_THREADS=1 python -m mlanet.benchmarks.data_path --store /tmp/mlanet_store
 
 Writes ``benchmarks/results/data/data_path.json`` (``--out`` for another folder).
 """
@@ -35,17 +35,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, time_call, write_record  # noqa: E402
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
-
-from mlanet.data.augment import AugmentCfg  # noqa: E402
-from mlanet.data.store import Store  # noqa: E402
-from mlanet.data.store_dataset import StoreDataset  # noqa: E402
-from mlanet.train.sampling import make_collate  # noqa: E402
-
+from mlanet.benchmarks.record import RESULTS, time_call, write_record
+from mlanet.data.augment import AugmentCfg
+from mlanet.data.store import Store
+from mlanet.data.store_dataset import StoreDataset
+from mlanet.run_environment import load_average_1min
+from mlanet.train.sampling import make_collate
 
 
 class _WithSource(torch.utils.data.Dataset):

@@ -11,7 +11,9 @@ image is from the full mesh's (mean absolute difference per channel and pixels o
 8 and 32 levels, ``shaded`` without overlays). Also saves the face region of each render side by
 side (``display_mesh_compare.png``).
 
-    python benchmarks/display_mesh.py --targets 9000,4000,2500 --repeats 60
+    mlanet bench display-mesh --targets 9000,4000,2500 --repeats 60
+
+(or ``python -m mlanet.benchmarks.display_mesh ...``, the same options).
 
 Writes ``benchmarks/results/<device>/display_mesh.json`` (``--out`` for another results root).
 """
@@ -19,32 +21,29 @@ Writes ``benchmarks/results/<device>/display_mesh.json`` (``--out`` for another 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, write_record  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-
-
-def _shared() -> Path:
-    return Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
+from mlanet.edge.loading import positive_int
+from mlanet.errors import MLANetError
+from mlanet.run_environment import load_average_1min
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clip", help="a video (default: ../shared/data/video/obama_720p.mp4)")
-    ap.add_argument("--frames", type=int, default=30, help="frames fitted before the drawn one")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``mlanet bench display-mesh`` (``--out`` is added by the caller)."""
+    ap.add_argument("--clip", help="a video (default: the shared data/video/obama_720p.mp4)")
+    ap.add_argument("--frames", type=positive_int, default=30, help="frames fitted before the drawn one")
     ap.add_argument("--targets", default="9000,4000,2500", help="display-mesh triangle counts")
-    ap.add_argument("--repeats", type=int, default=60, help="timed rounds (every variant once per round)")
-    ap.add_argument("--out", help=f"results root (default {RESULTS}); the record goes to <out>/<device>/")
-    args = ap.parse_args(argv)
+    ap.add_argument("--repeats", type=positive_int, default=60, help="timed rounds (every variant once per round)")
 
+
+def run(args: argparse.Namespace) -> Path:
+    """Fit a face, time the overlay with every display mesh, write ``display_mesh.json``; returns its path."""
     from mlanet.edge.display_mesh import DISPLAY_TRIANGLES, display_mesh
     from mlanet.edge.face_detection import MediaPipeFaceDetector
     from mlanet.edge.frames import VideoFileSource
@@ -57,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     from mlanet.morphable.model import MorphableModel
     from mlanet.weights import default_weights_path
 
-    clip = Path(args.clip) if args.clip else _shared() / "data" / "video" / "obama_720p.mp4"
-    targets = [int(t) for t in args.targets.split(",") if t.strip()]
+    clip = Path(args.clip) if args.clip else shared_clip()
+    if not clip.is_file():
+        raise MLANetError(f"{clip}: no such video file (pass --clip or set MLANET_SHARED)")
+    try:
+        targets = [int(t) for t in args.targets.split(",") if t.strip()]
+    except ValueError:
+        raise MLANetError(f"--targets {args.targets}: expected comma-separated triangle counts") from None
     plan = plan_threads("onnxruntime")
     plan.apply()
     load_start = load_average_1min()
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for frame in frames:
         result = pipeline.process(frame)
     if not result.faces:
-        print(f"{clip}: no face in frame {frame.index}", file=sys.stderr)
-        return 2
+        pipeline.close()
+        raise MLANetError(f"{clip}: no face in frame {frame.index}")
     fit = result.faces[0]
     pipeline._add_meshes([fit], pipeline.camera)
     lighting = np.asarray(fit.params[face_model.layout.slices()["lighting"]], np.float32).reshape(3, 9)
@@ -128,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min(),
     }
     out = write_record("display_mesh", results, out_dir=out_dir)
-    print(f"wrote {out}")
     for name, row in rows.items():
         print(f"{name:14s} {row['triangles']:6d} tris  {row['render_ms_median']:6.2f} ms (min {row['render_ms_min']:.2f}) "
               f"x{row['ratio_to_full']}  mean |diff| {row['image_mean_abs_diff']:.3f}")
-    return 0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.display_mesh ARGS``: the same as ``mlanet bench display-mesh ARGS``."""
+    from mlanet.benchmarks.cli import main_for
+
+    return main_for("display-mesh", argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ the encoder takes from the pipeline on a 2-core machine), and the ratio of each 
 the reference's (the first). A variant is a preset, optionally with ``+`` and libx264 options
 (``veryfast+me=dia:subme=1``); a bare preset runs without extra options.
 
-    python benchmarks/encode_presets.py --presets veryfast,veryfast+me=dia:subme=1,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0,superfast,ultrafast --frames 200 --repeats 3
+    mlanet bench encode --presets veryfast,veryfast+me=dia:subme=1,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0,superfast,ultrafast --frames 200 --repeats 3
+
+(or ``python -m mlanet.benchmarks.encode_presets ...``, the same options).
 
 Writes ``benchmarks/results/<device>/encode_presets.json`` (``--out`` for another results root).
 """
@@ -19,29 +21,25 @@ Writes ``benchmarks/results/<device>/encode_presets.json`` (``--out`` for anothe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, write_record  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-from mlanet.edge.frames import VideoFileSource  # noqa: E402
-from mlanet.edge.writers.video import H264VideoWriter  # noqa: E402
-
-
-def _shared() -> Path:
-    return Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
+from mlanet.edge.loading import positive_int
+from mlanet.errors import MLANetError
+from mlanet.run_environment import load_average_1min
 
 
 def encode_once(frames: list[np.ndarray], fps: float, variant: str, n: int, tmp: Path) -> dict[str, float]:
     """Encode ``n`` frames (``frames`` looped) with ``variant`` (``PRESET[+x264 options]``); wall ms per
     frame, write ms p50, CPU ms per frame, MB/min."""
+    from mlanet.edge.writers.video import H264VideoWriter
+
     preset, _, params = variant.partition("+")
     path = tmp / "encode.mp4"
     h, w = frames[0].shape[:2]
@@ -78,23 +76,33 @@ def _psnr_db(path: Path, frames: list[np.ndarray]) -> float:
     return 10.0 * float(np.log10(255.0 ** 2 / (se / count)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clip", help="a video (default: ../shared/data/video/obama_720p.mp4)")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``mlanet bench encode`` (``--out`` is added by the caller)."""
+    ap.add_argument("--clip", help="a video (default: the shared data/video/obama_720p.mp4)")
     ap.add_argument("--presets", default=("veryfast,veryfast+me=dia:subme=1,"
                                           "veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0,"
                                           "veryfast+me=dia:subme=1:partitions=none:no-8x8dct=1:weightp=0:aq-mode=0:bframes=0,"
                                           "superfast,ultrafast"),
                     help="libx264 presets, each optionally +x264 options; the first is the reference")
-    ap.add_argument("--frames", type=int, default=200, help="frames per encode (the clip looped)")
-    ap.add_argument("--repeats", type=int, default=3, help="encodes per preset (median), after one warm-up encode")
-    ap.add_argument("--out", help=f"results root (default {RESULTS}); the record goes to <out>/<device>/")
-    args = ap.parse_args(argv)
-    clip = Path(args.clip) if args.clip else _shared() / "data" / "video" / "obama_720p.mp4"
+    ap.add_argument("--frames", type=positive_int, default=200, help="frames per encode (the clip looped)")
+    ap.add_argument("--repeats", type=positive_int, default=3,
+                    help="encodes per preset (median), after one warm-up encode")
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Encode with every preset, write ``encode_presets.json``; returns its path."""
+    from mlanet.edge.frames import VideoFileSource
+    from mlanet.edge.writers.video import H264VideoWriter
+
+    clip = Path(args.clip) if args.clip else shared_clip()
+    if not clip.is_file():
+        raise MLANetError(f"{clip}: no such video file (pass --clip or set MLANET_SHARED)")
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    if not presets:
+        raise MLANetError("--presets names no preset")
     with VideoFileSource(clip) as src:
         frames = [f.image for f in src]
         fps = float(src.fps or 25.0)
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     load_start = load_average_1min()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="mlanet-encode-") as tmp:
@@ -118,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min(),
     }
     out = write_record("encode_presets", results, out_dir=record_dir(args.out))
-    print(f"wrote {out}")
     for p, r in rows.items():
         print(f"{p:28s} {r['wall_ms_per_frame']:6.2f} ms/frame (write p50 {r['write_ms_p50']:.2f} ms, "
               f"CPU {r['cpu_ms_per_frame']:.2f} ms)  "
               f"{r['mb_per_minute']:6.1f} MB/min  {r['psnr_db']:.2f} dB  x{r['time_ratio_to_reference']}")
-    return 0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.encode_presets ARGS``: the same as ``mlanet bench encode ARGS``."""
+    from mlanet.benchmarks.cli import main_for
+
+    return main_for("encode", argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Failure cases of a network on the AFLW2000-3D dev images, for the model card.
 
-    python benchmarks/failure_cases.py --eval EVAL.json --data ../shared/data/aflw2000-3d-dev \
+    python -m mlanet.benchmarks.failure_cases --eval EVAL.json --data ../shared/data/aflw2000-3d-dev \
         --weights mlanet/weights/mlanet_mobile.safetensors --out mlanet/weights/failure_cases.png [--n 8]
 
 ``EVAL.json`` is what ``mlanet eval aflw2000 --json`` wrote for the same weights (its per-image NMEs

@@ -11,7 +11,7 @@ and checks the issue's two endurance targets:
   next frame arrived) in the last quarter of the run is at most 2 percentage points above the first quarter
   after warm-up, and the processed frame rate at most 10 % below it (getting better is not drift).
 
-    python benchmarks/live_soak.py --minutes 60
+    mlanet bench live-soak --minutes 60      (or: python -m mlanet.benchmarks.live_soak --minutes 60)
 
 Writes ``benchmarks/results/<device>/live_soak.json`` (``--out`` for another results root). Memory does not
 depend on a quiet machine; the drop rate does (a busy CPU drops more frames, evenly over the run: the drift
@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import load_average_1min, write_record  # noqa: E402
-
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-from mlanet.edge.bench.soak import TARGET_GROWTH_PCT, growth_pct  # noqa: E402
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
+from mlanet.benchmarks.soak import TARGET_GROWTH_PCT, growth_pct
+from mlanet.errors import MLANetError
+from mlanet.run_environment import load_average_1min
 
 #: Drop-rate drift allowed between the first and the last quarter after warm-up (percentage points),
 #: and the processed-fps change allowed (fraction).
@@ -56,7 +55,7 @@ def analyse(stats: dict, warmup_s: float) -> dict:
     tl = stats["timeline"]
     end = tl[-1]["t_s"]
     if end <= warmup_s + 60.0:
-        raise SystemExit(f"error: the run lasted {end:.0f} s, too short for a {warmup_s:.0f} s warm-up and a minute")
+        raise MLANetError(f"the run lasted {end:.0f} s, too short for a {warmup_s:.0f} s warm-up and a minute")
     quarter = (end - warmup_s) / 4.0
     first, last = _window(tl, warmup_s, warmup_s + quarter), _window(tl, end - quarter, end)
     growth = growth_pct([(s["t_s"], s["rss_mib"]) for s in tl], warmup_s)
@@ -74,19 +73,26 @@ def analyse(stats: dict, warmup_s: float) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=60.0, help="run length (default 60)")
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``mlanet bench live-soak`` (``--out`` is added by the caller)."""
+    ap.add_argument("--minutes", type=_positive_float, default=60.0, help="run length (default 60)")
     ap.add_argument("--warmup-min", type=float, default=2.0, help="minutes left out of the figures (default 2)")
-    ap.add_argument("--stats-every", type=float, default=10.0, help="seconds between samples (default 10)")
+    ap.add_argument("--stats-every", type=_positive_float, default=10.0, help="seconds between samples (default 10)")
     ap.add_argument("--clip", default=None, help="video (default: the shared obama_720p.mp4)")
-    ap.add_argument("--out", default=None, help="results root (default benchmarks/results)")
-    args = ap.parse_args(argv)
-    shared = Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    clip = Path(args.clip) if args.clip else shared / "data" / "video" / "obama_720p.mp4"
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run ``mlanet-live`` for ``--minutes``, check the endurance targets, write ``live_soak.json``; its path."""
+    clip = Path(args.clip) if args.clip else shared_clip()
     if not clip.is_file():
-        print(f"error: {clip}: clip not found (pass --clip or set MLANET_SHARED)", file=sys.stderr)
-        return 2
+        raise MLANetError(f"{clip}: clip not found (pass --clip or set MLANET_SHARED)")
     load_start = load_average_1min()
     with tempfile.TemporaryDirectory(prefix="mlanet-live-soak-") as tmp:
         stats_path = Path(tmp) / "stats.json"
@@ -96,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not stats_path.is_file():
-            print(f"error: {' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}", file=sys.stderr)
-            return 1
+            raise MLANetError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
         stats = json.loads(stats_path.read_text())
     results = {"command": " ".join(cmd[:1] + [c if c != str(clip) else clip.name for c in cmd[1:]]),
                "clip": clip.name, "minutes": args.minutes, "warmup_min": args.warmup_min, "wall_s": round(wall, 1),
@@ -109,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
           f"RSS growth {results['rss_growth_after_warmup_pct']} % ({'ok' if t['growth_ok'] else 'FAIL'}), drop share "
           f"{results['first_quarter']['drop_pct']} -> {results['last_quarter']['drop_pct']} %, fps "
           f"{results['first_quarter']['fps']} -> {results['last_quarter']['fps']} ({'ok' if t['no_drift_ok'] else 'FAIL'})")
-    print(f"wrote {out}")
-    return 0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.live_soak ARGS``: the same as ``mlanet bench live-soak ARGS``."""
+    from mlanet.benchmarks.cli import main_for
+
+    return main_for("live-soak", argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

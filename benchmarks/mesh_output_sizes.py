@@ -14,7 +14,9 @@ its animation data, 4 * (K + 8) bytes per keyframe). ``mb_per_face_minute`` divi
 count too (face-frames / frames); mesh outputs grow with faces, not with the video's resolution.
 Only the overlay video depends on the resolution (720p for obama_720p.mp4).
 
-    OMP_NUM_THREADS=1 python benchmarks/mesh_output_sizes.py --max-frames 60
+    OMP_NUM_THREADS=1 mlanet bench mesh-sizes --max-frames 60
+
+(or ``python -m mlanet.benchmarks.mesh_output_sizes ...``, the same options).
 
 Writes ``benchmarks/results/<device>/mesh_output_sizes.json`` (``--out`` for another results root).
 """
@@ -29,18 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, write_record  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mlanet.edge import video_cli  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-
-
-
-def _shared() -> Path:
-    return Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
+from mlanet.edge.loading import positive_int
+from mlanet.errors import MLANetError
+from mlanet.run_environment import load_average_1min
 
 
 def _size(paths) -> int:
@@ -57,11 +54,13 @@ def _glb_fixed_bytes(path: Path) -> int:
 
 
 def _run(clip: Path, out: Path, max_frames: int, model_args: list[str], extra: list[str]) -> dict:
+    from mlanet.edge import video_cli
+
     t0 = time.perf_counter()
     rc = video_cli.main([str(clip), "--out", str(out), "--max-frames", str(max_frames), "--quiet", *model_args, *extra])
     wall = time.perf_counter() - t0
     if rc != 0:
-        raise SystemExit(f"mlanet-video exited with {rc} on {clip}")
+        raise MLANetError(f"mlanet-video exited with {rc} on {clip}")
     run = json.loads((out / "run.json").read_text())
     with np.load(out / "params.npz", allow_pickle=False) as z:
         face_frames = int(len(z["frame_index"]))
@@ -120,20 +119,25 @@ def measure_clip(clip: Path, max_frames: int, kinds: list[str], model_args: list
     return {"clip": clip.name, "max_frames": max_frames, "n_vertices": V, "runs": runs, "outputs": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``mlanet bench mesh-sizes`` (``--out`` is added by the caller)."""
     ap.add_argument("--clips", nargs="*", help="videos (default: obama_720p.mp4 and hamilton_360p_multiface.mp4 "
                     "under $MLANET_SHARED/data/video)")
-    ap.add_argument("--max-frames", type=int, default=60)
+    ap.add_argument("--max-frames", type=positive_int, default=60, help="frames of each clip (default 60)")
     ap.add_argument("--kinds", default="sequence,obj,ply", help="mesh kinds to measure")
     ap.add_argument("--untrained", metavar="NAME", help="an untrained network instead of the shipped weights")
     ap.add_argument("--face-model", metavar="FILE", help="face-model file (default: the asset home's)")
-    ap.add_argument("--out", help=f"results root (default {RESULTS}); the record goes to <out>/<device>/")
-    args = ap.parse_args(argv)
 
-    video = _shared() / "data" / "video"
+
+def run(args: argparse.Namespace) -> Path:
+    """Run ``mlanet-video`` per output kind on every clip, write ``mesh_output_sizes.json``; returns its path."""
     clips = [Path(c) for c in args.clips] if args.clips else [
-        p for p in (video / "obama_720p.mp4", video / "hamilton_360p_multiface.mp4") if p.exists()]
+        p for p in (shared_clip("obama_720p.mp4"), shared_clip("hamilton_360p_multiface.mp4")) if p.exists()]
+    if not clips:
+        raise MLANetError("no clips given and none of the shared clips found (set MLANET_SHARED or pass --clips)")
+    for clip in clips:
+        if not clip.is_file():
+            raise MLANetError(f"{clip}: no such video file")
     model_args = (["--untrained", args.untrained] if args.untrained else []) + (
         ["--face-model", args.face_model] if args.face_model else [])
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -150,8 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     out = write_record("mesh_output_sizes", results, out_dir=record_dir(args.out))
-    print(f"wrote {out}")
-    return 0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.mesh_output_sizes ARGS``: the same as ``mlanet bench mesh-sizes ARGS``."""
+    from mlanet.benchmarks.cli import main_for
+
+    return main_for("mesh-sizes", argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Every variant is an untrained MLANet (seed 0; speed does not depend on the weigh
 with :func:`mlanet.export.onnx_export.export_onnx` and run by
 :class:`mlanet.edge.backends.OnnxRuntimeBackend` with ``--threads`` intra-op threads (default 2),
 batch 1 -- exactly the runtime path. The teacher is exported and run as ``mlanet bench model
---teacher`` does (:class:`mlanet.edge.bench.model_latency.TeacherOnnxRuntimeRunner`: same
+--teacher`` does (:class:`mlanet.benchmarks.model_latency.TeacherOnnxRuntimeRunner`: same
 exporter, same session options, same call). Because the 2-core development machines are
 shared, the variants are timed **interleaved**: ``--rounds`` rounds, each visiting every variant
 (teacher included) in a shuffled order for ``--warmup`` + ``--calls`` calls; a variant's
@@ -20,7 +20,7 @@ off, and AFF on the stage widths (no 1280 head) vs on a 1280-wide stage 4 (Lite'
 Writes ``benchmarks/results/<device>/mobile_ablation.json`` (schema ``mlanet-bench/1``) and
 ``mobile_ablation.md`` (the table) next to it. NME is not measured here: it needs training.
 
-    python benchmarks/mobile_ablation.py --teacher ../shared/models/3ddfa_v2_mb05
+    python -m mlanet.benchmarks.mobile_ablation --teacher ../shared/models/3ddfa_v2_mb05
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import logging
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,19 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import write_record  # noqa: E402
-
-from mlanet.edge.backends import open_backend  # noqa: E402
-from mlanet.edge.bench.model_latency import TeacherOnnxRuntimeRunner, _load_face_model  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
-from mlanet.export.onnx_export import export_onnx  # noqa: E402
-from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention  # noqa: E402
-from mlanet.models.flops import count_flops  # noqa: E402
-from mlanet.models.mlanet import MLANet, MLANetConfig  # noqa: E402
-from mlanet.models.registry import MODELS, registered_preprocess  # noqa: E402
-from mlanet.preprocess import PreprocessCfg  # noqa: E402
-from mlanet.teacher.tddfa_mb05 import INPUT_SIZE as TEACHER_SIZE, load_tddfa_mb05  # noqa: E402
+from mlanet.benchmarks.model_latency import TeacherOnnxRuntimeRunner, _load_face_model
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_dir
+from mlanet.edge.backends import open_backend
+from mlanet.export.onnx_export import export_onnx
+from mlanet.models.attention import AttentionalFeatureFusion, CoordinateAttention
+from mlanet.models.flops import count_flops
+from mlanet.models.mlanet import MLANet, MLANetConfig
+from mlanet.models.registry import MODELS, registered_preprocess
+from mlanet.preprocess import PreprocessCfg
+from mlanet.teacher.tddfa_mb05 import INPUT_SIZE as TEACHER_SIZE, load_tddfa_mb05
 
 log = logging.getLogger("mobile_ablation")
 
@@ -103,7 +100,7 @@ def _build(config: dict[str, Any], size: int, face_model: Any, name: str) -> MLA
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[2] / "shared/models/3ddfa_v2_mb05"),
+    ap.add_argument("--teacher", default=str(shared_dir() / "models" / "3ddfa_v2_mb05"),
                     help="folder of the 3DDFA_V2 MobileNet x0.5 files (default ../shared/models/3ddfa_v2_mb05)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     ap.add_argument("--rounds", type=int, default=15)
@@ -173,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher_rounds = np.array(round_medians["teacher"])
     for name, row in rows.items():
-        s = np.array(samples[name])
+        times = np.array(samples[name])
         ratios = np.array(round_medians[name]) / teacher_rounds
-        row.update({"median_ms": round(float(np.median(s)), 4), "p95_ms": round(float(np.percentile(s, 95)), 4),
-                    "calls": int(s.size), "ratio": round(float(np.median(ratios)), 3),
+        row.update({"median_ms": round(float(np.median(times)), 4), "p95_ms": round(float(np.percentile(times, 95)), 4),
+                    "calls": int(times.size), "ratio": round(float(np.median(ratios)), 3),
                     "ratio_range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)],
                     "within_3x": bool(np.median(ratios) <= 3.0)})
     results = {

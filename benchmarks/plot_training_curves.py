@@ -1,6 +1,6 @@
 """Plot training curves of one or more ``mlanet train`` runs from their ``metrics.jsonl``.
 
-    python benchmarks/plot_training_curves.py --out curves.png RUN_DIR_OR_JSONL [...]
+    python -m mlanet.benchmarks.plot_training_curves --out curves.png RUN_DIR_OR_JSONL [...]
 
 Stages of one model are drawn end to end (the step axis of each run continues where the
 previous one stopped) when they are given in order with ``--chain``. Panels: total loss and the
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mlanet.fileutil import save_figure_atomic
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))

@@ -8,7 +8,7 @@ wall time from ``run.json`` (``elapsed_s``: reading, every stage and writing eve
 model loading excluded), the whole command's wall time, and the per-frame total time's p50/p95
 with every stage's p50/p95 from ``run.json``. The record keeps the median run by fps.
 
-    python benchmarks/video_end_to_end.py --repeats 3
+    mlanet bench video-e2e --repeats 3      (or: python -m mlanet.benchmarks.video_end_to_end --repeats 3)
 
 Writes ``benchmarks/results/<device>/video_end_to_end.json`` (``--out`` for another results root).
 """
@@ -17,31 +17,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, load_average_1min, write_record  # noqa: E402
-
-from mlanet.edge import video_cli  # noqa: E402
-from mlanet.edge.bench.record import record_dir  # noqa: E402
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
+from mlanet.edge.loading import positive_int
+from mlanet.errors import MLANetError
+from mlanet.run_environment import load_average_1min
 
 TARGET_FPS = {"obama_720p.mp4": 30.0, "hamilton_360p_multiface.mp4": 20.0}
 
 
-def _shared() -> Path:
-    return Path(os.environ.get("MLANET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
 def run_once(clip: Path, out: Path, extra: list[str]) -> dict:
+    from mlanet.edge import video_cli
+
     t0 = time.perf_counter()
     rc = video_cli.main([str(clip), "--out", str(out), "--quiet", *extra])
     command_s = time.perf_counter() - t0
     if rc != 0:
-        raise SystemExit(f"mlanet-video {clip} exited with {rc}")
+        raise MLANetError(f"mlanet-video {clip} exited with {rc}")
     run = json.loads((out / "run.json").read_text())
     stats = run["stats"]
     frames = int(run["frames_done"])
@@ -61,16 +58,22 @@ def run_once(clip: Path, out: Path, extra: list[str]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``mlanet bench video-e2e`` (``--out`` is added by the caller)."""
     ap.add_argument("clips", nargs="*", help="videos (default: the shared Obama and multi-face clips)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", help=f"results root (default {RESULTS}); the record goes to <out>/<device>/")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="timed runs per clip (median), after one warm-up run")
     ap.add_argument("--video-arg", action="append", default=[], metavar="ARG",
                     help="one more mlanet-video argument (repeatable, e.g. --video-arg=--meshes --video-arg=none)")
-    args = ap.parse_args(argv)
-    video = _shared() / "data" / "video"
-    clips = [Path(c) for c in args.clips] or [video / n for n in TARGET_FPS if (video / n).exists()]
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run every clip, write ``video_end_to_end.json``; returns its path."""
+    clips = [Path(c) for c in args.clips] or [shared_clip(n) for n in TARGET_FPS if shared_clip(n).exists()]
+    if not clips:
+        raise MLANetError("no clips given and none of the shared clips found (set MLANET_SHARED or name the videos)")
+    for clip in clips:
+        if not clip.is_file():
+            raise MLANetError(f"{clip}: no such video file")
     extra = list(args.video_arg)
     load_start = load_average_1min()
     rows = []
@@ -84,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command_args": extra, "repeats": args.repeats, "clips": rows,
                "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min()}
     out = write_record("video_end_to_end", results, out_dir=record_dir(args.out))
-    print(f"wrote {out}")
     for r in rows:
         m = r["median_run"]
         print(f"{r['clip']:32s} {m['fps_end_to_end']:6.1f} fps (target {r['target_fps']}), frame p50 "
               f"{m['frame_total_p50_ms']} p95 {m['frame_total_p95_ms']} ms; stages p50 {m['stages_p50_ms']}")
-    return 0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.video_end_to_end ARGS``: the same as ``mlanet bench video-e2e ARGS``."""
+    from mlanet.benchmarks.cli import main_for
+
+    return main_for("video-e2e", argv)
 
 
 if __name__ == "__main__":

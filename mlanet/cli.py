@@ -20,7 +20,7 @@ from mlanet.errors import MLANetError
 #: Command groups: name -> module providing ``add_parser(subparsers)``.
 GROUPS = {
     "assets": "mlanet.morphable.assets_cli",
-    "bench": "mlanet.edge.bench.cli",
+    "bench": "mlanet.benchmarks.cli",
     "data": "mlanet.data.cli",
     "eval": "mlanet.eval.cli",
     "export": "mlanet.export.cli",

@@ -1,4 +1,4 @@
-"""Tests of ``mlanet bench accuracy`` (mlanet.edge.bench.accuracy).
+"""Tests of ``mlanet bench accuracy`` (mlanet.benchmarks.accuracy).
 
 The ``assets`` tests evaluate untrained networks (and a checkpoint of one) on the first images of
 the shared AFLW2000-3D dev split; the argument and bad-input tests need no data.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mlanet.cli import main
-from mlanet.edge.bench import accuracy, cli
+from mlanet.benchmarks import accuracy, cli
 from mlanet.errors import MLANetError
 
 DEV = "data/aflw2000-3d-dev"
@@ -29,7 +29,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def _device_tag() -> str:
-    from mlanet.edge.bench.record import environment
+    from mlanet.run_environment import environment
 
     return str(environment()["device_tag"]).split(":")[0]
 
@@ -213,3 +213,37 @@ def test_held_out_list_is_evaluated_and_recorded(shared: Path, ict_model_file: P
     assert res["data"]["image_names"] == held[:3]
     assert res["data"]["selection"]["n_selected"] == 100 and res["data"]["selection"]["list"]["spec"] == "aflw2000_dev_heldout"
     assert res["data"]["n_images_in_folder"] == 199 and "list aflw2000_dev_heldout: first 3 of 100" in res["data"]["subset"]
+
+
+# ------------------------------------------------------------------------ one protocol: bench accuracy = eval aflw2000
+@pytest.mark.assets
+def test_scores_match_mlanet_eval_aflw2000(shared: Path, ict_model_file: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The benchmark scores through the evaluation's functions: on the same images, the same untrained
+    network (seed 0) gets the same per-image NMEs and the same landmark definition as ``mlanet eval aflw2000``."""
+    from mlanet.eval.aflw2000 import LANDMARK_DEFINITION, discover_pairs
+
+    stems = [name for name, _, _ in discover_pairs(shared / DEV)][:5]
+    listed = tmp_path / "five.txt"
+    listed.write_text("\n".join(stems) + "\n")
+    record = json.loads(accuracy.run(_args(
+        "--out", str(tmp_path / "o"), "--data", str(shared / DEV), "--untrained", "mlanet_mobile", "--list",
+        str(listed), "--face-model", str(ict_model_file), "--timing-repeats", "0")).read_text())
+    entry = record["results"]["models"][0]
+    assert entry["landmark_definition"] == LANDMARK_DEFINITION
+    assert main(["eval", "aflw2000", "--data", str(shared / DEV), "--untrained", "mlanet_mobile", "--list", str(listed),
+                 "--face-model", str(ict_model_file), "--json", str(tmp_path / "eval.json")]) == 0
+    capsys.readouterr()
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["model"]["landmark_definition"] == LANDMARK_DEFINITION
+    assert [r["name"] for r in evaluated["images"]] == record["results"]["data"]["image_names"] == stems
+    np.testing.assert_allclose(entry["nme_per_image"], [r["nme"] for r in evaluated["images"]], atol=1e-4)
+    assert entry["nme_bins"] == evaluated["nme_bins"] and entry["auc_7"] == evaluated["auc_7"]
+
+
+@pytest.mark.assets
+def test_unknown_landmark_definition_is_one_clear_error(shared: Path, ict_model_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(MLANetError, match="--landmarks no_such_points.*no landmark definition"):
+        accuracy.run(_args("--out", str(tmp_path / "o"), "--data", str(shared / DEV), "--untrained", "mlanet_mobile",
+                           "--limit", "2", "--landmarks", "no_such_points", "--face-model", str(ict_model_file)))
+    assert not (tmp_path / "o").exists()

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from mlanet.edge.bench import compare
-from mlanet.edge.bench.cli import add_common_arguments
+from mlanet.benchmarks import compare
+from mlanet.benchmarks.cli import add_common_arguments
 from mlanet.errors import FaceModelNotFoundError, MLANetError
 
 SIDES = ("mediapipe_face_mesh", "mlanet_fit", "mlanet_fit_render")
@@ -29,7 +29,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_import_is_light():
-    code = ("import sys, mlanet.edge.bench.compare; "
+    code = ("import sys, mlanet.benchmarks.compare; "
             "print([m for m in ('torch', 'mediapipe', 'cv2', 'moderngl', 'onnxruntime', 'av') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -37,10 +37,10 @@ def test_import_is_light():
 
 def test_help_via_mlanet_cli(monkeypatch, capsys):
     from mlanet.cli import main
-    from mlanet.edge.bench import cli as bench_cli
+    from mlanet.benchmarks import cli as bench_cli
 
     # Only the parts whose modules exist (each part's own tests cover its parser).
-    parts = {k: v for k, v in bench_cli.PARTS.items() if importlib.util.find_spec(f"mlanet.edge.bench.{v[0]}")}
+    parts = {k: v for k, v in bench_cli.PARTS.items() if importlib.util.find_spec(f"mlanet.benchmarks.{v[0]}")}
     monkeypatch.setattr(bench_cli, "PARTS", parts)
     with pytest.raises(SystemExit) as exc:
         main(["bench", "compare", "--help"])

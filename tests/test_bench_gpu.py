@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlanet.cli import main as mlanet_main
-from mlanet.edge.bench import gpu_targets as gt
+from mlanet.benchmarks import gpu_targets as gt
 
 
 def test_judge_per_backend():

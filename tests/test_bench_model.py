@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mlanet.cli import main as mlanet_main
-from mlanet.edge.bench import model_latency as ml
-from mlanet.edge.bench.record import SCHEMA
+from mlanet.benchmarks import model_latency as ml
+from mlanet.benchmarks.record import SCHEMA
 from mlanet.errors import MLANetError
 
 # 64 px input, one thread (stable on a loaded 2-core CI machine), small repeats.
@@ -358,8 +358,8 @@ def test_report_summarises_bench_records_only(tmp_path):
     but no environment (accuracy/landmark_floor.json) broke it with a KeyError; it is left out now."""
     import json
 
-    from mlanet.edge.bench.record import environment
-    from mlanet.edge.bench.report import build_report, load_records
+    from mlanet.run_environment import environment
+    from mlanet.benchmarks.report import build_report, load_records
 
     (tmp_path / "accuracy").mkdir()
     (tmp_path / "accuracy" / "landmark_floor.json").write_text(json.dumps({"results": [1, 2]}))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mlanet.cli import main as mlanet_main
-from mlanet.edge.bench import soak
+from mlanet.benchmarks import soak
 
 VIDEO = "data/video/obama_720p.mp4"
 

@@ -131,3 +131,14 @@ def test_plot_ced_without_matplotlib_names_the_extra(tmp_path, monkeypatch) -> N
         plot_ced({"a": [0.01]}, tmp_path / "ced.png")
     assert isinstance(info.value, MLANetError) and isinstance(info.value, ImportError)
     assert not (tmp_path / "ced.png").exists()
+
+
+def test_mean_of_available_bins_and_ced_axis_limit() -> None:
+    from mlanet.eval.metrics import ced_axis_limit, mean_of_available_bins
+
+    assert mean_of_available_bins([3.0, None, 5.0]) == 4.0
+    assert mean_of_available_bins([3.0, 4.0, 8.0]) == 5.0
+    assert mean_of_available_bins([None, None, None]) is None
+    assert ced_axis_limit([np.full(10, 0.03)]) == 10.0  # good models: the default 10 %
+    assert ced_axis_limit([np.full(10, 0.03), np.linspace(0.0, 0.4, 11)]) == 40.0  # widened to the worst p90
+    assert ced_axis_limit([np.full(10, 3.0)]) == 100.0  # at most 100 %

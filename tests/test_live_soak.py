@@ -1,19 +1,16 @@
-"""benchmarks/live_soak.py's reading of a live run's timeline: memory growth and dropped-frame drift."""
-
-import importlib.util
-from pathlib import Path
+"""``mlanet bench live-soak``'s reading of a live run's timeline (mlanet.benchmarks.live_soak): memory growth and
+dropped-frame drift."""
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "live_soak.py"
+from mlanet.errors import MLANetError
 
 
 @pytest.fixture(scope="module")
 def soak():
-    spec = importlib.util.spec_from_file_location("live_soak", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from mlanet.benchmarks import live_soak
+
+    return live_soak
 
 
 def _timeline(minutes=20, rss=lambda t: 600.0, drop_rate=lambda t: 0.02, fps=25.0):
@@ -44,5 +41,5 @@ def test_leak_and_drift_are_caught(soak):
 
 
 def test_too_short_a_run_is_refused(soak):
-    with pytest.raises(SystemExit, match="too short"):
+    with pytest.raises(MLANetError, match="too short"):
         soak.analyse(_timeline(minutes=2), warmup_s=120.0)

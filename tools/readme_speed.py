@@ -62,7 +62,7 @@ def render(recs: dict[str, dict[str, Any]]) -> str:
         f"(libx264 {e2e_r['clips'][0]['median_run']['encoder']['preset']} + "
         f"`{e2e_r['clips'][0]['median_run']['encoder']['x264_params']}`, frame threads). "
         "`mlanet-video` with its default outputs (overlay video, params, CSV, mesh sequences, GLBs; "
-        f"`python benchmarks/video_end_to_end.py --repeats {e2e_r['repeats']}`, "
+        f"`mlanet bench video-e2e --repeats {e2e_r['repeats']}`, "
         "[video_end_to_end.json](benchmarks/results/cpu/video_end_to_end.json), fps over the frame loop, the "
         "median run) and the pipeline alone (`mlanet bench pipeline`, "
         "[pipeline.json](benchmarks/results/cpu/pipeline.json), fps from wall time over the clip). "
@@ -118,7 +118,7 @@ def render(recs: dict[str, dict[str, Any]]) -> str:
                       f"{live['frames_dropped']} frames dropped.")
     lines += [
         "",
-        f"The live path holds flat memory over long sessions: `python benchmarks/live_soak.py` ran `mlanet-live "
+        f"The live path holds flat memory over long sessions: `mlanet bench live-soak` ran `mlanet-live "
         f"--loop` for {_f(soak_r['minutes'], 0)} minutes ({soak_r['frames']:,} frames): RSS growth after warm-up "
         f"{_f(soak_r['rss_growth_after_warmup_pct'], 2)} % (target < 5 %), dropped frames "
         f"{_f(soak_r['first_quarter']['drop_pct'], 2)} % in the first quarter and "

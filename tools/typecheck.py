@@ -1,7 +1,9 @@
-"""Run mypy on the ``mlanet`` package as it is installed: ``mlanet`` + ``mlanet.edge`` / ``.export`` / ``.shaders``.
+"""Run mypy on the ``mlanet`` package as it is installed: ``mlanet`` + ``mlanet.edge`` / ``.export`` / ``.shaders`` /
+``.benchmarks``.
 
-Why a script: the repository keeps ``edge/``, ``export/`` and ``shaders/`` at its top level and setuptools maps
-them to ``mlanet.edge``, ``mlanet.export`` and ``mlanet.shaders`` (``package-dir`` in pyproject.toml). mypy
+Why a script: the repository keeps ``edge/``, ``export/``, ``shaders/`` and ``benchmarks/`` at its top level and
+setuptools maps them to ``mlanet.edge``, ``mlanet.export``, ``mlanet.shaders`` and ``mlanet.benchmarks``
+(``package-dir`` in pyproject.toml). mypy
 maps files to module names by directory (``edge/pipeline.py`` would be a top-level ``edge.pipeline``, and its
 ``from ..params import ...`` would leave the package), and the editable install's import hook, which does the
 mapping at run time, is invisible to a static checker. So this script lays a shadow tree in a temporary
@@ -11,6 +13,7 @@ folder::
     TMP/mlanet/edge                      -> edge/
     TMP/mlanet/export                    -> export/
     TMP/mlanet/shaders                   -> shaders/
+    TMP/mlanet/benchmarks                -> benchmarks/
 
 and runs ``mypy -p mlanet`` there with the settings of ``[tool.mypy]`` in pyproject.toml. Messages name the
 real paths (the links are resolved back to the repository), so editors and CI logs point at the right files.
@@ -30,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: package-dir of pyproject.toml: the sub-packages that live outside mlanet/ in the repository.
-MAPPED = {"edge": ROOT / "edge", "export": ROOT / "export", "shaders": ROOT / "shaders"}
+MAPPED = {"edge": ROOT / "edge", "export": ROOT / "export", "shaders": ROOT / "shaders",
+          "benchmarks": ROOT / "benchmarks"}
 
 
 def build_shadow_tree(tmp: Path) -> Path:

@@ -1,7 +1,7 @@
 """Turn what a device run sent back (benchmarks/training/device_stage4.sh's $OUT) into a training run folder,
 scoring every returned checkpoint on the AFLW2000-3D dev images and naming the best in best.json.
 
-    python benchmarks/training/collect_device_run.py /work/.device/1 --run runs/mobile_lite_s4 \
+    python -m mlanet.benchmarks.training.collect_device_run /work/.device/1 --run runs/mobile_lite_s4 \
         --dev ../shared/data/aflw2000-3d-dev
 
 The run folder then looks like one trained here (config.yaml, summary.json, last.json, metrics.jsonl,

@@ -28,7 +28,7 @@ echo "== $(date -u +%FT%TZ) setup"
 if ! python3 -c "import mlanet.edge" 2>/dev/null; then
   python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . || {
     echo "pip install -e . failed: running from the source tree (links for the top-level packages)"
-    for p in edge export shaders; do [ -e "mlanet/$p" ] || ln -s "../$p" "mlanet/$p"; done
+    for p in edge export shaders benchmarks; do [ -e "mlanet/$p" ] || ln -s "../$p" "mlanet/$p"; done
     export PYTHONPATH=$PWD; }
 fi
 python3 -c "import mlanet.edge, mlanet.train.loop" || fail "import mlanet"

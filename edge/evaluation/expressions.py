@@ -630,7 +630,7 @@ def cmd_expressions(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from dataclasses import replace
 
-    from mlanet.edge.bench.record import environment
+    from mlanet.run_environment import environment
     from mlanet.edge.filters import FilterCfg
     from mlanet.edge.loading import native_stderr_quiet, open_detector, open_model
     from mlanet.edge.pipeline import PipelineCfg

@@ -58,6 +58,11 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 #: Number of landmarks of the protocol.
 N_LANDMARKS = 68
 
+#: The face-model landmark definition scored by default (``--landmarks auto``): AFLW2000-3D's own 68 points,
+#: fitted to its annotations (:func:`mlanet.eval.predict.resolve_eval_definition` falls back to ``ict68`` for a
+#: face model built without it).
+LANDMARK_DEFINITION = "aflw2000_68"
+
 #: MATLAB 1-based pixel coordinate -> MLANet coordinate: ``x = x_m + MATLAB_TO_MLANET``.
 MATLAB_TO_MLANET = -0.5
 

@@ -72,24 +72,16 @@ def _resolve_weights(args: argparse.Namespace) -> Path | None:
 
 def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any, Any, Any, dict, dict]:
     """``(predict_fn, preprocess, face_model, model descriptor, weights descriptor)`` for the 2D benchmarks."""
-    from mlanet.errors import AssetError, MLANetError
-    from mlanet.models.registry import create_model, list_models
     from mlanet.morphable.model import MorphableModel
-    from mlanet.eval.predict import make_landmark_predictor, resolve_eval_definition
+    from mlanet.eval.predict import (check_network_choice, load_network, make_landmark_predictor,
+                                     resolve_eval_definition)
 
-    if weights is None and args.untrained not in list_models():
-        raise MLANetError(f"--untrained {args.untrained}: unknown model; known: {', '.join(list_models())}")
-    if weights is not None and not Path(weights).is_file():
-        raise AssetError(f"{weights}: no such checkpoint file")
+    check_network_choice(weights, args.untrained)
     face_model = MorphableModel.load(args.face_model)
+    model = load_network(face_model, weights, args.model, untrained=args.untrained, seed=0)
     if weights is None:  # --untrained
-        import torch
-
-        torch.manual_seed(0)
-        model = create_model(args.untrained, face_model=face_model).eval()
         weights_desc: dict[str, Any] = {"untrained": True, "model": args.untrained, "seed": 0}
     else:
-        model = create_model(args.model, checkpoint=weights, face_model=face_model)
         weights_desc = {"path": str(weights), "sha256": file_sha256(weights), "shipped_default": args.weights is None}
     definition = resolve_eval_definition(face_model, getattr(args, "landmarks", None),
                                          getattr(args, "preferred_landmarks", "ict68"),
@@ -265,6 +257,7 @@ def _add_2d_arguments(a: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    from mlanet.eval.aflw2000 import LANDMARK_DEFINITION as AFLW2000_DEFINITION
     from mlanet.eval.micc import FOLDER_LAYOUT, MICC_RADIUS_M, MM_PER_M, UNITS
 
     p = subparsers.add_parser(
@@ -301,7 +294,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAc
     a.add_argument("--landmarks", default="auto", metavar="NAME",
                    help="face-model landmark definition scored: auto (default: aflw2000_68, AFLW2000-3D's own points, "
                         "ict68 for a face model without it), or e.g. ict68 (the model's iBUG-68 vertices, as before)")
-    a.set_defaults(func=cmd_aflw2000, preferred_landmarks="aflw2000_68")
+    a.set_defaults(func=cmd_aflw2000, preferred_landmarks=AFLW2000_DEFINITION)
 
     lm = sub.add_parser(
         "landmarks68",

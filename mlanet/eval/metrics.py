@@ -112,6 +112,14 @@ def ced_curve(nme: Any, thresholds_percent: Any = CED_THRESHOLDS_PERCENT) -> np.
     return (e[None, :] <= t[:, None]).mean(axis=1)
 
 
+def ced_axis_limit(curves: Any) -> float:
+    """The NME axis limit (percent) of a CED plot of ``curves`` (per-image NMEs as fractions, one array each):
+    10 %, widened in steps of 5 (at most 100 %) to the largest curve's 90th percentile, so a weak model's
+    curve is not cut off."""
+    p90 = max(float(np.percentile(np.asarray(v, dtype=np.float64), 90)) for v in curves) * 100.0
+    return float(min(100.0, max(10.0, np.ceil(p90 / 5.0) * 5.0)))
+
+
 def auc(nme: Any, limit_percent: float = AUC_LIMIT_PERCENT) -> float:
     """Area under the CED curve from 0 to ``limit_percent`` NME, normalised to [0, 1].
 
@@ -173,6 +181,16 @@ def summarise(nme: Any, yaw_deg: Any) -> dict[str, Any]:
         },
         "warnings": warnings,
     }
+
+
+def mean_of_available_bins(nme_bins: Any) -> float | None:
+    """Mean (percent) of the yaw-bin means that hold images (``None`` entries skipped); ``None`` when none does.
+
+    Equals ``nme_mean_bins`` when all three bins hold images; otherwise it is NOT the protocol's headline
+    (a subset without profile faces scores lower), so reports label it as such.
+    """
+    available = [float(b) for b in nme_bins if b is not None]
+    return float(sum(available) / len(available)) if available else None
 
 
 def _check_nme(e: np.ndarray, what: str) -> np.ndarray:
@@ -260,8 +278,7 @@ def plot_ced(
     FigureCanvasAgg(fig)  # the Agg canvas, without touching pyplot's global backend
     ax = fig.add_subplot(1, 1, 1)
     if max_percent is None:
-        p90 = max(float(np.percentile(np.asarray(v, dtype=np.float64), 90)) for v in curves.values()) * 100.0
-        max_percent = float(min(100.0, max(10.0, np.ceil(p90 / 5.0) * 5.0)))
+        max_percent = ced_axis_limit(curves.values())
     grid = np.linspace(0.0, max_percent, 1001)
     for name, nme in curves.items():
         e = np.asarray(nme, dtype=np.float64).reshape(-1)

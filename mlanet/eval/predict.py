@@ -10,6 +10,8 @@
   predict, and map the crop-pixel landmarks back to image pixels
   (:meth:`mlanet.preprocess.CropBox.crop_to_image`). AFLW2000-3D and the in-the-wild
   68-point benchmark both go through it.
+* :func:`load_network` opens the network to score (a checkpoint, or an untrained registered model
+  as a baseline), as ``mlanet eval`` and ``mlanet bench accuracy`` both do.
 """
 
 from __future__ import annotations
@@ -32,6 +34,43 @@ PredictFn = Callable[[torch.Tensor], Any]
 #: Where to crop an image: a box, or ``box_fn(image (H, W, 3) uint8 RGB) -> CropBox | None``
 #: (None: no face, nothing predicted).
 BoxSpec = Union[CropBox, Callable[[np.ndarray], "CropBox | None"]]
+
+
+def check_network_choice(weights: str | Path | None, untrained: str | None) -> None:
+    """Fail early (before any data or face model is loaded) on a checkpoint file that is missing, or, without
+    one, an ``untrained`` name that is not a registered model (:class:`~mlanet.errors.AssetError` /
+    :class:`~mlanet.errors.MLANetError` naming it)."""
+    from mlanet.errors import AssetError, MLANetError
+    from mlanet.models.registry import list_models
+
+    if weights is None and untrained not in list_models():
+        raise MLANetError(f"--untrained {untrained}: unknown model; known: {', '.join(list_models())}")
+    if weights is not None and not Path(weights).is_file():
+        raise AssetError(f"{weights}: no such checkpoint file")
+
+
+def load_network(face_model: MorphableModel, weights: str | Path | None = None, model: str | None = None,
+                 untrained: str | None = None, seed: int = 0) -> nn.Module:
+    """The network a 2D benchmark scores, in eval mode.
+
+    Args:
+        face_model: the face model its parameters belong to.
+        weights: a checkpoint file (``.safetensors``); ``None`` for an untrained baseline.
+        model: registered model name for the checkpoint (``None``: the checkpoint's own).
+        untrained: with ``weights=None``, the registered model to initialise (``torch.manual_seed(seed)``
+            first, so a baseline is the same network every time).
+        seed: the initialisation seed of an untrained model.
+
+    Raises:
+        MLANetError, AssetError: see :func:`check_network_choice`; a checkpoint that does not load.
+    """
+    from mlanet.models.registry import create_model
+
+    check_network_choice(weights, untrained)
+    if weights is None:
+        torch.manual_seed(seed)
+        return create_model(untrained, face_model=face_model).eval()
+    return create_model(model, checkpoint=weights, face_model=face_model).eval()
 
 
 def resolve_eval_definition(face_model: MorphableModel, requested: str | None, preferred: str,

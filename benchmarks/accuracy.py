@@ -1,17 +1,21 @@
 """``mlanet bench accuracy``: AFLW2000-3D NME / CED of several models on one plot, next to the published numbers.
 
 For each model (checkpoints, training run folders, ``.onnx`` networks, and untrained baselines)
-this runs the project's AFLW2000-3D evaluation, the same code path as ``mlanet eval aflw2000``
-(:class:`mlanet.eval.aflw2000.AFLW2000Eval` with :func:`mlanet.eval.predict.make_landmark_predictor`;
-the protocol of ``shared/PROTOCOLS.md`` lives there and only there), and collects the per-yaw-bin
-NME, the mean of the bins (the headline), the all-image mean, AUC@7 % and the CED curve. The
-network's inference time per image on this machine is measured alongside.
+this runs the project's AFLW2000-3D evaluation through ``mlanet eval aflw2000``'s public functions:
+the network is opened by :func:`mlanet.eval.predict.load_network` (an ``.onnx`` file by the runtime's
+backend), the scored landmark definition is the protocol's (:data:`mlanet.eval.aflw2000.LANDMARK_DEFINITION`
+through :func:`mlanet.eval.predict.resolve_eval_definition`, ``--landmarks`` as in the eval command), the
+predictor is :func:`mlanet.eval.predict.make_landmark_predictor` and the scores come from
+:meth:`mlanet.eval.aflw2000.AFLW2000Eval.evaluate` and :mod:`mlanet.eval.metrics`. The protocol of
+``shared/PROTOCOLS.md`` and every metric live there and only there; this module adds what a benchmark
+adds: several models on one plot, their inference time on this machine, and the record.
 
 Outputs, under ``<out>/<device_tag>/``:
 
 * ``accuracy.json`` — the record (:func:`.record.write_record`): per model its label, source,
-  model name, NMEs, AUC, image count, CED curve and per-image NMEs; the data folder and subset; the
-  published reference numbers with their citations, marked as published (not measured by us).
+  model name, scored landmark definition, NMEs, AUC, image count, CED curve and per-image NMEs; the data
+  folder and subset; the published reference numbers with their citations, marked as published (not
+  measured by us).
 * ``accuracy_ced.png`` — the CED curves of all models on one axes; the published mean-of-bins
   numbers (3DDFA_V2 3.51 %, SynergyNet 3.41 %) as vertical dashed lines. They are single numbers
   measured on all 2,000 AFLW2000-3D images, not curves; ours come from the data folder given
@@ -76,12 +80,10 @@ SPEED_LABEL = (
 
 # --------------------------------------------------------------------------------------------- arguments
 def default_data_dir() -> Path | None:
-    """``$MLANET_SHARED/data/aflw2000-3d-dev``, else ``<repo>/../shared/data/aflw2000-3d-dev``, if it exists."""
-    env = os.environ.get("MLANET_SHARED")
-    if env:
-        candidate = Path(env).expanduser() / DEV_SPLIT
-    else:
-        candidate = Path(__file__).resolve().parents[2].parent / "shared" / DEV_SPLIT
+    """The shared folder's ``data/aflw2000-3d-dev`` (:func:`.shared_data.shared_dir`), if it exists."""
+    from mlanet.benchmarks.shared_data import shared_dir
+
+    candidate = shared_dir() / DEV_SPLIT
     return candidate if candidate.is_dir() else None
 
 
@@ -113,6 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--face-model", default=None, metavar="FILE",
                         help="face-model file (default: the one in the asset home)")
+    parser.add_argument("--landmarks", default="auto", metavar="NAME",
+                        help="face-model landmark definition scored, as in mlanet eval aflw2000: auto (default: "
+                        "aflw2000_68, AFLW2000-3D's own points; ict68 for a face model without it) or another name")
     parser.add_argument("--list", default=None, metavar="NAME_OR_FILE",
                         help="evaluate only the image stems of this list (e.g. aflw2000_dev_heldout: the images the "
                         "shipped weights were not trained on); recorded with its SHA-256")
@@ -204,36 +209,34 @@ def _derived_labels(specs: list[ModelSpec]) -> list[str]:
     return unique
 
 
-def open_model(spec: ModelSpec, face_model: Any, seed: int = 0) -> tuple[Callable[..., Any], Any, dict[str, Any]]:
-    """``(predict_fn, preprocess, descriptor)`` for one model, as ``mlanet eval aflw2000`` builds them.
+def open_model(spec: ModelSpec, face_model: Any, seed: int = 0,
+               landmarks: str | None = None) -> tuple[Callable[..., Any], Any, dict[str, Any]]:
+    """``(predict_fn, preprocess, descriptor)`` for one model, through ``mlanet eval aflw2000``'s functions.
 
     Checkpoints and run folders: :func:`mlanet.checkpoint.resolve_weights` +
-    :func:`mlanet.models.registry.create_model` + :func:`mlanet.eval.predict.make_landmark_predictor`
-    (the eval command's path). ``.onnx``: the edge runtime's onnxruntime backend behind the same
-    predictor. Untrained: ``create_model(name)`` after ``torch.manual_seed(seed)``.
-    Sets ``spec.model_name``.
+    :func:`mlanet.eval.predict.load_network`; untrained: ``load_network(untrained=name, seed=seed)``;
+    ``.onnx``: the runtime's onnxruntime backend behind the same predictor. The scored definition is
+    ``landmarks`` (``None``/``"auto"``: the protocol's, :data:`mlanet.eval.aflw2000.LANDMARK_DEFINITION`) and
+    the predictor :func:`mlanet.eval.predict.make_landmark_predictor`. Sets ``spec.model_name``.
     """
     import numpy as np
     import torch
 
-    from mlanet.errors import AssetError, MLANetError
-    from mlanet.eval.predict import make_landmark_predictor
+    from mlanet.errors import MLANetError
+    from mlanet.eval.aflw2000 import LANDMARK_DEFINITION
+    from mlanet.eval.predict import load_network, make_landmark_predictor, resolve_eval_definition
     from mlanet.fileutil import file_sha256
-    from mlanet.models.registry import create_model
 
     desc: dict[str, Any] = {"kind": spec.kind, "source": spec.source}
     if spec.kind == "untrained":
-        torch.manual_seed(seed)
-        model = create_model(spec.model_name, face_model=face_model)
+        model = load_network(face_model, untrained=spec.model_name, seed=seed)
         desc.update(seed=seed, weights=None)
         preprocess = model.preprocess
     elif spec.kind == "checkpoint":
         from mlanet.checkpoint import resolve_weights
 
         weights = resolve_weights(spec.source)
-        if not weights.is_file():
-            raise AssetError(f"{weights}: no such checkpoint file")
-        model = create_model(None, checkpoint=weights, face_model=face_model)
+        model = load_network(face_model, weights)
         desc["weights"] = {"path": str(weights), "sha256": file_sha256(weights)}
         preprocess = model.preprocess
     elif spec.kind == "onnx":
@@ -263,22 +266,21 @@ def open_model(spec: ModelSpec, face_model: Any, seed: int = 0) -> tuple[Callabl
         desc["weights"] = {"path": spec.source, "sha256": file_sha256(spec.source)}
     else:  # pragma: no cover - model_specs only makes the three kinds
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    predictor = make_landmark_predictor(model, face_model, preprocess=preprocess, layout=model.layout)
+    try:
+        definition = resolve_eval_definition(face_model, landmarks, LANDMARK_DEFINITION,
+                                             warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except KeyError as exc:  # a --landmarks name the face model lacks: one line, not a traceback
+        raise MLANetError(f"--landmarks {landmarks}: {exc.args[0]}") from None
+    predictor = make_landmark_predictor(model, face_model, preprocess=preprocess, layout=model.layout,
+                                        definition=definition)
     name = getattr(model, "name", None) or spec.model_name or Path(spec.source).stem
     spec.model_name = str(name)
     desc["model"] = spec.model_name
+    desc["landmark_definition"] = definition
     desc["input_size"] = int(preprocess.input_size)
     if hasattr(model, "describe"):
         desc["parameters"] = int(model.describe()["parameters"])
     return predictor, preprocess, desc
-
-
-def _load_average() -> float | None:
-    """1-minute load average (other processes competing for the CPU skew the timings), if known."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
 
 
 def _round(values: Any, digits: int = 4) -> list[float]:
@@ -294,17 +296,21 @@ def evaluate_model(
     seed: int = 0,
     label: str | None = None,
     timing_repeats: int = 10,
+    landmarks: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on ``bench`` (an :class:`~mlanet.eval.aflw2000.AFLW2000Eval`); the record's entry.
 
     ``timing_repeats`` > 0 also times the predictor on a fixed batch (``batch_size`` images, and
     one image) with :func:`.record.time_call`; 0 keeps only the timing of the evaluation pass.
+    ``landmarks``: the scored definition (:func:`open_model`).
     """
     import torch
 
-    from mlanet.edge.bench.record import time_call
+    from mlanet.benchmarks.record import time_call
+    from mlanet.eval.metrics import mean_of_available_bins
+    from mlanet.run_environment import load_average_1min
 
-    predictor, preprocess, desc = open_model(spec, face_model, seed=seed)
+    predictor, preprocess, desc = open_model(spec, face_model, seed=seed, landmarks=landmarks)
     label = label or spec.label or spec.model_name or spec.source
     S = int(preprocess.input_size)
     B = max(1, min(batch_size, len(bench)))
@@ -324,7 +330,7 @@ def evaluate_model(
         if sys.stderr.isatty():
             print(f"\r  {label}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    load_before = _load_average()
+    load_before = load_average_1min()
     t0 = time.perf_counter()
     res = bench.evaluate(timed, preprocess, batch_size=batch_size, crop="gt", progress=progress,
                          model=desc.get("model"), weights=desc.get("weights"))
@@ -345,7 +351,6 @@ def evaluate_model(
             t1 = time_call(lambda: predictor(one), warmup=3, repeats=2 * timing_repeats)
         timed_stats = {"batch_B": {**tb, "batch_size": B, "ms_per_image": tb["median_ms"] / B},
                        "batch_1": {**t1, "batch_size": 1, "ms_per_image": t1["median_ms"]}}
-    available = [b for b in res["nme_bins"] if b is not None]
     return {
         "label": label,
         **desc,
@@ -353,7 +358,7 @@ def evaluate_model(
         "n_bins": res["n_bins"],
         "bin_labels": res["bin_labels"],
         "nme_mean_bins": res["nme_mean_bins"],
-        "nme_mean_available_bins": float(sum(available) / len(available)) if available else None,
+        "nme_mean_available_bins": mean_of_available_bins(res["nme_bins"]),
         "nme_all": res["nme_all"],
         "auc_7": res["auc_7"],
         "n": res["n"],
@@ -369,7 +374,7 @@ def evaluate_model(
             "timed": timed_stats,
             "eval_pass": eval_pass,
             "torch_threads": torch.get_num_threads(),
-            "load_average_1min": {"before": load_before, "after": _load_average()},
+            "load_average_1min": {"before": load_before, "after": load_average_1min()},
             "label": SPEED_LABEL,
         },
     }
@@ -425,7 +430,7 @@ def plot_accuracy(
     """
     import numpy as np
 
-    from mlanet.eval.metrics import MissingExtraError
+    from mlanet.eval.metrics import MissingExtraError, ced_axis_limit, ced_curve
 
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -439,21 +444,19 @@ def plot_accuracy(
     if not entries:
         raise ValueError("plot_accuracy needs at least one model")
     if max_percent is None:
-        p90 = max(float(np.percentile(np.asarray(e["nme_per_image"], dtype=np.float64), 90)) for e in entries)
-        max_percent = float(min(100.0, max(10.0, np.ceil(p90 / 5.0) * 5.0)))
+        max_percent = ced_axis_limit(np.asarray(e["nme_per_image"], dtype=np.float64) / 100.0 for e in entries)
     if not max_percent > 0:
         raise ValueError(f"max_percent must be > 0, got {max_percent}")
     n_legend = len(entries) + len(references)
     fig = Figure(figsize=(9.0, 5.2 + 0.22 * n_legend), dpi=110)
     FigureCanvasAgg(fig)  # the Agg canvas, without touching pyplot's global backend
     ax = fig.add_subplot(1, 1, 1)
+    grid = np.linspace(0.0, max_percent, 2001)
     for k, entry in enumerate(entries):
-        e = np.sort(np.asarray(entry["nme_per_image"], dtype=np.float64))
+        e = np.asarray(entry["nme_per_image"], dtype=np.float64) / 100.0
         n = e.size
-        x = np.concatenate([[0.0], e, [max(max_percent, float(e[-1]))]])
-        y = np.concatenate([[0.0], np.arange(1, n + 1) / n, [1.0]])
         # later curves thinner, so two identical curves (e.g. a checkpoint and its ONNX export) both show
-        ax.step(x, y, where="post", lw=max(1.0, 3.6 - 1.0 * k), zorder=3 + k,
+        ax.plot(grid, ced_curve(e, grid), lw=max(1.0, 3.6 - 1.0 * k), zorder=3 + k,
                 label=f"{entry['label']}: {_mean_text(entry)}, AUC@7% {entry['auc_7']:.3f}, n={n}")
     styles = [("black", "--"), ("tab:gray", "--"), ("tab:brown", "--"), ("tab:olive", "--")]
     for k, ref in enumerate(references.values()):
@@ -491,7 +494,7 @@ def run(args: argparse.Namespace) -> Path:
     from mlanet.eval.aflw2000 import DEV_SPLIT_NOTE, PROTOCOL_STANDARD, REFERENCES, AFLW2000Eval
     from mlanet.eval.metrics import NME_ALL_LABEL, NME_MEAN_BINS_LABEL, MissingExtraError
 
-    from mlanet.edge.bench.record import record_dir, write_record
+    from mlanet.benchmarks.record import record_dir, write_record
 
     t_start = time.perf_counter()
     data = getattr(args, "data", None) or default_data_dir()
@@ -520,7 +523,8 @@ def run(args: argparse.Namespace) -> Path:
     for spec in specs:
         # labels derived from the model name need it loaded first: evaluate, then fix the label
         entry = evaluate_model(bench, spec, face_model, batch_size=args.batch, seed=args.seed, label=spec.label,
-                               timing_repeats=max(0, getattr(args, "timing_repeats", 10)))
+                               timing_repeats=max(0, getattr(args, "timing_repeats", 10)),
+                               landmarks=getattr(args, "landmarks", None))
         entries.append(entry)
     for entry, label in zip(entries, _derived_labels(specs)):
         entry["label"] = label

@@ -101,7 +101,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mlanet.errors import MLANetError
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 

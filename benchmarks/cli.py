@@ -1,9 +1,11 @@
-"""``mlanet bench [model|pipeline|compare|accuracy|soak|report|all]``.
+"""``mlanet bench [PART]``: every benchmark of :mod:`mlanet.benchmarks` as one command.
 
 ``mlanet bench`` alone (= ``all``) runs the model, pipeline and comparison benchmarks with their
 default settings, writes their records under ``<out>/<device_tag>/`` and regenerates the plots and
 the markdown summary (:mod:`.report`). Each part can be run on its own; ``accuracy`` and ``soak``
-are separate because they need checkpoints / take minutes by design; ``gpu`` needs a CUDA GPU.
+are separate because they need checkpoints / take minutes by design; ``gpu`` needs a CUDA GPU;
+``video-e2e``, ``encode``, ``display-mesh``, ``live-soak`` and ``mesh-sizes`` measure the runtime's
+targets one by one (each also runs as ``python -m mlanet.benchmarks.<module>``, :func:`main_for`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ PARTS: dict[str, tuple[str, str]] = {
     "accuracy": ("accuracy", "AFLW2000-3D NME/CED of several checkpoints on one plot"),
     "soak": ("soak", "loop a clip for N minutes and record memory over time"),
     "gpu": ("gpu_targets", "the GPU targets: FP16 network latency/throughput, crop kernel, per-frame GPU path"),
+    "video-e2e": ("video_end_to_end", "mlanet-video end to end with its default outputs: fps per clip vs the targets"),
+    "encode": ("encode_presets", "H.264 encode time, CPU and MB per minute per libx264 preset at 720p"),
+    "display-mesh": ("display_mesh", "overlay render time against display-mesh triangle count, image difference"),
+    "live-soak": ("live_soak", "mlanet-live looped for an hour: memory growth and dropped-frame drift"),
+    "mesh-sizes": ("mesh_output_sizes", "disk use of every mlanet-video output kind, MB per minute of video"),
     "report": ("report", "plots (PNG) and the markdown summary from the records"),
 }
 #: What ``mlanet bench`` / ``mlanet bench all`` runs, in order (report last).
@@ -40,7 +47,7 @@ def _module(part: str) -> Any:
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    from mlanet.edge.bench.record import RESULTS
+    from mlanet.benchmarks.record import RESULTS
 
     p.add_argument("--out", type=Path, default=RESULTS,
                    help=f"results folder; records go to OUT/<device_tag>/ (default {RESULTS})")
@@ -72,6 +79,16 @@ def _run_part(part: str) -> Any:
         return 0
 
     return run
+
+
+def main_for(part: str, argv: list[str] | None = None) -> int:
+    """``python -m mlanet.benchmarks.<module> ARGS``: the same as ``mlanet bench PART ARGS`` (one parser, one
+    error handling: bad input prints one line and exits with status 2)."""
+    import sys
+
+    from mlanet.cli import main
+
+    return main(["bench", part, *(sys.argv[1:] if argv is None else argv)])
 
 
 def _run_all(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.preprocess import CropBox
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.record import record_dir, write_record
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def cuda_event_times(fn: Callable[[], Any], *, warmup: int, repeats: int, stream
 
 
 def _stats(times: list[float]) -> dict[str, Any]:
-    from mlanet.edge.bench.model_latency import summarise
+    from mlanet.benchmarks.model_latency import summarise
 
     return {**{k: round(v, 5) for k, v in summarise(times).items()}, "repeats": len(times)}
 
@@ -156,7 +156,7 @@ def _random_frame(frame_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- parts
 def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp: Path) -> dict[str, dict[str, float]]:
     """r50 batch 1 and 32, mobile batch 1, on every GPU backend present."""
-    from mlanet.edge.bench import model_latency as ml
+    from mlanet.benchmarks import model_latency as ml
 
     measured: dict[str, dict[str, float]] = {}
     plan = {"mlanet_r50": [1, 32], "mlanet_mobile": [1]}
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> Path:
     import torch
 
     from mlanet.edge.gpu_crops import require_cuda
-    from mlanet.edge.bench import model_latency as ml
+    from mlanet.benchmarks import model_latency as ml
 
     require_cuda("mlanet bench gpu", "run it on a GPU host (bash benchmarks/gpu_session.sh); `mlanet bench model` measures the CPU backends")
     if args.repeats < 1 or args.warmup < 0:

@@ -23,9 +23,10 @@ import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.edge.timing import peak_rss_mib, rss_mib
-from mlanet.edge.bench.network import add_network_arguments, open_network
-from mlanet.edge.bench.pipeline import default_clip, gpu_peak_mib
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.network import add_network_arguments, open_network
+from mlanet.benchmarks.pipeline import gpu_peak_mib
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> Path:
     minutes, warmup_min, sample_s = args.minutes, args.warmup_min, args.sample_s
     if args.quick:
         minutes, warmup_min, sample_s = 1.0, 10.0 / 60.0, 1.0
-    clip = Path(args.clip) if args.clip else default_clip()
+    clip = Path(args.clip) if args.clip else shared_clip()
     if not clip.is_file():
         raise MLANetError(f"{clip}: clip not found (pass --clip FILE)")
     face_model = MorphableModel.load(args.face_model)

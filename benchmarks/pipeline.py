@@ -14,7 +14,7 @@ Three measurements, one record (``pipeline.json``):
 
 Memory: resident set size sampled every frame (``/proc/self/statm``) and the process peak
 (``ru_maxrss``); on CUDA also ``torch.cuda.max_memory_allocated``. The network is the one a user runs
-(:mod:`mlanet.edge.bench.network`: the shipped ``mlanet_mobile`` weights on ONNX Runtime CPU by default,
+(:mod:`mlanet.benchmarks.network`: the shipped ``mlanet_mobile`` weights on ONNX Runtime CPU by default,
 ``--weights`` / ``--untrained``; ``--backend torch`` for PyTorch): the faces it fits set the tracker's
 boxes and the overlay's area, so its weights matter to the runtime's speed.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ import numpy as np
 from mlanet.errors import MLANetError
 from mlanet.edge.loading import positive_int
 from mlanet.edge.timing import peak_rss_mib, rss_mib  # noqa: F401 - re-exported for the soak
-from mlanet.edge.bench.network import add_network_arguments, check_network_arguments, open_network
-from mlanet.edge.bench.record import record_dir, write_record
+from mlanet.benchmarks.network import add_network_arguments, check_network_arguments, open_network
+from mlanet.benchmarks.record import record_dir, write_record
+from mlanet.benchmarks.shared_data import shared_clip
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ def gpu_peak_mib() -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-
-
-def default_clip(name: str = "obama_720p.mp4") -> Path:
-    """A clip of the shared data folder (``$MLANET_SHARED`` or ``<checkout>/../shared``)."""
-    shared = os.environ.get("MLANET_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / ".." / "shared"
-    return (root / "data" / "video" / name).resolve()
 
 
 #: Clips of ``mlanet bench pipeline`` by default: 1280x720 single face, 640x360 several faces with cuts.
@@ -172,7 +165,7 @@ def run(args: argparse.Namespace) -> Path:
     from mlanet.morphable.model import MorphableModel
     from mlanet.edge.frames import ArraySource, VideoFileSource
 
-    clips = [Path(c) for c in args.clip] if args.clip else [default_clip(n) for n in DEFAULT_CLIPS]
+    clips = [Path(c) for c in args.clip] if args.clip else [shared_clip(n) for n in DEFAULT_CLIPS]
     for clip in clips:
         if not clip.is_file():
             raise MLANetError(f"{clip}: clip not found (pass --clip FILE)")

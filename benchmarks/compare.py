@@ -67,8 +67,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mlanet.errors import FaceModelNotFoundError, MLANetError
-from mlanet.edge.bench.network import add_network_arguments, check_network_arguments, open_network
-from mlanet.edge.bench.record import RESULTS, record_dir, time_call, write_record
+from mlanet.benchmarks.network import add_network_arguments, check_network_arguments, open_network
+from mlanet.benchmarks.record import RESULTS, record_dir, time_call, write_record
+from mlanet.benchmarks.shared_data import shared_dir
+from mlanet.run_environment import load_average_1min
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,6 @@ RATIO_DEFINITION = (
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def shared_dir() -> Path:
-    """The shared data folder: ``$MLANET_SHARED``, else ``<repo>/../shared`` (as the tests resolve it)."""
-    env = os.environ.get("MLANET_SHARED")
-    return Path(env) if env else (Path(__file__).resolve().parents[2] / ".." / "shared").resolve()
 
 
 def resolve_clip(clip: str | os.PathLike[str] | None) -> Path:
@@ -152,13 +148,6 @@ def decode_frames(clip: Path, max_frames: int | None) -> tuple[list[Any], dict[s
 
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _sig(x: float, digits: int = 5) -> float:
@@ -568,7 +557,7 @@ def run(args: argparse.Namespace) -> Path:
                                "detect_every": TrackerCfg().detect_every},
             "mlanet_render": {"mode": "shaded", "overlays": list(PipelineCfg().overlays)},
             # a busy machine inflates every number; compare records only when this is ~0
-            "load_average_1min_start": _loadavg(),
+            "load_average_1min_start": load_average_1min(),
         },
         "methodology": methodology(s),
     }
@@ -629,7 +618,7 @@ def run(args: argparse.Namespace) -> Path:
                 face_model, batch=args.renderer_batch, size=args.renderer_size, warmup=s["renderer_warmup"],
                 repeats=s["renderer_repeats"], parts=("render_face_forward", "render_face_forward_backward"))
 
-    results["settings"]["load_average_1min_end"] = _loadavg()
+    results["settings"]["load_average_1min_end"] = load_average_1min()
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     results = {"summary": summary(results), **results}
     path = write_record("compare", results, out_dir=out_dir)
