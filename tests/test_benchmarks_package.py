@@ -46,7 +46,7 @@ def test_no_module_edits_sys_path_or_imports_relatively_to_the_folder():
 
 
 def test_every_harness_has_a_main():
-    skip = {"__init__", "record", "shared_data", "cli", "report", "model_latency", "pipeline", "compare", "accuracy",
+    skip = {"__init__", "record", "shared_data", "network", "cli", "report", "model_latency", "pipeline", "compare", "accuracy",
             "soak", "gpu_targets"}
     for path in _modules():
         if path.stem in skip:
