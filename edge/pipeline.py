@@ -178,9 +178,8 @@ class FacePipeline:
     def _device_stage(self, device_mode: bool | None, ops: DeviceOps | None) -> DeviceFaceStage | None:
         """The :class:`~mlanet.edge.device_path.DeviceFaceStage` of the GPU mode, or None (host mode)."""
         backend = self.backend
-        on_device = isinstance(backend, DeviceInferenceBackend)
         if device_mode is None:
-            device_mode = on_device and torch.device(backend.device).type == "cuda"  # type: ignore[attr-defined]
+            device_mode = isinstance(backend, DeviceInferenceBackend) and torch.device(backend.device).type == "cuda"
         if not device_mode:
             return None
         if not isinstance(backend, DeviceInferenceBackend):

@@ -79,7 +79,7 @@ TARGETS: tuple[Target, ...] = (
     Target("r50_b32_throughput", "mlanet_r50 FP16, batch 32, faces per second (batch / median call time)",
            10_000.0, "faces/s", "min"),
     Target("mobile_b1_latency", "mlanet_mobile FP16, batch 1, median ms per call", 0.3, "ms", "max"),
-    Target("preprocess_8_faces_1080p", "crop kernel: 8 faces from one 1080p frame on the GPU to (8, 3, 224, 224) "
+    Target("preprocess_8_faces_1080p", "device crop: 8 faces from one 1080p frame on the GPU to (8, 3, 224, 224) "
            "FP16 channels-last, median ms", 0.1, "ms", "max"),
     Target("frame_path_1_face", "preprocess + infer + reconstruct of one face from a 1080p frame on the GPU, "
            "median ms", 2.0, "ms", "max"),
