@@ -2,8 +2,7 @@
 # Everything the deployment path needs a GPU for, in one go: the gpu/trt tests, the issue-5 targets
 # (`mlanet bench gpu`), the latency curves of the GPU backends, then the summary.
 #
-# Needs: an NVIDIA GPU, PyTorch with CUDA, CuPy for that CUDA (`pip install cupy-cuda13x` or
-# `cupy-cuda12x`), this project installed (`pip install -e ".[edge,export,dev]"`). Optional:
+# Needs: an NVIDIA GPU, PyTorch with CUDA, this project installed (`pip install -e ".[edge,export,dev]"`). Optional:
 # TensorRT 10 + pycuda (docs/tensorrt.md); without them the TensorRT rows are recorded as skipped
 # with the reason, and the torch-cuda-fp16 numbers are what is measured.
 #
@@ -25,7 +24,7 @@ status=0
 
 echo "== gpu and trt tests (values printed with -s: parity in mm, kernel differences)"
 "$py" -m pytest -q -rs -s -m "gpu or trt" \
-    tests/test_gpu_paths.py tests/test_gpu_stream.py tests/test_backend_device.py tests/test_tensorrt_engine.py \
+    tests/test_gpu_paths.py tests/test_pipeline_gpu_mode.py tests/test_backend_device.py tests/test_tensorrt_engine.py \
     2>&1 | tee "$logs/pytest_gpu.log" || status=1
 
 echo "== mlanet bench gpu (the targets)"

@@ -8,22 +8,23 @@ name                          what                                       target
 ``r50_b1_latency``            ``mlanet_r50`` FP16, batch 1, per call      <= 1 ms
 ``r50_b32_throughput``        ``mlanet_r50`` FP16, batch 32              >= 10,000 faces/s
 ``mobile_b1_latency``         ``mlanet_mobile`` FP16, batch 1            <= 0.3 ms
-``preprocess_8_faces_1080p``  the crop kernel, 8 faces from one 1080p    <= 0.1 ms
+``preprocess_8_faces_1080p``  the device crop, 8 faces from one 1080p    <= 0.1 ms
                               frame already on the GPU, to FP16
                               channels-last (S = 224)
 ``frame_path_1_face``         preprocess + infer + reconstruct of one    <= 2 ms
-                              face (crop kernel, network, pose to the
-                              frame camera, mesh and 68 landmarks), the
-                              1080p frame already on the GPU
+                              face in the pipeline's GPU mode (crop,
+                              network, pose to the frame camera and 68
+                              landmarks, downloaded), the 1080p frame
+                              already on the GPU
 ============================  =========================================  ==================
 
 Network numbers come from every GPU backend present, each measured the way ``mlanet bench
 model`` does (:mod:`.model_latency`: warm-up, adaptive repeats, median): ``tensorrt`` (engine
 alone, inputs on the device, CUDA-graph replay) when TensorRT and pycuda are installed, and
-``torch-cuda-fp16`` in CUDA-graph mode; a target is judged per backend. The kernel and the
+``torch-cuda-fp16`` in CUDA-graph mode; a target is judged per backend. The crop and the
 per-frame path are timed with CUDA events around each call (median of ``--repeats`` after
-``--warmup``); the per-frame path is also timed with the 1080p frame's upload from pageable host
-memory included (``*_with_upload``, informational). Weights are untrained (seed 0): timing does
+``--warmup``); the per-frame path is ``FacePipeline``'s GPU mode, also timed as a whole
+``process`` call with the 1080p frame's upload (``*_with_upload``, informational). Weights are untrained (seed 0): timing does
 not depend on their values.
 
 Without a CUDA GPU this command stops with a clear error and writes nothing.
@@ -78,7 +79,7 @@ TARGETS: tuple[Target, ...] = (
     Target("r50_b32_throughput", "mlanet_r50 FP16, batch 32, faces per second (batch / median call time)",
            10_000.0, "faces/s", "min"),
     Target("mobile_b1_latency", "mlanet_mobile FP16, batch 1, median ms per call", 0.3, "ms", "max"),
-    Target("preprocess_8_faces_1080p", "crop kernel: 8 faces from one 1080p frame on the GPU to (8, 3, 224, 224) "
+    Target("preprocess_8_faces_1080p", "device crop: 8 faces from one 1080p frame on the GPU to (8, 3, 224, 224) "
            "FP16 channels-last, median ms", 0.1, "ms", "max"),
     Target("frame_path_1_face", "preprocess + infer + reconstruct of one face from a 1080p frame on the GPU, "
            "median ms", 2.0, "ms", "max"),
@@ -186,77 +187,75 @@ def measure_networks(face_model: Any, policy: Any, details: dict[str, Any], tmp:
 
 
 def measure_preprocess(device: Any, warmup: int, repeats: int, details: dict[str, Any]) -> dict[str, float]:
-    """The crop kernel on 8 boxes of a 1080p frame already on the GPU (FP16 channels-last and FP32 NCHW),
-    and the same with the frame uploaded from a numpy array (through the cropper's pinned staging)."""
+    """The device crop (:func:`~mlanet.edge.gpu_crops.crop_from_table`, torch ops) of 8 boxes of a 1080p
+    frame already on the GPU, to FP16 channels-last and to FP32 NCHW."""
     import torch
 
-    from mlanet.edge.gpu_crops import GpuCropper
+    from mlanet.edge.gpu_crops import box_table, crop_from_table
 
-    frame = _random_frame(FRAME_HW)
-    boxes = boxes_8_faces(FRAME_HW)
-    dev_frame = torch.from_numpy(frame).to(device)
+    dev_frame = torch.from_numpy(_random_frame(FRAME_HW)).to(device)
+    table = torch.from_numpy(box_table(boxes_8_faces(FRAME_HW), INPUT_SIZE)).to(device)
     out: dict[str, float] = {}
-    for label, kw in (("fp16_channels_last", {"dtype": torch.float16, "channels_last": True}),
-                      ("fp32_nchw", {"dtype": torch.float32, "channels_last": False})):
-        crop = GpuCropper(INPUT_SIZE, device, **kw)
-        buf = crop(dev_frame, boxes)
-        t = cuda_event_times(lambda: crop(dev_frame, boxes, out=buf), warmup=warmup, repeats=repeats)
-        details.setdefault("preprocess", {})[label] = {**_stats(t), "frame": "on the GPU (uint8)",
-                                                       "launches": crop.launches}
+    for label, dtype, fmt in (("fp16_channels_last", torch.float16, torch.channels_last),
+                              ("fp32_nchw", torch.float32, torch.contiguous_format)):
+        t = cuda_event_times(lambda: crop_from_table(dev_frame, table, INPUT_SIZE, dtype).contiguous(memory_format=fmt),
+                             warmup=warmup, repeats=repeats)
+        details.setdefault("preprocess", {})[label] = {**_stats(t), "frame": "on the GPU (uint8)"}
         out[label] = float(np.median(t))
-        if label == "fp16_channels_last":
-            t_up = cuda_event_times(lambda: crop(frame, boxes, out=buf), warmup=warmup, repeats=max(repeats // 4, 10))
-            details["preprocess"]["fp16_channels_last_with_upload"] = {
-                **_stats(t_up), "frame": "numpy (pageable) -> pinned staging -> GPU, then the kernel"}
-            out["fp16_channels_last_with_upload"] = float(np.median(t_up))
-        crop.close()
     return out
 
 
 def measure_frame_path(face_model: Any, device: Any, warmup: int, repeats: int,
                        details: dict[str, Any]) -> dict[str, float]:
-    """Preprocess + infer + reconstruct of one face (:class:`~mlanet.edge.gpu_stream.DeviceFacePath`:
-    crop kernel, FP16 network with CUDA-graph replay, pose to the frame camera, mesh and landmarks)
-    for each model, the 1080p frame on the GPU; then the same with the frame uploaded from numpy
-    inside the timed region, and the :class:`~mlanet.edge.gpu_stream.StreamingLoop`'s steady-state
-    wall time per frame (informational)."""
-    import torch
-
-    from mlanet.edge.gpu_stream import DeviceFacePath, StreamingLoop, TorchCudaOps, boxes_to_table
+    """Preprocess + infer + reconstruct of one face in the GPU mode of :class:`~mlanet.edge.pipeline.FacePipeline`
+    (its :class:`~mlanet.edge.device_path.DeviceFaceStage`: crop, FP16 network with CUDA-graph replay, pose to
+    the frame camera and 68 landmarks on the device, results downloaded), for each model: the 1080p frame
+    already on the GPU (``frame-on-gpu``); ``FacePipeline.process`` with the upload from numpy and a
+    fixed-box tracker (``with-upload``); and ``FacePipeline.run``'s overlapped wall time per frame
+    (informational). The device work runs on the stage's own streams; the events on the current stream
+    around each call (which waits for its results) give the latency the host sees."""
     from mlanet.edge.backends import torch_cuda
-    from mlanet.edge.types import Frame
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.reconstruct import frame_camera
+    from mlanet.edge.types import Detection, Frame
 
     frame = _random_frame(FRAME_HW, seed=1)
-    dev_frame = torch.from_numpy(frame).to(device)
     h, w = FRAME_HW
     side = round(0.28 * h)  # a 300 px face crop at 1080p, centred
     box = CropBox((w - side) / 2.0, (h - side) / 2.0, float(side))
+    detection = Detection(np.array([box.x0, box.y0, box.x0 + box.size, box.y0 + box.size], np.float64), 0.9)
+    cfg = PipelineCfg(render_mode=None, meshes=False)
     out: dict[str, float] = {}
     for name in ("mlanet_mobile", "mlanet_r50"):
         backend = torch_cuda.TorchCudaBackend.untrained(name, face_model, device=device, cuda_graphs=True)
-        path = DeviceFacePath.for_backend(backend, face_model)
-        table = boxes_to_table([box], path.input_size, device)
-        t = cuda_event_times(lambda: path(dev_frame, table), warmup=warmup, repeats=repeats)
-        t_up = cuda_event_times(lambda: path(torch.from_numpy(frame).to(device), table), warmup=warmup,
-                                repeats=max(repeats // 4, 10))
+        pipeline = FacePipeline(backend, face_model, cfg, detector=lambda image: [detection])
+        stage = pipeline.device_stage
+        if stage is None:
+            raise MLANetError(f"{name}: the pipeline did not choose its GPU mode on {device}")
+        camera = frame_camera(w, h, cfg.fov_deg)
+        staged = stage.upload(frame)
+        t = cuda_event_times(lambda: stage.collect(stage.submit(staged, [box], camera)), warmup=warmup, repeats=repeats)
+        frames = [Frame(frame, i, i * 33_333_333, "bench") for i in range(warmup + repeats + 1)]
+        t_up = cuda_event_times(lambda: pipeline.process(frames[0]), warmup=warmup, repeats=max(repeats // 4, 10))
+        walls: list[float] = []
+        t_prev: list[float] = []
+
+        def on_frame(_result: Any) -> None:
+            now = time.perf_counter()
+            if t_prev and pipeline.frames_done > warmup:
+                walls.append((now - t_prev[-1]) * 1e3)
+            t_prev.append(now)
+
+        pipeline.run(frames, on_frame=on_frame)
         entry = {"frame_on_gpu": _stats(t), "with_upload_from_numpy": _stats(t_up),
                  "backend": {k: backend.metadata.runtime.get(k)
                              for k in ("backend", "precision", "memory_format", "cuda_graphs")}}
-        # the overlapped loop over a short synthetic sequence (same frame, one tracked face)
-        frames = [Frame(frame, i, i * 33_333_333, "bench") for i in range(warmup + repeats // 2 + 2)]
-        walls: list[float] = []
-        with StreamingLoop(path, TorchCudaOps(device), download_vertices=True) as loop:
-            t_prev = None
-            for k, _res in enumerate(loop.run(frames, lambda f, latest: [box] if latest is None else None)):
-                now = time.perf_counter()
-                if t_prev is not None and k > warmup:
-                    walls.append((now - t_prev) * 1e3)
-                t_prev = now
         if walls:
-            entry["streaming_loop_wall_ms_per_frame"] = _stats(walls)
+            entry["pipeline_run_wall_ms_per_frame"] = _stats(walls)
         details.setdefault("frame_path", {})[name] = entry
         out[f"{name}:frame-on-gpu"] = float(np.median(t))
         out[f"{name}:with-upload"] = float(np.median(t_up))
+        pipeline.close()
         backend.close()
     return out
 
@@ -294,7 +293,7 @@ def run(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-gpu-") as tmp:
         measured.update(measure_networks(face_model, policy, details, Path(tmp)))
     pre = measure_preprocess(device, args.warmup, args.repeats, details)
-    measured["preprocess_8_faces_1080p"] = {"crop-kernel:fp16_channels_last": pre["fp16_channels_last"]}
+    measured["preprocess_8_faces_1080p"] = {"device-crop:fp16_channels_last": pre["fp16_channels_last"]}
     path_ms = measure_frame_path(face_model, device, args.warmup, args.repeats, details)
     measured["frame_path_1_face"] = path_ms
     results: dict[str, Any] = {"gpu": _gpu_info(device), "input_size": INPUT_SIZE, "frame": list(FRAME_HW), "face_model": fm_info,

@@ -1,15 +1,15 @@
 """What the streaming loop needs from a device: streams, events, pinned host and device buffers, async copies.
 
-* :class:`DeviceOps` -- the protocol :class:`~mlanet.edge.gpu_stream.StreamingLoop` is written against.
+* :class:`DeviceOps` -- the protocol the GPU mode of :class:`~mlanet.edge.pipeline.FacePipeline`
+  (:class:`~mlanet.edge.device_path.DeviceFaceStage`) is written against.
 * :class:`TorchCudaOps` -- PyTorch CUDA streams and events, pinned memory, ``non_blocking`` copies.
-  UNTESTED ON A GPU (written on a machine without one; gpu tests in tests/test_gpu_stream.py).
+  UNTESTED ON A GPU (written on a machine without one; gpu tests in tests/test_pipeline_gpu_mode.py).
 * :class:`SyncCpuOps` -- the same operations on the CPU, executed at once (an event is complete
-  when recorded), optionally logging ``(op, name, frame_index)``: what the CPU tests check the
-  loop's issue order with, and a legitimate way to run the loop without a GPU.
+  when recorded): the device mode's code on CPU tensors, what the CPU tests run.
 
 Allocator rule (PyTorch's caching allocator): a tensor used on another stream than the one it
 was allocated on gets :meth:`DeviceOps.record_stream` for that stream, so its memory is not
-handed out again before that stream's work on it is done. The loop's module docstring says
+handed out again before that stream's work on it is done. :mod:`mlanet.edge.device_path` says
 which tensors cross streams.
 """
 
@@ -28,9 +28,9 @@ from mlanet.edge.gpu_crops import normalize_device, require_cuda
 # ========================================================================================= device operations
 @runtime_checkable
 class DeviceOps(Protocol):
-    """What :class:`StreamingLoop` needs from a device: streams, events, pinned memory, async copies.
+    """What the device mode needs from a device: streams, events, pinned memory, async copies.
 
-    ``label`` arguments (``(name, frame_index)``) only name operations for logs and profilers.
+    ``label`` arguments (``(name, frame_index)``) only name operations for profilers.
     """
 
     device: torch.device
@@ -92,32 +92,14 @@ class _CpuEvent:
         return f"CpuEvent({self.label!r}, recorded={self.t_ns is not None})"
 
 
-def _label(x: Any) -> tuple[str, int]:
-    lab = getattr(x, "label", x)
-    return (str(lab[0]), int(lab[1])) if isinstance(lab, tuple) and len(lab) == 2 else ("", -1)
-
-
 class SyncCpuOps:
     """:class:`DeviceOps` on the CPU: every operation runs when issued, an event completes when recorded.
 
-    The streams do not overlap, so the loop runs its schedule sequentially; the numbers are those
-    the GPU loop should produce (up to its floating-point precision).
-
-    Args:
-        log: keep :attr:`log`, the operations in issue order as ``(op, name, frame_index)``:
-            ``("record" | "wait" | "synchronize", event name, i)`` and
-            ``("upload" | "download", buffer name, i)`` (names from the loop's labels).
+    The streams do not overlap, so the device mode runs its schedule sequentially; the numbers are
+    those the GPU should produce (up to its floating-point precision).
     """
 
     device = torch.device("cpu")
-
-    def __init__(self, *, log: bool = False) -> None:
-        self.log: list[tuple[str, str, int]] | None = [] if log else None
-
-    def _log(self, op: str, what: Any) -> None:
-        if self.log is not None:
-            name, index = _label(what)
-            self.log.append((op, name, index))
 
     def new_stream(self, name: str = "") -> _CpuStream:
         return _CpuStream(name)
@@ -127,7 +109,6 @@ class SyncCpuOps:
 
     def record(self, event: _CpuEvent, stream: _CpuStream) -> None:
         event.t_ns, event.stream = time.perf_counter_ns(), stream
-        self._log("record", event)
 
     def _check_recorded(self, event: _CpuEvent, what: str) -> None:
         if not isinstance(event, _CpuEvent) or event.t_ns is None:
@@ -135,11 +116,9 @@ class SyncCpuOps:
 
     def wait(self, stream: _CpuStream, event: _CpuEvent) -> None:
         self._check_recorded(event, "wait")
-        self._log("wait", event)
 
     def synchronize(self, event: _CpuEvent) -> None:
         self._check_recorded(event, "synchronize")
-        self._log("synchronize", event)
 
     def elapsed_ms(self, start: _CpuEvent, end: _CpuEvent) -> float | None:
         if start.t_ns is None or end.t_ns is None:
@@ -154,7 +133,6 @@ class SyncCpuOps:
 
     def upload(self, host: torch.Tensor, stream: _CpuStream, *, out: torch.Tensor | None = None,
                label: tuple[str, int] | None = None) -> torch.Tensor:
-        self._log("upload", label)
         if out is None:
             return host.clone()
         if out.shape != host.shape or out.dtype != host.dtype:
@@ -163,7 +141,6 @@ class SyncCpuOps:
 
     def download(self, device_tensor: torch.Tensor, host: torch.Tensor, stream: _CpuStream, *,
                  label: tuple[str, int] | None = None) -> None:
-        self._log("download", label)
         if host.shape != device_tensor.shape or host.dtype != device_tensor.dtype:
             raise ValueError(f"download: host buffer is {tuple(host.shape)} {host.dtype}, "
                              f"the tensor {tuple(device_tensor.shape)} {device_tensor.dtype}")
@@ -183,7 +160,7 @@ class TorchCudaOps:
 
     Args:
         device: CUDA device (``"cuda"``, ``"cuda:1"``, an ordinal or a ``torch.device``).
-        timing: events with ``enable_timing=True`` (GPU milliseconds in :class:`StreamResult`);
+        timing: events with ``enable_timing=True`` (:meth:`elapsed_ms` gives GPU milliseconds);
             False makes events a little cheaper and :meth:`elapsed_ms` return None.
 
     Raises:

@@ -1,317 +1,256 @@
-"""One frame's faces on the device: box tables, the crop, the network, the frame pose, the mesh.
+"""The device stages of the pipeline's GPU mode: upload, crop -> network -> frame pose -> 2D landmarks, download.
 
-* Box tables (N, 3) float64 ``[x0 - 0.5, y0 - 0.5, size / S]`` -- what the crop kernel reads
-  (:func:`boxes_to_table`, :func:`table_to_boxes`, :func:`crop_boxes_from_table`).
-* :func:`roi_table_from_landmarks` -- the next frame's table from this frame's landmarks, on the
-  device (the :class:`~mlanet.edge.tracking.FaceTracker` rule), with a plausibility flag.
-* :class:`TorchTableCropper` -- :func:`~mlanet.edge.gpu_crops.crop_from_table` (the crop kernel's
-  exact arithmetic in torch, any device) behind :class:`~mlanet.edge.gpu_crops.GpuCropper`'s interface.
-* :class:`DeviceFacePath` -- crop -> network -> crop-to-frame pose -> vertices and 2D landmarks,
-  all queued on the current stream with no host synchronisation (:class:`DeviceFaces`).
+:class:`DeviceFaceStage` is what :class:`~mlanet.edge.pipeline.FacePipeline` runs for its ``preprocess``,
+``infer`` and (the device part of) ``reconstruct`` stages when its backend keeps results on a device
+(a :class:`~mlanet.edge.protocols.DeviceInferenceBackend`: ``TorchCudaBackend`` on a GPU). Per frame:
 
-The GPU parts (GpuCropper, TorchCudaBackend under this path) are UNTESTED ON A GPU; the CPU
-tests (tests/test_gpu_stream.py) check every number against the CPU pipeline's maths.
+1. :meth:`DeviceFaceStage.upload`: the (H, W, 3) uint8 frame is copied into a pinned host slot and
+   uploaded once, asynchronously, on the *upload* stream (event ``uploaded``);
+2. :meth:`DeviceFaceStage.submit`: on the *compute* stream, after ``uploaded``: the N boxes (a few
+   hundred bytes, through pinned memory), the crops (:func:`~mlanet.edge.gpu_crops.crop_from_table`), the network
+   (``backend.run_device``), the crop -> frame pose (:func:`~mlanet.edge.reconstruct.crop_pose_to_frame_tensor`)
+   and the 68 landmarks (:meth:`~mlanet.edge.reconstruct.FaceDecoder.landmarks2d_device`); then the
+   D2H copies of the (N, P) parameters and (N, 68, 2) landmarks into pinned memory (event ``done``);
+3. :meth:`DeviceFaceStage.collect`: the host waits for ``done`` (the only blocking call) and gets
+   NumPy arrays.
+
+Nothing else leaves the device; the tracker, the temporal filter, the meshes and the GL render run on
+the host on those small results, exactly as in the CPU mode.
+
+Overlap (:meth:`FacePipeline.run <mlanet.edge.pipeline.FacePipeline.run>` in GPU mode)
+    Two frame slots: while frame t computes, frame t+1 is decoded on the host and uploaded on the
+    upload stream, and while the host renders and writes frame t, frame t+1 computes. A slot's
+    pinned buffer is rewritten only after its previous upload completed (host ``synchronize`` of
+    ``uploaded``, long done in steady state); its device buffer only after the compute that read it
+    (the upload stream waits that frame's ``done``, no host block).
+
+Allocator rule
+    The device frame buffers are allocated on the host's current stream and used on the upload and
+    compute streams: each gets :meth:`~mlanet.edge.device_ops.DeviceOps.record_stream` for both once, at
+    allocation. Everything else a frame allocates is allocated and used on the compute stream.
+
+On the CPU
+    With a CPU backend (``TorchBackend``) and :class:`~mlanet.edge.device_ops.SyncCpuOps` the same code
+    runs on CPU tensors (each operation at once): what the tests run. UNTESTED ON A GPU: the CUDA
+    streams, events and pinned copies (:class:`~mlanet.edge.device_ops.TorchCudaOps`) have not run yet.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from mlanet.errors import MLANetError
+from mlanet.geometry.camera import PinholeCamera
+from mlanet.params import require_finite_params
 from mlanet.preprocess import CropBox, PreprocessCfg
-from mlanet.edge.gpu_crops import _check_frame_tensor, _check_size, _check_table, box_table, crop_from_table, normalize_device
-from mlanet.edge.reconstruct import DEFAULT_FOV_DEG, FaceDecoder, crop_pose_to_frame_tensor, frame_camera
+from mlanet.edge.device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
+from mlanet.edge.gpu_crops import box_table, crop_from_table, normalize_device
+from mlanet.edge.protocols import DeviceInferenceBackend
+from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame_tensor
 
 #: Landmarks per face (the 68-point set of every face model).
 N_LANDMARKS = 68
+#: Frame slots (pinned host buffer + device buffer): the frame computing and the next one uploading.
+FRAME_SLOTS = 2
 
 
-# ========================================================================================= box tables
-def boxes_to_table(boxes: Sequence[CropBox], input_size: int, device: Any = "cpu") -> torch.Tensor:
-    """(N, 3) float64 ``[x0 - 0.5, y0 - 0.5, size / S]`` on ``device``: :func:`~mlanet.edge.gpu_crops.box_table`'s values.
+@dataclass(eq=False)
+class _FrameSlot:
+    """One pinned host frame buffer and its device twin."""
 
-    A synchronous copy on a GPU; :class:`StreamingLoop` uploads tables through pinned memory instead.
-    """
-    return torch.from_numpy(box_table(boxes, input_size)).to(device)
-
-
-def table_to_boxes(table: torch.Tensor, input_size: int) -> torch.Tensor:
-    """Kernel table (N, 3) -> (N, 3) float64 ``[x0, y0, size]`` (image pixels), on the table's device."""
-    _check_table(table, "table_to_boxes")
-    s = _check_size(input_size)
-    return torch.stack([table[:, 0] + 0.5, table[:, 1] + 0.5, table[:, 2] * s], dim=-1)
+    host: torch.Tensor | None = None  # pinned (H, W, 3) uint8
+    dev: torch.Tensor | None = None  # device (H, W, 3) uint8
+    uploaded: Any = None  # event after its last H2D: the host may rewrite `host` once it completed
+    released: Any = None  # `done` event of the last compute that read `dev`: the upload stream waits it
 
 
-def crop_boxes_from_table(table: np.ndarray, input_size: int) -> list[CropBox]:
-    """Host kernel table (N, 3) -> N :class:`~mlanet.preprocess.CropBox` (the inverse of ``box_table``, up to rounding)."""
-    s = _check_size(input_size)
-    t = np.asarray(table, dtype=np.float64).reshape(-1, 3)
-    return [CropBox(float(r[0]) + 0.5, float(r[1]) + 0.5, float(r[2]) * s) for r in t]
+@dataclass(eq=False)
+class StagedFrame:
+    """A frame whose upload is queued (:meth:`DeviceFaceStage.upload`): its slot and upload event."""
+
+    slot: _FrameSlot
+    uploaded: Any
+    width: int
+    height: int
 
 
-def roi_table_from_landmarks(
-    landmarks2d: torch.Tensor,
-    prev_table: torch.Tensor,
-    roi_scale: float,
-    input_size: int,
-    max_size_ratio: float = 1.5,
-    *,
-    min_iou: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next frame's crop table from this frame's fitted landmarks, on their device (no host sync).
+@dataclass(eq=False)
+class PendingFaces:
+    """One frame's queued device work (:meth:`DeviceFaceStage.submit`): pinned result buffers, filled
+    once ``done`` completed."""
 
-    The torch form of :meth:`~mlanet.edge.tracking.FaceTracker`'s fit ROI: per face the square of
-    side ``roi_scale * max(w, h)`` centred on the landmarks' bounding box
-    (:func:`~mlanet.preprocess.box_from_points`, same float64 operations, so the same bits), as a
-    kernel table row (:func:`~mlanet.edge.gpu_crops.box_table`).
+    n: int
+    params: torch.Tensor  # pinned (N, P) float32, frame camera
+    landmarks2d: torch.Tensor  # pinned (N, 68, 2) float32, image pixels
+    done: Any
+
+
+class DeviceFaceStage:
+    """Crop, network, frame pose and 2D landmarks of one frame's faces on the backend's device.
 
     Args:
-        landmarks2d: (N, L, 2) float image pixels (L >= 2; extra trailing columns are ignored).
-        prev_table: (N, 3) float64 kernel table of the boxes the landmarks were fitted in.
-        roi_scale: the artifact's ``PreprocessCfg.roi_scale``.
-        input_size: S.
-        max_size_ratio: a new side outside ``[old / r, old * r]`` is implausible.
-        min_iou: a new box overlapping the previous one less than this is implausible
-            (:attr:`~mlanet.edge.tracking.TrackerCfg.min_fit_iou`; 0 disables the check).
-
-    Returns:
-        ``(table (N, 3) float64, plausible (N,) bool)``; an implausible row (also: non-finite or
-        degenerate landmarks) keeps ``prev_table``'s row.
-    """
-    if (not isinstance(landmarks2d, torch.Tensor) or landmarks2d.ndim != 3 or landmarks2d.shape[1] < 2
-            or landmarks2d.shape[2] < 2 or not landmarks2d.is_floating_point()):
-        desc = f"{tuple(landmarks2d.shape)} {landmarks2d.dtype}" if isinstance(landmarks2d, torch.Tensor) else type(landmarks2d).__name__
-        raise ValueError(f"roi_table_from_landmarks: landmarks2d must be an (N, L >= 2, 2) float tensor, got {desc}")
-    n = int(landmarks2d.shape[0])
-    _check_table(prev_table, "roi_table_from_landmarks: prev_table", n, landmarks2d.device)
-    s = _check_size(input_size)
-    try:
-        roi_scale = float(roi_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"roi_scale must be a positive number, got {roi_scale!r}") from None
-    if not (roi_scale > 0 and math.isfinite(roi_scale)):
-        raise ValueError(f"roi_scale must be a positive number, got {roi_scale!r}")
-    if not max_size_ratio >= 1.0:
-        raise ValueError(f"max_size_ratio must be >= 1, got {max_size_ratio!r}")
-    if not 0.0 <= min_iou <= 1.0:
-        raise ValueError(f"min_iou must be in [0, 1], got {min_iou!r}")
-    lm = landmarks2d[..., :2].to(torch.float64)
-    lo, hi = lm.amin(dim=1), lm.amax(dim=1)  # (N, 2); NaN propagates
-    side = roi_scale * (hi - lo).amax(dim=1)
-    centre = (lo + hi) / 2
-    x0 = centre[:, 0] - side / 2
-    y0 = centre[:, 1] - side / 2
-    new = torch.stack([x0 - 0.5, y0 - 0.5, side / s], dim=-1)
-    old_size = prev_table[:, 2] * s
-    ratio = side / old_size
-    r = float(max_size_ratio)
-    ok = torch.isfinite(new).all(dim=1) & (side > 0) & (ratio >= 1.0 / r) & (ratio <= r)
-    if min_iou > 0.0:
-        ox0, oy0 = prev_table[:, 0] + 0.5, prev_table[:, 1] + 0.5
-        w = (torch.minimum(ox0 + old_size, x0 + side) - torch.maximum(ox0, x0)).clamp_min(0.0)
-        h = (torch.minimum(oy0 + old_size, y0 + side) - torch.maximum(oy0, y0)).clamp_min(0.0)
-        inter = w * h
-        iou = inter / (old_size * old_size + side * side - inter)
-        ok = ok & (iou >= min_iou)
-    return torch.where(ok[:, None], new, prev_table), ok
-
-
-# ========================================================================================= crops in torch
-class TorchTableCropper:
-    """:func:`~mlanet.edge.gpu_crops.crop_from_table` with the interface of :meth:`~mlanet.edge.gpu_crops.GpuCropper.crop_table`.
-
-    Args:
-        input_size: S.
-        dtype: output dtype (``torch.float32`` or ``torch.float16``).
-    """
-
-    def __init__(self, input_size: int, *, dtype: torch.dtype = torch.float32) -> None:
-        self.input_size = _check_size(input_size)
-        if dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
-        self.dtype = dtype
-
-    def crop_table(self, frame: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        crops = crop_from_table(frame, table, self.input_size, self.dtype)
-        if out is None:
-            return crops
-        if out.shape != crops.shape or out.dtype != crops.dtype or out.device != crops.device:
-            raise ValueError(f"TorchTableCropper: out must be {tuple(crops.shape)} {crops.dtype} on {crops.device}, "
-                             f"got {tuple(out.shape)} {out.dtype} {out.device}")
-        return out.copy_(crops)
-
-
-class ModuleInference:
-    """A torch network as the loop's inference: device images (B, 3, S, S) -> (B, P) float32 on the device.
-
-    Runs under ``torch.no_grad()`` with the images cast to the network's parameter dtype; for a
-    CPU :class:`~mlanet.edge.backends.TorchBackend` use ``ModuleInference(backend.model)``.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval()
-        first = next(iter(model.parameters()), None)
-        self.dtype = first.dtype if first is not None else torch.float32
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(images.to(self.dtype)).float()
-
-
-# ========================================================================================= one frame on the device
-@dataclass
-class DeviceFaces:
-    """N faces of one frame, as tensors on the device.
-
-    Attributes:
-        params_crop: (N, P) float32, crop camera (what the network predicted).
-        params_frame: (N, P) float32, frame camera.
-        vertices: (N, V, 3) float32 metres, frame camera.
-        landmarks2d: (N, 68, 2) float32 image pixels.
-    """
-
-    params_crop: torch.Tensor
-    params_frame: torch.Tensor
-    vertices: torch.Tensor
-    landmarks2d: torch.Tensor
-
-
-class DeviceFacePath:
-    """Crop -> network -> frame pose -> vertices and 2D landmarks for one frame, queued on the current stream.
-
-    No host synchronisation and no host data: the frame and the box table are device tensors.
-    The maths is the CPU pipeline's (:func:`~mlanet.edge.reconstruct.crop_pose_to_frame_tensor`,
-    :meth:`~mlanet.edge.reconstruct.FaceDecoder.decode_tensors`); only the crop differs (the
-    kernel's float64 sample positions instead of ``grid_sample``'s float32 grid, ~1e-5).
-
-    Args:
-        infer: device images (N, 3, S, S) -> (N, P) float32 device params
-            (:meth:`~mlanet.edge.backends.torch_cuda.TorchCudaBackend.run_device`, or
-            :class:`ModuleInference`).
-        face_model: the :class:`~mlanet.morphable.model.MorphableModel` (moved to ``device``).
+        backend: a :class:`~mlanet.edge.protocols.DeviceInferenceBackend` (``run_device``, ``device``).
+        face_model: the :class:`~mlanet.morphable.model.MorphableModel` (a copy is moved to the device
+            when it is elsewhere; the caller's model stays where it is).
         preprocess: the artifact's :class:`~mlanet.preprocess.PreprocessCfg`.
-        cropper: ``crop_table(frame, table) -> (N, 3, S, S)``
-            (:meth:`~mlanet.edge.gpu_crops.GpuCropper.crop_table` on CUDA, :class:`TorchTableCropper`).
-        camera: a fixed frame camera; default: :func:`~mlanet.edge.reconstruct.frame_camera`
-            of each frame size with ``fov_deg``.
-        fov_deg: horizontal field of view of the default frame camera.
-        device: where the work runs (default: ``cropper.device`` if it has one, else the CPU).
+        ops: the device operations (default: :class:`~mlanet.edge.device_ops.TorchCudaOps` on a CUDA
+            device, :class:`~mlanet.edge.device_ops.SyncCpuOps` on the CPU).
+
+    Raises:
+        ValueError: a backend without ``run_device``, or ``ops`` on another device than the backend.
+        GpuUnavailableError: a CUDA backend device without a CUDA GPU.
     """
 
-    def __init__(self, infer: Callable[[torch.Tensor], torch.Tensor], face_model: Any, preprocess: PreprocessCfg,
-                 cropper: Any, *, camera: Any = None, fov_deg: float = DEFAULT_FOV_DEG, device: Any = None) -> None:
+    def __init__(self, backend: DeviceInferenceBackend, face_model: Any, preprocess: PreprocessCfg, *,
+                 ops: DeviceOps | None = None) -> None:
+        if not isinstance(backend, DeviceInferenceBackend):
+            raise ValueError(f"the device mode needs a backend whose results stay on its device (run_device, "
+                             f"device: TorchCudaBackend, TorchBackend), got {type(backend).__name__}")
         if not isinstance(preprocess, PreprocessCfg):
             raise ValueError(f"preprocess must be a PreprocessCfg, got {type(preprocess).__name__}")
-        if not callable(infer):
-            raise ValueError(f"infer must be callable (device images -> device params), got {type(infer).__name__}")
-        if not callable(getattr(cropper, "crop_table", None)):
-            raise ValueError(f"cropper needs a crop_table(frame, table) method, got {type(cropper).__name__}")
-        s = getattr(cropper, "input_size", preprocess.input_size)
-        if s != preprocess.input_size:
-            raise ValueError(f"cropper makes {s}x{s} crops, the network expects {preprocess.input_size}")
-        frame_camera(64, 64, fov_deg)  # validates fov_deg
-        self.infer = infer
+        self.device = normalize_device(backend.device)
+        if ops is None:
+            ops = TorchCudaOps(self.device) if self.device.type == "cuda" else SyncCpuOps()
+        if not isinstance(ops, DeviceOps):
+            raise ValueError(f"ops must implement DeviceOps (TorchCudaOps, SyncCpuOps), got {type(ops).__name__}")
+        if normalize_device(ops.device) != self.device:
+            raise ValueError(f"the backend runs on {self.device}, the ops on {ops.device}")
+        self.backend = backend
+        self.ops = ops
         self.preprocess = preprocess
         self.input_size = int(preprocess.input_size)
-        self.cropper = cropper
-        self.fov_deg = float(fov_deg)
-        self.device = normalize_device(device if device is not None else getattr(cropper, "device", "cpu"))
-        self.decoder = FaceDecoder(face_model, device=self.device)
-        self.face_model = self.decoder.face_model
         self.layout = face_model.layout
-        self.n_vertices = int(face_model.n_vertices)
-        self._fixed_camera = camera
-        self._cameras: dict[tuple[int, int], tuple[Any, Any]] = {}
+        model_device = next((b.device for b in face_model.buffers()), torch.device("cpu"))
+        if normalize_device(model_device) != self.device:  # FaceDecoder moves its model: move a copy
+            face_model = copy.deepcopy(face_model)
+        self.decoder = FaceDecoder(face_model, device=str(self.device))
+        self._streams = {name: ops.new_stream(name) for name in ("upload", "compute")}
+        self._slots = [_FrameSlot() for _ in range(FRAME_SLOTS)]
+        self._next_slot = 0
+        self._cameras: dict[tuple[float, ...], PinholeCamera] = {}
+        self._source = str(backend.metadata.source or type(backend).__name__)
 
-    @classmethod
-    def for_backend(cls, backend: Any, face_model: Any, **kwargs: Any) -> "DeviceFacePath":
-        """The path for a backend: a :class:`~mlanet.edge.backends.torch_cuda.TorchCudaBackend`
-        (:class:`~mlanet.edge.gpu_crops.GpuCropper` in the backend's dtype and memory format, its
-        ``run_device``) or a :class:`~mlanet.edge.backends.TorchBackend` on any device
-        (:class:`TorchTableCropper`, :class:`ModuleInference`). ``kwargs``: ``camera``, ``fov_deg``.
+    # ------------------------------------------------------------------ steps
+    def _device_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A long-lived device buffer used on both streams (recorded on each, see the module docstring)."""
+        buf = self.ops.device_empty(shape, dtype)
+        for stream in self._streams.values():
+            self.ops.record_stream(buf, stream)
+        return buf
+
+    def upload(self, image: np.ndarray) -> StagedFrame:
+        """Queue the upload of ``image`` (H, W, 3) uint8 RGB into the next frame slot (upload stream).
 
         Raises:
-            ValueError: another backend (ONNX Runtime and TensorRT return host arrays), or a face
-                model whose layout differs from the backend's.
+            ValueError: an image that is not (H, W, 3) uint8.
         """
-        from mlanet.model_metadata import ModelMetadata
+        if (not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8
+                or image.shape[0] < 1 or image.shape[1] < 1):
+            desc = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"DeviceFaceStage: the frame must be an (H, W, 3) uint8 RGB array, got {desc}")
+        ops = self.ops
+        slot = self._slots[self._next_slot % FRAME_SLOTS]
+        self._next_slot += 1
+        if slot.uploaded is not None:
+            ops.synchronize(slot.uploaded)  # its previous H2D has read the pinned buffer
+        H, W = int(image.shape[0]), int(image.shape[1])
+        if slot.host is None or slot.dev is None or tuple(slot.host.shape) != (H, W, 3):
+            if slot.released is not None:
+                ops.synchronize(slot.released)  # the old device buffer is no longer read
+            slot.host = ops.pinned_empty((H, W, 3), torch.uint8)
+            slot.dev = self._device_buffer((H, W, 3), torch.uint8)
+        np.copyto(slot.host.numpy(), image)
+        up = self._streams["upload"]
+        if slot.released is not None:
+            ops.wait(up, slot.released)  # the compute that read this device buffer has finished
+        ops.upload(slot.host, up, out=slot.dev, label=("frame", self._next_slot - 1))
+        event = ops.new_event(("uploaded", self._next_slot - 1))
+        ops.record(event, up)
+        slot.uploaded = event
+        return StagedFrame(slot, event, W, H)
 
-        meta = getattr(backend, "metadata", None)
-        if not isinstance(meta, ModelMetadata) or meta.preprocess is None:
-            raise ValueError(f"backend {type(backend).__name__} has no ModelMetadata with a layout and preprocessing")
-        preprocess, layout = meta.preprocess, meta.layout
-        if layout != face_model.layout:
-            raise ValueError(f"{meta.source or 'backend'}: parameter layout {layout.sizes} differs from face model "
-                             f"{face_model.model_id} ({face_model.layout.sizes})")
-        if callable(getattr(backend, "run_device", None)):
-            from mlanet.edge.gpu_crops import GpuCropper
-
-            cropper = GpuCropper(preprocess.input_size, backend.device, dtype=backend.dtype,
-                                 channels_last=backend.memory_format == torch.channels_last)
-            return cls(backend.run_device, face_model, preprocess, cropper, device=backend.device, **kwargs)
-        model = getattr(backend, "model", None)
-        if isinstance(model, torch.nn.Module):
-            device = getattr(backend, "device", "cpu")
-            return cls(ModuleInference(model), face_model, preprocess, TorchTableCropper(preprocess.input_size),
-                       device=device, **kwargs)
-        raise ValueError(f"DeviceFacePath needs a backend whose results stay on the device (TorchCudaBackend or "
-                         f"TorchBackend), got {type(backend).__name__}")
-
-    def cameras(self, width: int, height: int) -> tuple[Any, Any]:
-        """(host camera, the same camera as float32 tensors on the device) for a ``width x height`` frame.
-
-        The device copy is made with fills (``torch.full``), not a host-to-device copy, so even the
-        first frame of a size does not synchronise.
-        """
-        key = (int(width), int(height))
+    def device_camera(self, camera: PinholeCamera) -> PinholeCamera:
+        """``camera`` (batch 1) as float32 tensors on the device, made with fills (``torch.full``), not a
+        host-to-device copy, so even the first frame of a size does not synchronise; cached per size."""
+        values = tuple(float(getattr(camera, k)[0]) for k in ("fx", "fy", "cx", "cy"))  # host floats: no sync
+        key = (int(camera.width), int(camera.height), *values)
         got = self._cameras.get(key)
         if got is None:
-            from mlanet.geometry.camera import PinholeCamera
-
-            host = self._fixed_camera if self._fixed_camera is not None else frame_camera(width, height, self.fov_deg)
-            if (host.width, host.height) != key:
-                raise ValueError(f"the camera is for {host.width}x{host.height} frames, got a {width}x{height} frame")
-            fx, fy, cx, cy = (torch.full((1,), float(v[0]), dtype=torch.float32, device=self.device)
-                              for v in (host.fx, host.fy, host.cx, host.cy))
-            dev = PinholeCamera(fx, fy, cx, cy, host.width, host.height)
-            got = self._cameras[key] = (host, dev)
+            fx, fy, cx, cy = (torch.full((1,), v, dtype=torch.float32, device=self.device) for v in values)
+            got = self._cameras[key] = PinholeCamera(fx, fy, cx, cy, camera.width, camera.height)
         return got
 
-    def empty(self) -> DeviceFaces:
-        """Zero faces (no launch)."""
-        P, V, dev = self.layout.total, self.n_vertices, self.device
-        z = torch.zeros((0, P), dtype=torch.float32, device=dev)
-        return DeviceFaces(z, z.clone(), torch.zeros((0, V, 3), device=dev), torch.zeros((0, N_LANDMARKS, 2), device=dev))
+    def submit(self, staged: StagedFrame, boxes: Sequence[CropBox], camera: PinholeCamera) -> PendingFaces:
+        """Queue the faces of ``staged`` in ``boxes`` on the compute stream, and their download.
 
-    def __call__(self, frame: torch.Tensor, table: torch.Tensor) -> DeviceFaces:
-        """Faces of ``frame`` (H, W, 3) uint8 in the crops of ``table`` (N, 3) float64, both on :attr:`device`.
+        Args:
+            staged: from :meth:`upload`.
+            boxes: N crops in image pixels (the tracker's ROIs).
+            camera: the frame camera on the host (batch 1).
 
         Returns:
-            :class:`DeviceFaces`, written by work queued on the current stream.
+            :class:`PendingFaces`; :meth:`collect` waits for it.
         """
-        _check_frame_tensor(frame, "DeviceFacePath")
-        if frame.device != self.device:
-            raise ValueError(f"DeviceFacePath on {self.device} got a frame on {frame.device}")
-        _check_table(table, "DeviceFacePath", device=self.device)
-        host_cam, dev_cam = self.cameras(int(frame.shape[1]), int(frame.shape[0]))
-        n = int(table.shape[0])
-        if n == 0:
-            return self.empty()
-        with torch.no_grad():
-            crops = self.cropper.crop_table(frame, table)
-            params_crop = self.infer(crops)
-            P = self.layout.total
-            if not isinstance(params_crop, torch.Tensor) or tuple(params_crop.shape) != (n, P):
-                desc = tuple(params_crop.shape) if isinstance(params_crop, torch.Tensor) else type(params_crop).__name__
-                raise ValueError(f"DeviceFacePath: the network returned {desc}, expected ({n}, {P}) parameters")
-            if params_crop.device != self.device:
-                raise ValueError(f"DeviceFacePath: the network returned parameters on {params_crop.device}, not {self.device}")
-            params_crop = params_crop.float()
-            boxes = table_to_boxes(table, self.input_size)
-            params_frame = crop_pose_to_frame_tensor(params_crop, boxes, self.layout, self.preprocess, host_cam)
-            verts, lm2d, _ = self.decoder.decode_tensors(params_frame, dev_cam, albedo=False)
-        return DeviceFaces(params_crop, params_frame, verts, lm2d)
+        ops = self.ops
+        comp = self._streams["compute"]
+        n, P, S = len(boxes), self.layout.total, self.input_size
+        # [x0 - 0.5, y0 - 0.5, size / S | x0, y0, size]: the crop table and the pose boxes in one upload
+        host_boxes = ops.pinned_empty((n, 6), torch.float64)  # pinned: a truly asynchronous copy
+        host_boxes.numpy()[:, :3] = box_table(boxes, S)
+        host_boxes.numpy()[:, 3:] = np.array([[b.x0, b.y0, b.size] for b in boxes], np.float64).reshape(n, 3)
+        params = ops.pinned_empty((n, P), torch.float32)
+        landmarks = ops.pinned_empty((n, N_LANDMARKS, 2), torch.float32)
+        dev_cam = self.device_camera(camera)
+        frame = staged.slot.dev
+        if frame is None:
+            raise MLANetError("DeviceFaceStage.submit: the frame slot has no device buffer (upload it first)")
+        with torch.no_grad(), ops.on(comp):
+            ops.wait(comp, staged.uploaded)
+            if n:
+                table = ops.upload(host_boxes, comp, label=("boxes", n))
+                crops = crop_from_table(frame, table[:, :3], S)
+                raw = self.backend.run_device(crops)
+                if not isinstance(raw, torch.Tensor) or tuple(raw.shape) != (n, P):
+                    desc = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+                    raise ValueError(f"{self._source}: the network returned {desc}, expected ({n}, {P}) parameters")
+                if raw.device != self.device:
+                    raise ValueError(f"{self._source}: the network returned parameters on {raw.device}, not {self.device}")
+                flat = crop_pose_to_frame_tensor(raw.float(), table[:, 3:], self.layout, self.preprocess, camera)
+                lm = self.decoder.landmarks2d_device(flat, dev_cam)
+                ops.download(flat, params, comp, label=("params", n))
+                ops.download(lm, landmarks, comp, label=("landmarks2d", n))
+            done = ops.new_event(("done", n))
+            ops.record(done, comp)
+        staged.slot.released = done
+        return PendingFaces(n, params, landmarks, done)
+
+    def collect(self, pending: PendingFaces) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for ``pending`` and return ``(params (N, P) float32 frame camera, landmarks2d (N, 68, 2)
+        float32 pixels)`` as NumPy arrays (they own pinned buffers of their own).
+
+        Raises:
+            NonFiniteOutputError: the network produced NaN or infinite values (the backend check of the CPU mode).
+        """
+        self.ops.synchronize(pending.done)
+        params = pending.params.numpy()
+        require_finite_params(params, self._source)
+        return params, pending.landmarks2d.numpy()
+
+    def drain(self) -> None:
+        """Block until everything queued on both streams has finished (an interrupted run leaves no work
+        in flight that reads a buffer the caller may drop)."""
+        for stream in self._streams.values():
+            event = self.ops.new_event(("drain", -1))
+            self.ops.record(event, stream)
+            self.ops.synchronize(event)
+
+    def close(self) -> None:
+        """Drain and release the frame buffers."""
+        self.drain()
+        self._slots = [_FrameSlot() for _ in range(FRAME_SLOTS)]
+        self._cameras.clear()

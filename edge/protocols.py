@@ -6,6 +6,9 @@ stops matching (a method renamed, a return type changed) fails the type check an
 
 * the inference backend: :class:`mlanet.edge.backends.base.InferenceBackend` (defined with the backends,
   re-exported here);
+* :class:`DeviceInferenceBackend`: a backend whose results can stay on its device (``run_device``), what
+  the GPU mode of the pipeline needs (:class:`mlanet.edge.backends.torch_cuda.TorchCudaBackend`, and
+  :class:`mlanet.edge.backends.TorchBackend` for the same code on CPU tensors);
 * :class:`FaceTrackerLike`: the tracker (:class:`mlanet.edge.tracking.FaceTracker`; tests pass fakes);
 * :class:`FaceDecoderLike`: parameters -> landmarks and meshes (:class:`mlanet.edge.reconstruct.FaceDecoder`);
 * :class:`FrameWriter`: a writer of whole frames (:class:`mlanet.edge.writers.video.H264VideoWriter`);
@@ -34,7 +37,20 @@ if TYPE_CHECKING:
     from mlanet.geometry.camera import PinholeCamera
     from mlanet.edge.reconstruct import DecodedFaces
 
-__all__ = ["InferenceBackend", "FaceTrackerLike", "FaceDecoderLike", "OutputWriter", "FrameWriter", "TrackSequenceWriter"]
+__all__ = ["InferenceBackend", "DeviceInferenceBackend", "FaceTrackerLike", "FaceDecoderLike", "OutputWriter", "FrameWriter", "TrackSequenceWriter"]
+
+
+@runtime_checkable
+class DeviceInferenceBackend(InferenceBackend, Protocol):
+    """An :class:`InferenceBackend` that can also leave its results on its device.
+
+    ``run_device(images)`` takes (B, 3, S, S) float crops already on :attr:`device` (a torch tensor) and
+    returns (B, P) float32 parameters there, queued on the current stream with no host synchronisation.
+    """
+
+    device: torch.device
+
+    def run_device(self, images: Any) -> Any: ...
 
 
 @runtime_checkable

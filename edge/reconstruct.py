@@ -344,11 +344,23 @@ class FaceDecoder:
     @torch.no_grad()
     def landmarks2d_tensor(self, flat: np.ndarray | torch.Tensor, camera: PinholeCamera) -> np.ndarray:
         """:meth:`landmarks2d` in PyTorch on this decoder's device: (N, 68, 2) float32 NumPy array."""
-        x = torch.as_tensor(flat, dtype=torch.float32, device=self.device)
+        return self.landmarks2d_device(torch.as_tensor(flat, dtype=torch.float32, device=self.device),
+                                       camera).cpu().numpy()
+
+    @torch.no_grad()
+    def landmarks2d_device(self, flat: torch.Tensor, camera: PinholeCamera) -> torch.Tensor:
+        """(N, 68, 2) float32 image pixels as a tensor on this decoder's device (no host synchronisation).
+
+        Args:
+            flat: (N, P) frame-camera parameters, a tensor on this decoder's device.
+            camera: the frame camera; float32 on this device avoids a copy (a host camera is copied,
+                which synchronises a CUDA device).
+        """
+        x = flat.to(torch.float32)
         if x.ndim != 2 or x.shape[1] != self.layout.total:
             raise ValueError(f"parameters must be (N, {self.layout.total}), got {tuple(x.shape)}")
         p = FaceParams.from_flat(x, self.layout)
         coeffs = torch.cat([p.identity, p.expression], dim=1)
         lm = torch.addmm(self._lm_mean, coeffs, self._lm_basis).reshape(-1, 68, 3)
         lm = lm @ euler_to_matrix(p.rotation).transpose(1, 2) + p.translation[:, None, :]
-        return camera.to(self.device, torch.float32).project(lm).cpu().numpy()
+        return camera.to(self.device, torch.float32).project(lm)

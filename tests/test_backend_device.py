@@ -1,5 +1,5 @@
 """`open_backend(..., device=)` and the CLIs' `--device`: routing to the GPU backends, and clear errors
-(never a silent CPU run) where a GPU, CuPy or onnxruntime's CUDA provider is missing."""
+(never a silent CPU run) where a GPU or onnxruntime's CUDA provider is missing."""
 
 from __future__ import annotations
 

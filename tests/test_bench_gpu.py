@@ -58,12 +58,13 @@ def test_gpu_targets_tiny_run(tmp_path):  # pragma: no cover - GPU hosts only
 
 
 def test_frame_path_measurement_runs_with_cpu_stand_ins(monkeypatch):
-    """`measure_frame_path`'s plumbing (DeviceFacePath, StreamingLoop, the record layout) on the CPU:
-    the CUDA pieces are swapped for their CPU twins (TorchBackend, SyncCpuOps, wall-clock timing)."""
+    """`measure_frame_path`'s plumbing (FacePipeline in its GPU mode, the record layout) on the CPU: the CUDA
+    backend is swapped for its CPU twin (TorchBackend, which also has run_device), the pipeline is told to use
+    the GPU mode's code on the CPU (the auto choice keeps a CPU backend in host mode), events become wall time."""
     import time as _time
 
-    import mlanet.edge.gpu_stream as gs
     import mlanet.edge.backends.torch_cuda as tcb
+    import mlanet.edge.pipeline as pipeline_mod
     from mlanet.edge.backends import TorchBackend
     from mlanet.morphable.model import MorphableModel
     from mlanet.morphable.synthetic import make_synthetic_face_model
@@ -83,9 +84,14 @@ def test_frame_path_measurement_runs_with_cpu_stand_ins(monkeypatch):
         def untrained(name, face_model, **kw):
             return TorchBackend.untrained(name, face_model)
 
+    real = pipeline_mod.FacePipeline
+
+    def device_mode_pipeline(*args, **kwargs):
+        return real(*args, device_mode=True, **kwargs)
+
     monkeypatch.setattr(gt, "cuda_event_times", wall_times)
     monkeypatch.setattr(tcb, "TorchCudaBackend", CpuTwin)
-    monkeypatch.setattr(gs, "TorchCudaOps", lambda device: gs.SyncCpuOps())
+    monkeypatch.setattr(pipeline_mod, "FacePipeline", device_mode_pipeline)
     monkeypatch.setattr(gt, "FRAME_HW", (240, 320))
     fm = MorphableModel(make_synthetic_face_model())
     details: dict = {}
@@ -93,4 +99,12 @@ def test_frame_path_measurement_runs_with_cpu_stand_ins(monkeypatch):
     assert set(out) == {f"{m}:{v}" for m in ("mlanet_mobile", "mlanet_r50") for v in ("frame-on-gpu", "with-upload")}
     assert all(v > 0 for v in out.values())
     entry = details["frame_path"]["mlanet_mobile"]
-    assert entry["frame_on_gpu"]["repeats"] == 2 and entry["streaming_loop_wall_ms_per_frame"]["repeats"] >= 1
+    assert entry["frame_on_gpu"]["repeats"] == 2 and entry["pipeline_run_wall_ms_per_frame"]["repeats"] >= 1
+
+
+def test_preprocess_measurement_runs_on_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(gt, "cuda_event_times", lambda fn, *, warmup, repeats, stream=None: [float(fn() is not None)] * repeats)
+    monkeypatch.setattr(gt, "FRAME_HW", (240, 320))
+    details: dict = {}
+    out = gt.measure_preprocess("cpu", warmup=0, repeats=3, details=details)
+    assert set(out) == {"fp16_channels_last", "fp32_nchw"} and details["preprocess"]["fp32_nchw"]["repeats"] == 3

@@ -91,6 +91,23 @@ class TorchBackend:
             out = self.model(self._torch.from_numpy(arr).to(self.device))
         return require_finite_params(out.float().cpu().numpy(), str(self.path))
 
+    def run_device(self, images: Any) -> Any:
+        """``images (B, 3, S, S)`` float tensor on :attr:`device` -> params ``(B, P)`` float32 tensor on
+        :attr:`device`, with no host copy (what the device mode of
+        :class:`~mlanet.edge.pipeline.FacePipeline` calls; :meth:`__call__` is this plus the copy to
+        NumPy and the finiteness check, which the device mode does on the downloaded results)."""
+        torch = self._torch
+        s = self.input_size
+        if (not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1
+                or tuple(images.shape[1:]) != (3, s, s) or not images.is_floating_point()):
+            desc = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"{self.path} expects an image tensor of shape (B, 3, {s}, {s}) (float RGB in [0, 1]), "
+                             f"got {desc}")
+        if images.device != self.device:
+            raise ValueError(f"{self.path}: images on {images.device}, the model is on {self.device}")
+        with torch.no_grad():
+            return self.model(images.float()).float()
+
     def warmup(self) -> None:
         self(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
 

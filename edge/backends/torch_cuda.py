@@ -3,12 +3,13 @@
 UNTESTED ON A GPU: written on a machine without one, against the documented PyTorch API
 (``torch.cuda.CUDAGraph``, ``torch.cuda.graph``, ``torch.cuda.Stream``); its ``gpu`` tests are in
 ``tests/test_gpu_paths.py`` (FP16 vs the FP32 CPU :class:`~mlanet.edge.backends.TorchBackend` in
-vertex space, graph replay vs eager, crops from :class:`~mlanet.edge.gpu_crops.GpuCropper`
+vertex space, graph replay vs eager, device crops (:func:`~mlanet.edge.gpu_crops.crop_from_table`)
 without a host round trip).
 
 :class:`TorchCudaBackend` follows the :class:`~mlanet.edge.backends.InferenceBackend` protocol
 (``__call__(images) -> (B, P) numpy float32``, ``metadata``, ``warmup()``, ``close()``) and adds
-:meth:`TorchCudaBackend.run_device`, which keeps the result on the GPU. It loads a checkpoint
+:meth:`TorchCudaBackend.run_device`, which keeps the result on the GPU (what makes
+:class:`~mlanet.edge.pipeline.FacePipeline` choose its GPU mode). It loads a checkpoint
 exactly as :class:`~mlanet.edge.backends.TorchBackend` does (same checks, the same :class:`~mlanet.model_metadata.ModelMetadata`).
 
 Shared helpers:
