@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from mlanet.geometry.rotations import euler_to_matrix
 from mlanet.morphable.sources.ict_topology import ARKIT_BLENDSHAPES
 from mlanet.edge.writers.tables import ArkitMapping
 from mlanet.edge.send import LARGEST, parse_face_choice  # noqa: F401 (parse_face_choice re-exported)
+from mlanet.edge.types import FaceFit, FrameResult
+
+if TYPE_CHECKING:
+    from mlanet.morphable.model import MorphableModel
 
 #: The 52 ARKit blendshape names, in the order they are sent.
 ARKIT_NAMES: tuple[str, ...] = tuple(ARKIT_BLENDSHAPES)
@@ -97,7 +101,7 @@ class FaceSampler:
         clock: how capture times become wall-clock times.
     """
 
-    def __init__(self, face_model: Any, choice: str | int = LARGEST, clock: CaptureClock | None = None) -> None:
+    def __init__(self, face_model: MorphableModel, choice: str | int = LARGEST, clock: CaptureClock | None = None) -> None:
         mapping = ArkitMapping.from_model(face_model)
         self.layout = face_model.layout
         self.slices = self.layout.slices()
@@ -109,7 +113,7 @@ class FaceSampler:
             if name in ARKIT_NAMES:
                 self.matrix[ARKIT_NAMES.index(name)] = mapping.matrix[row]
 
-    def pick(self, faces: list[Any]) -> Any | None:
+    def pick(self, faces: list[FaceFit]) -> FaceFit | None:
         """The chosen face among ``faces`` (``FaceFit``), or None when it is not in the frame."""
         if not faces:
             return None
@@ -117,7 +121,7 @@ class FaceSampler:
             return max(faces, key=lambda f: float(f.box.size))
         return next((f for f in faces if f.track_id == self.choice), None)
 
-    def sample(self, result: Any) -> FaceSample | None:
+    def sample(self, result: FrameResult) -> FaceSample | None:
         """The sample of one ``FrameResult`` (None: no chosen face in this frame)."""
         face = self.pick(result.faces)
         if face is None:
