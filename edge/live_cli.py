@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
             next_sample += args.stats_every
         if window is None and now - last_print > 5.0:
             last_print = now
-            st = pipeline.stats.summary()["stages"]
+            st = pipeline.stats.stages()
             log.info("%d frames  %s", pipeline.frames_done,
                      "  ".join(f"{s} {st[s]['p50_ms']}" for s in HUD_STAGES if st[s]["n"]))
         if args.duration is not None and now - t_start > args.duration:

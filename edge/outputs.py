@@ -53,7 +53,8 @@ from mlanet.fileutil import error_line, write_json_atomic
 from mlanet.model_metadata import ModelMetadata
 from mlanet.params import ParamLayout
 from mlanet.edge.frames.base import FrameSource
-from mlanet.edge.sinks import PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, TextureFn, sinks_for
+from mlanet.edge.sinks import PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, sinks_for
+from mlanet.edge.sinks.base import TextureFn
 from mlanet.edge.types import FrameResult
 
 if TYPE_CHECKING:
@@ -279,8 +280,8 @@ class VideoRunOutputs:
             except Exception as exc:  # noqa: BLE001 - recorded in run.json; see the docstring
                 errors.append(exc)
         raise_first = bool(errors) and status != "failed"
-        for exc in errors[1 if raise_first else 0:]:
-            log.warning("%s: could not finalise every file: %s", self.out_dir, error_line(exc))
+        for later in errors[1 if raise_first else 0:]:
+            log.warning("%s: could not finalise every file: %s", self.out_dir, error_line(later))
         if raise_first:
             status, reason = "failed", error_line(errors[0])
         if status == "failed":

@@ -355,10 +355,10 @@ def expression_summary(
         "eye_aperture": distribution(apertures.mean(axis=1)),
     }
     for target, key in (("jaw_open_vs_lip_gap", "lip_gap"), ("eye_blink_vs_eye_closure", "eye_aperture")):
-        d, lo = dists[key], MIN_REFERENCE_RANGE[key]
-        if corr[target]["r"] is not None and d["p95"] - d["p5"] < lo:
+        p5, p95, lo = dists[key]["p5"], dists[key]["p95"], MIN_REFERENCE_RANGE[key]
+        if corr[target]["r"] is not None and p5 is not None and p95 is not None and p95 - p5 < lo:
             warnings.append(f"{target}: the {key.replace('_', ' ')} hardly varies in this clip (p5-p95 range "
-                            f"{d['p95'] - d['p5']:.3f} < {lo:g}): r mostly measures noise")
+                            f"{p95 - p5:.3f} < {lo:g}): r mostly measures noise")
     return {
         "frames_used": int(n),
         "correlations": corr,

@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # torch is imported only when a clip is run (keeps `mlanet --
     from mlanet.preprocess import CropBox
     from mlanet.morphable.model import MorphableModel
     from mlanet.edge.backends.base import InferenceBackend
-    from mlanet.edge.frames import FrameSource
     from mlanet.edge.pipeline import FacePipeline, PipelineCfg
     from mlanet.edge.types import Detection, Frame, FrameResult
 
@@ -231,8 +230,11 @@ def collect_tracks(
             cuts.append(int(result.frame.index))
         if not faces:
             return
+        camera = pipeline.camera
+        if camera is None:  # set by the frame that produced this result
+            raise RuntimeError("the pipeline returned faces without a frame camera")
         flat = np.stack([f.raw_params for f in faces] + [f.params for f in faces])
-        lm = np.asarray(pipeline.decoder.landmarks2d(flat, pipeline.camera), np.float64)
+        lm = np.asarray(pipeline.decoder.landmarks2d(flat, camera), np.float64)
         n = len(faces)
         for i, f in enumerate(faces):
             ref = reference(result.frame.image, f.box) if reference is not None else None

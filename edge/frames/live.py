@@ -337,7 +337,7 @@ class LiveReplaySource(LiveSource):
     def _produce(self) -> None:
         stop = self._stop
         period_ns = _NS / self.fps if self.fps else 0.0
-        next_due = time.monotonic_ns()
+        next_due: float = time.monotonic_ns()  # ns
         offset = 0
         while True:
             last = None

@@ -71,23 +71,25 @@ class CaptureClock:
         self._mono0_ns = time.monotonic_ns()
         self._first_pts_ns: int | None = None
 
-    def _anchor(self, t_capture_ns: int) -> None:
+    def _anchor(self, t_capture_ns: int) -> int:
+        """The first frame's capture time (ns); the first call makes ``t_capture_ns`` it, now."""
         if self._first_pts_ns is None:
             self._first_pts_ns = int(t_capture_ns)
             self._wall0_ns, self._mono0_ns = time.time_ns(), time.monotonic_ns()
+        return self._first_pts_ns
 
     def unix_s(self, t_capture_ns: int) -> float:
         if self.file_replay:
-            self._anchor(t_capture_ns)
-            return (self._wall0_ns + int(t_capture_ns) - self._first_pts_ns) * 1e-9
+            first_ns = self._anchor(t_capture_ns)
+            return (self._wall0_ns + int(t_capture_ns) - first_ns) * 1e-9
         return (self._wall0_ns + int(t_capture_ns) - self._mono0_ns) * 1e-9
 
     def wait_until_due(self, t_capture_ns: int) -> None:
         """For a file replay: sleep until the frame's presentation time has come (real-time pacing;
         a frame that is already late goes at once)."""
         if self.file_replay:
-            self._anchor(t_capture_ns)
-            delay = (self._mono0_ns + int(t_capture_ns) - self._first_pts_ns - time.monotonic_ns()) * 1e-9
+            first_ns = self._anchor(t_capture_ns)
+            delay = (self._mono0_ns + int(t_capture_ns) - first_ns - time.monotonic_ns()) * 1e-9
             if delay > 0:
                 time.sleep(delay)
 
