@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +29,14 @@ from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, floa
                       open_detector, open_model, positive_int, run_cli)
 from mlanet.edge.send import LiveSenders, add_send_arguments
 from mlanet.edge.timing import peak_rss_mib, rss_mib
+from mlanet.edge.types import FrameResult
 from mlanet.edge.video_cli import add_pipeline_arguments, pipeline_cfg_from_args
+
+if TYPE_CHECKING:
+    from mlanet.edge.gl_renderer import FaceRenderer
+    from mlanet.edge.mesh_topology import MeshTopology
+    from mlanet.edge.pipeline import FacePipeline
+    from mlanet.edge.protocols import FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +98,14 @@ def draw_hud(image: np.ndarray, fps: float, stage_ms: dict[str, float], n_faces:
 
 
 class LiveSession:
-    """State of the live loop: render mode, overlays, recording; reacts to key names."""
+    """State of the live loop: render mode, overlays, recording; reacts to key names.
 
-    def __init__(self, pipeline: Any, fps: float, record_dir: Path) -> None:
+    Recording: :meth:`start_recording` names the file, the next :meth:`record` opens the writer at
+    that frame's size (``recording`` is True from the start), :meth:`stop_recording` closes it.
+    ``fps`` is the recording's frame rate (frames per second).
+    """
+
+    def __init__(self, pipeline: FacePipeline, fps: float, record_dir: Path) -> None:
         from mlanet.edge.pipeline import RENDER_MODES
 
         self.pipeline = pipeline
@@ -102,9 +114,14 @@ class LiveSession:
         self.overlays = set(pipeline.cfg.overlays)
         self.fps = fps
         self.record_dir = record_dir
-        self.recorder: Any = None
-        self.record_path: Path | None = None
+        self.recorder: FrameWriter | None = None  # open once the first recorded frame gave the size
+        self.record_path: Path | None = None  # set while recording (the writer may not be open yet)
         self.quit = False
+
+    @property
+    def recording(self) -> bool:
+        """True from :meth:`start_recording` until :meth:`stop_recording`."""
+        return self.record_path is not None
 
     def on_key(self, key: str) -> None:
         if key in ("q", "escape"):
@@ -116,30 +133,29 @@ class LiveSession:
         elif key == "f":
             self.pipeline.filters.set_enabled(not self.pipeline.filters.cfg.enabled)
         elif key == "r":
-            if self.recorder is None:
+            if not self.recording:
                 self.start_recording(self.record_dir / time.strftime("mlanet-live-%Y%m%d-%H%M%S.mp4"))
             else:
                 self.stop_recording()
 
     def start_recording(self, path: Path) -> None:
-        self.record_path = Path(path)
-        self.recorder = "pending"  # opened at the next frame, when the size is known
+        self.record_path = Path(path)  # the writer opens at the next frame, when the size is known
         log.info("recording to %s", self.record_path)
 
     def record(self, image: np.ndarray) -> None:
-        if self.recorder is None:
+        """Append ``image`` ((H, W, 3) uint8 RGB) to the recording, if one is on."""
+        if self.record_path is None:
             return
-        if self.recorder == "pending":
+        if self.recorder is None:
             from mlanet.edge.writers.video import H264VideoWriter
 
             self.recorder = H264VideoWriter(self.record_path, self.fps, image.shape[1], image.shape[0])
         self.recorder.write(image)
 
     def stop_recording(self) -> None:
-        if self.recorder not in (None, "pending"):
-            self.recorder.close()
-            log.info("saved %s", self.record_path)
-        self.recorder = None
+        recorder, self.recorder, self.record_path = self.recorder, None, None
+        if recorder is not None and (saved := recorder.close()) is not None:
+            log.info("saved %s", saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlanet.edge.frames import CameraSource, LiveReplaySource, VideoFileSource
+    from mlanet.edge.frames import CameraSource, LiveReplaySource, LiveSource, VideoFileSource
     from mlanet.edge.pipeline import FacePipeline
 
     if args.record:
@@ -171,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         backend.close()
         raise
+    source: LiveSource
     try:
         if args.camera is not None:
             with native_stderr_quiet(not args.verbose):  # OpenCV logs each backend it tries (V4L2, FFmpeg, ...)
@@ -180,24 +197,24 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         senders.close()  # the viewer's port and the sender thread
         raise
-    renderer_factory: Callable[[int, int, Any], Any] | None = None
+    renderer_factory = None
     if window is not None:  # render in the window's GL context (one context, no copies between them)
-        from mlanet.edge.gl_renderer import FaceRenderer
-
         ctx = window.ctx
 
-        def window_renderer(w: int, h: int, topology: Any) -> Any:
+        def window_renderer(w: int, h: int, topology: MeshTopology) -> FaceRenderer:
+            from mlanet.edge.gl_renderer import FaceRenderer
+
             return FaceRenderer(w, h, topology, ctx=ctx)
 
         renderer_factory = window_renderer
 
     pipeline = FacePipeline(backend, face_model, cfg, detector=open_detector(args.detector, args.verbose),
                             renderer_factory=renderer_factory, stats_window=LIVE_STATS_WINDOW)
-    session = LiveSession(pipeline, float(getattr(source, "fps", None) or 30.0), Path(args.record_dir or "."))
+    session = LiveSession(pipeline, float(source.fps or 30.0), Path(args.record_dir or "."))
     if args.record:
         session.start_recording(Path(args.record))
-    size = getattr(source, "size", None) or (None, None)
-    pipeline.warmup(*size)
+    width, height = source.size or (None, None)
+    pipeline.warmup(width, height)
     t_start = time.perf_counter()
     last_print = t_start
     frame_times: collections.deque[float] = collections.deque(maxlen=30)  # the HUD's fps: the last 30 frames
@@ -206,9 +223,9 @@ def _run(args: argparse.Namespace) -> int:
 
     def sample(now: float) -> None:
         timeline.append({"t_s": round(now - t_start, 2), "frames": pipeline.frames_done,
-                         "dropped_frames": int(getattr(source, "dropped", 0)), "rss_mib": round(rss_mib(), 1)})
+                         "dropped_frames": source.dropped, "rss_mib": round(rss_mib(), 1)})
 
-    def show(result: Any) -> None:
+    def show(result: FrameResult) -> None:
         image = result.rendered if result.rendered is not None else result.frame.image
         now = time.perf_counter()
         frame_times.append(now)
@@ -217,9 +234,9 @@ def _run(args: argparse.Namespace) -> int:
         session.record(image)
         senders.publish(result)
         if window is not None:
-            window.show(draw_hud(image, fps, result.stage_ms, len(result.faces), session.mode, session.recorder is not None))
+            window.show(draw_hud(image, fps, result.stage_ms, len(result.faces), session.mode, session.recording))
 
-    def on_frame(result: Any) -> bool:
+    def on_frame(result: FrameResult) -> bool:
         nonlocal last_print
         if window is not None:
             for key in window.poll():
@@ -234,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
             next_sample += args.stats_every
         if window is None and now - last_print > 5.0:
             last_print = now
-            st = pipeline.stats.summary()["stages"]
+            st = pipeline.stats.stages()
             log.info("%d frames  %s", pipeline.frames_done,
                      "  ".join(f"{s} {st[s]['p50_ms']}" for s in HUD_STAGES if st[s]["n"]))
         if args.duration is not None and now - t_start > args.duration:
@@ -250,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         session.stop_recording()
         stats = pipeline.stats.summary()
-        stats["dropped_frames"] = int(getattr(source, "dropped", 0))
+        stats["dropped_frames"] = source.dropped
         if args.json_stats:
             sample(time.perf_counter())
             stats["timeline"] = timeline

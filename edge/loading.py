@@ -118,7 +118,7 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.
         return 2
 
 
-def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+def add_verbose_argument(parser: argparse._ActionsContainer) -> None:  # a parser or one of its argument groups
     """``--verbose``: show what MediaPipe's native libraries (TFLite, absl) log, and library warnings."""
     parser.add_argument("--verbose", action="store_true",
                         help="show the log lines of MediaPipe's native libraries (TFLite, absl) and library warnings")

@@ -44,15 +44,22 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.fileutil import error_line, write_json_atomic
+from mlanet.model_metadata import ModelMetadata
 from mlanet.params import ParamLayout
+from mlanet.edge.frames.base import FrameSource
 from mlanet.edge.sinks import PARAMS_ARRAYS, OutputSink, ParamRows, RunContext, sinks_for
+from mlanet.edge.sinks.base import TextureFn
 from mlanet.edge.types import FrameResult
+
+if TYPE_CHECKING:
+    from mlanet.edge.pipeline import PipelineCfg
+    from mlanet.morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +111,10 @@ class VideoRunOutputs:
     Args:
         out_dir: output folder (created).
         face_model: the MorphableModel the parameters belong to.
-        backend_metadata: the backend's ``metadata`` (a ModelMetadata, recorded in run.json as its ``to_dict()``).
-        source: the frame source (name, fps, size).
-        pipeline_cfg: the PipelineCfg (recorded).
+        backend_metadata: the backend's ``metadata`` (recorded in run.json as its ``to_dict()``), or a
+            JSON-able mapping recorded as it is (tests and tools without an artifact).
+        source: the frame source (its name and fps are recorded; fps 25 when it has none).
+        pipeline_cfg: the PipelineCfg (recorded), or None (recorded as null).
         options: :class:`OutputOptions`.
         resume: continue a previous run in ``out_dir`` instead of refusing to overwrite it.
         argv: the command line (recorded).
@@ -117,21 +125,21 @@ class VideoRunOutputs:
         self,
         out_dir: Path,
         *,
-        face_model: Any,
-        backend_metadata: Any,
-        source: Any,
-        pipeline_cfg: Any,
+        face_model: MorphableModel,
+        backend_metadata: ModelMetadata | Mapping[str, Any],
+        source: FrameSource,
+        pipeline_cfg: PipelineCfg | None,
         options: OutputOptions = OutputOptions(),
         resume: bool = False,
         argv: list[str] | None = None,
-        texture_fn: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+        texture_fn: TextureFn | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.face_model = face_model
         self.layout: ParamLayout = face_model.layout
         self.options = options
-        self.source_name = str(getattr(source, "name", source))
-        self.fps = float(getattr(source, "fps", None) or 25.0)
+        self.source_name = source.name
+        self.fps = float(source.fps or 25.0)
         self.first_track_id = 0
         self._t0_ns: int | None = None
         run_file = self.out_dir / "run.json"
@@ -153,7 +161,7 @@ class VideoRunOutputs:
             "input": self.source_name,
             "fps": self.fps,
             "argv": list(argv) if argv else None,
-            "backend": backend_metadata.to_dict() if hasattr(backend_metadata, "to_dict") else backend_metadata,
+            "backend": backend_metadata.to_dict() if isinstance(backend_metadata, ModelMetadata) else dict(backend_metadata),
             "face_model": face_model.describe(),
             "layout": self.layout.to_dict(),
             "pipeline": _jsonable(asdict(pipeline_cfg)) if pipeline_cfg is not None else None,
@@ -176,11 +184,28 @@ class VideoRunOutputs:
         self._write_run("running")  # from here on the folder always says what state the run is in
 
     # the run's state lives in the context the sinks share
-    frames_done = property(lambda self: self.ctx.frames_done, lambda self, v: setattr(self.ctx, "frames_done", v),
-                           doc="Frames fully written so far.")
-    start_frame = property(lambda self: self.ctx.start_frame, doc="The frame the run (re)started at.")
-    texture_fn = property(lambda self: self.ctx.texture_fn, lambda self, fn: setattr(self.ctx, "texture_fn", fn),
-                          doc="``(frame_rgb, FaceFit) -> (T, T, 3) uint8`` photo texture for the GLBs, or None.")
+    @property
+    def frames_done(self) -> int:
+        """Frames fully written so far."""
+        return self.ctx.frames_done
+
+    @frames_done.setter
+    def frames_done(self, value: int) -> None:
+        self.ctx.frames_done = value
+
+    @property
+    def start_frame(self) -> int:
+        """The frame the run (re)started at (0 for a new run)."""
+        return self.ctx.start_frame
+
+    @property
+    def texture_fn(self) -> TextureFn | None:
+        """``(frame_rgb, FaceFit) -> (T, T, 3) uint8`` photo texture for the GLBs, or None."""
+        return self.ctx.texture_fn
+
+    @texture_fn.setter
+    def texture_fn(self, fn: TextureFn | None) -> None:
+        self.ctx.texture_fn = fn
 
     # ------------------------------------------------------------------ resume
 
@@ -255,8 +280,8 @@ class VideoRunOutputs:
             except Exception as exc:  # noqa: BLE001 - recorded in run.json; see the docstring
                 errors.append(exc)
         raise_first = bool(errors) and status != "failed"
-        for exc in errors[1 if raise_first else 0:]:
-            log.warning("%s: could not finalise every file: %s", self.out_dir, error_line(exc))
+        for later in errors[1 if raise_first else 0:]:
+            log.warning("%s: could not finalise every file: %s", self.out_dir, error_line(later))
         if raise_first:
             status, reason = "failed", error_line(errors[0])
         if status == "failed":

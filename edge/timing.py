@@ -118,12 +118,19 @@ class StageStats:
         idx = np.arange(first, self._n) % self.window
         return self._table[idx]
 
-    def summary(self) -> dict[str, object]:
+    def stages(self) -> dict[str, dict[str, float | int]]:
+        """Per stage (the :data:`STAGES` first, then any other in name order): ``n`` frames and
+        ``p50_ms`` / ``p95_ms`` / ``mean_ms`` / ``max_ms`` (None when ``n`` is 0), after warm-up."""
         used = self._used()
         stages = {}
         for s in (*STAGES, *sorted(set(self._cols) - set(STAGES))):
             col = self._cols.get(s)
             stages[s] = _summary([] if col is None else used[:, col][~np.isnan(used[:, col])].tolist())
+        return stages
+
+    def summary(self) -> dict[str, object]:
+        used = self._used()
+        stages = self.stages()
         stage_cols = sorted(self._cols.values())
         block = used[:, stage_cols].astype(np.float64) if stage_cols else np.zeros((len(used), 0))
         present = ~np.isnan(block).all(axis=1) if stage_cols else np.zeros(len(used), bool)

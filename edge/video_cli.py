@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlanet.errors import MLANetError
 from mlanet.fileutil import check_writable_dir, check_writable_file, error_line
@@ -25,6 +26,12 @@ from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, floa
                       run_cli)
 from mlanet.edge.send import LiveSenders, add_send_arguments
 from mlanet.edge.sinks import meshes_needed, registered_sinks
+from mlanet.edge.types import FrameResult
+
+if TYPE_CHECKING:
+    from mlanet.edge.frames import FrameSource
+    from mlanet.edge.outputs import VideoRunOutputs
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +107,14 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help="opacity of the mesh over the frame, in (0, 1] (default 1)")
 
 
-def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True):
+def pipeline_cfg_from_args(args: argparse.Namespace, *, render: bool = True) -> PipelineCfg:
     """:class:`PipelineCfg` from the pipeline arguments (defaults < --config < --set < flags)."""
     from mlanet.config import load_config
     from mlanet.edge.pipeline import PipelineCfg
     from mlanet.edge.reconstruct import FOV_RANGE_DEG
 
     try:
-        cfg = load_config(PipelineCfg, getattr(args, "config", None), getattr(args, "set", None) or [])
+        cfg = load_config(PipelineCfg, args.config, args.set or [])
     except (ValueError, TypeError) as exc:  # a value PipelineCfg / TrackerCfg / FilterCfg refuses
         raise MLANetError(f"--config/--set: {exc}") from None
     tracker = cfg.tracker
@@ -178,16 +185,18 @@ def _run(args: argparse.Namespace) -> int:
         senders.close()
         backend.close()
         raise
-    outputs = None
-    pipeline = None
+    outputs: VideoRunOutputs | None = None
+    pipeline: FacePipeline | None = None
     status, interrupted = "complete", False
     failure: Exception | None = None  # what ended the run early (recorded in run.json, then reported)
-    msg = stats = None
+    msg: str | None = None  # the input's damage, if any
+    stats: dict[str, Any] | None = None  # per-stage timing
+    lost_frames: list[int] = []  # frames of the input lost to damage
     t0 = time.perf_counter()
     try:
         outputs = VideoRunOutputs(
             Path(args.out), face_model=face_model, backend_metadata=backend.metadata, source=source,
-            pipeline_cfg=cfg, options=options, resume=args.resume, argv=sys.argv if args is not None else None,
+            pipeline_cfg=cfg, options=options, resume=args.resume, argv=sys.argv,
         )
         if outputs.start_frame:
             source.close()
@@ -210,12 +219,12 @@ def _run(args: argparse.Namespace) -> int:
         bar = Progress(total or 1, "mlanet-video", enabled=not args.quiet)
         wall0 = time.perf_counter()
 
-        def on_frame(result) -> None:
+        def on_frame(result: FrameResult) -> None:
             done = outputs.frames_done
             el = time.perf_counter() - wall0
             bar.update(done, fps=(done - outputs.start_frame) / el if el > 0 else 0.0, faces=len(result.faces))
 
-        def write(result) -> None:
+        def write(result: FrameResult) -> None:
             try:
                 outputs.write(result)
             except OSError as exc:
@@ -239,11 +248,11 @@ def _run(args: argparse.Namespace) -> int:
         if outputs is not None:
             stats = pipeline.stats.summary() if pipeline is not None else None
             msg = _damage(source)
-            outputs.run_info["lost_frames"] = [int(i) for i in getattr(source, "lost_frames", ())]
+            lost_frames = outputs.run_info["lost_frames"] = [int(i) for i in source.lost_frames]
             outputs.finish(status=status, message=msg, reason=None if failure is None else error_line(failure),
                            stats=stats, elapsed_s=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - finishing failed (a full disk): finish() recorded "failed"
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and outputs is not None:
             _name_output_folder(exc, outputs.out_dir)
         if failure is None:
             failure = exc
@@ -270,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
               f"Run the same command with --resume to continue.", file=sys.stderr)
         return 130
     if status == "input_damaged":
-        read = n - len([i for i in outputs.run_info["lost_frames"] if i < n])
+        read = n - len([i for i in lost_frames if i < n])
         print(f"mlanet-video: {msg}. Outputs in {args.out} cover the {read} frames that could be read "
               "(lost frames are black in the overlay).", file=sys.stderr)
         return 0
@@ -278,9 +287,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _damage(source) -> str | None:
+def _damage(source: FrameSource) -> str | None:
     """The source's message about damage to the input (frames lost, an early stop), or None."""
-    return getattr(source, "damaged", None) or getattr(source, "stopped_early", None)
+    return source.damaged or source.stopped_early
 
 
 def _name_output_folder(exc: OSError, out_dir: Path) -> None:

@@ -96,9 +96,11 @@ class GlfwWindow:
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise RuntimeStageError(NO_DISPLAY_MESSAGE)
         self._glfw, self._mgl = glfw, moderngl
-        self._window: Any = None
-        self.ctx: Any = None
-        self._objects: list[Any] = []
+        self._window: Any = None  # a pyGLFW window handle (ctypes pointer)
+        self.ctx: Any = None  # the moderngl.Context (None once closed)
+        self._objects: list[Any] = []  # moderngl objects released by close(), newest last
+        self._texture: Any = None  # the frame's moderngl.Texture, made at the first draw and on a size change
+        self._keys: list[str] = []
         errors: list[str] = []
         def on_error(code: int, text: Any) -> None:
             errors.append(f"{code}: {text.decode() if isinstance(text, bytes) else text}")
@@ -124,7 +126,6 @@ class GlfwWindow:
             glfw.make_context_current(self._window)
             glfw.swap_interval(1 if vsync else 0)
             self.ctx = moderngl.create_context(require=330)
-            self._keys: list[str] = []
             self._names = _key_names(glfw)
             glfw.set_key_callback(self._window, self._on_key)
             self._program = self._keep(
@@ -135,7 +136,6 @@ class GlfwWindow:
             self._program["u_frame"].value = 0
             self._corners = self._keep(self.ctx.buffer(reserve=4 * 2 * 4))
             self._vao = self._keep(self.ctx.vertex_array(self._program, [(self._corners, "2f", "in_pixel")]))
-            self._texture: Any = None
             self._sampler = self._keep(
                 self.ctx.sampler(repeat_x=False, repeat_y=False, filter=(moderngl.LINEAR, moderngl.LINEAR))
             )
@@ -222,7 +222,7 @@ class GlfwWindow:
         for obj in reversed(self._objects):
             obj.release()
         self._objects.clear()
-        if getattr(self, "_texture", None) is not None:
+        if self._texture is not None:
             self._texture.release()
             self._texture = None
         if self.ctx is not None:

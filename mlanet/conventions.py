@@ -19,7 +19,7 @@ Model frame (every face model after loading)
 
 Triangles
     int32, counter-clockwise front faces as seen from the camera *in a y-up view* (OpenGL
-    NDC after :func:`mlanet.geometry.camera.PinholeCamera.to_clip`), so that
+    NDC after :meth:`mlanet.geometry.camera.PinholeCamera.projection_matrix_gl`), so that
     ``(v1 - v0) x (v2 - v0)`` is the outward normal. In image pixel coordinates (y down) a
     front face has *negative* shoelace area (it appears clockwise).
 

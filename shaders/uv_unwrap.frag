@@ -12,7 +12,7 @@
 // coordinate (u, v) / image size (frame row 0 at t = 0). The depth texture is in GL window
 // coordinates, so it is addressed through u_proj (PinholeCamera.projection_matrix_gl) and GL's
 // viewport transform, window = (ndc.xy * 0.5 + 0.5) * size; its stored window depth d maps back to
-// camera z by inverting to_clip's z_ndc = (f + n) / (f - n) - 2 f n / ((f - n) z), z_ndc = 2 d - 1.
+// camera z by inverting projection_matrix_gl's z_ndc = (f + n) / (f - n) - 2 f n / ((f - n) z), z_ndc = 2 d - 1.
 uniform sampler2D u_frame;
 uniform sampler2D u_depth;
 uniform mat3 u_K;

@@ -80,6 +80,20 @@ def _isolated_asset_home(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
+def gl_clip():
+    """``clip(camera, points (B, N, 3), near, far) -> (B, N, 4)``: OpenGL clip coordinates of camera-frame
+    points (metres) through ``PinholeCamera.projection_matrix_gl``, the matrix the renderer uploads as
+    ``u_proj`` (what its vertex shaders compute; tests feed them to clip-space shaders and compare)."""
+    import torch
+
+    def clip(camera, points, near: float, far: float):
+        homog = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+        return (camera.projection_matrix_gl(near, far)[:, None] @ homog[..., None])[..., 0]
+
+    return clip
+
+
+@pytest.fixture(scope="session")
 def shared() -> Path:
     path = shared_dir()
     if not (path / ICT_ARCHIVE).is_file():

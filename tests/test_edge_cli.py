@@ -272,11 +272,12 @@ def test_live_session_keys(tmp_path):
     s.on_key("f")
     assert pipe.filters.cfg.enabled is False
     s.on_key("r")
+    assert s.recording and s.recorder is None  # the writer opens at the first frame (its size)
     s.record(np.zeros((48, 64, 3), np.uint8))
     s.record(np.zeros((48, 64, 3), np.uint8))
     path = s.record_path
     s.on_key("r")
-    assert s.recorder is None and _count_video_frames(path)[0] == 2
+    assert s.recorder is None and not s.recording and _count_video_frames(path)[0] == 2
     s.on_key("q")
     assert s.quit
 

@@ -18,6 +18,7 @@ W, H = 160, 120
 
 class FakeSource:
     name, fps, is_live, stopped_early = "fake", 30.0, False, None
+    independent_frames, damaged, lost_frames = False, None, ()  # the rest of what a FrameSource says
 
     def __init__(self, n=10):
         self.n_frames = n

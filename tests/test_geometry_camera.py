@@ -140,36 +140,33 @@ def test_points_behind_or_on_camera_plane_are_finite() -> None:
 # ---------------------------------------------------------------------------- OpenGL
 
 
-def test_to_clip_matches_project_and_matrix() -> None:
+def test_gl_projection_matches_project(gl_clip) -> None:
     cam = _camera()
     p = _points()
     near, far = 0.1, 10.0
-    clip = cam.to_clip(p, near, far)
+    assert cam.projection_matrix_gl(near, far).shape == (2, 4, 4)
+    clip = gl_clip(cam, p, near, far)
     assert clip.shape == (2, 20, 4)
     torch.testing.assert_close(clip[..., 3], p[..., 2])  # w_clip = z
     ndc = clip[..., :3] / clip[..., 3:]
     uv = cam.project(p)
     torch.testing.assert_close(ndc[..., 0], 2 * uv[..., 0] / cam.width - 1)
     torch.testing.assert_close(ndc[..., 1], 1 - 2 * uv[..., 1] / cam.height)
-    P = cam.projection_matrix_gl(near, far)
-    assert P.shape == (2, 4, 4)
-    homog = torch.cat([p, torch.ones_like(p[..., :1])], dim=-1)
-    torch.testing.assert_close((P[:, None] @ homog[..., None])[..., 0], clip)
     # depth: near -> -1, far -> +1, monotone in between
     zs = torch.tensor([[[0.0, 0.0, near], [0.0, 0.0, 1.0], [0.0, 0.0, far]]], dtype=torch.float64).expand(2, 3, 3)
-    c = cam.to_clip(zs, near, far)
+    c = gl_clip(cam, zs, near, far)
     z_ndc = c[..., 2] / c[..., 3]
     torch.testing.assert_close(z_ndc[:, 0], torch.full((2,), -1.0, dtype=torch.float64))
     torch.testing.assert_close(z_ndc[:, 2], torch.full((2,), 1.0, dtype=torch.float64))
     assert bool((z_ndc[:, 0] < z_ndc[:, 1]).all() and (z_ndc[:, 1] < z_ndc[:, 2]).all())
 
 
-def test_gl_window_coordinates_match_pixels() -> None:
+def test_gl_window_coordinates_match_pixels(gl_clip) -> None:
     # GL window coords with glViewport(0, 0, W, H): x_w = (x_ndc + 1) W / 2, y_w = (y_ndc + 1) H / 2,
     # origin bottom-left; reading the framebuffer top-down maps y_w to image row coordinate H - y_w.
     cam = _camera()
     p = _points()
-    clip = cam.to_clip(p, 0.05, 20.0)
+    clip = gl_clip(cam, p, 0.05, 20.0)
     ndc = clip[..., :2] / clip[..., 3:]
     x_w = (ndc[..., 0] + 1) * cam.width / 2
     y_w = (ndc[..., 1] + 1) * cam.height / 2
@@ -178,7 +175,7 @@ def test_gl_window_coordinates_match_pixels() -> None:
     torch.testing.assert_close(cam.height - y_w, uv[..., 1])
 
 
-def test_front_face_winding_convention() -> None:
+def test_front_face_winding_convention(gl_clip) -> None:
     # A triangle 1 m in front of the camera whose (v1 - v0) x (v2 - v0) points towards the camera.
     tri = torch.tensor([[[0.0, 0.0, 1.0], [0.1, 0.0, 1.0], [0.0, -0.1, 1.0]]], dtype=torch.float64)
     n = face_normals(tri, torch.tensor([[0, 1, 2]], dtype=torch.int32))[0, 0]
@@ -187,14 +184,14 @@ def test_front_face_winding_convention() -> None:
     cam = PinholeCamera.from_fov(64, 48, 1.0, dtype=torch.float64)
     pixels = cam.project(tri)[0]
     assert float(_shoelace(pixels)) < 0  # negative shoelace area in y-down pixel coordinates
-    clip = cam.to_clip(tri, 0.1, 10.0)[0]
+    clip = gl_clip(cam, tri, 0.1, 10.0)[0]
     ndc = clip[:, :2] / clip[:, 3:]
     assert float(_shoelace(ndc)) > 0  # counter-clockwise in NDC: front face under glFrontFace(GL_CCW)
     # flipping the winding flips all three signs
     flipped = tri[:, [0, 2, 1]]
     assert float(face_normals(flipped, torch.tensor([[0, 1, 2]]))[0, 0, 2]) > 0
     assert float(_shoelace(cam.project(flipped)[0])) > 0
-    c = cam.to_clip(flipped, 0.1, 10.0)[0]
+    c = gl_clip(cam, flipped, 0.1, 10.0)[0]
     assert float(_shoelace(c[:, :2] / c[:, 3:])) < 0
 
 
@@ -251,7 +248,7 @@ def test_crop_resize_per_camera_boxes() -> None:
 # ---------------------------------------------------------------------------- gradients
 
 
-def test_gradcheck_project_points_and_intrinsics() -> None:
+def test_gradcheck_project_points_and_intrinsics(gl_clip) -> None:
     p = _points(batch=2, n=3).requires_grad_(True)
     fx = torch.tensor([500.0, 450.0], dtype=torch.float64, requires_grad=True)
     fy = torch.tensor([510.0, 440.0], dtype=torch.float64, requires_grad=True)
@@ -263,8 +260,8 @@ def test_gradcheck_project_points_and_intrinsics() -> None:
 
     assert torch.autograd.gradcheck(f, (p, fx, fy, cx, cy))
 
-    def g(points, fx, fy, cx, cy):
-        return PinholeCamera(fx, fy, cx, cy, 640, 480).to_clip(points, 0.1, 10.0)
+    def g(points, fx, fy, cx, cy):  # the GL projection matrix, applied to the points
+        return gl_clip(PinholeCamera(fx, fy, cx, cy, 640, 480), points, 0.1, 10.0)
 
     assert torch.autograd.gradcheck(g, (p, fx, fy, cx, cy))
 
@@ -294,13 +291,11 @@ def test_bad_shapes_raise() -> None:
     with pytest.raises(ValueError):
         cam.unproject(torch.zeros(2, 20, 3), torch.zeros(2, 20))
     with pytest.raises(ValueError):
-        cam.to_clip(torch.zeros(2, 5, 3), 0.0, 1.0)
+        cam.projection_matrix_gl(0.0, 1.0)
     with pytest.raises(ValueError):
-        cam.to_clip(torch.zeros(2, 5, 3), 2.0, 1.0)
+        cam.projection_matrix_gl(2.0, 1.0)
     with pytest.raises(ValueError):
         cam.projection_matrix_gl(-1.0, 1.0)
-    with pytest.raises(ValueError):
-        cam.to_clip(torch.zeros(2, 5, 4), 0.1, 1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -311,6 +306,6 @@ def test_cuda_matches_cpu() -> None:
     gcam = cam.to("cuda")
     assert gcam.device.type == "cuda"
     torch.testing.assert_close(gcam.project(p.cuda()).cpu(), cam.project(p))
-    torch.testing.assert_close(gcam.to_clip(p.cuda(), 0.1, 10.0).cpu(), cam.to_clip(p, 0.1, 10.0))
+    torch.testing.assert_close(gcam.projection_matrix_gl(0.1, 10.0).cpu(), cam.projection_matrix_gl(0.1, 10.0))
     torch.testing.assert_close(gcam.crop_resize(1.0, 2.0, 30.0, 40.0, 8, 8).intrinsics().cpu(),
                                cam.crop_resize(1.0, 2.0, 30.0, 40.0, 8, 8).intrinsics())

@@ -10,7 +10,7 @@ from mlanet.shaders import load_shader
 pytestmark = pytest.mark.gl
 
 
-def test_triangle_lands_where_the_camera_projects_it():
+def test_triangle_lands_where_the_camera_projects_it(gl_clip):
     import moderngl
 
     W, H = 64, 48
@@ -21,7 +21,7 @@ def test_triangle_lands_where_the_camera_projects_it():
         pts = torch.tensor([[[-0.30, -0.30, 2.0], [-0.30, -0.05, 2.0], [-0.05, -0.30, 2.0]]])
         n = torch.cross(pts[0, 1] - pts[0, 0], pts[0, 2] - pts[0, 0], dim=0)
         assert n[2] < 0
-        clip = cam.to_clip(pts, near=0.1, far=10.0)[0].numpy().astype("f4")
+        clip = gl_clip(cam, pts, near=0.1, far=10.0)[0].numpy().astype("f4")
         prog = ctx.program(vertex_shader=load_shader("flat_color.vert"), fragment_shader=load_shader("flat_color.frag"))
         prog["u_color"].value = (1.0, 0.0, 0.0, 1.0)
         vao = ctx.vertex_array(prog, [(ctx.buffer(clip.tobytes()), "4f", "in_clip")])

@@ -260,7 +260,7 @@ def test_render_mesh_background_and_types() -> None:
 
 
 @pytest.mark.gl
-def test_matches_opengl_on_the_synthetic_face(synthetic_model) -> None:
+def test_matches_opengl_on_the_synthetic_face(synthetic_model, gl_clip) -> None:
     import moderngl
 
     from mlanet.shaders import load_shader
@@ -279,7 +279,7 @@ def test_matches_opengl_on_the_synthetic_face(synthetic_model) -> None:
     ctx = moderngl.create_standalone_context(backend="egl")
     try:
         prog = ctx.program(vertex_shader=load_shader("tri_id.vert"), fragment_shader=load_shader("tri_id.frag"))
-        clip = cam.to_clip(verts, near=near, far=far)[0][tris.reshape(-1)].numpy().astype("f4")  # unindexed
+        clip = gl_clip(cam, verts, near=near, far=far)[0][tris.reshape(-1)].numpy().astype("f4")  # unindexed
         ids = np.repeat(np.arange(len(tris), dtype="i4"), 3)
         vao = ctx.vertex_array(prog, [(ctx.buffer(clip.tobytes()), "4f", "in_clip"), (ctx.buffer(ids.tobytes()), "i", "in_id")])
         depth_tex = ctx.depth_texture((size, size))

@@ -49,11 +49,20 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 
 from mlanet.errors import MLANetError
+
+if TYPE_CHECKING:  # torch and the runtime are imported only when a clip is run
+    from mlanet.preprocess import CropBox
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.backends.base import InferenceBackend
+    from mlanet.edge.frames import FrameSource
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.types import Detection, Frame, FrameResult
+    from mlanet.edge.evaluation.jitter import WindowReference
 
 #: MediaPipe 468 indices: inner-lip midpoints (upper, lower).
 MP468_INNER_LIP: tuple[int, int] = (13, 14)
@@ -346,10 +355,10 @@ def expression_summary(
         "eye_aperture": distribution(apertures.mean(axis=1)),
     }
     for target, key in (("jaw_open_vs_lip_gap", "lip_gap"), ("eye_blink_vs_eye_closure", "eye_aperture")):
-        d, lo = dists[key], MIN_REFERENCE_RANGE[key]
-        if corr[target]["r"] is not None and d["p95"] - d["p5"] < lo:
+        p5, p95, lo = dists[key]["p5"], dists[key]["p95"], MIN_REFERENCE_RANGE[key]
+        if corr[target]["r"] is not None and p5 is not None and p95 is not None and p95 - p5 < lo:
             warnings.append(f"{target}: the {key.replace('_', ' ')} hardly varies in this clip (p5-p95 range "
-                            f"{d['p95'] - d['p5']:.3f} < {lo:g}): r mostly measures noise")
+                            f"{p95 - p5:.3f} < {lo:g}): r mostly measures noise")
     return {
         "frames_used": int(n),
         "correlations": corr,
@@ -382,13 +391,13 @@ class FaceSample:
 
 
 def collect_samples(
-    source: Iterable[Any],
-    pipeline: Any,
-    reference: Callable[[np.ndarray, Any], np.ndarray | None] | None,
+    source: Iterable[Frame],
+    pipeline: FacePipeline,
+    reference: Callable[[np.ndarray, CropBox], np.ndarray | None] | None,
     *,
     every: int = 1,
     max_frames: int | None = None,
-    on_frame: Callable[[Any], None] | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
 ) -> tuple[list[FaceSample], dict[str, Any]]:
     """Run ``pipeline`` over every ``every``-th frame of ``source`` (at most ``max_frames`` of them).
 
@@ -405,7 +414,7 @@ def collect_samples(
     cuts: list[int] = []
     with_face = [0]
 
-    def sink(result: Any) -> None:
+    def sink(result: FrameResult) -> None:
         faces = result.faces
         if result.scene_cut:
             cuts.append(int(result.frame.index))
@@ -478,7 +487,7 @@ def clip_record(samples: Sequence[FaceSample], info: Mapping[str, Any], names: S
     }
 
 
-def open_clip(path: str | Path) -> Any:
+def open_clip(path: str | Path) -> FrameSource:
     """The clip's frame source (a video file, or a folder of frames read as one sequence).
 
     Raises:
@@ -498,12 +507,12 @@ def open_clip(path: str | Path) -> Any:
 
 def evaluate_clip(
     path: str | Path,
-    backend: Any,
-    face_model: Any,
-    cfg: Any,
+    backend: InferenceBackend,
+    face_model: MorphableModel,
+    cfg: PipelineCfg,
     *,
-    detector: Any = None,
-    reference: Any = None,
+    detector: Callable[[np.ndarray], Sequence[Detection]] | None = None,
+    reference: WindowReference | None = None,
     every: int = 1,
     max_frames: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -530,8 +539,8 @@ def evaluate_clip(
 
     path = Path(path).expanduser()
     names = list(face_model.expression_names)
-    arkit = getattr(face_model, "arkit_names", None)
-    target_indices(names, arkit, source=f"face model {getattr(face_model, 'model_id', '')}".strip())
+    arkit = face_model.arkit_names
+    target_indices(names, arkit, source=f"face model {face_model.model_id}")
     cfg = replace(cfg, render_mode=None, overlays=(), meshes=False)
     source = open_clip(path)
     pipeline = None
@@ -546,14 +555,14 @@ def evaluate_clip(
             total = min(total, max_frames) if total else max_frames
         done = [0]
 
-        def on_frame(_: Any) -> None:
+        def on_frame(_: FrameResult) -> None:
             done[0] += 1
             if progress is not None:
                 progress(done[0], total or done[0])
 
         samples, info = collect_samples(source, pipeline, reference, every=every, max_frames=max_frames,
                                         on_frame=on_frame)
-        size, fps = getattr(source, "size", None), getattr(source, "fps", None)
+        size, fps = source.size, source.fps
     finally:
         if pipeline is not None:
             pipeline.close()
@@ -586,7 +595,7 @@ def _fmt_dist(d: Mapping[str, Any]) -> str:
     return "n/a" if d["n"] == 0 else "/".join(f"{d[k]:.2f}" for k in keys)
 
 
-def print_table(clips: Sequence[Mapping[str, Any]], out: Any = None) -> None:
+def print_table(clips: Sequence[Mapping[str, Any]], out: TextIO | None = None) -> None:
     """The readable per-clip table (stdout by default)."""
     out = out or sys.stdout
     print(f"Expression tracking (Pearson r on frames with one fitted face and a MediaPipe reference; targets: jawOpen "

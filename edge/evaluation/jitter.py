@@ -52,7 +52,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,10 @@ from mlanet.errors import MLANetError
 
 if TYPE_CHECKING:  # torch is imported only when a clip is run (keeps `mlanet --help` fast)
     from mlanet.preprocess import CropBox
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.backends.base import InferenceBackend
+    from mlanet.edge.pipeline import FacePipeline, PipelineCfg
+    from mlanet.edge.types import Detection, Frame, FrameResult
 
 #: Head speed (percent of the face size per frame) below which a frame is near-static.
 STATIC_SPEED_PERCENT = 0.5
@@ -201,12 +205,12 @@ class WindowReference:
 
 
 def collect_tracks(
-    source: Iterable[Any],
-    pipeline: Any,
-    reference: Callable[[np.ndarray, "CropBox"], np.ndarray | None] | None,
+    source: Iterable[Frame],
+    pipeline: FacePipeline,
+    reference: Callable[[np.ndarray, CropBox], np.ndarray | None] | None,
     *,
     max_frames: int | None = None,
-    on_frame: Callable[[Any], None] | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
 ) -> tuple[dict[int, list[TrackFrame]], dict[str, Any]]:
     """Run ``pipeline`` (filter enabled) over ``source``; per track id, its :class:`TrackFrame` list.
 
@@ -219,15 +223,18 @@ def collect_tracks(
     cuts: list[int] = []
     faces_per_frame: list[int] = []
 
-    def sink(result: Any) -> None:
+    def sink(result: FrameResult) -> None:
         faces = result.faces
         faces_per_frame.append(len(faces))
         if result.scene_cut:
             cuts.append(int(result.frame.index))
         if not faces:
             return
+        camera = pipeline.camera
+        if camera is None:  # set by the frame that produced this result
+            raise RuntimeError("the pipeline returned faces without a frame camera")
         flat = np.stack([f.raw_params for f in faces] + [f.params for f in faces])
-        lm = np.asarray(pipeline.decoder.landmarks2d(flat, pipeline.camera), np.float64)
+        lm = np.asarray(pipeline.decoder.landmarks2d(flat, camera), np.float64)
         n = len(faces)
         for i, f in enumerate(faces):
             ref = reference(result.frame.image, f.box) if reference is not None else None
@@ -347,11 +354,11 @@ def jitter_report(tracks: Mapping[int, list[TrackFrame]], static_speed_percent: 
 
 def evaluate_clip(
     path: str | Path,
-    backend: Any,
-    face_model: Any,
-    cfg: Any,
+    backend: InferenceBackend,
+    face_model: MorphableModel,
+    cfg: PipelineCfg,
     *,
-    detector: Any = None,
+    detector: Callable[[np.ndarray], Sequence[Detection]] | None = None,
     reference: WindowReference | None = None,
     static_speed_percent: float = STATIC_SPEED_PERCENT,
     max_frames: int | None = None,
@@ -392,14 +399,13 @@ def evaluate_clip(
             total = min(total, max_frames) if total else max_frames
         done = [0]
 
-        def on_frame(_: Any) -> None:
+        def on_frame(_: FrameResult) -> None:
             done[0] += 1
             if progress is not None:
                 progress(done[0], total or done[0])
 
         tracks, info = collect_tracks(source, pipeline, reference, max_frames=max_frames, on_frame=on_frame)
-        size = getattr(source, "size", None)
-        fps = getattr(source, "fps", None)
+        size, fps = source.size, source.fps
     finally:
         if pipeline is not None:
             pipeline.close()
@@ -421,6 +427,6 @@ def evaluate_clip(
     }
 
 
-def pipeline_description(cfg: Any) -> dict[str, Any]:
+def pipeline_description(cfg: PipelineCfg) -> dict[str, Any]:
     """JSON-ready :class:`~mlanet.edge.pipeline.PipelineCfg` (tracker and filter settings)."""
     return {"fov_deg": cfg.fov_deg, "tracker": asdict(cfg.tracker), "filter": asdict(cfg.filter)}

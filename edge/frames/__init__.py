@@ -100,6 +100,7 @@ def open_source(
         if start_frame:
             raise ValueError("start_frame applies to video files and image folders, not to cameras")
         return CameraSource(camera, width, height, fps)
+    assert not isinstance(spec, int)  # an int is a camera (returned above)
 
     path = Path(spec).expanduser()
     if path.is_dir():

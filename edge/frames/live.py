@@ -332,12 +332,12 @@ class LiveReplaySource(LiveSource):
         self.fps = float(rate) if rate and math.isfinite(rate) and rate > 0 else None
         self.size = inner.size
         self.n_frames = None if loop else inner.n_frames
-        self.independent_frames = bool(getattr(inner, "independent_frames", False))
+        self.independent_frames = inner.independent_frames
 
     def _produce(self) -> None:
         stop = self._stop
         period_ns = _NS / self.fps if self.fps else 0.0
-        next_due = time.monotonic_ns()
+        next_due: float = time.monotonic_ns()  # ns
         offset = 0
         while True:
             last = None
@@ -353,8 +353,8 @@ class LiveReplaySource(LiveSource):
                 self.size = (frame.width, frame.height)
                 self._emit(dataclasses.replace(frame, index=last, t_capture_ns=time.monotonic_ns()))
             self.stopped_early = self.inner.stopped_early
-            self.damaged = getattr(self.inner, "damaged", None) or self.damaged
-            self.lost_frames = self.lost_frames + tuple(i + offset for i in getattr(self.inner, "lost_frames", ()))
+            self.damaged = self.inner.damaged or self.damaged
+            self.lost_frames = self.lost_frames + tuple(i + offset for i in self.inner.lost_frames)
             if not self.loop or last is None or stop.is_set():
                 return
             offset = last + 1

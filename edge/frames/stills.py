@@ -9,7 +9,6 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -120,8 +119,9 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _natural_key(path: Path) -> list[Any]:
-    """Sort key ``img2.png`` < ``img10.png``; case-insensitive."""
+def _natural_key(path: Path) -> list[int | str]:
+    """Sort key ``img2.png`` < ``img10.png``; case-insensitive (text and numbers alternate, text first,
+    so two keys compare str with str and int with int)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 

@@ -403,7 +403,9 @@ class VideoFileSource(FrameSource):
         stream = video.stream
         time_base = stream.time_base
         start_pts = stream.start_time
-        first = video.first
+        first, first_image = video.first, video.first_image
+        if first is None or first_image is None:  # _open pulls the first frame or raises
+            raise SourceError(f"{self.name}: the video was not opened")
         index, last_pts, errors_seen = -1, None, 0
         try:
             for index, av_frame in itertools.chain([first], video.frames):
@@ -420,7 +422,7 @@ class VideoFileSource(FrameSource):
                         start_pts = pts
                 if index < self.start_frame:
                     continue
-                image = video.first_image if first is not None and av_frame is first[1] else self._to_rgb(av_frame)
+                image = first_image if av_frame is first[1] else self._to_rgb(av_frame)
                 if pts is not None and time_base is not None:
                     t_ns = round(Fraction(pts - start_pts) * time_base * _NS)
                 else:

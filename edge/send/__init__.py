@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.send.viewer import ViewerServer
+    from mlanet.edge.send.vmc import VmcSender
+    from mlanet.edge.types import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +95,19 @@ class LiveSenders:
         MLANetError: a bad ``--send`` URL or a ``--serve`` port in use (one line, naming it).
     """
 
-    def __init__(self, args: argparse.Namespace, face_model: Any, *, file_replay: bool = False) -> None:
+    def __init__(self, args: argparse.Namespace, face_model: MorphableModel, *, file_replay: bool = False) -> None:
         from mlanet.edge.send.face_sample import CaptureClock, FaceSampler  # torch and the face-model code: not at import time
 
         self.clock = CaptureClock(file_replay=file_replay)
-        self.sampler = FaceSampler(face_model, getattr(args, "send_face", LARGEST), self.clock)
-        self.vmc = None
-        self.viewer = None
-        urls = list(getattr(args, "send", None) or [])
+        self.sampler = FaceSampler(face_model, args.send_face, self.clock)
+        self.vmc: VmcSender | None = None
+        self.viewer: ViewerServer | None = None
+        urls = list(args.send or [])
         if urls:
             from mlanet.edge.send.vmc import VmcSender, parse_vmc_url
 
             self.vmc = VmcSender([parse_vmc_url(u) for u in urls])
-        if getattr(args, "serve", None) is not None:
+        if getattr(args, "serve", None) is not None:  # only parsers built with add_send_arguments(serve=True) have it
             from mlanet.edge.send.viewer import ViewerServer
 
             try:
@@ -115,7 +121,7 @@ class LiveSenders:
     def active(self) -> bool:
         return self.vmc is not None or self.viewer is not None
 
-    def publish(self, result: Any) -> None:
+    def publish(self, result: FrameResult) -> None:
         """Hand one ``FrameResult`` to every sink (paced to real time for a file replay)."""
         if not self.active:
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from mlanet.geometry.rotations import euler_to_matrix
 from mlanet.morphable.sources.ict_topology import ARKIT_BLENDSHAPES
 from mlanet.edge.writers.tables import ArkitMapping
 from mlanet.edge.send import LARGEST, parse_face_choice  # noqa: F401 (parse_face_choice re-exported)
+from mlanet.edge.types import FaceFit, FrameResult
+
+if TYPE_CHECKING:
+    from mlanet.morphable.model import MorphableModel
 
 #: The 52 ARKit blendshape names, in the order they are sent.
 ARKIT_NAMES: tuple[str, ...] = tuple(ARKIT_BLENDSHAPES)
@@ -67,23 +71,25 @@ class CaptureClock:
         self._mono0_ns = time.monotonic_ns()
         self._first_pts_ns: int | None = None
 
-    def _anchor(self, t_capture_ns: int) -> None:
+    def _anchor(self, t_capture_ns: int) -> int:
+        """The first frame's capture time (ns); the first call makes ``t_capture_ns`` it, now."""
         if self._first_pts_ns is None:
             self._first_pts_ns = int(t_capture_ns)
             self._wall0_ns, self._mono0_ns = time.time_ns(), time.monotonic_ns()
+        return self._first_pts_ns
 
     def unix_s(self, t_capture_ns: int) -> float:
         if self.file_replay:
-            self._anchor(t_capture_ns)
-            return (self._wall0_ns + int(t_capture_ns) - self._first_pts_ns) * 1e-9
+            first_ns = self._anchor(t_capture_ns)
+            return (self._wall0_ns + int(t_capture_ns) - first_ns) * 1e-9
         return (self._wall0_ns + int(t_capture_ns) - self._mono0_ns) * 1e-9
 
     def wait_until_due(self, t_capture_ns: int) -> None:
         """For a file replay: sleep until the frame's presentation time has come (real-time pacing;
         a frame that is already late goes at once)."""
         if self.file_replay:
-            self._anchor(t_capture_ns)
-            delay = (self._mono0_ns + int(t_capture_ns) - self._first_pts_ns - time.monotonic_ns()) * 1e-9
+            first_ns = self._anchor(t_capture_ns)
+            delay = (self._mono0_ns + int(t_capture_ns) - first_ns - time.monotonic_ns()) * 1e-9
             if delay > 0:
                 time.sleep(delay)
 
@@ -97,7 +103,7 @@ class FaceSampler:
         clock: how capture times become wall-clock times.
     """
 
-    def __init__(self, face_model: Any, choice: str | int = LARGEST, clock: CaptureClock | None = None) -> None:
+    def __init__(self, face_model: MorphableModel, choice: str | int = LARGEST, clock: CaptureClock | None = None) -> None:
         mapping = ArkitMapping.from_model(face_model)
         self.layout = face_model.layout
         self.slices = self.layout.slices()
@@ -109,7 +115,7 @@ class FaceSampler:
             if name in ARKIT_NAMES:
                 self.matrix[ARKIT_NAMES.index(name)] = mapping.matrix[row]
 
-    def pick(self, faces: list[Any]) -> Any | None:
+    def pick(self, faces: list[FaceFit]) -> FaceFit | None:
         """The chosen face among ``faces`` (``FaceFit``), or None when it is not in the frame."""
         if not faces:
             return None
@@ -117,7 +123,7 @@ class FaceSampler:
             return max(faces, key=lambda f: float(f.box.size))
         return next((f for f in faces if f.track_id == self.choice), None)
 
-    def sample(self, result: Any) -> FaceSample | None:
+    def sample(self, result: FrameResult) -> FaceSample | None:
         """The sample of one ``FrameResult`` (None: no chosen face in this frame)."""
         face = self.pick(result.faces)
         if face is None:

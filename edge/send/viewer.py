@@ -24,12 +24,12 @@ import json
 import logging
 import threading
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 from mlanet.errors import MLANetError
@@ -39,6 +39,9 @@ from mlanet.edge.writers.gltf import D_GLTF, track_glb_bytes
 from mlanet.edge.writers.tables import ArkitMapping, arkit_morph_mesh
 from mlanet.edge.send import DEFAULT_VIEWER_PORT
 from mlanet.edge.send.face_sample import ARKIT_NAMES, FaceSample
+
+if TYPE_CHECKING:
+    from mlanet.morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 #: the websockets library's own log (one line per start, stop and failed handshake): warnings only
@@ -51,7 +54,7 @@ _STATIC = {"/": ("viewer.html", "text/html; charset=utf-8"),
            "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
 
 
-def face_glb(face_model: Any) -> bytes:
+def face_glb(face_model: MorphableModel) -> bytes:
     """The viewer's mesh: the face model's mean face with ARKit morph targets, as GLB bytes."""
     mesh = arkit_morph_mesh(face_model, ArkitMapping.from_model(face_model))
     return track_glb_bytes("face.glb", **mesh, times_s=np.zeros(0), weights=np.zeros((0, len(mesh["morph_names"]))),
@@ -79,7 +82,7 @@ class ViewerServer:
         MLANetError: the port is in use or cannot be bound (names ``--serve``, the host and port).
     """
 
-    def __init__(self, face_model: Any, port: int = DEFAULT_VIEWER_PORT, host: str = "127.0.0.1") -> None:
+    def __init__(self, face_model: MorphableModel, port: int = DEFAULT_VIEWER_PORT, host: str = "127.0.0.1") -> None:
         self.host = host
         self._files: dict[str, tuple[bytes, str]] = {
             path: (resources.files(__package__).joinpath("static", name).read_bytes(), ctype)
@@ -111,7 +114,7 @@ class ViewerServer:
         return f"http://{host}:{self.port}/"
 
     # ------------------------------------------------------------------ HTTP + WebSocket
-    def _http(self, connection: ServerConnection, request: Any) -> Response | None:
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == STREAM_PATH:
             return None  # go on with the WebSocket handshake

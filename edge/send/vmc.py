@@ -79,9 +79,10 @@ def parse_vmc_url(url: str) -> VmcTarget:
 
 def vmc_bundle(sample: FaceSample) -> bytes:
     """The OSC bundle (bytes) for one sample, as the module docstring lists it."""
-    bundle = OscBundleBuilder(sample.capture_unix_s)
+    # python-osc annotates the timestamp as int, but takes (and its docstring asks for) float seconds
+    bundle = OscBundleBuilder(sample.capture_unix_s)  # type: ignore[arg-type]
 
-    def message(address: str, *args: object) -> None:
+    def message(address: str, *args: str | int | float) -> None:
         m = OscMessageBuilder(address)
         for a in args:
             m.add_arg(a)

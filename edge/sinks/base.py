@@ -21,12 +21,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from mlanet.params import ParamLayout
-from mlanet.edge.types import FrameResult
+from mlanet.edge.types import FaceFit, FrameResult
+
+if TYPE_CHECKING:
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.edge.outputs import OutputOptions
+    from mlanet.edge.writers.tables import ArkitMapping
+
+#: ``(frame_rgb (H, W, 3) uint8, face) -> (T, T, 3) uint8`` photo texture of the face (GLB ``--texture``).
+TextureFn = Callable[[np.ndarray, FaceFit], np.ndarray]
+
+#: ``(OutputOptions) -> bool``: whether a sink is enabled / reads full meshes.
+OptionsPredicate = Callable[["OutputOptions"], bool]
 
 #: Arrays of params.npz with one row per face per frame.
 #: ``source_name`` (str) is the file each row came from: the photo's file name for photo folders
@@ -135,17 +146,17 @@ class RunContext:
     """
 
     out_dir: Path
-    face_model: Any
+    face_model: MorphableModel
     layout: ParamLayout
-    arkit: Any
-    options: Any
+    arkit: ArkitMapping
+    options: OutputOptions
     source_name: str
     fps: float
     run_info: dict[str, Any]
     rows: ParamRows
     start_frame: int = 0
     frames_done: int = 0
-    texture_fn: Callable[[np.ndarray, Any], np.ndarray] | None = None
+    texture_fn: TextureFn | None = None
     track_files: dict[int, dict[str, str]] = field(default_factory=dict)
     _topology: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -218,18 +229,18 @@ class SinkSpec:
 
     name: str
     factory: Callable[[RunContext], OutputSink]
-    enabled_by: Callable[[Any], bool]
+    enabled_by: OptionsPredicate
     flag: str | None = None
     help: str | None = None
-    needs_meshes: Callable[[Any], bool] = lambda options: False
+    needs_meshes: OptionsPredicate = lambda options: False
 
 
 _REGISTRY: dict[str, SinkSpec] = {}
 
 
 def register_sink(name: str, factory: Callable[[RunContext], OutputSink], *,
-                  enabled_by: Callable[[Any], bool] | None = None, flag: str | None = None,
-                  help: str | None = None, needs_meshes: Callable[[Any], bool] | None = None) -> SinkSpec:
+                  enabled_by: OptionsPredicate | None = None, flag: str | None = None,
+                  help: str | None = None, needs_meshes: OptionsPredicate | None = None) -> SinkSpec:
     """Add an output format; sinks are called in registration order.
 
     Args:
@@ -247,7 +258,7 @@ def register_sink(name: str, factory: Callable[[RunContext], OutputSink], *,
     if name in _REGISTRY:
         raise ValueError(f"output sink {name!r} is already registered")
     if enabled_by is None:
-        enabled_by = (lambda o: name in getattr(o, "extra", ())) if flag else (lambda o: True)
+        enabled_by = (lambda o: name in o.extra) if flag else (lambda o: True)
     spec = _REGISTRY[name] = SinkSpec(name, factory, enabled_by, flag, help,
                                       needs_meshes or (lambda options: False))
     return spec
@@ -263,11 +274,11 @@ def registered_sinks() -> tuple[SinkSpec, ...]:
     return tuple(_REGISTRY.values())
 
 
-def meshes_needed(options: Any) -> bool:
+def meshes_needed(options: OutputOptions) -> bool:
     """Whether any sink ``options`` enables reads full meshes (``PipelineCfg.meshes`` of mlanet-video)."""
     return any(spec.enabled_by(options) and spec.needs_meshes(options) for spec in _REGISTRY.values())
 
 
-def sinks_for(options: Any, ctx: RunContext) -> list[OutputSink]:
+def sinks_for(options: OutputOptions, ctx: RunContext) -> list[OutputSink]:
     """The sinks of one run: every registered format that ``options`` enables, built from ``ctx``."""
     return [spec.factory(ctx) for spec in _REGISTRY.values() if spec.enabled_by(options)]

@@ -7,19 +7,22 @@ frames before the resume point; the end drops the rows of a frame in flight (Ctr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlanet.edge.types import FrameResult
 from mlanet.edge.sinks.base import SinkBase
 
+if TYPE_CHECKING:
+    from mlanet.edge.writers.tables import BlendshapeCsvWriter
+
 
 class BlendshapeCsvSink(SinkBase):
     """Writes ``blendshapes.csv``: per face, the (A,) unitless ARKit weights of its (K_exp,) expression
     coefficients (``ArkitMapping.weights``; not clipped), ``time_s`` in seconds."""
 
-    _csv: Any = None
+    _csv: BlendshapeCsvWriter | None = None
 
     def begin(self, resume_from: int | None) -> None:
         from mlanet.edge.writers.tables import BlendshapeCsvWriter
@@ -28,6 +31,8 @@ class BlendshapeCsvSink(SinkBase):
                                         resume_before_frame=resume_from if resume_from else None)
 
     def write(self, result: FrameResult, time_s: float) -> None:
+        if self._csv is None:
+            raise RuntimeError("blendshapes.csv: write() before begin() or after finish()")
         expression = self.ctx.layout.slices()["expression"]
         for f in result.faces:
             expr = np.asarray(f.params[expression])

@@ -7,7 +7,6 @@ resume needs nothing of its own.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +14,13 @@ import torch
 from mlanet.geometry.rotations import euler_to_matrix
 from mlanet.params import FaceParams
 from mlanet.edge.types import FrameResult
-from mlanet.edge.sinks.base import SinkBase
+from mlanet.edge.sinks.base import RunContext, SinkBase
 
 
 class GlbSink(SinkBase):
     """Writes one GLB per track at :meth:`finish` and records ``glb`` for tracks.json."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         self._best_texture: dict[int, tuple[float, np.ndarray]] = {}  # track id -> (pitch + yaw rad, texture)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from mlanet.fileutil import error_line
 from mlanet.edge.protocols import TrackSequenceWriter
 from mlanet.edge.types import FrameResult
-from mlanet.edge.sinks.base import SinkBase
+from mlanet.edge.sinks.base import RunContext, SinkBase
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class MeshSequenceSink(SinkBase):
     """Writes one :class:`~mlanet.edge.writers.mesh_sequence.MeshSequenceWriter` per track and
     records ``mesh_sequence`` for tracks.json."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         self._writers: dict[int, TrackSequenceWriter] = {}  # track id -> MeshSequenceWriter
         self._on = ctx.options.meshes == "sequence"

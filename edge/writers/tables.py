@@ -16,12 +16,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from mlanet.fileutil import write_json_atomic
 from mlanet.edge.writers import WriterError, atomic_file, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from mlanet.morphable.data import FaceModelData
+    from mlanet.morphable.model import MorphableModel
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +76,10 @@ class ArkitMapping:
         return cls(expression_names=expression_names, names=tuple(names), matrix=matrix)
 
     @classmethod
-    def from_model(cls, model: Any) -> "ArkitMapping":
-        """From a ``MorphableModel`` (``expression_names``, ``arkit_names``) or ``FaceModelData``."""
-        arkit = getattr(model, "arkit_names", None)
-        if arkit is None:
-            arkit = dict(model.header.get("expression_arkit", {}))
-        return cls.from_names(model.expression_names, arkit)
+    def from_model(cls, model: MorphableModel | FaceModelData) -> "ArkitMapping":
+        """From a ``MorphableModel`` or ``FaceModelData``: its ``expression_names`` and the header's
+        ``expression_arkit`` (what ``MorphableModel.arkit_names`` returns; none: no ARKit names)."""
+        return cls.from_names(model.expression_names, dict(model.header.get("expression_arkit", {})))
 
     def weights(self, expression_weights: np.ndarray) -> np.ndarray:
         """ARKit weights (..., A) of expression weights (..., K_exp)."""
@@ -95,7 +97,7 @@ class ArkitMapping:
         return np.einsum("ak,kvc->avc", summing, b)
 
 
-def arkit_morph_mesh(face_model: Any, arkit: ArkitMapping) -> dict[str, Any]:
+def arkit_morph_mesh(face_model: MorphableModel, arkit: ArkitMapping) -> dict[str, Any]:
     """A face model's mean face with ARKit-named morph targets, as :func:`~.gltf.track_glb_bytes` takes it
     (a track's GLB replaces ``neutral_vertices`` with its own identity; the displacements per unit
     weight do not depend on it in a linear face model).

@@ -8,8 +8,8 @@ Conventions (see ``docs/conventions.md``):
 - Camera frame (OpenCV): +x right, +y down, +z forward (viewing direction), metres.
 - Projection: ``u = fx * x / z + cx``, ``v = fy * y / z + cy`` (focal lengths in pixels).
 
-:meth:`PinholeCamera.to_clip` / :meth:`PinholeCamera.projection_matrix_gl` are the only place in
-the project where the y axis is flipped for OpenGL; nothing else may flip y, negate z or
+:meth:`PinholeCamera.projection_matrix_gl` is the only place in the project where the y axis is
+flipped for OpenGL; nothing else may flip y, negate z or
 reverse triangle winding for rendering.
 """
 
@@ -238,11 +238,14 @@ class PinholeCamera:
         u, v = pixels.unbind(-1)
         return torch.stack([(u - cx) / fx * depth, (v - cy) / fy * depth, depth], dim=-1)
 
-    def to_clip(self, points: Tensor, near: float, far: float) -> Tensor:
-        """OpenGL clip coordinates ``(B, N, 4)`` of camera-frame points ``(B, N, 3)`` (metres).
+    def projection_matrix_gl(self, near: float, far: float) -> Tensor:
+        """Matrices ``(B, 4, 4)`` mapping camera-frame ``(x, y, z, 1)`` (metres) to OpenGL clip coordinates.
 
-        THE single place in the project where the OpenCV -> OpenGL flip happens. After the
-        perspective divide by ``w_clip = z``:
+        THE single place in the project where the OpenCV -> OpenGL flip happens (the renderer
+        uploads it as its ``u_proj``; :func:`mlanet.edge.gl_renderer.camera_uniforms`). Row-major,
+        acting on OpenCV camera-frame column vectors (not on OpenGL eye space: ``w_clip = +z``);
+        it contains the y flip. Upload it to GLSL (column-major) transposed, or with
+        ``transpose=GL_TRUE``. After the perspective divide by ``w_clip = z``:
 
         - ``x_ndc = 2 u / width - 1`` and ``y_ndc = 1 - 2 v / height`` (the y flip), where
           ``(u, v)`` is :meth:`project`'s pixel;
@@ -259,24 +262,8 @@ class PinholeCamera:
         ``glFrontFace(GL_CCW)``; no winding flip is needed anywhere.
 
         Clip coordinates are linear in the points (no divide here), so any ``z`` is fine;
-        GL's clipping removes points with ``z`` outside ``[near, far]``. Equals
-        ``projection_matrix_gl(near, far) @ (x, y, z, 1)``.
-        """
-        self._check_points(points, "points", 3, "camera-frame x, y, z in metres")
-        near, far = self._check_near_far(near, far)
-        fx, fy, cx, cy = self._intrinsics_like(points)
-        x, y, z = points.unbind(-1)
-        x_clip = (2.0 / self.width) * fx * x + ((2.0 / self.width) * cx - 1.0) * z
-        y_clip = -(2.0 / self.height) * fy * y + (1.0 - (2.0 / self.height) * cy) * z
-        z_clip = ((far + near) / (far - near)) * z - (2.0 * far * near / (far - near))
-        return torch.stack([x_clip, y_clip, z_clip, z], dim=-1)
-
-    def projection_matrix_gl(self, near: float, far: float) -> Tensor:
-        """Matrices ``(B, 4, 4)`` mapping camera-frame ``(x, y, z, 1)`` to :meth:`to_clip`'s output.
-
-        Row-major, acting on OpenCV camera-frame column vectors (not on OpenGL eye space:
-        ``w_clip = +z``); it contains the y flip. Upload it to GLSL (column-major) transposed,
-        or with ``transpose=GL_TRUE``.
+        GL's clipping removes points with ``z`` outside ``[near, far]``. ``near``, ``far``:
+        clipping planes in metres, ``0 < near < far``.
         """
         near, far = self._check_near_far(near, far)
         zero = torch.zeros_like(self.fx)

@@ -166,7 +166,7 @@ class AlbedoPriors:
         self.dst = torch.as_tensor(mirror[keep], device=device)
         adj = vertex_adjacency(face_model.triangles.cpu().numpy(), face_model.n_vertices).tocoo()
         self.adj = torch.sparse_coo_tensor(
-            np.vstack([adj.row, adj.col]), adj.data, size=adj.shape, dtype=torch.float32, device=device,
+            torch.from_numpy(np.vstack([adj.row, adj.col]).astype(np.int64)), torch.from_numpy(adj.data), size=adj.shape, dtype=torch.float32, device=device,
             check_invariants=False,  # built from a valid scipy COO matrix
         ).coalesce()
 

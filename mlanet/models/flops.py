@@ -20,10 +20,15 @@ modules with               what the module's own ``forward`` does element-wise o
 
 Not counted: activation functions (ReLU, ReLU6, h-swish, sigmoid), dropout, reshapes and
 concatenations. Conv/Linear dominate: a plain torchvision-style ResNet-50 at 224x224 gives
-4.09 GMACs for its convolutions and fc, the usual figure. The conv and linear counts equal
-``torch.utils.flop_counter.FlopCounterMode``'s (tested); that counter is not used here because it
-counts only matmuls and convolutions, not the batchnorm, pooling and element-wise terms nor the
-per-part split these records report.
+4.09 GMACs for its convolutions and fc, the usual figure.
+
+The convention, against ``torch.utils.flop_counter.FlopCounterMode``: that counter reports FLOPs
+(2 per multiply-accumulate) of matmuls and convolutions only, so its total equals
+``2 * (by_type["conv"] + by_type["linear"])`` here, exactly (tested). It is not used because the
+records (``mlanet models list/info``, the model card, the ablation tables) report MACs that also
+count batchnorm, pooling and the element-wise terms (0.7 % of ``mlanet_r50``'s MACs, 2.2 % of
+``mlanet_mobile``'s) and split them per top-level part; switching would change every published
+figure by that much.
 """
 
 from __future__ import annotations

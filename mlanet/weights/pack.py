@@ -217,8 +217,8 @@ def choose_checkpoint(weights: str | os.PathLike[str]) -> tuple[Path, dict[str, 
         if not (path / "last.json").is_file():
             raise AssetError(f"{path}: a folder without best.json or last.json; pass a checkpoint file or a "
                              "training run folder")
-        src, named, run = _named_by(path / "last.json")
-        return src, {**named, "by": "last.json (the run has no best.json)"}, run
+        src, named, last_run = _named_by(path / "last.json")
+        return src, {**named, "by": "last.json (the run has no best.json)"}, last_run
     run = _run_of(path)
     chosen: dict[str, Any] = {"by": "file given", "weights": path.name}
     best = _read_json(run / "best.json") if run is not None else None
