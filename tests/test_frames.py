@@ -854,6 +854,8 @@ def test_video_frames_carry_their_bt709_planes_only(clips, tmp_path):
     """A BT.709 limited-range clip's frames carry their I420 planes (the RGB is their conversion); an
     untagged one (decoded with FFmpeg's BT.601 default) does not, so no writer reuses planes that
     would not match the RGB."""
+    import av
+
     from mlanet.edge.frames import VideoFileSource
     from mlanet.edge.writers.video import H264VideoWriter, rgb_to_i420
 
@@ -866,7 +868,12 @@ def test_video_frames_carry_their_bt709_planes_only(clips, tmp_path):
     assert len(frames) == 3
     for f in frames:
         assert f.yuv420 is not None and f.yuv420.shape == (H * 3 // 2, W) and f.yuv420.dtype == np.uint8
-        again = rgb_to_i420(f.image).astype(int)  # the RGB goes back to (nearly) the same planes
-        assert np.abs(again[:H] - f.yuv420[:H]).mean() < 1.0
+        # the RGB goes back to (nearly) the same planes: YUV -> 8-bit RGB -> YUV rounds twice (about one level
+        # on average, depending on the content the encoder produced), clearly closer than BT.601's conversion
+        again = rgb_to_i420(f.image).astype(int)
+        as_601 = av.VideoFrame.from_ndarray(np.ascontiguousarray(f.image), format="rgb24").reformat(
+            format="yuv420p", dst_colorspace="itu601").to_ndarray().astype(int)
+        err_709, err_601 = (np.abs(x[:H] - f.yuv420[:H]).mean() for x in (again, as_601))
+        assert err_709 < 1.25 and err_709 < err_601 - 0.2, (err_709, err_601)
     with VideoFileSource(clips["h264"]) as src:  # encoded without colour tags
         assert all(f.yuv420 is None for f in src)
