@@ -25,6 +25,7 @@ import numpy as np
 
 from mlanet.errors import MLANetError
 from mlanet.fileutil import check_writable_dir, check_writable_file
+from mlanet.interrupts import interrupts_held
 from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, float_in, native_stderr_quiet, nonnegative_int,
                       open_detector, open_model, positive_int, run_cli)
 from mlanet.edge.send import LiveSenders, add_send_arguments
@@ -265,24 +266,27 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        session.stop_recording()
-        stats = pipeline.stats.summary()
-        stats["dropped_frames"] = source.dropped
-        if args.json_stats:
-            sample(time.perf_counter())
-            stats["timeline"] = timeline
-            stats["peak_rss_mib"] = round(peak_rss_mib(), 1)
-        senders.close()
-        if senders.active:
-            stats["live_outputs"] = senders.summary()
-        if args.json_stats:
-            from mlanet.fileutil import write_json_atomic
+        # a Ctrl-C while the recording, stats and senders close waits for them (no half-written files)
+        with interrupts_held("mlanet-live: closing the recording and outputs; please wait") as held:
+            session.stop_recording()
+            stats = pipeline.stats.summary()
+            stats["dropped_frames"] = source.dropped
+            if args.json_stats:
+                sample(time.perf_counter())
+                stats["timeline"] = timeline
+                stats["peak_rss_mib"] = round(peak_rss_mib(), 1)
+            senders.close()
+            if senders.active:
+                stats["live_outputs"] = senders.summary()
+            if args.json_stats:
+                from mlanet.fileutil import write_json_atomic
 
-            write_json_atomic(args.json_stats, {"source": str(args.video if args.video else f"camera:{args.camera}"), **stats})
-        pipeline.close()
-        backend.close()
-        if window is not None:
-            window.close()
+                write_json_atomic(args.json_stats, {"source": str(args.video if args.video else f"camera:{args.camera}"), **stats})
+            pipeline.close()
+            backend.close()
+            if window is not None:
+                window.close()
+    interrupted = interrupted or held.received
     print(f"mlanet-live: {pipeline.frames_done} frames, {stats['dropped_frames']} stale frames dropped"
           + (" (interrupted)" if interrupted else ""), file=sys.stderr)
     return 0

@@ -4,10 +4,11 @@ Outputs (see :mod:`mlanet.edge.outputs`): the overlay video (H.264), per-frame p
 per-track results (NPZ + JSON), one compact mesh sequence per track (or per-frame OBJ/PLY meshes
 with UVs on request), one animated GLB per track
 with ARKit-named morph targets, ARKit blendshape weights as CSV, and per-stage timing.
-Ctrl-C finishes the frame in flight and leaves valid files for the frames done; ``--resume``
-continues an interrupted run. A run that fails after the output folder exists (a full disk, a
-damaged artifact, ...) also leaves valid files for the frames done, with run.json status
-``failed`` and the reason, and ``--resume`` continues it too.
+Ctrl-C finishes the frame in flight and leaves valid files for the frames done (a Ctrl-C while
+those files are being finished waits for them; exit status 130); ``--resume`` continues an
+interrupted run. A run that fails after the output folder exists (a full disk, a damaged
+artifact, ...) also leaves valid files for the frames done, with run.json status ``failed`` and
+the reason, and ``--resume`` continues it too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlanet.errors import MLANetError
 from mlanet.fileutil import check_writable_dir, check_writable_file, error_line
+from mlanet.interrupts import interrupts_held
 from mlanet.edge.loading import (add_model_arguments, add_verbose_argument, float_in, open_detector, open_model, positive_int,
                       run_cli)
 from mlanet.edge.send import LiveSenders, add_send_arguments
@@ -244,26 +246,30 @@ def _run(args: argparse.Namespace) -> int:
         interrupted, status = True, "interrupted"
     except Exception as exc:  # noqa: BLE001 - recorded in run.json as "failed", then raised again below
         failure, status = exc, "failed"
-    try:
-        if outputs is not None:
-            stats = pipeline.stats.summary() if pipeline is not None else None
-            msg = _damage(source)
-            lost_frames = outputs.run_info["lost_frames"] = [int(i) for i in source.lost_frames]
-            outputs.finish(status=status, message=msg, reason=None if failure is None else error_line(failure),
-                           stats=stats, elapsed_s=time.perf_counter() - t0)
-    except Exception as exc:  # noqa: BLE001 - finishing failed (a full disk): finish() recorded "failed"
-        if isinstance(exc, OSError) and outputs is not None:
-            _name_output_folder(exc, outputs.out_dir)
-        if failure is None:
-            failure = exc
-        else:
-            log.warning("%s: after the failure, finishing the outputs failed too (%s)", args.out, error_line(exc))
-    finally:
-        if pipeline is not None:
-            pipeline.close()
-        senders.close()
-        source.close()
-        backend.close()
+    # from here on a Ctrl-C (a second one, or the first arriving just as the run ends) waits for the files
+    with interrupts_held(f"mlanet-video: finishing the outputs in {args.out} (they will be valid); please wait") as held:
+        try:
+            if outputs is not None:
+                stats = pipeline.stats.summary() if pipeline is not None else None
+                msg = _damage(source)
+                lost_frames = outputs.run_info["lost_frames"] = [int(i) for i in source.lost_frames]
+                outputs.finish(status=status, message=msg, reason=None if failure is None else error_line(failure),
+                               stats=stats, elapsed_s=time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - finishing failed (a full disk): finish() recorded "failed"
+            if isinstance(exc, OSError) and outputs is not None:
+                _name_output_folder(exc, outputs.out_dir)
+            if failure is None:
+                failure = exc
+            else:
+                log.warning("%s: after the failure, finishing the outputs failed too (%s)", args.out, error_line(exc))
+        finally:
+            if pipeline is not None:
+                pipeline.close()
+            senders.close()
+            source.close()
+            backend.close()
+    if held.received and not interrupted and failure is None:
+        interrupted = True  # the run itself ended (its outputs are complete or damaged-input), then the user stopped
     n = outputs.frames_done if outputs is not None else 0
     if failure is not None:
         if outputs is None or not isinstance(failure, (MLANetError, OSError)):
@@ -275,9 +281,13 @@ def _run(args: argparse.Namespace) -> int:
 
         write_json_atomic(args.json_stats, {"input": str(args.input), **stats})
     if interrupted:
-        print(f"mlanet-video: interrupted after {n} frames; outputs in {args.out} are valid for those frames. "
-              f"Run the same command with --resume to continue.", file=sys.stderr)
-        return 130
+        if status in ("complete", "input_damaged"):
+            print(f"mlanet-video: interrupted while finishing; the run had ended and its outputs in {args.out} are "
+                  f"complete ({n} frames, run.json status \"{status}\").", file=sys.stderr)
+        else:
+            print(f"mlanet-video: interrupted after {n} frames; outputs in {args.out} are valid for those frames. "
+                  f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 128 + held.signals[0] if held.received else 130  # 130 = 128 + SIGINT, 143 = 128 + SIGTERM
     if status == "input_damaged":
         read = n - len([i for i in lost_frames if i < n])
         print(f"mlanet-video: {msg}. Outputs in {args.out} cover the {read} frames that could be read "

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.assets, pytest.mark.gl]
 
 OBAMA = "data/video/obama_720p.mp4"
 HAMILTON = "data/video/hamilton_360p_multiface.mp4"
+HAMILTON_FRAMES = 275
 
 
 def _count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
@@ -142,6 +143,33 @@ def test_ctrl_c_then_resume_default_mesh_sequence(obama_clip_24, ict_model_file,
             frames += seq.frames.tolist()
     assert sorted(frames) == list(range(24)) and len(list((out / "meshes").iterdir())) == 2
     assert not list(out.rglob("*.partial"))
+
+
+def test_ctrl_c_while_finishing_waits_for_the_outputs(obama_clip_24, ict_model_file, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that arrives as the run ends (while the GLBs are written) does not abort the writing: the
+    outputs are complete, the exit status is 130 and the message says the run had ended."""
+    import os
+    import signal
+
+    from mlanet.edge.sinks.glb import GlbSink
+
+    real_finish = GlbSink.finish
+
+    def finish_with_ctrl_c(self, status):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered inside this call, as a user's keypress would be
+        real_finish(self, status)
+
+    monkeypatch.setattr(GlbSink, "finish", finish_with_ctrl_c)
+    out = tmp_path / "run"
+    assert _video(obama_clip_24, out, ict_model_file, "--meshes", "none") == 130
+    err = capsys.readouterr().err
+    assert "finishing the outputs" in err and "interrupted while finishing" in err and "Traceback" not in err
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["frames_done"] == 24
+    tracks = json.loads((out / "tracks.json").read_text())["tracks"]
+    assert _read_glb_json(out / tracks[0]["glb"])["animations"]
+    assert _count_video_frames(out / "overlay.mp4")[0] == 24 and not list(out.rglob("*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
 
 
 def test_truncated_clip_keeps_the_frames_read(obama_clip_24, ict_model_file, tmp_path, capsys):
@@ -303,22 +331,24 @@ def test_sigint_leaves_valid_outputs_and_resume_finishes(shared, ict_model_file,
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mlanet.edge.video_cli", str(shared / HAMILTON), "--out", str(out), "--untrained",
-           "mlanet_mobile", "--face-model", str(ict_model_file), "--meshes", "none", "--max-frames", "80", "--quiet"]
+           "mlanet_mobile", "--face-model", str(ict_model_file), "--meshes", "none", "--quiet"]
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
     # SIGINT ignored: give the child the default disposition so it behaves like a foreground command.
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".overlay.mp4*")):
-        time.sleep(0.2)
-    time.sleep(1.5)
+        time.sleep(0.05)
+    # the whole clip (275 frames) takes >= 3 s at 90 fps: a Ctrl-C 0.5 s after the first frame lands mid-run on
+    # a fast machine too (with 80 frames and 1.5 s, CI's run had ended and the signal hit the finishing)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
     run = json.loads((out / "run.json").read_text())
     done = run["frames_done"]
-    assert run["status"] == "interrupted" and 0 < done < 80
+    assert run["status"] == "interrupted" and 0 < done < HAMILTON_FRAMES
     assert _count_video_frames(out / "overlay.mp4")[0] == done
     with np.load(out / "params.npz", allow_pickle=False) as z:
         assert z["frame_index"].max() < done
@@ -327,7 +357,7 @@ def test_sigint_leaves_valid_outputs_and_resume_finishes(shared, ict_model_file,
                              capture_output=True, text=True, timeout=300)
     assert done_rc.returncode == 0, done_rc.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
-    assert run["frames_done"] == 80 and _count_video_frames(out / "overlay.mp4")[0] == 80
+    assert run["frames_done"] == HAMILTON_FRAMES and _count_video_frames(out / "overlay.mp4")[0] == HAMILTON_FRAMES
 
 
 def test_onnx_backend_through_the_cli(obama_clip_24, ict_model_file, tmp_path):
