@@ -25,8 +25,10 @@ Each file is written by its own sink (one module per format in :mod:`mlanet.edge
 in registration order; a new format is one module there plus one ``register_sink`` line);
 :class:`VideoRunOutputs` coordinates them and owns the parameter rows, checkpoint timing and run.json.
 
-Every file is written atomically (temporary file + rename). ``params.npz`` and ``run.json`` are
-checkpointed every :data:`CHECKPOINT_EVERY` frames (run.json also when the run starts); Ctrl-C
+Every file is written atomically (temporary file + rename). ``run.json`` and the parameter rows
+are checkpointed every :data:`CHECKPOINT_EVERY` frames (run.json also when the run starts; the rows
+as parts holding only the frames since the previous checkpoint, see :mod:`mlanet.edge.sinks.params`,
+so a checkpoint's cost does not grow with the run); Ctrl-C
 and a failure (a full disk, a damaged artifact) finalise all files for the frames done, as far as
 they can, and only ``complete`` says the run ended normally. ``--resume`` continues from
 ``frames_done`` (also after a failure): rows at or after it are discarded, the overlay
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Frames between checkpoints of params.npz and run.json.
+#: Frames between checkpoints (run.json, the parameter rows' parts, CSV flush, ...).
 CHECKPOINT_EVERY = 25
 
 #: Values of ``--meshes`` / ``OutputOptions.meshes`` (None: no meshes).

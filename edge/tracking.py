@@ -12,6 +12,13 @@ Tracker (:class:`FaceTracker`, :class:`TrackerCfg`)
       fit), the schedule is due (``frame.index - last_detect >= detect_every``; indices, so
       dropped frames count; ``recheck_every`` while a track is unconfirmed after a miss),
       the index went backwards, or at a scene cut.
+    - Scheduled detections (every track live, no cut) run in the background
+      (``detect_in_background``): on a worker thread while the pipeline fits the frame, and
+      are associated at the next :meth:`~FaceTracker.begin`, which waits for them. Their boxes
+      are one frame old, as the fit ROIs they are matched with (made from the same frame's
+      fits); a new face gets its first crop one frame later. The detector's ~6 ms then no
+      longer lands on one frame's time, and a run's results stay the same from run to run.
+      Detections the tracker needs at once (no track, a lost track, a cut) run in the frame.
     - Association: greedy by IoU of crop boxes, highest first, ``>= iou_match`` and sizes
       within ``max_size_ratio``. A matched track keeps its fit ROI when that overlaps the
       detection's crop by ``>= keep_fit_iou`` (a good fit is better aligned than the
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -82,6 +90,9 @@ class TrackerCfg:
         min_inside: a track whose (plausible) fit ROI has less than this fraction of its area
             inside the image has left it and is dropped.
         scene_cut_threshold: :class:`SceneCutDetector` threshold; None disables cut detection.
+        detect_in_background: run scheduled detections on a worker thread and associate them
+            at the next frame (see the module docstring); False runs every detection in the
+            frame that scheduled it.
     """
 
     detect_every: int = 10
@@ -96,6 +107,7 @@ class TrackerCfg:
     min_fit_iou: float = 0.3
     min_inside: float = 0.05
     scene_cut_threshold: float | None = SCENE_CUT_THRESHOLD
+    detect_in_background: bool = True
 
     def __post_init__(self) -> None:
         if self.detect_every < 1 or self.recheck_every < 1:
@@ -165,8 +177,10 @@ class FaceTracker:
         self.last_scene_cut = False
         #: Detections (after the ``min_face_px`` filter) of the last detection round.
         self.last_detections: list[Detection] = []
-        #: Number of detector calls so far.
+        #: Number of detector calls so far (background ones counted when started).
         self.detector_calls = 0
+        self._worker: ThreadPoolExecutor | None = None  # the background detection's thread (created on first use)
+        self._pending: Future[list[Detection]] | None = None  # a background detection not yet associated
 
     # -------------------------------------------------------------- public
     @property
@@ -187,13 +201,19 @@ class FaceTracker:
         self._next_id = value
 
     def close(self) -> None:
-        """Close the detector (if it has ``close``); the tracker is not used afterwards."""
+        """Wait for a background detection, stop its thread and close the detector (if it has
+        ``close``); the tracker is not used afterwards."""
+        self._drop_pending()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         close = getattr(self.detector, "close", None)
         if close is not None:
             close()
 
     def reset(self) -> None:
         """Forget all tracks and the previous frame (ids keep increasing)."""
+        self._drop_pending()
         self._tracks = []
         self._last_detect = self._last_index = self._size = None
         self._active = set()
@@ -203,33 +223,42 @@ class FaceTracker:
     def begin(self, frame: Frame) -> list[TrackROI]:
         """Crops for this frame, one per tracked face, ordered by track id.
 
-        Runs the detector when there are no tracks, a track was lost in the last
-        :meth:`end` or missed by the last detection round beyond the recheck interval, the
-        schedule is due (frame indices), the index went backwards, or at a scene cut.
+        First associates the background detection started at the previous frame (waiting for
+        it), unless this frame is a cut or goes backwards. Then runs the detector in the frame
+        when there are no tracks, a track is lost, the index went backwards or at a scene cut;
+        when only the schedule is due (frame indices; the recheck interval while a track is
+        unconfirmed after a miss) it starts the detection in the background (or runs it here
+        with ``detect_in_background=False``). :attr:`last_detected` is True when this frame's
+        crops include a detection round (run here or finished in the background).
         """
         image = _check_image(frame.image, "FaceTracker.begin")
         cfg = self.cfg
         index = int(frame.index)
         self._size = (image.shape[1], image.shape[0])
         cut = bool(self.scene_cuts(image)) if self.scene_cuts is not None else False
+        backwards = self._last_index is not None and index < self._last_index
+        detected = False
+        if self._pending is not None:
+            dets = self._take_pending()
+            if not (cut or backwards):  # a cut or a jump back detects this frame instead
+                self._associate(dets, False)
+                detected = True
         last = self._last_detect
         interval = min(cfg.recheck_every, cfg.detect_every) if any(t.misses for t in self._tracks) else cfg.detect_every
-        detect = (
-            cut
-            or last is None
-            or not self._tracks
-            or any(t.lost for t in self._tracks)
-            or (self._last_index is not None and index < self._last_index)
-            or index - last >= interval
-        )
+        needed_now = cut or backwards or last is None or not self._tracks or any(t.lost for t in self._tracks)
+        scheduled = not needed_now and last is not None and index - last >= interval
         self._last_index = index
         self.last_scene_cut = cut
-        self.last_detected = detect
-        if detect:
+        if needed_now or (scheduled and not cfg.detect_in_background):
             dets = list(self.detector(image))
             self.detector_calls += 1
             self._last_detect = index
             self._associate(dets, cut)
+            detected = True
+        elif scheduled:
+            self._start_background(image)
+            self._last_detect = index
+        self.last_detected = detected
         self._active = {t.track_id for t in self._tracks if not t.lost}
         return [
             TrackROI(t.track_id, t.box, t.source, t.is_new)
@@ -269,6 +298,26 @@ class FaceTracker:
         self._active = set()
 
     # -------------------------------------------------------------- internals
+    def _start_background(self, image: np.ndarray) -> None:
+        """Run the detector on a copy of ``image`` on the worker thread (the caller may reuse the frame)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlanet-detect")
+        copy = image.copy()
+        self._pending = self._worker.submit(lambda: list(self.detector(copy)))
+        self.detector_calls += 1
+
+    def _take_pending(self) -> list[Detection]:
+        """Wait for the background detection and return its detections (its error, if any, is raised here)."""
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        return pending.result()
+
+    def _drop_pending(self) -> None:
+        """Wait for a background detection (the detector is used by one thread at a time) and discard it."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.exception()  # waits; a failure of a discarded detection does not matter
+
     def _fit_box(self, landmarks: np.ndarray | None) -> CropBox | None:
         if landmarks is None:
             return None

@@ -135,3 +135,35 @@ def test_opt_in_sink_gets_a_cli_flag(frame_log):
     args = video_cli.build_parser().parse_args(["in.mp4", "--out", "o", "--frame-log"])
     assert args.sink_frame_log is True
     assert video_cli.build_parser().parse_args(["in.mp4", "--out", "o"]).sink_frame_log is False
+
+
+def test_params_checkpoints_write_only_the_new_rows_and_resume_reads_them(synthetic_model, tmp_path):
+    """Each checkpoint writes the rows since the previous one (a part), never the whole run; after a hard
+    kill the parts give the rows back; a part that does not continue the rows held is not used."""
+    from mlanet.edge.sinks.params import PARTS_DIR
+
+    folder = _clip_folder(tmp_path / "clip", 80)
+    out = tmp_path / "run"
+    _run(synthetic_model, folder, out, resume=False, max_frames=78, finish=None)  # hard kill at frame 78
+    parts = sorted((out / PARTS_DIR).glob("part_*.npz"))
+    assert not (out / "params.npz").exists() and len(parts) == 3
+    spans = []
+    for part in parts:
+        with np.load(part, allow_pickle=False) as z:
+            spans.append((int(z["first_frame"]), int(z["frames_done"])))
+            assert sorted(set(z["frame_index"].tolist())) == list(range(*spans[-1]))  # its own frames only
+    assert spans == [(0, 25), (25, 50), (50, 75)]
+    # a lost middle part: the rows continue only as far as the parts do without a gap
+    parts[1].unlink()
+    outputs = _run(synthetic_model, folder, out, resume=True, max_frames=60, finish=None)  # killed again at 60
+    assert outputs.start_frame == 25
+    with np.load(out / "params.npz", allow_pickle=False) as z:  # begin wrote the frames it continues from
+        assert int(z["frames_done"]) == 25 and sorted(set(z["frame_index"].tolist())) == list(range(25))
+    with np.load(out / PARTS_DIR / "part_000000.npz", allow_pickle=False) as z:  # this run's parts: after them
+        assert (int(z["first_frame"]), int(z["frames_done"])) == (25, 50)
+    outputs = _run(synthetic_model, folder, out, resume=True, max_frames=None, finish="complete")
+    assert outputs.start_frame == 50  # params.npz (25) + the part that continues it (25-49)
+    with np.load(out / "params.npz", allow_pickle=False) as z:
+        fi = z["frame_index"].tolist()
+        assert int(z["frames_done"]) == 80 and sorted(set(fi)) == list(range(80)) and len(fi) == len(set(fi))
+    assert not (out / PARTS_DIR).exists() and not [p for p in out.rglob("*") if p.name.startswith(".")]

@@ -7,6 +7,7 @@ marked ``assets`` run the real MediaPipe detector on AFLW2000-3D images and the 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,11 @@ class FakeDetector:
 
 
 def make_tracker(faces, **cfg) -> tuple[FaceTracker, FakeDetector]:
+    """A tracker on a :class:`FakeDetector`; detections in the frame (the schedule's rules), unless
+    ``detect_in_background=True`` is passed (then use :class:`IndexedDetector`, whose results do not
+    depend on when its thread runs)."""
     cfg.setdefault("roi_scale", 1.0)
+    cfg.setdefault("detect_in_background", False)
     det = FakeDetector(faces)
     return FaceTracker(TrackerCfg(**cfg), det), det
 
@@ -252,6 +257,122 @@ def test_no_tracks_means_detection_every_frame():
     for i in range(8):
         rois = step(tracker, det, i)
     assert det.calls == [0, 1, 2, 3, 4] and [r.track_id for r in rois] == [0]
+
+
+# ------------------------------------------------------------------------------ background detections
+@dataclass
+class IndexedDetector:
+    """Like :class:`FakeDetector`, but reads the frame index from the image it is given (pixel
+    (0, 0), channel 0 + 256 x channel 1), so it answers for the frame it was started on whenever
+    its thread runs, after ``delay_s`` seconds."""
+
+    faces: Callable[[int], list[tuple[float, float, float]]]
+    box_calibration: DetectionBoxCalibration = IDENTITY
+    calls: list[int] = field(default_factory=list)
+    fail_at: int | None = None
+    delay_s: float = 0.0
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        index = int(image[0, 0, 0]) + 256 * int(image[0, 0, 1])
+        self.calls.append(index)
+        if index == self.fail_at:
+            raise RuntimeError(f"detector failed on frame {index}")
+        return [det_at(*f) for f in self.faces(index)]
+
+
+def indexed(image: np.ndarray, index: int) -> np.ndarray:
+    out = image.copy()
+    out[0, 0, 0], out[0, 0, 1] = index % 256, index // 256
+    return out
+
+
+def background_tracker(faces, **cfg) -> tuple[FaceTracker, IndexedDetector]:
+    det = IndexedDetector(faces)
+    return FaceTracker(TrackerCfg(roi_scale=1.0, detect_in_background=True, **cfg), det), det
+
+
+def bg_step(tracker: FaceTracker, index: int, fit=None, image: np.ndarray = DARK):
+    frame_image = indexed(image, index)
+    rois = tracker.begin(Frame(frame_image, index, 0, "test"))
+    frame_image[:] = 255  # the caller may reuse the frame's buffer after begin: the detection has its own copy
+    tracker.end({r.track_id: fit(r, index) if fit is not None else corners(r.box, 1.0) for r in rois})
+    return rois
+
+
+def test_background_detections_are_associated_one_frame_later():
+    truth = lambda i: [(100 + 4 * i, 150 + math.sin(i / 5) * 10, 80)]  # noqa: E731
+    tracker, det = background_tracker(truth, detect_every=10)
+    detected_at = []
+    for i in range(60):
+        rois = bg_step(tracker, i, follow(truth))
+        assert len(rois) == 1 and rois[0].track_id == 0
+        assert box_iou(rois[0].box, square(*truth(i)[0])) > 0.8
+        if tracker.last_detected:
+            detected_at.append(i)
+    tracker.close()
+    assert det.calls == [0, 10, 20, 30, 40, 50]  # frame 0 has no track yet: detected in the frame
+    assert detected_at == [0, 11, 21, 31, 41, 51] and tracker.detector_calls == 6
+
+
+def test_background_new_face_gets_its_id_one_frame_after_the_scheduled_detection():
+    faces = lambda i: [(150, 150, 80)] + ([(450, 150, 70)] if i >= 13 else [])  # noqa: E731
+    tracker, det = background_tracker(faces, detect_every=10)
+    seen = {i: sorted(r.track_id for r in bg_step(tracker, i)) for i in range(25)}
+    tracker.close()
+    assert seen[20] == [0] and seen[21] == [0, 1]  # detected on frame 20, a crop from frame 21 on
+    assert det.calls == [0, 10, 20]
+
+
+def test_background_detection_is_dropped_at_a_cut_and_a_lost_track_detects_in_the_frame():
+    faces = lambda i: [(150, 150, 80), (450, 150, 80)] if i == 10 else [(150, 150, 80)]  # noqa: E731
+    tracker, det = background_tracker(faces, detect_every=10, max_misses=3)
+    for i in range(11):
+        bg_step(tracker, i, image=DARK)
+    rois = bg_step(tracker, 11, image=BRIGHT)  # a cut: frame 10's detection (two faces) is discarded
+    assert tracker.last_scene_cut and det.calls == [0, 10, 11] and [r.track_id for r in rois] == [0]
+    fit = lambda roi, i: None if i == 12 else corners(roi.box)  # noqa: E731
+    bg_step(tracker, 12, fit, image=BRIGHT)
+    rois = bg_step(tracker, 13, image=BRIGHT)  # lost at 12: detected in frame 13, same id
+    assert det.calls[-1] == 13 and tracker.last_detected and [r.track_id for r in rois] == [0]
+    tracker.close()
+
+
+def test_background_detection_error_surfaces_at_the_next_frame():
+    tracker, det = background_tracker(lambda i: [(150, 150, 80)], detect_every=5)
+    det.fail_at = 5
+    for i in range(6):
+        bg_step(tracker, i)
+    with pytest.raises(RuntimeError, match="frame 5"):
+        bg_step(tracker, 6)
+    tracker.close()
+
+
+def test_background_results_do_not_depend_on_the_detectors_timing():
+    """begin waits for the detection it started: a detector slower than a frame changes nothing."""
+    truth = lambda i: [(100 + 3 * i, 150, 80)] + ([(420, 150, 70)] if 17 <= i < 40 else [])  # noqa: E731
+    runs = []
+    for delay_s in (0.0, 0.02):
+        tracker, det = background_tracker(truth, detect_every=4, recheck_every=2)
+        det.delay_s = delay_s
+        boxes = [[(r.track_id, r.box, r.source) for r in bg_step(tracker, i, follow(truth))] for i in range(50)]
+        tracker.close()
+        runs.append((boxes, det.calls))
+    assert runs[0] == runs[1] and len(runs[0][1]) > 10
+
+
+def test_close_and_reset_wait_for_the_background_detection():
+    tracker, det = background_tracker(lambda i: [(150, 150, 80)], detect_every=2)
+    bg_step(tracker, 0)
+    bg_step(tracker, 1)
+    bg_step(tracker, 2)  # started in the background
+    tracker.reset()  # waits for it and drops it
+    assert det.calls == [0, 2] and tracker.track_ids == []
+    bg_step(tracker, 3)  # no tracks after the reset: detected in the frame
+    bg_step(tracker, 5)
+    tracker.close()
+    assert det.calls == [0, 2, 3, 5] and tracker._worker is None
 
 
 @pytest.mark.parametrize("bad_fit", ["none", "too_big", "jump", "nan"])

@@ -7,7 +7,8 @@ by its factory from the run's :class:`RunContext`, then called by the coordinato
     resumable_frames()      only with --resume, before begin: frames its previous files hold
     begin(resume_from)      resume_from: None (a new run) or the frame the run continues at
     write(result, time_s)   every frame, in input order
-    checkpoint()            every CHECKPOINT_EVERY frames (params.npz, CSV flush, ...)
+    checkpoint()            every CHECKPOINT_EVERY frames (the rows' parts, CSV flush, ...): cheap,
+                            its cost must not grow with the frames done
     finish(status)          once, also after Ctrl-C or a failure: finalise for ctx.frames_done
 
 The coordinator keeps the parameter rows (:class:`ParamRows`, shared through ``ctx.rows``),
@@ -19,9 +20,10 @@ atomic writes and their own resume. :func:`register_sink` adds a format (see
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -71,8 +73,8 @@ class ParamRows:
             c["source_name"].append(frame.name or Path(frame.source).name)
 
     def n_before(self, frame: int) -> int:
-        """Rows of frames ``< frame``."""
-        return sum(1 for f in self.cols["frame_index"] if f < frame)
+        """Rows of frames ``< frame`` (rows are in frame order: frames arrive in input order)."""
+        return bisect.bisect_left(self.cols["frame_index"], frame)
 
     def keep_before(self, frame: int) -> None:
         """Drop the rows of frames ``>= frame`` (a frame in flight when the run stopped, or past a resume point)."""
@@ -109,18 +111,33 @@ class ParamRows:
         float32 pixels, ``time_s`` (N,) float64 seconds, ``frame_index``/``track_id`` (N,) int64,
         ``source_name`` (N,) unicode) plus ``frames_done`` () int64. Drops later rows (Ctrl-C)."""
         self.keep_before(frames_done)
+        out = self.row_arrays(0, len(self))
+        out["frames_done"] = np.array(frames_done, np.int64)
+        return out
+
+    def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start:stop`` as the :data:`PARAMS_ARRAYS` arrays of :meth:`arrays` (no ``frames_done``);
+        costs what the slice holds, not the whole run (the params checkpoint's parts)."""
         P = self.layout.total
         empty = {"frame_index": (0,), "time_s": (0,), "track_id": (0,), "params": (0, P), "raw_params": (0, P),
                  "boxes": (0, 3), "landmarks2d": (0, 68, 2)}
         out = {}
         for k in empty:
-            out[k] = np.stack(self.cols[k]) if self.cols[k] else np.zeros(empty[k], np.float32)
-        out["source_name"] = np.array([str(v) for v in self.cols["source_name"]], dtype=str)  # (N,) unicode
+            vals = self.cols[k][start:stop]
+            out[k] = np.stack(vals) if vals else np.zeros(empty[k], np.float32)
+        out["source_name"] = np.array([str(v) for v in self.cols["source_name"][start:stop]], dtype=str)  # (N,) unicode
         out["frame_index"] = out["frame_index"].astype(np.int64)
         out["track_id"] = out["track_id"].astype(np.int64)
         out["time_s"] = out["time_s"].astype(np.float64)
-        out["frames_done"] = np.array(frames_done, np.int64)
         return out
+
+    def extend(self, arrays: Mapping[str, np.ndarray], missing_source_name: str) -> None:
+        """Append rows read back from params.npz or a checkpoint part (the :data:`PARAMS_ARRAYS` arrays,
+        later frames than the rows held); a file from before ``source_name`` was recorded gets
+        ``missing_source_name`` (the input's file name)."""
+        n = len(arrays["frame_index"])
+        for k in PARAMS_ARRAYS:
+            self.cols[k].extend(arrays[k] if k in arrays else [missing_source_name] * n)
 
 
 @dataclass

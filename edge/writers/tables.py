@@ -296,7 +296,13 @@ def read_blendshape_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_params_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
-    """Write named arrays to a compressed ``.npz`` atomically; object arrays are refused (no pickle).
+    """Write named arrays to a compressed ``.npz`` atomically (:func:`write_npz_atomic`)."""
+    return write_npz_atomic(path, arrays)
+
+
+def write_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, Any], *, compress: bool = True) -> Path:
+    """Write named arrays to an ``.npz`` atomically (compressed unless ``compress=False``); object
+    arrays are refused (no pickle).
 
     Read back with ``np.load(path, allow_pickle=False)``.
     """
@@ -307,8 +313,9 @@ def write_params_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
         if arr.dtype.hasobject:
             raise ValueError(f"{path}: array {name!r} has dtype object; only plain numeric/string arrays are stored")
         clean[name] = arr
+    save = np.savez_compressed if compress else np.savez
     with atomic_file(path, suffix=".npz") as fh:
-        np.savez_compressed(fh, **clean)  # type: ignore[arg-type]  # the stubs match **kwds to allow_pickle
+        save(fh, **clean)  # type: ignore[arg-type]  # the stubs match **kwds to allow_pickle
     return path
 
 
