@@ -47,7 +47,7 @@ from mlanet.edge.device_ops import DeviceOps
 from mlanet.edge.display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from mlanet.edge.filters import FilterCfg, TrackFilters
 from mlanet.edge.protocols import DeviceInferenceBackend, FaceDecoderLike, FaceTrackerLike, InferenceBackend
-from mlanet.edge.reconstruct import (DEFAULT_FOV_DEG, FaceDecoder, camera_intrinsics, crop_pose_to_frame_numpy,
+from mlanet.edge.reconstruct import (DEFAULT_FOV_DEG, FaceDecoder, camera_intrinsics, crop_pose_to_frame_cpu,
                                      frame_camera)
 from mlanet.edge.timing import StageStats, timed
 from mlanet.edge.tracking import FaceTracker, TrackerCfg
@@ -317,7 +317,7 @@ class FacePipeline:
         if not rois:
             return []
         boxes = [r.box for r in rois]
-        flat_frame = crop_pose_to_frame_numpy(raw, boxes, self.layout, self.preprocess, camera,
+        flat_frame = crop_pose_to_frame_cpu(raw, boxes, self.layout, self.preprocess, camera,
                                               intrinsics=self._kept_intrinsics(camera))  # (N, P) float32
         return self._fits(frame, rois, flat_frame, camera)
 

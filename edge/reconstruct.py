@@ -111,7 +111,7 @@ def crop_pose_to_frame(
     return crop_pose_to_frame_tensor(x, b, layout, preprocess, camera)
 
 
-def crop_pose_to_frame_numpy(
+def crop_pose_to_frame_cpu(
     flat: np.ndarray,
     boxes: Sequence[CropBox],
     layout: ParamLayout,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlanet.edge.crops import crop_faces
-from mlanet.geometry import rotations_numpy as rot_np
+from mlanet.geometry import rotations as rt
 from mlanet.edge.filters import FilterCfg, OneEuroFilter, RunningMean, TrackFilter
 from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame, frame_camera
 from mlanet.edge.timing import STAGES, StageStats, timed
@@ -179,8 +179,8 @@ def test_track_filter_equals_one_filter_per_group(synthetic_model):
         t = i / 25.0 + (0.01 if i % 7 == 0 else 0.0)  # uneven frame times
         got = tf(x, t)
         want = x.copy()
-        r6 = rot_np.matrix_to_rotation_6d(rot_np.euler_to_matrix(x[s["rotation"]]))
-        want[s["rotation"]] = rot_np.matrix_to_euler(rot_np.rotation_6d_to_matrix(rot(r6, t)))
+        r6 = rt.matrix_to_rotation_6d(rt.euler_to_matrix(torch.from_numpy(x[s["rotation"]]))).numpy()
+        want[s["rotation"]] = rt.matrix_to_euler(rt.rotation_6d_to_matrix(torch.from_numpy(rot(r6, t)))).numpy()
         for g, f in groups.items():
             want[s[g]] = f(x[s[g]], t) if isinstance(f, OneEuroFilter) else f(x[s[g]])
         np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-7)
@@ -240,7 +240,7 @@ def test_box_from_points_used_by_tracker_is_square():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, threads):
     """The CPU runtime's per-frame NumPy path (crop -> frame, 68 landmarks) against the PyTorch definition."""
-    from mlanet.edge.reconstruct import crop_pose_to_frame_numpy
+    from mlanet.edge.reconstruct import crop_pose_to_frame_cpu
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -257,7 +257,7 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         boxes = [CropBox(10, 20, 200), CropBox(900, 500, 90), CropBox(-40, 300, 400), CropBox(600, 0, 30)]
         cam = frame_camera(1280, 720, 70.0)
         ref = crop_pose_to_frame(flat, boxes, layout, pre, cam).numpy()
-        got = crop_pose_to_frame_numpy(flat, boxes, layout, pre, cam)
+        got = crop_pose_to_frame_cpu(flat, boxes, layout, pre, cam)
         assert got.dtype == np.float32 and got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-6)
         decoder = FaceDecoder(synthetic_model)
@@ -281,9 +281,9 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         np.testing.assert_allclose(decoder.mesh_rows(flat, other)[0], full.vertices[:, other], atol=2e-6)
         with pytest.raises(ValueError, match="parameters must be"):
             decoder.mesh_rows(flat[:, :5], rows)
-        assert crop_pose_to_frame_numpy(flat[:0], [], layout, pre, cam).shape == (0, layout.total)
+        assert crop_pose_to_frame_cpu(flat[:0], [], layout, pre, cam).shape == (0, layout.total)
         with pytest.raises(ValueError, match="flat must be"):
-            crop_pose_to_frame_numpy(flat, boxes[:2], layout, pre, cam)
+            crop_pose_to_frame_cpu(flat, boxes[:2], layout, pre, cam)
     finally:
         torch.set_num_threads(old)
 

@@ -20,36 +20,11 @@ def _angles(n=400, seed=0):
     return a
 
 
-def test_euler_matrix_and_back_match_torch():
+def test_euler_matrix_matches_torch():
     a = _angles()
     R = rn.euler_to_matrix(a)
     np.testing.assert_allclose(R, rt.euler_to_matrix(torch.from_numpy(a)).numpy(), atol=1e-15)
-    e = rn.matrix_to_euler(R)
-    np.testing.assert_allclose(e, rt.matrix_to_euler(torch.from_numpy(R)).numpy(), atol=1e-12)
-    np.testing.assert_allclose(rn.euler_to_matrix(e), R, atol=1e-12)  # round trip, gimbal lock included
-    assert e.dtype == np.float64 and rn.euler_to_matrix(a.astype(np.float32)).dtype == np.float32
-
-
-def test_rotation_6d_matches_torch_and_orthonormalises():
-    R = rn.euler_to_matrix(_angles(seed=1))
-    r6 = rn.matrix_to_rotation_6d(R)
-    np.testing.assert_array_equal(r6, rt.matrix_to_rotation_6d(torch.from_numpy(R)).numpy())
-    noisy = r6 + np.random.default_rng(2).normal(0, 0.05, r6.shape)
-    M = rn.rotation_6d_to_matrix(noisy)
-    np.testing.assert_allclose(M, rt.rotation_6d_to_matrix(torch.from_numpy(noisy)).numpy(), atol=1e-14)
-    np.testing.assert_allclose(M @ np.swapaxes(M, -1, -2), np.broadcast_to(np.eye(3), M.shape), atol=1e-12)
-    np.testing.assert_allclose(np.linalg.det(M), 1.0, atol=1e-12)
-
-
-def test_rotation_z_to_matches_the_torch_one():
-    rng = np.random.default_rng(3)
-    d = rng.normal(size=(50, 3))
-    d[:, 2] = np.abs(d[:, 2]) + 0.1
-    d[0] = [0.0, 0.0, 1.0]  # the optical axis itself
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    R = rn.rotation_z_to(d)
-    np.testing.assert_allclose(R, _rotation_z_to(torch.from_numpy(d)).numpy(), atol=1e-14)
-    np.testing.assert_allclose(R[:, :, 2], d, atol=1e-14)  # +z goes to d
+    assert R.dtype == np.float64 and rn.euler_to_matrix(a.astype(np.float32)).dtype == np.float32
 
 
 def test_cross_matches_numpy_cross_on_any_batch_shape():
@@ -81,7 +56,7 @@ def test_scalar_twins_match_torch_gimbal_lock_included():
 
 
 def test_scalar_6d_twins_match_torch():
-    R = rn.euler_to_matrix(_angles(n=100, seed=7))
+    R = rt.euler_to_matrix(torch.from_numpy(_angles(n=100, seed=7))).numpy()
     r6 = rt.matrix_to_rotation_6d(torch.from_numpy(R)).numpy()
     noisy = r6 + np.random.default_rng(8).normal(0, 0.05, r6.shape)
     ref = rt.rotation_6d_to_matrix(torch.from_numpy(noisy)).numpy()
