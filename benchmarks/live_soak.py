@@ -96,15 +96,17 @@ def run(args: argparse.Namespace) -> Path:
     load_start = load_average_1min()
     with tempfile.TemporaryDirectory(prefix="mlanet-live-soak-") as tmp:
         stats_path = Path(tmp) / "stats.json"
-        cmd = ["mlanet-live", "--video", str(clip), "--loop", "--no-window", "--duration", str(args.minutes * 60.0),
-               "--json-stats", str(stats_path), "--stats-every", str(args.stats_every)]
+        # the interpreter running this harness (a venv's mlanet-live need not be on PATH)
+        cmd = [sys.executable, "-m", "mlanet.edge.live_cli", "--video", str(clip), "--loop", "--no-window",
+               "--duration", str(args.minutes * 60.0), "--json-stats", str(stats_path), "--stats-every",
+               str(args.stats_every)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not stats_path.is_file():
             raise MLANetError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
         stats = json.loads(stats_path.read_text())
-    results = {"command": " ".join(cmd[:1] + [c if c != str(clip) else clip.name for c in cmd[1:]]),
+    results = {"command": " ".join(["mlanet-live"] + [c if c != str(clip) else clip.name for c in cmd[3:]]),
                "clip": clip.name, "minutes": args.minutes, "warmup_min": args.warmup_min, "wall_s": round(wall, 1),
                "load_average_1min_start": load_start, "load_average_1min_end": load_average_1min(),
                **analyse(stats, args.warmup_min * 60.0), "stages": stats.get("stages"), "timeline": stats["timeline"]}
