@@ -20,7 +20,10 @@ multi-second stalls, 9 s with one thread. The plan gives:
   context is created, so :meth:`ThreadPlan.apply` must run before it).
 
 Stages run in sequence, so each may use every core while it runs; what the plan prevents is
-pools that spin or oversubscribe while another stage works. :func:`plan_threads` gives the
+pools that spin or oversubscribe while another stage works. Three things overlap the loop on
+purpose: frame decoding (PyAV's thread), the encoder's frame threads, and the tracker's scheduled
+re-detections (one worker thread running MediaPipe's detector while the frame is fitted, see
+:mod:`mlanet.edge.tracking`): each replaces time the loop would otherwise wait. :func:`plan_threads` gives the
 defaults; ``MLANET_THREADS`` (an integer) overrides the core count the plan is made for.
 """
 
