@@ -273,7 +273,9 @@ def _pipeline(face_model, detector):
     from mlanet.edge.pipeline import FacePipeline, PipelineCfg
     from mlanet.edge.tracking import TrackerCfg
 
-    cfg = PipelineCfg(tracker=TrackerCfg(detect_every=1), render_mode=None, overlays=())
+    # detections in the frame that schedules them, so "two faces from the 4th detector call" is frame 3
+    # (background re-detections would add the second face one frame later; tests/test_tracking.py covers that)
+    cfg = PipelineCfg(tracker=TrackerCfg(detect_every=1, detect_in_background=False), render_mode=None, overlays=())
     return FacePipeline(_Backend(face_model.layout), face_model, cfg, detector=detector)
 
 
