@@ -122,6 +122,32 @@ def test_ibug68_set_replaces_the_old_landmarks_term_for_its_samples(model):
     assert obj(batch, flat).terms["landmarks"].item() > 0.0
 
 
+def test_teacher_eyelids_can_be_left_out_of_the_teacher_term(model):
+    """landmarks_teacher68_eyelids=False: wrong teacher eyelids cost nothing, other wrong points still do;
+    the manual ibug68 term keeps its eyelids."""
+    from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
+
+    lids = list(IBUG68_EYELID_ROWS)
+    flat = _pred(model)
+    batch = _exact_batch(model, flat)
+    moved = dict(batch)
+    moved["points_teacher68"] = batch["points_teacher68"].clone()
+    moved["points_teacher68"][:, lids] += 4.0
+    moved["points_ibug68"] = batch["points_ibug68"].clone()
+    moved["points_ibug68"][:, lids] += 4.0
+    with_lids = Objective(model, PRE, LossCfg(**{**OFF, "landmarks_teacher68": 1.0, "landmarks_ibug68": 1.0}))
+    without = Objective(model, PRE, LossCfg(**{**OFF, "landmarks_teacher68": 1.0, "landmarks_ibug68": 1.0,
+                                               "landmarks_teacher68_eyelids": False}))
+    assert with_lids(moved, flat).terms["landmarks_teacher68"].item() > 1e-3
+    assert without(moved, flat).terms["landmarks_teacher68"].abs().item() < 1e-5
+    assert without(moved, flat).terms["landmarks_ibug68"].item() > 1e-3
+    off = dict(batch)
+    off["points_teacher68"] = batch["points_teacher68"].clone()
+    off["points_teacher68"][:, 30] += 4.0  # the nose tip
+    assert without(off, flat).terms["landmarks_teacher68"].item() > 1e-3
+    assert batch["visible_teacher68"].all()  # the batch itself is not changed
+
+
 def test_photometric_every_n_steps_keeps_the_average_weight(model):
     obj = Objective(model, PRE, LossCfg(**{**OFF, "photometric": 0.5, "photometric_every": 4}))
     flat = _pred(model)

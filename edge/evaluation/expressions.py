@@ -54,6 +54,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Te
 import numpy as np
 
 from mlanet.errors import MLANetError
+from mlanet.eval.face_measures import (  # noqa: F401  (re-exported: the measures this evaluation reports)
+    MP468_EYES,
+    MP468_FACE_HEIGHT,
+    MP468_INNER_LIP,
+    eye_apertures,
+    face_height,
+    lip_gap,
+    mean_eye_aperture,
+)
 
 if TYPE_CHECKING:  # torch and the runtime are imported only when a clip is run
     from mlanet.preprocess import CropBox
@@ -63,13 +72,6 @@ if TYPE_CHECKING:  # torch and the runtime are imported only when a clip is run
     from mlanet.edge.pipeline import FacePipeline, PipelineCfg
     from mlanet.edge.types import Detection, Frame, FrameResult
     from mlanet.edge.evaluation.jitter import WindowReference
-
-#: MediaPipe 468 indices: inner-lip midpoints (upper, lower).
-MP468_INNER_LIP: tuple[int, int] = (13, 14)
-#: MediaPipe 468 indices: forehead top and chin (the face height).
-MP468_FACE_HEIGHT: tuple[int, int] = (10, 152)
-#: Per eye, subject's left then right: (upper lid, lower lid, outer corner, inner corner).
-MP468_EYES: dict[str, tuple[int, int, int, int]] = {"L": (386, 374, 263, 362), "R": (159, 145, 33, 133)}
 
 #: Expression shapes the benchmark reads: the face model's name, or its ARKit name.
 TARGET_SHAPES: dict[str, str] = {"jawOpen": "jawOpen", "eyeBlink_L": "eyeBlinkLeft", "eyeBlink_R": "eyeBlinkRight"}
@@ -125,64 +127,6 @@ DEFINITIONS: dict[str, Any] = {
     "out_of_range": "fraction of expression weights < 0 or > 1 over all shapes and every face the pipeline fitted",
     "skipped": SKIP_REASONS,
 }
-
-
-# ------------------------------------------------------------------------------------ measures
-def _points(points: np.ndarray) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim < 2 or p.shape[-2] != 468 or p.shape[-1] < 2:
-        raise ValueError(f"expected MediaPipe points of shape (..., 468, 2), got {p.shape}")
-    return p[..., :2]
-
-
-def _dist(p: np.ndarray, i: int, j: int) -> np.ndarray:
-    return np.linalg.norm(p[..., i, :] - p[..., j, :], axis=-1)
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def face_height(points: np.ndarray) -> np.ndarray:
-    """Forehead top (10) to chin (152) distance of MediaPipe points (..., 468, 2) -> (...,), same unit."""
-    return _dist(_points(points), *MP468_FACE_HEIGHT)
-
-
-def lip_gap(points: np.ndarray) -> np.ndarray:
-    """Inner-lip gap over face height: ``|p13 - p14| / |p10 - p152|``.
-
-    Args:
-        points: (..., 468, 2) MediaPipe face-mesh points, any (common) length unit.
-
-    Returns:
-        (...,) float64, dimensionless (0 with closed lips, about 0.1-0.3 wide open); NaN where
-        the face height is 0.
-    """
-    p = _points(points)
-    return _ratio(_dist(p, *MP468_INNER_LIP), _dist(p, *MP468_FACE_HEIGHT))
-
-
-def eye_apertures(points: np.ndarray) -> np.ndarray:
-    """Per-eye aperture: vertical lid distance over the eye's width.
-
-    Args:
-        points: (..., 468, 2) MediaPipe face-mesh points, any (common) length unit.
-
-    Returns:
-        (..., 2) float64, dimensionless: ``[..., 0]`` the subject's left eye
-        ``|p386 - p374| / |p263 - p362|``, ``[..., 1]`` the subject's right eye
-        ``|p159 - p145| / |p33 - p133|`` (about 0.25-0.35 open, near 0 closed); NaN where an eye's
-        width is 0.
-    """
-    p = _points(points)
-    out = [_ratio(_dist(p, up, lo), _dist(p, outer, inner)) for up, lo, outer, inner in MP468_EYES.values()]
-    return np.stack(out, axis=-1)
-
-
-def mean_eye_aperture(points: np.ndarray) -> np.ndarray:
-    """Mean of both :func:`eye_apertures`: (..., 468, 2) -> (...,) float64, dimensionless."""
-    return eye_apertures(points).mean(axis=-1)
 
 
 # ------------------------------------------------------------------------------- statistics

@@ -180,6 +180,31 @@ def cmd_fit_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eye_report(args: argparse.Namespace) -> int:
+    from mlanet.errors import MLANetError
+    from mlanet.fileutil import check_writable_file, write_json_atomic, write_text_atomic
+    from mlanet.data.eye_aperture import eye_report, report_markdown
+    from mlanet.data.fits import FitCache, RobustFitSettings
+    from mlanet.data.labels import LabelCache
+
+    labels = LabelCache(args.labels)
+    if not labels.sources():
+        raise MLANetError(f"--labels {args.labels}: holds no labelled source (run `mlanet data label` first)")
+    fits = None
+    if args.fits is not None:
+        fits = FitCache(args.fits)
+        if not fits.sources():
+            raise MLANetError(f"--fits {args.fits}: holds no fits (run `mlanet data fit` first)")
+    json_path = check_writable_file(args.json, "--json")
+    rep = eye_report(labels, _face_model(args.face_model), fits, max_yaw_deg=args.max_yaw,
+                     fit_settings=RobustFitSettings().to_dict() if fits is not None else None)
+    write_json_atomic(json_path, rep, allow_nan=False)
+    md = Path(json_path).with_suffix(".md")
+    write_text_atomic(md, report_markdown(rep))
+    print(f"wrote {json_path} and {md}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="training data: derived labels (teacher 68 + pose, MediaPipe 468)")
     sub = p.add_subparsers(dest="data_cmd", required=True)
@@ -219,6 +244,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--face-model", default=None, metavar="FILE",
                     help="report the fits made for this face model's geometry (default: the installed one)")
     fr.set_defaults(func=cmd_fit_report)
+    er = sub.add_parser("eye-report", help="eye aperture of the labels (manual, MediaPipe, teacher), the fits' eyeBlink "
+                                           "and the face model's eyelids (mlanet.data.eye_aperture)")
+    er.add_argument("--labels", required=True, metavar="DIR", help="label cache folder")
+    er.add_argument("--fits", default=None, metavar="DIR", help="fit cache folder (adds the fitted eyeBlink)")
+    er.add_argument("--json", required=True, metavar="FILE", help="report JSON (a .md beside it)")
+    er.add_argument("--max-yaw", type=float, default=20.0, metavar="DEG",
+                    help="label apertures on faces within this teacher yaw (default 20)")
+    er.add_argument("--face-model", default=None, metavar="FILE",
+                    help="face model file (default: the installed one)")
+    er.set_defaults(func=cmd_eye_report)
     from mlanet.data.store_cli import add_pack_parsers, add_prepare_parser  # the training store (mlanet.data.store)
 
     add_prepare_parser(sub)

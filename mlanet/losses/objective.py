@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
 from mlanet.geometry.rotations import euler_to_matrix
 from mlanet.morphable.model import MorphableModel
 from mlanet.params import FaceParams
@@ -59,6 +60,11 @@ class LossCfg:
     landmarks_aflw21: float = 1.0
     landmarks_mtfl5: float = 1.0
     landmarks_teacher68: float = 0.3
+    #: whether the teacher's eight eyelid points (:data:`mlanet.eval.face_measures.IBUG68_EYELID_ROWS`) enter
+    #: its landmark term. The teacher does not see eyes close (its aperture correlates r = 0.14 with 300-W's
+    #: manual one, MediaPipe's r = 0.70; ``mlanet data eye-report``) and its usual aperture is eyeBlink ~0.56
+    #: of the face model's ``aflw2000_68`` lids, so with them every face is pulled towards half-closed eyes
+    landmarks_teacher68_eyelids: bool = True
     #: pseudo-3DMM fit supervision (``fit_params`` where ``fit_ok``): model-frame vertex distance (mm)
     #: of identity + expression; half the weight of ground-truth ``vertices`` (the fit is a pseudo label)
     fit_shape: float = 0.01
@@ -151,7 +157,11 @@ class Objective:
             if vis is None or not bool(vis.any()):
                 continue
             pts = camera.project(fm.landmark_points(verts, definition, camera=camera, rotation=rotation))
-            out[f"landmarks_{name}"] = w * terms.landmark_loss(pts, batch[f"points_{name}"], vis.bool(), S)
+            vis = vis.bool()
+            if name == "teacher68" and not cfg.landmarks_teacher68_eyelids:
+                vis = vis.clone()
+                vis[:, list(IBUG68_EYELID_ROWS)] = False
+            out[f"landmarks_{name}"] = w * terms.landmark_loss(pts, batch[f"points_{name}"], vis, S)
         if cfg.mediapipe and fm.has_mediapipe and bool(batch["has_mp468"].any()):
             valid = batch["has_mp468"][:, None].expand(-1, batch["mp468"].shape[1])
             mp_px = camera.project(fm.landmark_points(verts, "mediapipe468"))
