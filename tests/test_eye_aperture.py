@@ -109,3 +109,40 @@ def test_teacher_eyelid_weight_zero_is_the_same_as_no_teacher_eyelids(synthetic_
     fit_manual0 = robust_fit(synthetic_model, [ObservationSpec("manual", "ict68", teacher)], s0)
     fit_manual1 = robust_fit(synthetic_model, [ObservationSpec("manual", "ict68", teacher)], s1)
     np.testing.assert_allclose(fit_manual0.params, fit_manual1.params, atol=1e-9)
+
+
+def test_fit_blinks_correlate_with_the_apertures_they_were_made_from(synthetic_data) -> None:
+    """fit_blinks pairs every fit with its label row by lookup key, skips bad fits, and measures r."""
+    from mlanet.data.eye_aperture import fit_blinks
+    from mlanet.data.fits import FitTable
+    from mlanet.data.labels.cache import lookup_key
+    from mlanet.morphable.model import MorphableModel
+    from mlanet.params import ParamLayout
+    from tests.test_objective_sets import with_set_definitions
+
+    model = MorphableModel(with_set_definitions(synthetic_data))
+    layout = ParamLayout.for_face_model(model)
+    rng = np.random.default_rng(5)
+    n = 40
+    aperture = rng.uniform(0.05, 0.4, n)
+    arrays = {"content": np.array([f"c{i}" for i in range(n)]), "box_rule": np.array(["r"] * n),
+              "annotation": np.array([f"a{i}" for i in range(n)]), "mp_status": np.ones(n, np.int8),
+              "mp468": np.stack([mp_points(a, a, rng) for a in aperture]),
+              "manual__ibug68": np.stack([ibug_points(a, a, rng) for a in aperture])}
+    order = rng.permutation(n)  # the fit table is in another order than the labels
+    params = np.zeros((n, layout.total), np.float32)
+    e = layout.slices()["expression"]
+    blink = 1.0 - aperture / 0.4
+    params[:, e.start + model.expression_names.index("eyeBlink_L")] = blink[order]
+    params[:, e.start + model.expression_names.index("eyeBlink_R")] = blink[order]
+    ok = np.ones(n, bool)
+    ok[:3] = False
+    fits = FitTable("src", {"label_lookup": np.array([lookup_key(f"c{i}", "r", f"a{i}") for i in order]),
+                            "params": params, "ok": ok},
+                    [{"fitter": {"settings": {"teacher_eyelid_weight": 0.0}}}])
+    rep = fit_blinks(arrays, fits, model)
+    assert rep["faces"] == n - 3
+    assert rep["r_vs_minus_mediapipe_aperture"] == pytest.approx(1.0, abs=1e-6)
+    assert rep["r_vs_minus_manual_aperture"] == pytest.approx(1.0, abs=1e-6)
+    assert rep["eyeBlink"]["p50"] == pytest.approx(float(np.median(blink[order][3:])), abs=1e-3)
+    assert rep["fitter_settings"] == [{"teacher_eyelid_weight": 0.0}]

@@ -417,6 +417,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
         ["data", "label", "--source", "300w=a", "--source", "300w=b", "--cache", str(tmp_path / "c")],
         ["data", "label-report", "--cache", str(tmp_path / "missing"), "--json", str(tmp_path / "r.json")],
         ["data", "label-report", "--cache", str(tmp_path), "--json", str(tmp_path / "r.json")],
+        ["data", "eye-report", "--labels", str(tmp_path / "missing"), "--json", str(tmp_path / "e.json")],
+        ["data", "eye-report", "--labels", str(tmp_path), "--json", str(tmp_path / "e.json")],
     ]
     (tmp_path / "file").write_text("x")
     cases.append(["data", "label", "--source", "300w=a", "--cache", str(tmp_path / "file")])

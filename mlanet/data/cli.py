@@ -184,7 +184,7 @@ def cmd_eye_report(args: argparse.Namespace) -> int:
     from mlanet.errors import MLANetError
     from mlanet.fileutil import check_writable_file, write_json_atomic, write_text_atomic
     from mlanet.data.eye_aperture import eye_report, report_markdown
-    from mlanet.data.fits import FitCache, RobustFitSettings
+    from mlanet.data.fits import FitCache
     from mlanet.data.labels import LabelCache
 
     labels = LabelCache(args.labels)
@@ -196,8 +196,7 @@ def cmd_eye_report(args: argparse.Namespace) -> int:
         if not fits.sources():
             raise MLANetError(f"--fits {args.fits}: holds no fits (run `mlanet data fit` first)")
     json_path = check_writable_file(args.json, "--json")
-    rep = eye_report(labels, _face_model(args.face_model), fits, max_yaw_deg=args.max_yaw,
-                     fit_settings=RobustFitSettings().to_dict() if fits is not None else None)
+    rep = eye_report(labels, _face_model(args.face_model), fits, max_yaw_deg=args.max_yaw)
     write_json_atomic(json_path, rep, allow_nan=False)
     md = Path(json_path).with_suffix(".md")
     write_text_atomic(md, report_markdown(rep))

@@ -20,6 +20,7 @@ Everything is computed on training sources only (the label cache never holds AFL
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -140,7 +141,9 @@ def fit_blinks(arrays: Mapping[str, np.ndarray], fits: Any, model: Any) -> dict[
     expr = np.asarray(fits["params"], np.float64)[fit_rows][:, ParamLayout.for_face_model(model).slices()["expression"]]
     names = list(model.expression_names)
     blink = (expr[:, names.index("eyeBlink_L")] + expr[:, names.index("eyeBlink_R")]) / 2.0
+    settings = {json.dumps(m.get("fitter", {}).get("settings"), sort_keys=True) for m in getattr(fits, "metas", [])}
     out: dict[str, Any] = {"faces": int(len(rows)), "eyeBlink": _percentiles(blink),
+                           "fitter_settings": [json.loads(x) for x in sorted(settings)],
                            "r_vs_minus_mediapipe_aperture": _pearson(
                                blink, -eye_apertures(np.asarray(arrays["mp468"], np.float64)[rows]).mean(-1))}
     if "manual__ibug68" in arrays:
@@ -149,10 +152,9 @@ def fit_blinks(arrays: Mapping[str, np.ndarray], fits: Any, model: Any) -> dict[
     return out
 
 
-def eye_report(labels: Any, model: Any, fits: Any = None, max_yaw_deg: float = 20.0,
-               fit_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def eye_report(labels: Any, model: Any, fits: Any = None, max_yaw_deg: float = 20.0) -> dict[str, Any]:
     """The whole report: ``labels`` a :class:`~mlanet.data.labels.LabelCache`, ``fits`` a
-    :class:`~mlanet.data.fits.FitCache` or None (``fit_settings``: recorded as given)."""
+    :class:`~mlanet.data.fits.FitCache` or None (each source's entry records the fitter settings of its fits)."""
     from mlanet.data.fits import fit_model_keys
 
     curves = face_model_apertures(model)
@@ -173,8 +175,6 @@ def eye_report(labels: Any, model: Any, fits: Any = None, max_yaw_deg: float = 2
             if len(table):
                 entry["fits"] = fit_blinks(arrays, table, model)
         rep["sources"][source] = entry
-    if fits is not None:
-        rep["fit_settings"] = dict(fit_settings or {})
     return rep
 
 
@@ -200,15 +200,17 @@ def report_markdown(rep: Mapping[str, Any]) -> str:
     lines += ["", "| source | correlations of the apertures |", "|---|---|"]
     for s, e in rep["sources"].items():
         lines.append(f"| {s} | " + ", ".join(f"{k} {v}" for k, v in e["correlation"].items()) + " |")
-    if "fit_settings" in rep:
-        lines += ["", "## Fits", "", f"Fit settings: `{rep['fit_settings']}`", "",
-                  "| source | faces | eyeBlink p5 | p25 | p50 | p75 | p95 | r vs -MediaPipe aperture | r vs -manual aperture |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+    if any("fits" in e for e in rep["sources"].values()):
+        lines += ["", "## Fits", "", "Mean of both fitted eyeBlinks over every good fit (all yaws); r = Pearson r with minus "
+                  "the aperture of the same faces. Teacher eyelid weight of the fits in the last column.", "",
+                  "| source | faces | eyeBlink p5 | p25 | p50 | p75 | p95 | r vs -MediaPipe aperture | r vs -manual aperture "
+                  "| teacher_eyelid_weight |", "|---|---|---|---|---|---|---|---|---|---|"]
         for s, e in rep["sources"].items():
             f = e.get("fits")
             if not f:
                 continue
             lines.append(f"| {s} | {f['faces']} | " + " | ".join(
                 "" if f['eyeBlink'][f'p{q}'] is None else f"{f['eyeBlink'][f'p{q}']:.3f}" for q in PERCENTILES)
-                + f" | {f['r_vs_minus_mediapipe_aperture']} | {f.get('r_vs_minus_manual_aperture', '')} |")
+                + f" | {f['r_vs_minus_mediapipe_aperture']} | {f.get('r_vs_minus_manual_aperture', '')} | "
+                + ", ".join(str(st.get("teacher_eyelid_weight", 1.0)) for st in f["fitter_settings"] if st) + " |")
     return "\n".join(lines) + "\n"
