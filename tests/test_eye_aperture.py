@@ -89,7 +89,7 @@ def test_face_model_eyelids_close_with_eyeblink(ict_data) -> None:
 
 def test_teacher_eyelid_weight_zero_is_the_same_as_no_teacher_eyelids(synthetic_model) -> None:
     """Weight 0 makes the teacher's eyelid points count for nothing (as if absent); weight 1 lets them pull."""
-    from tests.test_fits import FAST, _project, _truth
+    from test_fits import FAST, _project, _truth
 
     ident, expr, ang, t = _truth(synthetic_model, seed=4)
     pts = _project(synthetic_model, ident, expr, ang, t)
@@ -118,7 +118,7 @@ def test_fit_blinks_correlate_with_the_apertures_they_were_made_from(synthetic_d
     from mlanet.data.labels.cache import lookup_key
     from mlanet.morphable.model import MorphableModel
     from mlanet.params import ParamLayout
-    from tests.test_objective_sets import with_set_definitions
+    from test_objective_sets import with_set_definitions
 
     model = MorphableModel(with_set_definitions(synthetic_data))
     layout = ParamLayout.for_face_model(model)
