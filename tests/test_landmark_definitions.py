@@ -449,6 +449,61 @@ def test_build_definitions_recovers_a_known_teacher_definition(synthetic_data, s
         build_landmark_file(synthetic_data, bad)
 
 
+def test_manual_eyelids_keep_the_teachers_eyelids_out_of_every_fit(synthetic_data, synthetic_model):
+    """aflw2000_eyelids="manual": aflw2000_68's eyelid points are placed through the 300-W faces fitted to their
+    manual points; the teacher's eyelids on faces without manual lids (AFLW) move nothing, while with
+    "teacher-fits" (v1) the AFLW rounds take the points along. Moving the teacher's lids on the 300-W faces
+    moves only the eyelid points: no fit sees them."""
+    from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
+    from mlanet.morphable.landmarks.build import BuildSettings, FaceSet, build_definitions, definition_from_points, start_points
+
+    m = synthetic_model
+    mean, tris = synthetic_data.mean_shape.astype(np.float64), synthetic_data.triangles
+    cam = PreprocessCfg().camera(1, dtype=torch.float64)
+    a21 = definition_from_points("aflw21", synthetic_data, start_points(synthetic_data)["aflw21"])
+    mi = MorphableModel(_with_definitions(synthetic_data, ibug68_start(synthetic_data), a21)).double()
+    rng = np.random.default_rng(3)
+    lids = list(IBUG68_EYELID_ROWS)
+    others = [i for i in range(68) if i not in lids]
+
+    def faces(n: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        v, ang = _random_faces(m, n, seed=seed, max_yaw=40.0)
+        pts = cam.project(mi.landmark_points(v, name, camera=cam, rotation=euler_to_matrix(ang))).numpy()
+        t68 = cam.project(mi.landmark_points(v, "ibug68", camera=cam, rotation=euler_to_matrix(ang))).numpy()
+        return pts + rng.normal(0, 0.3, pts.shape), t68 + rng.normal(0, 0.5, t68.shape), np.degrees(ang[:, 1].numpy())
+
+    w_manual, w_teacher, w_yaw = faces(30, 7, "ibug68")
+    a_manual, a_teacher, a_yaw = faces(30, 8, "aflw21")
+
+    def closer(t: np.ndarray) -> np.ndarray:  # the teacher's lids drawn 6 px closer together
+        out = t.copy()
+        out[:, lids, 1] += np.where(np.isin(lids, [37, 38, 43, 44]), 3.0, -3.0)
+        return out
+
+    def build(shift_w300: bool, shift_aflw: bool, mode: str = "manual") -> dict:
+        tw = closer(w_teacher) if shift_w300 else w_teacher
+        ta = closer(a_teacher) if shift_aflw else a_teacher
+        w300 = FaceSet("300w", "t", "ibug68", [f"300w:f{i}.jpg" for i in range(30)], w_manual, tw, w_yaw)
+        aflw = FaceSet("aflw-crops", "t", "aflw21", [f"aflw-crops:images/image2{i:04d}.jpg" for i in range(30)],
+                       a_manual, ta, a_yaw)
+        defs, _ = build_definitions(synthetic_data, w300, aflw, settings=BuildSettings(iterations=15, aflw2000_eyelids=mode))
+        return {n: d.points(mean, tris) for n, d in defs.items()}
+
+    gap = lambda p: float(np.linalg.norm(p[[37, 38, 43, 44]] - p[[41, 40, 47, 46]], axis=1).mean())  # noqa: E731
+    a, b = build(False, False), build(True, False)
+    for name in ("ibug68", "aflw21"):
+        np.testing.assert_allclose(a[name], b[name], atol=1e-9, err_msg=name)
+    np.testing.assert_allclose(a["aflw2000_68"][others], b["aflw2000_68"][others], atol=1e-9)
+    assert gap(b["aflw2000_68"]) < gap(a["aflw2000_68"]) - 1e-3  # the points follow the 300-W teacher's lids (m)
+    c = build(False, True)  # only the AFLW teacher's lids closer: nothing moves
+    for name in ("ibug68", "aflw21", "aflw2000_68"):
+        np.testing.assert_allclose(a[name], c[name], atol=1e-9, err_msg=name)
+    v1, v1_aflw = build(False, False, "teacher-fits"), build(False, True, "teacher-fits")
+    assert gap(v1_aflw["aflw2000_68"]) < gap(v1["aflw2000_68"]) - 1e-3  # v1: the AFLW rounds move them
+    with pytest.raises(ValueError, match="aflw2000_eyelids"):
+        BuildSettings(aflw2000_eyelids="mediapipe")
+
+
 @pytest.mark.gpu
 def test_landmark_points_on_the_gpu_match_the_cpu(synthetic_data):
     m = MorphableModel(_with_definitions(synthetic_data, _definition(synthetic_data), ibug68_start(synthetic_data)))

@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
 from mlanet.preprocess import CropBox, box_from_points
 from mlanet.morphable.landmarks import definitions as sl
 from mlanet.morphable.data import FaceModelData
@@ -278,6 +279,10 @@ def prepare_mtfl(root: str | Path, teacher: Any, n: int = 2000, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------- the build
+#: Values of :attr:`BuildSettings.aflw2000_eyelids`.
+EYELID_SOURCES = ("teacher-fits", "manual")
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """Settings of :func:`build_definitions`."""
@@ -291,6 +296,17 @@ class BuildSettings:
     #: robust scale (crop pixels) of the reprojection error when choosing surface points
     reprojection_scale_px: float = 3.0
     iterations: int = 40
+    #: where ``aflw2000_68``'s eight eyelid points (:data:`~mlanet.eval.face_measures.IBUG68_EYELID_ROWS`) come
+    #: from. ``"teacher-fits"`` (how ``ict_face_landmarks_v1`` was made): like every other point, reprojected
+    #: through fits that include the teacher's eyelids, so the fits' eyeBlink and the points adapt to each other
+    #: (the teacher's near-constant aperture ends up at eyeBlink ~0.56 of the points). ``"manual"``: the
+    #: teacher's eyelids stay out of every fit, and the points are placed through the 300-W faces fitted to
+    #: their manual 68 points only, whose eyeBlink follows the lids a person drew.
+    aflw2000_eyelids: str = "teacher-fits"
+
+    def __post_init__(self) -> None:
+        if self.aflw2000_eyelids not in EYELID_SOURCES:
+            raise ValueError(f"aflw2000_eyelids must be one of {', '.join(EYELID_SOURCES)}, not {self.aflw2000_eyelids!r}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -380,6 +396,24 @@ def build_definitions(
         report["steps"].append({"step": step, "definition": name, **st})
         return sl.SurfaceDefinition(name, t, b, np.zeros(len(t), np.uint8)).normalised()
 
+    lids_manual = s.aflw2000_eyelids == "manual"
+    lid_rows = list(IBUG68_EYELID_ROWS)
+
+    def teacher_weights(fs: FaceSet) -> np.ndarray:
+        """(N, 68) weights of the teacher's points in a fit: w_t, and 0 on its eyelids where they stay out."""
+        w = np.full(fs.teacher.shape[:2], w_t)
+        if lids_manual:
+            w[:, lid_rows] = 0.0
+        return w
+
+    def with_anchored_lids(d: sl.SurfaceDefinition, anchor: sl.SurfaceDefinition) -> sl.SurfaceDefinition:
+        """``d`` with the eyelid points of ``anchor`` (the 300-W manual-fit placement) in "manual" mode."""
+        if not lids_manual:
+            return d
+        tri, bary = d.triangle.copy(), d.barycentric.copy()
+        tri[lid_rows], bary[lid_rows] = anchor.triangle[lid_rows], anchor.barycentric[lid_rows]
+        return sl.SurfaceDefinition(d.name, tri, bary, d.contour, d.contour_candidates).normalised()
+
     ibug = ibug68_start(data)
     contour = ibug.contour.astype(bool)
     # -- round 1: 300-W fitted to its manual points; the teacher's points located on those fits
@@ -389,6 +423,7 @@ def build_definitions(
     rad68[:17] = 0.03
     valid_w = np.isfinite(w300.teacher).all(-1) & ok_w[:, None]
     a68 = reproject(fit_w, w300.teacher, valid_w, start["aflw2000_68"], rad68, "aflw2000_68", "300-W round 1")
+    a68_manual_fits = a68  # eyelids placed through fits to the manual points only (the anchor in "manual" mode)
     a21 = definition_from_points("aflw21", data, start["aflw21"])
     steps = {"aflw2000_68": [f"300-W: {int(ok_w.sum())} faces"]}
     if aflw is not None:
@@ -397,19 +432,20 @@ def build_definitions(
         rad21[[12, 16]] = 0.03
         for rnd in (1, 2):
             fit_a = _fit(model, [Observation(a21, aflw.manual, vis.astype(float)),
-                                 Observation(a68, aflw.teacher, np.full(aflw.teacher.shape[:2], w_t))], s, say,
+                                 Observation(a68, aflw.teacher, teacher_weights(aflw))], s, say,
                          f"AFLW round {rnd}")
             res = _manual_residual(model, fit_a, a21, aflw.manual)
             ok_a = np.nan_to_num(res, nan=np.inf) <= s.max_residual_px
             valid_t = np.isfinite(aflw.teacher).all(-1) & ok_a[:, None]
             a68 = reproject(fit_a, aflw.teacher, valid_t, a68.points(mean, tris), np.where(rad68 > 0.02, 0.02, 0.012),
                             "aflw2000_68", f"AFLW round {rnd}")
+            a68 = with_anchored_lids(a68, a68_manual_fits)
             a21 = reproject(fit_a, aflw.manual, vis & ok_a[:, None], a21.points(mean, tris), rad21 if rnd == 1 else
                             np.full(21, 0.008), "aflw21", f"AFLW round {rnd}")
         steps["aflw2000_68"].append(f"AFLW crops: {int(ok_a.sum())} faces, 2 rounds")
         report["aflw_faces_used"] = int(ok_a.sum())
     # -- 300-W refit with its manual points and the teacher's (current aflw2000_68): final ibug68 inner points
-    fit_w2 = _fit(model, [Observation(ibug, w300.manual), Observation(a68, w300.teacher, np.full(w300.teacher.shape[:2], w_t))],
+    fit_w2 = _fit(model, [Observation(ibug, w300.manual), Observation(a68, w300.teacher, teacher_weights(w300))],
                   s, say, "300-W round 2")
     ok_w2 = _manual_residual(model, fit_w2, ibug, w300.manual) <= s.max_residual_px
     fixed = ~contour
@@ -423,12 +459,13 @@ def build_definitions(
     if aflw is None:  # without pose-diverse faces, the 300-W round-2 fits give the final aflw2000_68
         a68 = reproject(fit_w2, w300.teacher, np.isfinite(w300.teacher).all(-1) & ok_w2[:, None], a68.points(mean, tris),
                         np.full(68, 0.012), "aflw2000_68", "300-W round 2")
+        a68 = with_anchored_lids(a68, a68_manual_fits)
     out = {"ibug68": ibug, "aflw2000_68": a68}
     if aflw is not None:
         out["aflw21"] = a21
     if mtfl is not None:
         fit_m = _fit(model, [Observation(definition_from_points("mtfl5", data, start["mtfl5"]), mtfl.manual),
-                             Observation(a68, mtfl.teacher, np.full(mtfl.teacher.shape[:2], w_t))], s, say, "MTFL")
+                             Observation(a68, mtfl.teacher, teacher_weights(mtfl))], s, say, "MTFL")
         ok_m = fit_m.residual_px <= s.max_residual_px
         out["mtfl5"] = reproject(fit_m, mtfl.manual, np.isfinite(mtfl.manual).all(-1) & ok_m[:, None], start["mtfl5"],
                                  np.full(5, 0.012), "mtfl5", "MTFL")
@@ -471,6 +508,11 @@ def build_definitions(
                     "start: ICT's 68 vertices; round 1 on 300-W (fitted to its manual points), then two rounds on AFLW "
                     "crops of all poses (fitted to their manual 21 points and the teacher's 68)"
                     if name == "aflw2000_68" and aflw is not None else None
+                ),
+                "eyelids": (
+                    "the teacher's eight eyelid points out of every fit; aflw2000_68's eyelid points placed through "
+                    "the 300-W faces fitted to their manual 68 points only"
+                    if lids_manual and name == "aflw2000_68" else None
                 ),
                 "symmetrisation_moved_mm": moved,
                 "never_on": "AFLW2000-3D (validation only; the readers drop it and the keys are checked)",

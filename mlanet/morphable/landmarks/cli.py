@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from mlanet.morphable.landmarks.build import EYELID_SOURCES
+
 
 def _say(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
@@ -35,7 +37,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
     aflw = prepare_aflw(args.aflw_crops, teacher, per_bin=args.aflw_per_bin, seed=args.seed, progress=_say) \
         if args.aflw_crops else None
     mtfl = prepare_mtfl(args.mtfl, teacher, n=args.mtfl_faces, seed=args.seed, progress=_say) if args.mtfl else None
-    lf = build_landmark_file(data, w300, aflw, mtfl, BuildSettings(), file_id=args.id,
+    lf = build_landmark_file(data, w300, aflw, mtfl, BuildSettings(aflw2000_eyelids=args.aflw2000_eyelids), file_id=args.id,
                              teacher_info=teacher.describe(), progress=_say)
     lf.save(out)
     print(f"wrote landmark definitions {lf.id} to {out}: " + ", ".join(
@@ -67,4 +69,8 @@ def add_landmarks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mtfl-faces", type=int, default=1500, metavar="N", help="MTFL faces sampled (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     p.add_argument("--id", default="mlanet-landmarks-ict-v1", help="file id (default %(default)s)")
+    p.add_argument("--aflw2000-eyelids", choices=EYELID_SOURCES, default="teacher-fits",
+                   help="where aflw2000_68's eyelid points come from: 'teacher-fits' (as the shipped v1 file) or "
+                        "'manual' (the teacher's eyelids out of every fit; the points placed through the 300-W faces "
+                        "fitted to their manual points, so the fits' eyeBlink follows drawn lids) (default %(default)s)")
     p.set_defaults(func=cmd_landmarks)
