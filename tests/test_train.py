@@ -232,3 +232,26 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_write():
         gate.handler(signal.SIGTERM, None)
     with gate.writing():  # nothing held any more
         pass
+
+
+def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path, face_path):
+    """optim.freeze_batchnorm: BatchNorm layers normalise with, and keep, the statistics of the weights they start
+    from (also across validations, which switch the model to eval and back), while their scale and shift train."""
+    start, frozen, free = tmp_path / "start", tmp_path / "frozen", tmp_path / "free"
+    for d in (start, frozen, free):
+        d.mkdir()
+    assert main(_args(start, face_path, 2)) == 0
+    init = ("--set", f"model.init_weights={start / 'run'}")
+    assert main(_args(frozen, face_path, 3, init + ("--set", "optim.freeze_batchnorm=true"))) == 0
+    assert main(_args(free, face_path, 3, init)) == 0
+    s0, _ = _last_weights(start / "run")
+    sf, mf = _last_weights(frozen / "run")
+    sn, _ = _last_weights(free / "run")
+    assert mf.extra["train_config"]["optim"]["freeze_batchnorm"] is True
+    stats = [k for k in s0 if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats
+    for k in stats:
+        assert torch.equal(sf[k], s0[k]), k
+    assert any(not torch.equal(sn[k], s0[k]) for k in stats)  # without it they follow the batches
+    scales = [k[: -len("running_mean")] + "weight" for k in stats if k.endswith("running_mean")]
+    assert any(not torch.equal(sf[k], s0[k]) for k in scales)  # the affine parameters still train

@@ -87,6 +87,9 @@ class OptimCfg:
     steps: int = 2000
     warmup_steps: int = 100
     grad_clip: float = 5.0
+    # BatchNorm layers normalise with their running statistics and keep them (eval mode) while their scale and
+    # shift still train: for a short fine-tune at a much smaller batch than the run that made the weights
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)

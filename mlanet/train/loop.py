@@ -155,6 +155,16 @@ def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
     return f
 
 
+def set_training_mode(model: torch.nn.Module, freeze_batchnorm: bool = False) -> None:
+    """``model.train()``; with ``freeze_batchnorm`` its BatchNorm layers stay in eval mode (running statistics
+    used and kept; their affine parameters still receive gradients)."""
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
     """Load another run's weights into ``model`` (same network and parameter layout; the face
     model's content may differ, e.g. a new albedo basis). Returns the checkpoint file used."""
@@ -497,6 +507,8 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
         m = validate(model, face_model, cfg, device, data_face_model)
         if dev is not None:
             m.update(dev(model, face_model, cfg))
+        if model.training:
+            set_training_mode(model, cfg.optim.freeze_batchnorm)
         return m
 
     initial_metrics: dict[str, float] = {}
@@ -510,7 +522,7 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
     stopped_by = "finished"
     ckpt_path: Path | None = None
     in_progress: dict[str, torch.Tensor] | None = None  # buffers saved at the start of an unfinished step
-    model.train()
+    set_training_mode(model, cfg.optim.freeze_batchnorm)
     try:
         t_window, n_window = time.perf_counter(), 0
         for current, batch in zip(range(start_step, cfg.optim.steps), loader):
