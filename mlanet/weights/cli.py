@@ -2,7 +2,8 @@
 
 ``mlanet weights pack --weights RUN_DIR --name mlanet_mobile --out mlanet/weights/mlanet_mobile.safetensors``
 packs the checkpoint the run's ``best.json`` names (chosen on the AFLW2000-3D dev images) as FP16, at most
-10 MB, with a release block (:mod:`mlanet.weights.pack`).
+10 MB, with a release block (:mod:`mlanet.weights.pack`). ``mlanet weights average CKPT CKPT ... --out FILE``
+writes the mean of checkpoints of one run (:mod:`mlanet.weights.average`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from mlanet.fileutil import check_writable_file
+    from mlanet.weights.average import average_checkpoints
+
+    out = average_checkpoints(args.checkpoints, check_writable_file(args.out, "--out"))
+    print(f"wrote the mean of {len(args.checkpoints)} checkpoints to {out}")
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     import sys
 
@@ -95,7 +105,7 @@ def cmd_rebind(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from mlanet.weights import MAX_SHIPPED_BYTES
 
-    p = subparsers.add_parser("weights", help="shipped default weights: list, info, pack")
+    p = subparsers.add_parser("weights", help="shipped default weights: list, info, pack, average")
     sub = p.add_subparsers(dest="weights_cmd", required=True)
     ls = sub.add_parser("list", help="the shipped weights of each network")
     ls.set_defaults(func=cmd_list)
@@ -118,6 +128,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("--max-mb", type=float, default=MAX_SHIPPED_BYTES / 1e6, metavar="MB",
                     help=f"refuse to write a bigger file (default {MAX_SHIPPED_BYTES / 1e6:g}; 0: no limit)")
     pk.set_defaults(func=cmd_pack)
+    av = sub.add_parser("average", help="average the weights of checkpoints of one run (after-the-fact SWA)")
+    av.add_argument("checkpoints", nargs="+", metavar="FILE", help="two or more .safetensors checkpoints of one run")
+    av.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
+    av.set_defaults(func=cmd_average)
     rb = sub.add_parser("rebind", help="upgrade a checkpoint from before decoder signatures, given the face-model "
                         "file it was made with (its checksum must match)")
     rb.add_argument("weights", metavar="FILE", help="the .safetensors checkpoint")
