@@ -535,3 +535,19 @@ def test_the_fit_survives_a_thread_count_change():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_v2_file_differs_from_v1_only_as_its_recipe_says():
+    """ict_face_landmarks_v2.npz (--aflw2000-eyelids manual): loads, same topology and point names as v1, its header
+    says how its eyelid points were placed, and aflw2000_68's eyelid points lie elsewhere than v1's."""
+    from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
+    from mlanet.morphable.landmarks.file import LANDMARKS_V2_MANUAL_EYELIDS, SHIPPED_LANDMARKS
+
+    v1, v2 = LandmarkDefinitionsFile.load(SHIPPED_LANDMARKS["face"]), LandmarkDefinitionsFile.load(LANDMARKS_V2_MANUAL_EYELIDS)
+    assert v2.id == "mlanet-landmarks-ict-v2" and v1.id == "mlanet-landmarks-ict-v1"
+    assert v2.header["face_model"]["triangles_sha256"] == v1.header["face_model"]["triangles_sha256"]
+    assert sorted(v2.definitions) == sorted(v1.definitions)
+    assert v2.header["report"]["settings"]["aflw2000_eyelids"] == "manual"
+    assert "eyelid" in v2.header["definitions"]["aflw2000_68"]["fitted"]["eyelids"]
+    lids = list(IBUG68_EYELID_ROWS)
+    assert not np.array_equal(v1.definitions["aflw2000_68"].triangle[lids], v2.definitions["aflw2000_68"].triangle[lids])

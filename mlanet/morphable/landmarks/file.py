@@ -1,6 +1,6 @@
 """The project's landmark-definitions file: fitted surface landmark definitions bound to one topology.
 
-A landmark-definitions file (the shipped ``data/ict_face_landmarks_v1.npz`` or any file
+A landmark-definitions file (the shipped ``data/ict_face_landmarks_v1.npz`` and ``_v2.npz``, or any file
 ``mlanet assets landmarks`` writes) is a zip archive written by :func:`numpy.savez_compressed`,
 read with ``allow_pickle=False`` only:
 
@@ -43,6 +43,10 @@ LANDMARK_FORMAT_VERSION = 1
 SHIPPED_LANDMARK_DIR = Path(__file__).resolve().parent / "data"
 #: Shipped definitions per ICT crop (only crops listed here have them).
 SHIPPED_LANDMARKS = {"face": SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v1.npz"}
+#: The same sources with ``aflw2000_68``'s eyelid points placed through fits to 300-W's manual points
+#: (``mlanet assets landmarks --aflw2000-eyelids manual``; not the default until weights trained with it ship):
+#: embed with ``mlanet assets build --landmarks`` this path.
+LANDMARKS_V2_MANUAL_EYELIDS = SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v2.npz"
 #: ``--landmarks`` value: the shipped file where one exists for the crop, else none (with a notice).
 AUTO = "auto"
 #: ``--landmarks`` value: embed no fitted definitions (only the ``ict68`` / ``mediapipe468`` views).
