@@ -541,9 +541,10 @@ def test_the_v2_file_differs_from_v1_only_as_its_recipe_says():
     """ict_face_landmarks_v2.npz (--aflw2000-eyelids manual): loads, same topology and point names as v1, its header
     says how its eyelid points were placed, and aflw2000_68's eyelid points lie elsewhere than v1's."""
     from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
-    from mlanet.morphable.landmarks.file import LANDMARKS_V2_MANUAL_EYELIDS, SHIPPED_LANDMARKS
+    from mlanet.morphable.landmarks.file import LANDMARKS_V1, LANDMARKS_V2_MANUAL_EYELIDS, SHIPPED_LANDMARKS
 
-    v1, v2 = LandmarkDefinitionsFile.load(SHIPPED_LANDMARKS["face"]), LandmarkDefinitionsFile.load(LANDMARKS_V2_MANUAL_EYELIDS)
+    assert SHIPPED_LANDMARKS["face"] == LANDMARKS_V2_MANUAL_EYELIDS  # the default since the stage-5b weights
+    v1, v2 = LandmarkDefinitionsFile.load(LANDMARKS_V1), LandmarkDefinitionsFile.load(LANDMARKS_V2_MANUAL_EYELIDS)
     assert v2.id == "mlanet-landmarks-ict-v2" and v1.id == "mlanet-landmarks-ict-v1"
     assert v2.header["face_model"]["triangles_sha256"] == v1.header["face_model"]["triangles_sha256"]
     assert sorted(v2.definitions) == sorted(v1.definitions)

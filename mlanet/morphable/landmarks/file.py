@@ -41,12 +41,14 @@ LANDMARK_FORMAT_NAME = "mlanet-landmarks"
 LANDMARK_FORMAT_VERSION = 1
 #: Folder of landmark files shipped inside the package.
 SHIPPED_LANDMARK_DIR = Path(__file__).resolve().parent / "data"
-#: Shipped definitions per ICT crop (only crops listed here have them).
-SHIPPED_LANDMARKS = {"face": SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v1.npz"}
-#: The same sources with ``aflw2000_68``'s eyelid points placed through fits to 300-W's manual points
-#: (``mlanet assets landmarks --aflw2000-eyelids manual``; not the default until weights trained with it ship):
-#: embed with ``mlanet assets build --landmarks`` this path.
+#: ``aflw2000_68``'s eyelid points placed through fits to 300-W's manual points (``mlanet assets landmarks
+#: --aflw2000-eyelids manual``): the default since the stage-5b weights, which were trained with it.
 LANDMARKS_V2_MANUAL_EYELIDS = SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v2.npz"
+#: The first definitions (eyelids drifted with the teacher's, eyeBlink ~0.56 for an open eye): the weights shipped
+#: until stage 4b were trained with them; ``mlanet assets build --landmarks`` this path runs those.
+LANDMARKS_V1 = SHIPPED_LANDMARK_DIR / "ict_face_landmarks_v1.npz"
+#: Shipped definitions per ICT crop (only crops listed here have them).
+SHIPPED_LANDMARKS = {"face": LANDMARKS_V2_MANUAL_EYELIDS}
 #: ``--landmarks`` value: the shipped file where one exists for the crop, else none (with a notice).
 AUTO = "auto"
 #: ``--landmarks`` value: embed no fitted definitions (only the ``ict68`` / ``mediapipe468`` views).
