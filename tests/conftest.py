@@ -79,6 +79,22 @@ def _isolated_asset_home(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["MLANET_HOME"] = old
 
 
+@pytest.fixture()
+def python_sigint_handler():
+    """Python's own Ctrl-C handler for one test, whatever the test process inherited.
+
+    A process started in the background by a non-interactive shell (`cmd &`, nohup) begins with SIGINT
+    ignored; tests that check the handler is restored to Python's default need that default to start from.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def gl_clip():
     """``clip(camera, points (B, N, 3), near, far) -> (B, N, 4)``: OpenGL clip coordinates of camera-frame

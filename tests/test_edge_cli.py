@@ -145,7 +145,9 @@ def test_ctrl_c_then_resume_default_mesh_sequence(obama_clip_24, ict_model_file,
     assert not list(out.rglob("*.partial"))
 
 
-def test_ctrl_c_while_finishing_waits_for_the_outputs(obama_clip_24, ict_model_file, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_finishing_waits_for_the_outputs(
+    obama_clip_24, ict_model_file, tmp_path, monkeypatch, capsys, python_sigint_handler
+):
     """A Ctrl-C that arrives as the run ends (while the GLBs are written) does not abort the writing: the
     outputs are complete, the exit status is 130 and the message says the run had ended."""
     import os

@@ -9,6 +9,11 @@ import pytest
 from mlanet.interrupts import interrupts_held
 
 
+@pytest.fixture(autouse=True)
+def _python_sigint(python_sigint_handler):
+    """Each test starts from Python's own SIGINT handler (see conftest.python_sigint_handler)."""
+
+
 def _send(signum):
     os.kill(os.getpid(), signum)
 
