@@ -95,3 +95,21 @@ def test_yaw_balanced_weights_even_out_the_bins():
     assert np.isclose(w1.mean(), 1.0)
     with pytest.raises(ValueError, match="strength"):
         yaw_balanced_weights(yaw, 1.5)
+
+
+def test_eye_closure_balanced_weights_draw_closed_eyes_as_often_as_open_ones():
+    import numpy as np
+    import pytest
+
+    from mlanet.train.sampling import EYE_CLOSURE_EDGES, eye_closure_balanced_weights
+
+    blink = np.array([0.05] * 90 + [0.4] * 8 + [0.9] * 2 + [np.nan] * 10)  # video frames: blinks are rare
+    known = np.isfinite(blink)
+    bins = np.digitize(blink, EYE_CLOSURE_EDGES, right=True)
+    w = eye_closure_balanced_weights(blink, 1.0)
+    shares = [w[known & (bins == k)].sum() / w[known].sum() for k in range(3)]
+    assert np.allclose(shares, [1 / 3] * 3)  # the two closed-eye frames are drawn a third of the time
+    assert np.isclose(w[~known].sum() / w.sum(), 10 / 110) and np.isclose(w.mean(), 1.0)
+    assert np.allclose(eye_closure_balanced_weights(blink, 0.0), 1.0)
+    with pytest.raises(ValueError, match="strength"):
+        eye_closure_balanced_weights(blink, -0.1)

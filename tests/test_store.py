@@ -469,3 +469,78 @@ def test_training_reads_the_store_with_the_samplers_seed(tmp_path, synthetic_dat
     typo = argv + ["--set", "loss.fit_expression=0.5", "--set", "loss.fit_expression_names=[jawOpenn]"]
     typo[typo.index("--out") + 1] = str(tmp_path / "run4")
     assert cli_main(typo) == 2
+
+
+def test_extra_store_eye_balance_draws_closed_eyes_by_their_fits(tmp_path, synthetic_data):
+    """data.extra_store_eye_balance weighs an extra store's faces by their fits' mean eyeBlink: the few
+    closed-eye faces are drawn as often as the open ones; faces without a good fit keep weight 1."""
+    import dataclasses
+
+    from mlanet.config import load_config
+    from mlanet.errors import ConfigError
+    from mlanet.params import ParamLayout
+    from mlanet.train.config import TrainCfg
+    from mlanet.train.loop import build_sources
+
+    names = ["eyeBlink_L", "eyeBlink_R"] + synthetic_data.expression_names[2:]
+    face = MorphableModel(dataclasses.replace(synthetic_data, header={**synthetic_data.header, "expression_names": names}))
+    layout = face.layout
+    sl = layout.slices()["expression"]
+    blinks = {0: (0.9, 0.7), 1: (0.05, 0.0), 2: (0.1, 0.1), 3: (0.3, 0.5), 4: (0.0, 0.1)}  # fake68 faces 0..4
+
+    def extras(sample):
+        if sample.source != "fake68":
+            return None
+        i = int(sample.key.split("img")[1].split(".")[0])
+        fit = np.zeros(layout.total, np.float32)
+        fit[sl.start:sl.start + 2] = blinks[i]
+        return {"fit_params": fit, "fit_ok": np.array(0.0 if i == 4 else 1.0, np.float32)}
+
+    store_dir = tmp_path / "store"
+    _prepare(make_sources(), store_dir, preprocess=PreprocessCfg(input_size=64), extras=extras)
+    ds = StoreDataset(store_dir, None)
+    blink = ds.fitted_expression([0, 1], layout)
+    assert np.allclose(blink[:4], [0.8, 0.025, 0.1, 0.4]) and np.isnan(blink[4:]).all()  # face 4: fit not ok
+    with pytest.raises(ValueError, match="layout"):
+        ds.fitted_expression([0, 1], ParamLayout(identity=1, expression=1, albedo=1))
+
+    sets = ["face_model=unused", "preprocess.input_size=64", "preprocess.roi_scale=1.4142135623730951",
+            "data.synthetic=0", f"data.extra_store_dirs=[{store_dir}]", "data.extra_store_weights=[1.0]"]
+    cfg = load_config(TrainCfg, None, sets)
+    assert build_sources(cfg, face)[0][0].item_weights is None  # no balance asked for: as stored
+    cfg = load_config(TrainCfg, None, sets + ["data.extra_store_eye_balance=[1.0]"])
+    w = build_sources(cfg, face)[0][0].item_weights
+    closed, half, open_ = w[0], w[3], w[[1, 2]].sum()
+    assert np.isclose(closed, half) and np.isclose(closed, open_)  # one face per bin weighs as much as two
+    assert np.allclose(w[4:], w.mean())  # no good fit: neither favoured nor dropped
+    with pytest.raises(ConfigError, match="eyeBlink"):  # a face model without eyeBlink shapes
+        build_sources(cfg, MorphableModel(synthetic_data))
+    with pytest.raises(MLANetError, match="extra_store_eye_balance"):  # one value per extra store, in [0, 1]
+        load_config(TrainCfg, None, sets + ["data.extra_store_eye_balance=[1.0, 0.5]"])
+    with pytest.raises(MLANetError, match="extra_store_eye_balance"):
+        load_config(TrainCfg, None, sets + ["data.extra_store_eye_balance=[2.0]"])
+
+
+def test_prepare_every_keeps_every_kth_video_frame(tmp_path, capsys, monkeypatch):
+    """`mlanet data prepare --every K` reads every K-th frame of a video folder (as `mlanet data label --every`),
+    so a store can hold the frames a label cache was made for; --every 0 is refused in one line."""
+    import mlanet.data.store as store_module
+    from test_train_sources import make_video
+
+    root = tmp_path / "clips"
+    make_video(root / "clip.mp4", n_frames=12)
+    seen = {}
+
+    def no_prepare(readers, out, **kw):  # the readers the command built; the store itself is tested above
+        seen["frames"] = [s.meta["frame_index"] for s in readers[0]]
+        raise MLANetError("stopped by the test")
+
+    monkeypatch.setattr(store_module, "prepare_store", no_prepare)
+    for every, frames in ((None, [0, 5, 10]), (2, [0, 2, 4, 6, 8, 10])):
+        argv = ["prepare", "--source", f"video-folder={root}", "--out", str(tmp_path / "s"), "--quiet"]
+        assert data_main(argv + (["--every", str(every)] if every else [])) == 2
+        assert seen.pop("frames") == frames
+    capsys.readouterr()
+    assert data_main(["prepare", "--source", f"video-folder={root}", "--out", str(tmp_path / "x"), "--every", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--every" in err and len(err.splitlines()) == 1 and "frames" not in seen

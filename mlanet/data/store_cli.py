@@ -45,7 +45,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if dup:
         raise MLANetError(f"--source {dup[0]} given twice (one folder per source name)")
     out = check_writable_dir(args.out, "--out")
-    readers = [open_source(name, path) for name, path in specs]
+    if args.every < 1:
+        raise MLANetError(f"--every {args.every}: must be >= 1")
+    readers = [open_source(name, path, **({"every": args.every} if name == "video-folder" else {}))
+               for name, path in specs]
     extras = None
     if args.labels or args.fits:
         from mlanet.data.fits import LabelFitExtras
@@ -89,6 +92,8 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"store crop side / input side: room for augmentation (default {DEFAULT_MARGIN})")
     p.add_argument("--limit", type=int, help="only the first N faces of each source (quick stores)")
+    p.add_argument("--every", type=int, default=5, metavar="K",
+                   help="video-folder: every K-th frame (default 5; the label cache must hold them)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"rows per shard, the unit of resumption (default {DEFAULT_SHARD_SIZE})")
     p.add_argument("--labels", default=None, metavar="DIR",

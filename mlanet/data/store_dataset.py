@@ -57,6 +57,7 @@ from mlanet.data.augment import Augment, AugmentCfg, AugmentDraw
 from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
 from mlanet.data.sources.schema import DEFINITIONS
 from mlanet.data.store import Store
+from mlanet.params import ParamLayout
 
 #: Name of the point-set extra that fills the loop's ``mp468`` / ``has_mp468`` keys.
 MP468_EXTRA = "mp468"
@@ -179,6 +180,32 @@ class StoreDataset(Dataset):
             has = np.asarray(lab["has_x_pose"], bool)[self.rows]
             yaw = np.where(np.isfinite(yaw), yaw, np.where(has, teacher, np.nan))
         return np.abs(yaw)
+
+    def fitted_expression(self, expression_index: Sequence[int], layout: ParamLayout) -> np.ndarray:
+        """(len(self),) mean of the chosen expression weights of each sample's pseudo-3DMM fit.
+
+        Args:
+            expression_index: (K,) indices into the face model's expression group (e.g. the two eyeBlinks).
+            layout: the face model's parameter layout (``MorphableModel.layout``), which the stored
+                ``fit_params`` follow.
+        Returns:
+            float64 values; NaN where the sample has no fit or its fit is not ``fit_ok``, and everywhere
+            when the store holds no fits.
+        """
+        lab = self.store.labels
+        out = np.full(len(self.rows), np.nan)
+        if "x_fit_params" not in lab:
+            return out
+        fits = np.asarray(lab["x_fit_params"], dtype=np.float64)[self.rows]
+        good = np.asarray(lab["has_x_fit_params"], bool)[self.rows]
+        if "x_fit_ok" in lab:
+            good &= np.asarray(lab["x_fit_ok"], dtype=np.float64)[self.rows].reshape(len(self.rows), -1)[:, 0] > 0.5
+        if fits.shape[1] != layout.total:
+            raise ValueError(f"store {self.store.path}: fit_params have {fits.shape[1]} values, "
+                             f"the face model's layout {layout.total}")
+        exp = fits[:, layout.slices()["expression"]][:, list(expression_index)]
+        out[good] = exp[good].mean(axis=1)
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation of integer indices (call once per epoch, as with DistributedSampler)."""

@@ -49,6 +49,10 @@ class DataCfg:
     # more stores, each its own mixture component (e.g. expression-clip frames at a higher rate)
     extra_store_dirs: tuple[str, ...] = ()
     extra_store_weights: tuple[float, ...] = ()
+    # per extra store (empty = 0 for all): draw its faces evenly over open, half-closed and closed eyes by
+    # their fits' mean eyeBlink (0 = as stored, 1 = equal bins; see
+    # mlanet.train.sampling.eye_closure_balanced_weights); the store needs fit_params
+    extra_store_eye_balance: tuple[float, ...] = ()
     augment: bool = True  # augmentation of real images (synthetic images are random already)
     # the stores' in-plane rotation: +-store_rotation_deg, and with probability store_wide_rotation_prob
     # +-store_wide_rotation_deg instead (faces lying or upside down)
@@ -69,6 +73,12 @@ class DataCfg:
         if len(self.extra_store_dirs) != len(self.extra_store_weights):
             raise ValueError(f"extra_store_dirs ({len(self.extra_store_dirs)}) and extra_store_weights "
                              f"({len(self.extra_store_weights)}) must have the same length")
+        if self.extra_store_eye_balance and len(self.extra_store_eye_balance) != len(self.extra_store_dirs):
+            raise ValueError(f"extra_store_eye_balance ({len(self.extra_store_eye_balance)}) must be empty or have "
+                             f"one value per extra_store_dirs ({len(self.extra_store_dirs)})")
+        bad = [b for b in self.extra_store_eye_balance if not 0.0 <= b <= 1.0]
+        if bad:
+            raise ValueError(f"extra_store_eye_balance values must be in [0, 1], got {bad[0]}")
         if self.val_aflw2000_dir and self.aflw2000_dir and self.aflw2000_weight > 0:
             from pathlib import Path
 

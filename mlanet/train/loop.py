@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -113,9 +114,10 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         sources.append(ds)
         weights.append(d.aflw2000_weight)
         augments.append(augment)
-    stores = [(d.store_dir, d.store_weight, list(d.store_sources) or None)] if d.store_dir else []
-    stores += [(path, w, None) for path, w in zip(d.extra_store_dirs, d.extra_store_weights)]
-    for k, (path, weight, only) in enumerate(stores):
+    stores = [(d.store_dir, d.store_weight, list(d.store_sources) or None, 0.0)] if d.store_dir else []
+    eye_balance = d.extra_store_eye_balance or (0.0,) * len(d.extra_store_dirs)
+    stores += [(path, w, None, b) for path, w, b in zip(d.extra_store_dirs, d.extra_store_weights, eye_balance)]
+    for k, (path, weight, only, eyes) in enumerate(stores):
         if weight <= 0:
             continue
         from mlanet.data.store_dataset import StoreDataset
@@ -135,12 +137,39 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
             from mlanet.train.sampling import yaw_balanced_weights
 
             store.item_weights = yaw_balanced_weights(store.abs_yaw_deg(), d.store_yaw_balance)
+        if eyes > 0:
+            store.item_weights = _eye_closure_weights(store, face_model, eyes, path)
         sources.append(store)  # augments itself (warp, flip, colour, blur, occlusion) from the sampler's seed
         weights.append(weight)
         augments.append(None)
     if not sources:
         raise ValueError("no training data: enable data.synthetic or give a data folder")
     return sources, weights, augments
+
+
+def _eye_closure_weights(store: Any, face_model: Any, strength: float, path: str) -> np.ndarray:
+    """Sampling weights of ``store``'s faces balanced over open/half-closed/closed eyes (their fits' mean
+    eyeBlink); logs the bins. Raises ConfigError naming the store when it holds no usable fit."""
+    from mlanet.errors import ConfigError
+    from mlanet.train.sampling import EYE_CLOSURE_EDGES, eye_closure_balanced_weights
+
+    names = ("eyeBlink_L", "eyeBlink_R")
+    missing = [n for n in names if n not in face_model.expression_names]
+    if missing:
+        raise ConfigError(f"data.extra_store_eye_balance: the face model has no expression {missing}")
+    blink = store.fitted_expression([face_model.expression_names.index(n) for n in names], face_model.layout)
+    known = np.isfinite(blink)
+    if not known.any():
+        raise ConfigError(f"data.extra_store_eye_balance: store {path} holds no good pseudo-3DMM fit "
+                          "(build it with --fits)")
+    w = eye_closure_balanced_weights(blink, strength)
+    bins = np.digitize(blink[known], EYE_CLOSURE_EDGES, right=True)
+    counts = np.bincount(bins, minlength=len(EYE_CLOSURE_EDGES) + 1)
+    share = [float(w[known][bins == b].sum() / w.sum()) for b in range(len(counts))]
+    log.info("store %s: eyeBlink bins (<=%s, <=%s, >%s): %s faces, drawn %s of the time (%d without a fit)",
+                path, *EYE_CLOSURE_EDGES, EYE_CLOSURE_EDGES[-1], counts.tolist(),
+                [f"{x:.0%}" for x in share], int((~known).sum()))
+    return w
 
 
 def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]

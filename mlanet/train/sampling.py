@@ -23,29 +23,65 @@ SAMPLE_KEYS = ("image", "landmarks", "landmarks_valid", "params", "has_params", 
 OPTIONAL_KEYS = tuple(k for n in LANDMARK_SETS for k in (f"points_{n}", f"visible_{n}")) + ("fit_params", "fit_ok", "flipped")
 
 
+def bin_balanced_weights(values: np.ndarray, strength: float, edges: Sequence[float]) -> np.ndarray:
+    """Per-item sampling weights that even out how often the bins of a per-item value are drawn.
+
+    Args:
+        values: (N,) the value binned (NaN = unknown: such items keep weight 1 relative to the mean).
+        strength: 0 = uniform; 1 = every bin (``values <= edges[0]``, ``(edges[0], edges[1]]``, ...,
+            ``> edges[-1]``) drawn equally often; in between, a bin holding a fraction ``f`` of the
+            items is drawn ``~ f^(1 - strength)``.
+        edges: ascending bin edges, in the units of ``values``.
+    Returns:
+        (N,) float64 weights with mean 1 (unnormalised sampling probabilities).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"balance strength must be in [0, 1], got {strength}")
+    y = np.asarray(values, dtype=np.float64)
+    w = np.ones(len(y))
+    known = np.isfinite(y)
+    if strength > 0 and known.any():
+        bins = np.digitize(y[known], edges, right=True)
+        counts = np.bincount(bins, minlength=len(edges) + 1).astype(np.float64)
+        w[known] = (counts[bins] / known.sum()) ** -strength
+        w[known] *= known.sum() / w[known].sum()  # known items keep their share of the draws
+    return w / w.mean() if len(w) else w
+
+
 def yaw_balanced_weights(abs_yaw_deg: np.ndarray, strength: float,
                          edges_deg: Sequence[float] = (30.0, 60.0)) -> np.ndarray:
     """Per-item sampling weights that even out the head-yaw bins of the benchmark.
 
     Args:
         abs_yaw_deg: (N,) absolute yaw, degrees (NaN = unknown: weight 1 relative to the mean).
-        strength: 0 = uniform; 1 = every yaw bin ([0, 30], (30, 60], > 60 degrees) drawn equally
-            often; in between, a bin holding a fraction ``f`` of the items is drawn ``~ f^(1 - strength)``.
+        strength: see :func:`bin_balanced_weights` (1 = [0, 30], (30, 60], > 60 degrees drawn equally).
         edges_deg: bin edges, degrees.
     Returns:
-        (N,) float64 weights with mean 1 (unnormalised sampling probabilities).
+        (N,) float64 weights with mean 1.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"yaw balance strength must be in [0, 1], got {strength}")
-    y = np.asarray(abs_yaw_deg, dtype=np.float64)
-    w = np.ones(len(y))
-    known = np.isfinite(y)
-    if strength > 0 and known.any():
-        bins = np.digitize(y[known], edges_deg, right=True)
-        counts = np.bincount(bins, minlength=len(edges_deg) + 1).astype(np.float64)
-        w[known] = (counts[bins] / known.sum()) ** -strength
-        w[known] *= known.sum() / w[known].sum()  # known items keep their share of the draws
-    return w / w.mean() if len(w) else w
+    return bin_balanced_weights(abs_yaw_deg, strength, edges_deg)
+
+
+#: Bin edges of :func:`eye_closure_balanced_weights`: open (<= 0.25), half closed, closed (> 0.5).
+EYE_CLOSURE_EDGES: tuple[float, ...] = (0.25, 0.5)
+
+
+def eye_closure_balanced_weights(eye_blink: np.ndarray, strength: float,
+                                 edges: Sequence[float] = EYE_CLOSURE_EDGES) -> np.ndarray:
+    """Per-item sampling weights that even out open, half-closed and closed eyes.
+
+    Blinks are a few frames in a hundred, so a network trained on video frames as they come
+    rarely sees a closed eye and learns not to close its own.
+
+    Args:
+        eye_blink: (N,) the mean fitted ``eyeBlink_L``/``eyeBlink_R`` weight of each item, in [0, 1]
+            (NaN = no good fit: weight 1 relative to the mean).
+        strength: see :func:`bin_balanced_weights`.
+        edges: bin edges in eyeBlink units.
+    Returns:
+        (N,) float64 weights with mean 1.
+    """
+    return bin_balanced_weights(eye_blink, strength, edges)
 
 
 class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
