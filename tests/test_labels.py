@@ -509,3 +509,17 @@ def test_mediapipe_groups_mirror_on_the_canonical_mesh(shared):
     assert sorted(int(perm[i]) for i in MP468_RIGHT_EYE) == sorted(MP468_LEFT_EYE)
     for a, b in zip(MP468_RIGHT_BROW, MP468_LEFT_BROW):
         assert [int(perm[i]) for i in a] == list(b)
+
+
+def test_eye_report_cli_writes_the_report_with_its_environment(tmp_path, ict_model_file, capsys):
+    """`mlanet data eye-report`: per-source apertures (JSON + Markdown), and the environment block every record
+    carries (commit, versions, command), so the record says what made it."""
+    cache = LabelCache(tmp_path / "labels")
+    _write_synthetic_source(cache, "a", "aflw21", [_entry(i, yaw_deg=5.0) for i in range(4)])
+    out = tmp_path / "eyes.json"
+    assert mlanet_main(["data", "eye-report", "--labels", str(tmp_path / "labels"), "--json", str(out),
+                        "--face-model", str(ict_model_file)]) == 0
+    rep = json.loads(out.read_text())
+    assert "a" in rep["sources"] and out.with_suffix(".md").is_file()
+    env = rep["environment"]
+    assert {"commit", "versions", "command", "device"} <= set(env) and env["versions"]

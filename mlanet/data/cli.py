@@ -196,7 +196,10 @@ def cmd_eye_report(args: argparse.Namespace) -> int:
         if not fits.sources():
             raise MLANetError(f"--fits {args.fits}: holds no fits (run `mlanet data fit` first)")
     json_path = check_writable_file(args.json, "--json")
-    rep = eye_report(labels, _face_model(args.face_model), fits, max_yaw_deg=args.max_yaw)
+    from mlanet.run_environment import environment
+
+    rep = {**eye_report(labels, _face_model(args.face_model), fits, max_yaw_deg=args.max_yaw),
+           "environment": environment()}  # device, versions, commit and command, as every record
     write_json_atomic(json_path, rep, allow_nan=False)
     md = Path(json_path).with_suffix(".md")
     write_text_atomic(md, report_markdown(rep))
