@@ -302,3 +302,22 @@ def test_the_missing_face_model_hint_is_a_command_that_runs(tmp_path, monkeypatc
         from mlanet.cli import build_parser
 
         build_parser().parse_args(words[1:])  # and parse as the CLI's own arguments
+
+
+def test_rebuild_hint_names_the_landmark_file_the_weights_were_trained_with():
+    """The refusal's build command reaches the right face model when only the landmark definitions differ:
+    the shipped default needs no flag, an older shipped file is named by its path, an unknown one by its id,
+    and an artifact from before the recipe named its file is told that it needs other definitions."""
+    from mlanet.morphable.decoder_identity import rebuild_hint
+    from mlanet.morphable.landmarks.file import LANDMARKS_V1, SHIPPED_LANDMARKS, LandmarkDefinitionsFile
+
+    base = {"kind": "ict-facekit", "crop": "face", "albedo": None, "upstream_commit": "da5f95a"}
+    default_id = LandmarkDefinitionsFile.load(SHIPPED_LANDMARKS["face"]).id
+    v1_id = LandmarkDefinitionsFile.load(LANDMARKS_V1).id
+    assert "--landmarks" not in rebuild_hint(base | {"landmarks": default_id})
+    assert f"--landmarks {LANDMARKS_V1}" in rebuild_hint(base | {"landmarks": v1_id})
+    unknown = rebuild_hint(base | {"landmarks": "someone-elses-landmarks"})
+    assert "--landmarks LANDMARKS_FILE" in unknown and "someone-elses-landmarks" in unknown
+    legacy = rebuild_hint(base, landmarks_differ=True)
+    assert "--landmarks LANDMARKS_FILE" in legacy and str(LANDMARKS_V1) in legacy and "\n" not in legacy
+    assert "--landmarks" not in rebuild_hint(base)  # other differences: the default build

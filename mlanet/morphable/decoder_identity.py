@@ -162,10 +162,12 @@ def build_recipe(header: Mapping[str, Any]) -> dict[str, Any]:
     source = header.get("source") or {}
     albedo = header.get("albedo_model") or {}
     crop = header.get("crop") or {}
+    landmarks = header.get("landmark_file") or {}
     return {
         "kind": source.get("kind"),
         "crop": crop.get("name") if isinstance(crop, Mapping) else None,
         "albedo": albedo.get("id") if isinstance(albedo, Mapping) else None,
+        "landmarks": landmarks.get("id") if isinstance(landmarks, Mapping) else None,
         "upstream_commit": source.get("upstream_commit"),
         "source_content_sha256": source.get("content_sha256"),
     }
@@ -182,8 +184,46 @@ def _shipped_albedo_id(crop: str) -> str | None:
         return None
 
 
-def rebuild_hint(recipe: Mapping[str, Any] | None) -> str:
-    """How to get the face model described by ``recipe`` (:func:`build_recipe`): a command or a flag."""
+def _shipped_landmark_files() -> dict[str, Any]:
+    """Landmark-definition files the package ships: id -> path (empty if they cannot be read)."""
+    try:
+        from mlanet.morphable.landmarks.file import LANDMARKS_V1, LANDMARKS_V2_MANUAL_EYELIDS, LandmarkDefinitionsFile
+
+        return {LandmarkDefinitionsFile.load(p).id: p for p in (LANDMARKS_V1, LANDMARKS_V2_MANUAL_EYELIDS)
+                if p.is_file()}
+    except Exception:  # noqa: BLE001 - a hint must not fail
+        return {}
+
+
+def _landmarks_flag(recipe: Mapping[str, Any], landmarks_differ: bool) -> tuple[str, str]:
+    """The ``--landmarks`` flag of the rebuild command and a note for it ("" when the default file is right)."""
+    wanted = recipe.get("landmarks")
+    shipped = _shipped_landmark_files()
+    if wanted:
+        try:
+            from mlanet.morphable.landmarks.file import SHIPPED_LANDMARKS
+
+            default = SHIPPED_LANDMARKS.get(recipe.get("crop") or "face")
+        except Exception:  # noqa: BLE001 - a hint must not fail
+            default = None
+        path = shipped.get(wanted)
+        if path is not None and default is not None and path == default:
+            return "", ""
+        if path is not None:
+            return f" --landmarks {shlex.quote(str(path))}", ""
+        return " --landmarks LANDMARKS_FILE", f" (landmark definitions {wanted})"
+    if landmarks_differ:  # an artifact from before the recipe named its landmark file
+        old = [p for i, p in shipped.items() if i.endswith("-v1")]
+        where = f"; the weights shipped before stage 5b were trained with {old[0]}" if old else ""
+        return " --landmarks LANDMARKS_FILE", f" (it was trained with other landmark definitions{where})"
+    return "", ""
+
+
+def rebuild_hint(recipe: Mapping[str, Any] | None, landmarks_differ: bool = False) -> str:
+    """How to get the face model described by ``recipe`` (:func:`build_recipe`): a command or a flag.
+
+    ``landmarks_differ``: the binding check found other landmark definitions (used when the recipe, written
+    before it recorded the landmark file, cannot name them)."""
     recipe = recipe or {}
     kind = recipe.get("kind")
     if str(kind).startswith("bfm"):
@@ -198,16 +238,17 @@ def rebuild_hint(recipe: Mapping[str, Any] | None) -> str:
     else:
         albedo_flag = " --albedo regional" if albedo else ""
     release = f"ICT-FaceKit release {recipe['upstream_commit']}" if recipe.get("upstream_commit") else "ICT-FaceKit"
+    landmarks_flag, landmarks_note = _landmarks_flag(recipe, landmarks_differ)
     found = find_local_ict_assets()
     if found is None:
-        command = f"mlanet assets build --ict PATH/TO/FaceXModel.tar.xz --crop {crop}{albedo_flag}"
+        command = f"mlanet assets build --ict PATH/TO/FaceXModel.tar.xz --crop {crop}{albedo_flag}{landmarks_flag}"
     else:
         ict, mp = found
         command = (f"mlanet assets build --ict {shlex.quote(str(ict))}"
-                   f"{f' --mediapipe {shlex.quote(str(mp))}' if mp else ''} --crop {crop}{albedo_flag}")
+                   f"{f' --mediapipe {shlex.quote(str(mp))}' if mp else ''} --crop {crop}{albedo_flag}{landmarks_flag}")
     return (
         f"build the face model it was trained for from {release} with `{command}`"
-        f"{f' (albedo model {albedo})' if albedo else ''}, or pass that file with --face-model"
+        f"{f' (albedo model {albedo})' if albedo else ''}{landmarks_note}, or pass that file with --face-model"
     )
 
 
@@ -242,5 +283,6 @@ def check_binding(source: str, stored: Mapping[str, Any] | None, given: Mapping[
     problems = binding_problems(stored, given)
     if problems:
         raise AssetError(
-            f"{source}: trained for another face model ({'; '.join(problems)}); {rebuild_hint(stored.get('build'))}"
+            f"{source}: trained for another face model ({'; '.join(problems)}); "
+            f"{rebuild_hint(stored.get('build'), landmarks_differ=any('landmarks/' in p for p in problems))}"
         )
