@@ -282,3 +282,44 @@ def test_unlabelled_faces_with_mediapipe_and_cache(shared, tmp_path, monkeypatch
 
     ds2 = ml.UnlabelledFaces(root, CFG)
     assert len(calls) == 4 and len(ds2) == 4  # second run: no detector call at all
+
+
+@pytest.mark.assets
+def test_refined_mesh_closes_the_lids_of_a_closed_eye(shared):
+    """refine=True (MediaPipe's attention mesh): on a closed-eye frame of a driving clip the lids meet
+    (lid distance / eye width < 0.09; unrefined they stay apart, > 0.1); on an open eye both agree; the mesh
+    keeps 468 points either way."""
+    pytest.importorskip("mediapipe")
+    from mlanet.data.sources.video_folder import VideoFrameDecoder, index_video
+    from mlanet.eval.face_measures import eye_apertures
+
+    decoder = VideoFrameDecoder(index_video(shared / "data/video/expressions/driving_d9.mp4"))
+    closed, open_ = decoder.frame(295), decoder.frame(0)  # frame 295: mid-blink (found from the labels)
+    decoder.close()
+    with ml.FaceMeshDetector() as plain, ml.FaceMeshDetector(refine=True) as refined:
+        got = {name: [d(img) for img in (closed, open_)] for name, d in (("plain", plain), ("refined", refined))}
+    for pts in got["plain"] + got["refined"]:
+        assert pts is not None and pts.shape == (468, 2)
+    ap = {name: [float(eye_apertures(p).mean()) for p in pts] for name, pts in got.items()}
+    assert ap["refined"][0] < 0.09 < 0.1 < ap["plain"][0], ap
+    assert ap["refined"][1] > 0.25 and ap["plain"][1] > 0.25 and abs(ap["refined"][1] - ap["plain"][1]) < 0.1, ap
+
+
+def test_the_refined_mesh_is_another_labeller():
+    """Refined and unrefined MediaPipe labels never share a labeller id (a cache never mixes them), and the
+    unrefined identity is the one existing caches were made with."""
+    from mlanet.data.labels.labeller import TeacherMediaPipeLabeller
+
+    class Teacher:
+        name, version, files, terms = "t", 1, {}, {}
+
+    def mesh(image):
+        return None
+
+    def detector(image):
+        return []
+
+    plain = TeacherMediaPipeLabeller(Teacher(), mesh=mesh, detector=detector).identity()
+    refined = TeacherMediaPipeLabeller(Teacher(), mesh=mesh, detector=detector, refine_mesh=True).identity()
+    assert plain["mediapipe"]["mesh"] == "face_mesh static_image_mode, 1 face, refine_landmarks=False"
+    assert "refine_landmarks=True" in refined["mediapipe"]["mesh"] and plain != refined

@@ -83,7 +83,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     teacher = load_tddfa_mb05(teacher_dir)
     try:
-        labeller = TeacherMediaPipeLabeller(teacher)
+        labeller = TeacherMediaPipeLabeller(teacher, refine_mesh=args.mediapipe_refine)
     except ImportError as exc:
         raise MLANetError(str(exc)) from None
     cache = LabelCache(cache_dir)
@@ -216,6 +216,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lb.add_argument("--cache", required=True, metavar="DIR", help="label cache folder (created if needed)")
     lb.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N faces of each source")
     lb.add_argument("--every", type=int, default=5, metavar="K", help="video-folder: every K-th frame (default 5)")
+    lb.add_argument("--mediapipe-refine", action="store_true",
+                    help="MediaPipe's attention mesh (refine_landmarks): lids that close on a closed eye; another "
+                         "labeller id, so use a cache of its own")
     lb.add_argument("--teacher", default=None, metavar="DIR",
                     help="3DDFA_V2 MobileNet x0.5 folder (default: models/3ddfa_v2_mb05 under $MLANET_SHARED or "
                          "../shared)")

@@ -250,20 +250,24 @@ class TeacherMediaPipeLabeller:
 
     Args:
         teacher: a loaded :class:`mlanet.teacher.Teacher` (:func:`mlanet.teacher.load_tddfa_mb05`).
-        mesh: callable image -> (468, 2) or None; default a new ``FaceMeshDetector``.
+        mesh: callable image -> (468, 2) or None; default a new ``FaceMeshDetector(refine=refine_mesh)``.
         detector: callable image -> list of :class:`.detect.FaceBox`; default a new
             :class:`.detect.FaceBoxDetector` (built only if given None and needed).
+        refine_mesh: MediaPipe's attention mesh (lids that close on a closed eye; see
+            :class:`~mlanet.data.mediapipe_labels.FaceMeshDetector`). Part of the labeller's identity, so refined
+            and unrefined labels never mix in a cache.
     """
 
     def __init__(self, teacher: Any, mesh: Callable[[np.ndarray], np.ndarray | None] | None = None,
-                 detector: Callable[[np.ndarray], list[Any]] | None = None) -> None:
+                 detector: Callable[[np.ndarray], list[Any]] | None = None, refine_mesh: bool = False) -> None:
         from mlanet.data.mediapipe_labels import FaceMeshDetector
         from mlanet.data.labels.detect import FaceBoxDetector
 
         self.teacher = teacher
         self._own: list[Any] = []
+        self.refine_mesh = bool(refine_mesh)
         if mesh is None:
-            mesh = FaceMeshDetector()
+            mesh = FaceMeshDetector(refine=self.refine_mesh)
             self._own.append(mesh)
         if detector is None:
             detector = FaceBoxDetector()
@@ -282,7 +286,7 @@ class TeacherMediaPipeLabeller:
                         "files_sha256": {k: v.get("sha256") for k, v in sorted(t.files.items())}},
             "mediapipe": {
                 "version": getattr(self.mesh, "version", "unknown"),
-                "mesh": "face_mesh static_image_mode, 1 face, refine_landmarks=False",
+                "mesh": mpl.MESH_DESCRIPTION[self.refine_mesh],
                 "mesh_convention": f"mediapipe_to_pixels roi={mpl.MEDIAPIPE_ROI_PER_BOX}xbox/"
                                    f"{mpl.MEDIAPIPE_LANDMARK_INPUT_SIZE}",
                 "detector": self.detector.describe() if hasattr(self.detector, "describe") else str(self.detector),
