@@ -57,7 +57,7 @@ from mlanet.data.augment import Augment, AugmentCfg, AugmentDraw
 from mlanet.data.landmarks import IBUG68_FLIP_PERMUTATION, MP468_N_POINTS, check_flip_permutation
 from mlanet.data.sources.schema import DEFINITIONS
 from mlanet.data.store import Store
-from mlanet.params import ParamLayout
+from mlanet.params import FaceParams, ParamLayout
 
 #: Name of the point-set extra that fills the loop's ``mp468`` / ``has_mp468`` keys.
 MP468_EXTRA = "mp468"
@@ -203,7 +203,7 @@ class StoreDataset(Dataset):
         if fits.shape[1] != layout.total:
             raise ValueError(f"store {self.store.path}: fit_params have {fits.shape[1]} values, "
                              f"the face model's layout {layout.total}")
-        exp = fits[:, layout.slices()["expression"]][:, list(expression_index)]
+        exp = FaceParams.from_flat(torch.from_numpy(fits), layout).expression.numpy()[:, list(expression_index)]
         out[good] = exp[good].mean(axis=1)
         return out
 
