@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> Path:
         pipeline.close()
         backend.close()
     duration = time.perf_counter() - t0
-    peak = peak_rss_mib()
+    peak = peak_rss_mib(rss for _, rss in samples)
     growth = growth_pct(samples, warmup_min * 60.0)
     results = {
         "clip": clip.name,

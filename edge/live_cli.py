@@ -274,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.json_stats:
                 sample(time.perf_counter())
                 stats["timeline"] = timeline
-                stats["peak_rss_mib"] = round(peak_rss_mib(), 1)
+                stats["peak_rss_mib"] = round(peak_rss_mib(point["rss_mib"] for point in timeline), 1)
             senders.close()
             if senders.active:
                 stats["live_outputs"] = senders.summary()

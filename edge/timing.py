@@ -15,7 +15,7 @@ import os
 import resource
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -163,10 +163,11 @@ def rss_mib() -> float:
         return float("nan")
 
 
-def peak_rss_mib() -> float:
+def peak_rss_mib(observed: Iterable[float] = ()) -> float:
     """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux), and never
-    below the current :func:`rss_mib` (the kernel syncs its per-CPU RSS counters lazily, so the two
-    readings can differ by a fraction of a MiB)."""
+    below the current :func:`rss_mib` nor any earlier ``observed`` reading of it (the kernel syncs its
+    per-CPU RSS counters lazily, so a sampled ``/proc`` reading can exceed ``ru_maxrss`` by a fraction
+    of a MiB; a peak below a reported sample would be a contradiction in the same record)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    current = rss_mib()
-    return peak if current != current else max(peak, current)  # current is NaN off Linux
+    readings = [x for x in (rss_mib(), *observed) if x == x]  # NaN (off Linux) is no reading
+    return max([peak, *readings])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlanet.edge.pipeline import FacePipeline, PipelineCfg
-from mlanet.edge.timing import STAGES
+from mlanet.edge.timing import STAGES, peak_rss_mib, rss_mib
 from mlanet.model_metadata import ModelMetadata
 from mlanet.edge.types import Frame, TrackROI
 from mlanet.params import FaceParams
@@ -266,3 +266,12 @@ def test_pipeline_config_errors_are_one_line_exit_2(tmp_path, capsys):
         assert main([*argv, "--set", "tracker.detect_evry=3"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "detect_evry" in err, err
+
+
+def test_peak_rss_is_never_below_a_reading_reported_beside_it():
+    """The kernel syncs RSS counters lazily, so a sampled /proc reading can exceed ru_maxrss: a record
+    that reports samples and a peak must have peak >= every sample (CI once saw 1170.1 < 1170.2)."""
+    now = rss_mib()
+    assert peak_rss_mib() >= now > 10
+    assert peak_rss_mib([now + 512.0]) == now + 512.0  # an earlier reading above the kernel's high-water mark
+    assert peak_rss_mib([float("nan")]) >= now  # a NaN reading (off Linux) is no reading
