@@ -150,6 +150,15 @@ def test_pack_refuses_a_file_over_the_size_limit(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "big.safetensors").exists()
 
 
+def _store_with_one_source(store, fingerprint: str):
+    """A training-store folder with only a manifest: 3 faces of 300-W, terms as the store recorded them."""
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({
+        "format": "mlanet-store/1", "n": 3, "fingerprint": fingerprint,
+        "sources": [{"name": "300w", "root": "x", "terms": "as recorded by the store", "written": 3}]}))
+    return store
+
+
 def test_release_data_terms_are_the_projects_records_verbatim(tiny_run, tmp_path):
     from mlanet.data.labels.labeller import MEDIAPIPE_TERMS
     from mlanet.data.sources import aflw_crops, mtfl, video_folder, w300
@@ -170,17 +179,44 @@ def test_release_data_terms_are_the_projects_records_verbatim(tiny_run, tmp_path
     assert dev["use"].startswith("validation only") and "never" in dev["use"]
     # the stores the run read: their sources and terms as the manifests recorded them
     run = _copy_run(tiny_run[0], tmp_path / "run")
-    store = tmp_path / "store"
-    store.mkdir()
-    (store / "manifest.json").write_text(json.dumps({
-        "format": "mlanet-store/1", "n": 3, "fingerprint": "f" * 64,
-        "sources": [{"name": "300w", "root": "x", "terms": "as recorded by the store", "written": 3}]}))
+    store = _store_with_one_source(tmp_path / "store", fingerprint="f" * 64)
     rel = release_info(pack_weights(run, tmp_path / "w.safetensors", stores=[str(store)]))
     assert rel["stores"][0]["fingerprint"] == "f" * 64 and rel["stores"][0]["sources"][0]["written"] == 3
     stored = [d for d in rel["data"] if "store_source" in d]
     assert [(d["store_source"], d["terms"], d["count"]) for d in stored] == [("300w", "as recorded by the store", 3)]
     with pytest.raises(AssetError, match="not a training store"):
         pack_weights(run, tmp_path / "w.safetensors", stores=[str(tmp_path)])
+
+
+def test_pack_takes_the_stores_a_packed_file_recorded_and_a_reason(tiny_run, tmp_path, capsys):
+    """Where the stores are gone (a fresh machine), a candidate packed at the end of its run still carries their
+    manifests: --stores-from reads them from it and records which file they came from; --reason says why the
+    checkpoint is not the one best.json names."""
+    run = _copy_run(tiny_run[0], tmp_path / "run")
+    store = _store_with_one_source(tmp_path / "store", fingerprint="e" * 64)
+    candidate = pack_weights(run, tmp_path / "candidate.safetensors", stores=[str(store)])
+    shutil.rmtree(store)
+    out = tmp_path / "ship.safetensors"
+    assert main(["weights", "pack", "--weights", str(candidate), "--stage", str(run), "--stores-from", str(candidate),
+                 "--reason", "held-out expression clips", "--out", str(out)]) == 0
+    assert "held-out expression clips" in capsys.readouterr().out
+    rel = release_info(out)
+    assert rel["chosen"]["reason"] == "held-out expression clips" and rel["chosen"]["by"] == "file given"
+    assert rel["stores"][0]["fingerprint"] == "e" * 64
+    assert rel["stores"][0]["recorded_by"]["file"] == "candidate.safetensors"
+    first = release_info(candidate)["packed_from"]  # the repack says which checkpoint of which run it is
+    assert rel["packed_from"]["repack_of"] == first and rel["packed_from"]["run"] == first["run"] == "run"
+    assert [(d["store_source"], d["count"]) for d in rel["data"] if "store_source" in d] == [("300w", 3)]
+    # a file that recorded no stores, a missing file, and both kinds of store at once are refused, nothing written
+    bare = pack_weights(run, tmp_path / "bare.safetensors")
+    for args, words in ((["--stores-from", str(bare)], "records no training stores"),
+                        (["--stores-from", str(tmp_path / "gone.safetensors")], "no such weights file"),
+                        (["--stores-from", str(candidate), "--store", str(tmp_path)], "not both")):
+        assert main(["weights", "pack", "--weights", str(candidate), "--out", str(tmp_path / "x.safetensors"),
+                     *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_default_weights_path_unknown_model():
@@ -229,7 +265,12 @@ def test_shipped_files_size_card_and_release():
         last = rel["stages"][-1]
         assert last["finished"] or last.get("stopped_by") == "time limit", "shipped from a run that ended by itself"
         assert all(st.get("stopped_by") for st in rel["stages"]), "how every earlier stage ended is recorded"
-        assert rel["chosen"]["by"] == "best.json" and "dev_nme_mean_bins" in rel["chosen"]["metrics"]
+        # chosen on the dev images (best.json), or a checkpoint given with the reason written down and its own
+        # dev score recorded beside it
+        chosen = rel["chosen"]
+        assert (chosen["by"] == "best.json" and "dev_nme_mean_bins" in chosen["metrics"]) or (
+            chosen["by"] == "file given" and len(chosen.get("reason", "")) > 20
+            and "dev_nme_mean_bins" in meta.extra["metrics"])
         assert name in card
     assert "research" in card.lower() and "AFLW2000" in card and "TODO(numbers)" not in card
     assert sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors")) == sorted(SHIPPED.values())

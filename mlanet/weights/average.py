@@ -3,7 +3,7 @@
 Checkpoints taken along a run at a small learning rate scatter around a minimum with the noise of
 small batches; their mean sits nearer its centre (stochastic weight averaging, Izmailov et al. 2018,
 applied after the fact). Only checkpoints of the same network, parameter layout, preprocessing and
-face model are averaged. Floating-point tensors are averaged in float64 and stored in their own
+face model (the decoder it describes, not the recipe its file was built with) are averaged. Floating-point tensors are averaged in float64 and stored in their own
 dtype; integer buffers (BatchNorm's ``num_batches_tracked``) are taken from the last checkpoint.
 BatchNorm running statistics are averaged like the rest, which is exact where they did not change
 (``optim.freeze_batchnorm``) and an approximation otherwise.
@@ -20,6 +20,7 @@ import torch
 
 from mlanet.checkpoint import CheckpointMeta, load_weights, save_weights, tensors_sha256
 from mlanet.errors import AssetError
+from mlanet.morphable.decoder_identity import binding_problems
 
 
 def _same(a: CheckpointMeta, b: CheckpointMeta) -> str | None:
@@ -30,7 +31,7 @@ def _same(a: CheckpointMeta, b: CheckpointMeta) -> str | None:
         return "parameter layout"
     if a.preprocess != b.preprocess:
         return "preprocessing"
-    if a.face_model != b.face_model:
+    if binding_problems(a.face_model or {}, b.face_model or {}):  # the decoder, not how its file was built
         return "face model"
     return None
 

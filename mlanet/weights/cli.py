@@ -68,6 +68,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from mlanet.weights.pack import pack_weights, release_info, unbuildable_albedo
 
     out = pack_weights(args.weights, args.out, stages=args.stage, name=args.name, stores=args.store,
+                       stores_from=args.stores_from, reason=args.reason,
                        max_bytes=int(args.max_mb * 1e6) if args.max_mb > 0 else None)
     rel = release_info(out) or {}
     chosen, src = rel.get("chosen", {}), rel.get("packed_from", {})
@@ -76,7 +77,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         how = f"best.json: step {chosen.get('step')}, {chosen.get('metric')} " + (
             f"{value:.2f}" if isinstance(value, (int, float)) else str(value))
     renamed = f", trained as {rel['trained_as']}" if rel.get("trained_as") else ""
-    print(f"packed {src.get('file')} of run {src.get('run')} ({how}) as {rel.get('model')}{renamed}")
+    why = f"; {chosen['reason']}" if chosen.get("reason") else ""
+    print(f"packed {src.get('file')} of run {src.get('run')} ({how}{why}) as {rel.get('model')}{renamed}")
     for st in rel.get("stages", []):
         if not st.get("finished"):
             print(f"warning: run {st['run']} has not finished ({st.get('stopped_by')}; {st.get('steps')} of "
@@ -125,6 +127,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("--store", action="append", metavar="DIR",
                     help="a training store (repeatable; default: data.store_dir and data.extra_store_dirs of the run's "
                     "config.yaml, those found)")
+    pk.add_argument("--stores-from", default=None, metavar="FILE",
+                    help="instead of --store: a weights file packed earlier whose release block recorded the training "
+                    "stores (for packing where the stores are gone, e.g. a candidate packed at the end of its run)")
+    pk.add_argument("--reason", default=None, metavar="TEXT",
+                    help="why this checkpoint, when not the one best.json names (recorded in release.chosen.reason)")
     pk.add_argument("--max-mb", type=float, default=MAX_SHIPPED_BYTES / 1e6, metavar="MB",
                     help=f"refuse to write a bigger file (default {MAX_SHIPPED_BYTES / 1e6:g}; 0: no limit)")
     pk.set_defaults(func=cmd_pack)

@@ -361,7 +361,8 @@ def _target_name(meta: CheckpointMeta, name: str | None, src: Path) -> str:
 def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
                  stages: list[str] | None = None, data: list[dict[str, str]] | None = None,
                  notice: str = RESEARCH_ONLY_NOTICE, *, name: str | None = None,
-                 stores: list[str] | None = None, max_bytes: int | None = MAX_SHIPPED_BYTES) -> Path:
+                 stores: list[str] | None = None, stores_from: str | os.PathLike[str] | None = None,
+                 reason: str | None = None, max_bytes: int | None = MAX_SHIPPED_BYTES) -> Path:
     """Write ``weights`` (a run folder: its ``best.json`` checkpoint, else its newest; or a checkpoint file) as
     FP16 shipped weights to ``out`` (atomic; nothing is written when a check fails).
 
@@ -377,6 +378,10 @@ def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
             ``mlanet_mobile``). The checkpoint's architecture config must be exactly that name's registered one.
         stores: the training store folders (default: the last stage's ``data.store_dir`` and
             ``data.extra_store_dirs``, those found).
+        stores_from: instead of ``stores``, a weights file packed earlier whose release block recorded the
+            stores (for packing on a machine that no longer has them; the file and its checksum are recorded).
+        reason: why this checkpoint was chosen, when not by the run's ``best.json`` (recorded in
+            ``release["chosen"]["reason"]``).
         max_bytes: refuse (write nothing) when the file would be bigger; ``None``: no limit.
 
     Raises:
@@ -389,17 +394,31 @@ def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
     half = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in state.items()}
     if stages is None:
         stages = [str(run)] if run is not None else []
-    store_info = [_store_summary(p) for p in find_stores(Path(stages[-1]) if stages else run, stores)]
+    if stores_from is not None:
+        if stores:
+            raise MLANetError("give training stores (--store) or a packed file that recorded them (--stores-from), "
+                              "not both")
+        store_info = recorded_stores(stores_from)
+    else:
+        store_info = [_store_summary(p) for p in find_stores(Path(stages[-1]) if stages else run, stores)]
+    if reason:
+        chosen = {**chosen, "reason": reason}
     stage_info = [_stage_summary(s) for s in stages]
     albedos = []  # every albedo model a stage's face model embedded, then the packed checkpoint's
     for face in [st.get("face_model") or {} for st in stage_info] + [meta.face_model or {}]:
         albedo = str((face.get("build") or {}).get("albedo") or "")
         if albedo and albedo not in albedos:
             albedos.append(albedo)
+    packed_from: dict[str, Any] = {"file": src.name, "run": run.name if run is not None else None,
+                                   "step": meta.extra.get("step"), "sha256": file_sha256(src)}
+    earlier = (meta.extra.get("release") or {}).get("packed_from")
+    if earlier:  # a packed file packed again (e.g. a candidate packed at the end of its run): keep where it came from
+        packed_from["repack_of"] = earlier
+        if packed_from["run"] is None:
+            packed_from["run"] = earlier.get("run")
     release: dict[str, Any] = {
         "model": target,
-        "packed_from": {"file": src.name, "run": run.name if run is not None else None, "step": meta.extra.get("step"),
-                        "sha256": file_sha256(src)},
+        "packed_from": packed_from,
         "chosen": chosen,
         "packed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
@@ -427,6 +446,19 @@ def pack_weights(weights: str | os.PathLike[str], out: str | os.PathLike[str],
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out
+
+
+def recorded_stores(packed: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The training-store summaries a packed weights file's release block recorded, each marked with the
+    file they were read from (name and SHA-256). Raises :class:`AssetError` when it recorded none."""
+    path = Path(packed).expanduser()
+    if not path.is_file():
+        raise AssetError(f"{path}: no such weights file (--stores-from)")
+    stores = (release_info(path) or {}).get("stores")
+    if not stores:
+        raise AssetError(f"{path}: its release block records no training stores (--stores-from)")
+    source = {"file": path.name, "sha256": file_sha256(path)}
+    return [{**store, "recorded_by": source} for store in stores]
 
 
 def release_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
