@@ -255,3 +255,27 @@ def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path, face_path):
     assert any(not torch.equal(sn[k], s0[k]) for k in stats)  # without it they follow the batches
     scales = [k[: -len("running_mean")] + "weight" for k in stats if k.endswith("running_mean")]
     assert any(not torch.equal(sf[k], s0[k]) for k in scales)  # the affine parameters still train
+
+
+def test_train_only_updates_the_named_parameters_and_keeps_the_rest(tmp_path, face_path, capsys):
+    """optim.train_only: the expression head trains, every other tensor keeps the start's values; a prefix that
+    names no parameter is a one-line error (exit 2) that lists the network's groups."""
+    start, head = tmp_path / "start", tmp_path / "head"
+    for d in (start, head):
+        d.mkdir()
+    assert main(_args(start, face_path, 2)) == 0
+    init = ("--set", f"model.init_weights={start / 'run'}", "--set", "optim.lr=0.01")
+    assert main(_args(head, face_path, 3, init + ("--set", "optim.train_only=[heads.expression]"))) == 0
+    s0, _ = _last_weights(start / "run")
+    s1, meta = _last_weights(head / "run")
+    assert meta.extra["train_config"]["optim"]["train_only"] == ["heads.expression"]
+    floats = [k for k, v in s0.items() if v.is_floating_point()]  # BatchNorm statistics included: frozen layers keep them
+    assert any("running_mean" in k for k in floats)
+    changed = {k for k in floats if not torch.equal(s0[k], s1[k])}
+    assert changed and all(k.startswith("heads.expression") for k in changed), sorted(changed)[:5]
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    assert main(_args(bad, face_path, 1, init + ("--set", "optim.train_only=[heads.expresion]"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.train_only" in err[0] and "'heads.expresion'" in err[0] and "heads.expression" in err[0]

@@ -100,6 +100,9 @@ class OptimCfg:
     # BatchNorm layers normalise with their running statistics and keep them (eval mode) while their scale and
     # shift still train: for a short fine-tune at a much smaller batch than the run that made the weights
     freeze_batchnorm: bool = False
+    # train only the parameters whose names start with one of these prefixes (e.g. ``heads.expression``); the
+    # others keep their values (no gradient, not in the optimiser). Empty: every parameter trains.
+    train_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -186,12 +186,37 @@ def _lr_lambda(cfg: TrainCfg):  # type: ignore[no-untyped-def]
 
 def set_training_mode(model: torch.nn.Module, freeze_batchnorm: bool = False) -> None:
     """``model.train()``; with ``freeze_batchnorm`` its BatchNorm layers stay in eval mode (running statistics
-    used and kept; their affine parameters still receive gradients)."""
+    used and kept; their affine parameters still receive gradients). A BatchNorm layer whose affine parameters
+    do not train (``optim.train_only``) always stays in eval mode: a frozen layer keeps its statistics too."""
     model.train()
-    if freeze_batchnorm:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters())
+            if freeze_batchnorm or (params and not any(p.requires_grad for p in params)):
                 m.eval()
+
+
+def trainable_parameters(model: torch.nn.Module, train_only: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser updates: all of them, or with ``train_only`` (``optim.train_only``) those whose
+    names start with one of its prefixes; the others get ``requires_grad=False`` (their values stay, and no gradient
+    is computed through layers that only they feed). Raises ConfigError naming a prefix that matches nothing."""
+    from mlanet.errors import ConfigError
+
+    if not train_only:
+        return list(model.parameters())
+    named = list(model.named_parameters())
+    unmatched = [pre for pre in train_only if not any(name.startswith(pre) for name, _ in named)]
+    if unmatched:
+        groups = sorted({".".join(name.split(".")[:2]) for name, _ in named})
+        raise ConfigError(f"optim.train_only: no parameter name starts with {', '.join(map(repr, unmatched))}; "
+                          f"the network's groups are {', '.join(groups)}")
+    chosen = []
+    for name, param in named:
+        keep = any(name.startswith(pre) for pre in train_only)
+        param.requires_grad_(keep)
+        if keep:
+            chosen.append(param)
+    return chosen
 
 
 def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
@@ -499,7 +524,12 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
     face_model.to(device)
     objective = Objective(face_model, cfg.preprocess, cfg.loss)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    trained = trainable_parameters(model, cfg.optim.train_only)
+    if is_main and cfg.optim.train_only:
+        log.info("training %d of %d parameters (optim.train_only: %s); the rest keep their values",
+                 sum(p.numel() for p in trained), sum(p.numel() for p in model.parameters()),
+                 ", ".join(cfg.optim.train_only))
+    optimizer = torch.optim.AdamW(trained, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     use_amp = cfg.run.amp and device.type == "cuda"
     scaler = None  # bf16 autocast needs no loss scaling
