@@ -418,6 +418,7 @@ def test_cli_on_the_shared_clip(shared: Path, ict_model_file: Path, tmp_path: Pa
     assert res["benchmark"] == "video expression tracking" and res["weights"]["untrained"] is True
     assert res["environment"]["versions"]["mediapipe"] and "commit" in res["environment"]
     assert res["pipeline"]["every"] == 2 and res["pipeline"]["max_frames"] == 12
+    assert "refine_landmarks=False" in res["reference"]["mesh"]  # the default measure: the plain face mesh
     clip = res["clips"][0]
     assert clip["frames"] == 12 and len(clip["sha256"]) == 64 and clip["every"] == 2
     assert clip["frames_used"] >= 10  # MediaPipe finds the one face around the track's crop
@@ -433,3 +434,24 @@ def test_cli_on_the_shared_clip(shared: Path, ict_model_file: Path, tmp_path: Pa
     frac = clip["out_of_range"]["filtered"]["fraction"]
     assert frac is not None and 0.0 <= frac <= 1.0
     assert "obama_720p.mp4" in printed.out and "jawOpen r" in printed.out
+
+
+@pytest.mark.assets
+def test_cli_refined_reference_mesh_is_used_and_recorded(shared: Path, ict_model_file: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    """--reference-mesh refined measures with MediaPipe's attention mesh (lids that meet on a closed eye) and
+    says so in the record; the 468 points keep their indices, so the measures stay comparable."""
+    pytest.importorskip("mediapipe")
+    out = tmp_path / "refined.json"
+    rc = main(["eval", "expressions", str(shared / "data/video/obama_720p.mp4"), "--untrained", "mlanet_mobile_lite",
+               "--face-model", str(ict_model_file), "--max-frames", "6", "--every", "3", "--reference-mesh", "refined",
+               "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert "refine_landmarks=True" in res["reference"]["mesh"]
+    clip = res["clips"][0]
+    assert clip["frames_used"] >= 5 and 0.05 < clip["distributions"]["eye_aperture"]["p50"] < 0.6
+    with pytest.raises(SystemExit) as exc:  # argparse: a usage error naming the choices
+        main(["eval", "expressions", str(shared / "data/video/obama_720p.mp4"), "--reference-mesh", "iris",
+              "--json", str(out)])
+    assert exc.value.code == 2 and "'unrefined', 'refined'" in capsys.readouterr().err

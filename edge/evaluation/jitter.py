@@ -151,6 +151,8 @@ class WindowReference:
             :class:`~mlanet.data.mediapipe_labels.FaceMeshDetector` (static images, one face).
         roi_scale: crop scale of the network (to compare the reference's crop with the track's).
         window_scale, input_size: see the module constants.
+        refine: the default detector runs MediaPipe's attention mesh (``refine_landmarks=True``), whose lids
+            meet on a closed eye; the plain mesh's stay apart (see :class:`~mlanet.data.mediapipe_labels.FaceMeshDetector`).
     """
 
     def __init__(
@@ -159,19 +161,24 @@ class WindowReference:
         roi_scale: float = math.sqrt(2.0),
         window_scale: float = REFERENCE_WINDOW_SCALE,
         input_size: int = REFERENCE_INPUT_SIZE,
+        refine: bool = False,
     ) -> None:
         if detector is None:
             from mlanet.data.mediapipe_labels import FaceMeshDetector
 
-            detector = FaceMeshDetector()
+            detector = FaceMeshDetector(refine=refine)
         self.detector = detector
+        self.refine = bool(getattr(detector, "refine", refine))
         self.roi_scale, self.window_scale = float(roi_scale), float(window_scale)
         self.input_size = int(input_size)
 
     def describe(self) -> dict[str, Any]:
+        from mlanet.data.mediapipe_labels import MESH_DESCRIPTION
+
         return {
             "name": "MediaPipe face mesh, 468 points",
             "mode": "static_image_mode=True (no temporal smoothing), one face per window",
+            "mesh": MESH_DESCRIPTION[self.refine],
             "mediapipe_version": getattr(self.detector, "version", None),
             "window_scale": self.window_scale,
             "window_pixels": self.input_size,
