@@ -18,13 +18,11 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from mlanet.errors import MLANetError
+from mlanet.errors import ConfigError
+
+__all__ = ["ConfigError", "apply_overrides", "from_dict", "load_config", "save_config", "to_dict"]
 
 T = TypeVar("T")
-
-
-class ConfigError(MLANetError):
-    """A configuration key or value is invalid."""
 
 
 def _suggest(key: str, options: list[str]) -> str:

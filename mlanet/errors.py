@@ -36,4 +36,5 @@ class NonFiniteOutputError(MLANetError):
 
 
 class ConfigError(MLANetError, ValueError):
-    """A configuration value does not fit the data or face model it is used with (names the key)."""
+    """A configuration key or value is invalid, or does not fit the data or face model it is used with (names the
+    key). The one class for both: :mod:`mlanet.config` raises it for unknown keys and wrong types."""

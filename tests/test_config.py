@@ -52,3 +52,13 @@ def test_bad_yaml_file(tmp_path):
         load_config(TrainCfg, path)
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainCfg, tmp_path / "missing.yaml")
+
+
+def test_one_config_error_class_for_keys_types_and_fit_to_the_data():
+    """A caller catches one class: the config system's key/type errors and the training code's "this value does
+    not fit the face model / data" errors are the same ConfigError (an MLANetError, so the CLIs exit 2)."""
+    from mlanet import errors
+
+    assert ConfigError is errors.ConfigError and issubclass(ConfigError, errors.MLANetError)
+    with pytest.raises(errors.ConfigError):
+        apply_overrides(TrainCfg(), ["optim.lrr=1"])
