@@ -125,3 +125,24 @@ def test_cli_pack_unpack_and_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "q.npz").exists()
+
+
+def test_cli_drop_extras_leaves_an_extra_out_of_every_row(tmp_path, capsys):
+    """--drop-extras teacher68: the packed store keeps its rows and other extras, the extra is absent everywhere
+    (what keeps a large store under a transfer limit); naming it in --extra-sources too is a one-line error."""
+    _store_with_extras(tmp_path)
+    assert data_main(["pack", str(tmp_path / "st"), "--out", str(tmp_path / "p.npz"), "--drop-extras", "teacher68",
+                      "--quiet"]) == 0
+    capsys.readouterr()
+    m, arrays = read_packed(tmp_path / "p.npz")
+    assert m["packed"]["extra_sources"] == {"teacher68": []}
+    assert not arrays["has_x_teacher68"].any() and arrays["has_x_fit_params"].any()
+    un = unpack_store(tmp_path / "p.npz", tmp_path / "un", progress=False)
+    assert not un.labels["has_x_teacher68"].any() and len(un.keys) == len(Store(tmp_path / "st").keys)
+    assert data_main(["pack", str(tmp_path / "st"), "--out", str(tmp_path / "q.npz"), "--drop-extras", "teacher68",
+                      "--extra-sources", "teacher68=fake68"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--drop-extras teacher68" in err and len(err.splitlines()) == 1
+    assert data_main(["pack", str(tmp_path / "st"), "--out", str(tmp_path / "q.npz"), "--drop-extras", "nosuch"]) == 2
+    assert "'nosuch' is not in the store" in capsys.readouterr().err
+    assert not (tmp_path / "q.npz").exists()

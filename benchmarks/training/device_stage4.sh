@@ -10,6 +10,8 @@
 # the run's metrics.jsonl and summary/config (run_files.tar.gz), the last checkpoint (FP32) and FP16 copies of
 # the intermediate ones -- scored on the AFLW2000-3D dev images back on the CPU machine.
 # Continuing with a known rate: S4_STEPS=N skips the probe; S4_SET adds --set overrides (space-separated).
+# Other stores: S4_STORES="aflw_refined 300w_refined clips_refined" unpacks .device_data/store_<name>.npz into
+# runs/s4/store_<name> (default "main clips"), the folders the config names.
 # Dry run on a CPU: OUT=/tmp/s4 S4_DEVICE=cpu BUDGET_S=120 S4_SET="optim.batch_size=8 data.num_workers=1" bash ...
 set -uo pipefail
 T0=$SECONDS
@@ -36,7 +38,7 @@ mkdir -p "$MLANET_HOME/face_models" && cp -n .device_data/ict_face.mlface.npz "$
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cpus', os.cpu_count())"
 git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -5
-for s in main clips; do
+for s in ${S4_STORES:-main clips}; do
   [ -f "runs/s4/store_$s/manifest.json" ] || python3 -m mlanet.cli data unpack ".device_data/store_$s.npz" \
     --out "runs/s4/store_$s" --quiet || fail "unpack store_$s"
 done

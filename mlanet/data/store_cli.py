@@ -130,9 +130,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
     store = Store(args.store)
     require = {src: extras[-1] for src, extras in _parse_pairs(args.require, "--require").items()}
     rows = select_rows(store, args.source or (), require)
+    extra_sources = _parse_pairs(args.extra_sources, "--extra-sources")
+    for extra in args.drop_extras or ():
+        if extra in extra_sources:
+            raise MLANetError(f"--drop-extras {extra} and --extra-sources {extra}=...: give one of them")
+        extra_sources[extra] = []  # kept on the rows of no source: absent everywhere
     try:
         m = pack_store(store, args.out, rows=rows, input_size=args.input_size, quality=args.quality,
-                       extra_sources=_parse_pairs(args.extra_sources, "--extra-sources"),
+                       extra_sources=extra_sources,
                        half_extras=args.half_extras or (), progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"interrupted; {args.out} not written", file=sys.stderr)
@@ -167,6 +172,9 @@ def add_pack_parsers(sub: argparse._SubParsersAction) -> None:
                    help="rows of SOURCE only where they have EXTRA, e.g. mtfl=fit_params (repeatable)")
     p.add_argument("--extra-sources", action="append", metavar="EXTRA=SRC[,SRC]",
                    help="keep EXTRA only on rows of these sources, e.g. mp468=300w (saves space; repeatable)")
+    p.add_argument("--drop-extras", action="append", metavar="EXTRA",
+                   help="leave EXTRA out of every row, e.g. mp468 of a large store that must fit a transfer limit "
+                   "(repeatable)")
     p.add_argument("--half-extras", action="append", metavar="EXTRA",
                    help="store this float extra as float16, e.g. fit_params (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress")

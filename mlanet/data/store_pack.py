@@ -100,7 +100,8 @@ def pack_store(store: Store | str | os.PathLike[str], out: str | os.PathLike[str
             side scales by ``input_size / store.input_size`` (rounded; the margin is kept).
         quality: WebP quality 1-100.
         extra_sources: ``{extra: [source, ...]}`` keeps an extra only on rows of those sources
-            (the others get it as absent), e.g. ``{"mp468": ["300w"]}`` to save space.
+            (the others get it as absent), e.g. ``{"mp468": ["300w"]}`` to save space; an empty list
+            leaves it out of every row.
         half_extras: float extras (not point sets) to store as float16 (about 3 significant
             digits; e.g. ``fit_params``, whose fitted coefficients change by < 0.01); unpacked as float32.
     """
