@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from mlanet.checkpoint import load_training_state, load_weights, save_training_state
 from mlanet.config import save_config, to_dict
+from mlanet.errors import AssetError, ConfigError
 from mlanet.fileutil import write_json_atomic
 from mlanet.losses.objective import Objective
 from mlanet.morphable.model import MorphableModel
@@ -129,7 +130,6 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         store = StoreDataset(path, aug, seed=cfg.run.seed, n_params=face_model.layout.total,
                              input_size=pre.input_size, sources=only)
         if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
-            from mlanet.errors import AssetError
 
             raise AssetError(f"store {path}: crops at roi_scale {store.store.preprocess.roi_scale}, "
                              f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
@@ -150,7 +150,6 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
 def _eye_closure_weights(store: Any, face_model: Any, strength: float, path: str) -> np.ndarray:
     """Sampling weights of ``store``'s faces balanced over open/half-closed/closed eyes (their fits' mean
     eyeBlink); logs the bins. Raises ConfigError naming the store when it holds no usable fit."""
-    from mlanet.errors import ConfigError
     from mlanet.train.sampling import EYE_CLOSURE_EDGES, eye_closure_balanced_weights
 
     names = ("eyeBlink_L", "eyeBlink_R")
@@ -200,7 +199,6 @@ def trainable_parameters(model: torch.nn.Module, train_only: tuple[str, ...]) ->
     """The parameters the optimiser updates: all of them, or with ``train_only`` (``optim.train_only``) those whose
     names start with one of its prefixes; the others get ``requires_grad=False`` (their values stay, and no gradient
     is computed through layers that only they feed). Raises ConfigError naming a prefix that matches nothing."""
-    from mlanet.errors import ConfigError
 
     if not train_only:
         return list(model.parameters())
@@ -210,20 +208,15 @@ def trainable_parameters(model: torch.nn.Module, train_only: tuple[str, ...]) ->
         groups = sorted({".".join(name.split(".")[:2]) for name, _ in named})
         raise ConfigError(f"optim.train_only: no parameter name starts with {', '.join(map(repr, unmatched))}; "
                           f"the network's groups are {', '.join(groups)}")
-    chosen = []
     for name, param in named:
-        keep = any(name.startswith(pre) for pre in train_only)
-        param.requires_grad_(keep)
-        if keep:
-            chosen.append(param)
-    return chosen
+        param.requires_grad_(name.startswith(tuple(train_only)))
+    return [param for _, param in named if param.requires_grad]
 
 
 def init_from_weights(model: torch.nn.Module, weights: str) -> Path:
     """Load another run's weights into ``model`` (same network and parameter layout; the face
     model's content may differ, e.g. a new albedo basis). Returns the checkpoint file used."""
     from mlanet.checkpoint import resolve_weights
-    from mlanet.errors import AssetError
 
     path = resolve_weights(weights)
     state, meta = load_weights(path)
