@@ -51,7 +51,7 @@ from mlanet.preprocess import CropBox, PreprocessCfg
 from mlanet.edge.device_ops import DeviceOps, SyncCpuOps, TorchCudaOps
 from mlanet.edge.gpu_crops import box_table, crop_from_table, normalize_device
 from mlanet.edge.protocols import DeviceInferenceBackend
-from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame_tensor
+from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame_tensor, face_anchor
 
 #: Landmarks per face (the 68-point set of every face model).
 N_LANDMARKS = 68
@@ -129,6 +129,7 @@ class DeviceFaceStage:
         if normalize_device(model_device) != self.device:  # FaceDecoder moves its model: move a copy
             face_model = copy.deepcopy(face_model)
         self.decoder = FaceDecoder(face_model, device=str(self.device))
+        self.anchor = face_anchor(face_model)
         self._streams = {name: ops.new_stream(name) for name in ("upload", "compute")}
         self._slots = [_FrameSlot() for _ in range(FRAME_SLOTS)]
         self._next_slot = 0
@@ -220,7 +221,8 @@ class DeviceFaceStage:
                     raise ValueError(f"{self._source}: the network returned {desc}, expected ({n}, {P}) parameters")
                 if raw.device != self.device:
                     raise ValueError(f"{self._source}: the network returned parameters on {raw.device}, not {self.device}")
-                flat = crop_pose_to_frame_tensor(raw.float(), table[:, 3:], self.layout, self.preprocess, camera)
+                flat = crop_pose_to_frame_tensor(raw.float(), table[:, 3:], self.layout, self.preprocess, camera,
+                                                 anchor=self.anchor)
                 lm = self.decoder.landmarks2d_device(flat, dev_cam)
                 ops.download(flat, params, comp, label=("params", n))
                 ops.download(lm, landmarks, comp, label=("landmarks2d", n))

@@ -47,7 +47,7 @@ from mlanet.edge.device_ops import DeviceOps
 from mlanet.edge.display_mesh import DISPLAY_TRIANGLES, DisplayMesh, display_mesh
 from mlanet.edge.filters import FilterCfg, TrackFilters
 from mlanet.edge.protocols import DeviceInferenceBackend, FaceDecoderLike, FaceTrackerLike, InferenceBackend
-from mlanet.edge.reconstruct import (DEFAULT_FOV_DEG, FaceDecoder, camera_intrinsics, crop_pose_to_frame_cpu,
+from mlanet.edge.reconstruct import (DEFAULT_FOV_DEG, FaceDecoder, camera_intrinsics, crop_pose_to_frame_cpu, face_anchor,
                                      frame_camera)
 from mlanet.edge.timing import StageStats, timed
 from mlanet.edge.tracking import FaceTracker, TrackerCfg
@@ -163,6 +163,8 @@ class FacePipeline:
             tracker = FaceTracker(replace(cfg.tracker, roi_scale=self.preprocess.roi_scale), detector)
         self.tracker: FaceTrackerLike = tracker
         self.decoder: FaceDecoderLike = FaceDecoder(face_model)
+        #: the face point whose image scale the crop -> frame conversion keeps (model frame, metres)
+        self.anchor = face_anchor(face_model)
         self.filters = TrackFilters(self.layout, cfg.filter)
         self._renderer_factory = renderer_factory
         self._renderers: dict[str, Any] = {}  # "display" / "full" -> renderer of the current frame size
@@ -317,7 +319,7 @@ class FacePipeline:
         if not rois:
             return []
         boxes = [r.box for r in rois]
-        flat_frame = crop_pose_to_frame_cpu(raw, boxes, self.layout, self.preprocess, camera,
+        flat_frame = crop_pose_to_frame_cpu(raw, boxes, self.layout, self.preprocess, camera, anchor=self.anchor,
                                               intrinsics=self._kept_intrinsics(camera))  # (N, P) float32
         return self._fits(frame, rois, flat_frame, camera)
 

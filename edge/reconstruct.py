@@ -8,13 +8,27 @@ field of view (60 degrees by default, a typical webcam; ``--fov`` changes it).
 
 Crop -> frame (:func:`crop_pose_to_frame`). The crop of side ``size`` pixels centred at image
 point ``(u_b, v_b)`` behaves like a camera of focal ``g = f_c * size / S`` *image* pixels looking
-through ``(u_b, v_b)``. With the frame focal ``F`` and principal point ``(c_x, c_y)``:
+through ``(u_b, v_b)``. With the frame focal ``F`` and principal point ``(c_x, c_y)``, and the
+*face anchor* ``a`` (:func:`face_anchor`: the centroid of the mean face's 68 landmarks, model
+frame, about 9 cm in front of the ICT head origin):
 
-* the head origin ``t_c`` maps exactly (its projection is preserved) by the linear map
-  ``t_f = (t_x + t_z (u_b - c_x) / g,  t_y + t_z (v_b - c_y) / g,  t_z F / g)``;
+* the anchor keeps its projection *and its image scale* (pixels per metre): in the crop camera it
+  sits at ``A_c = R_c a + t_c``; in the frame camera at
+  ``A_f = (A_cx + A_cz (u_b - c_x) / g,  A_cy + A_cz (v_b - c_y) / g,  A_cz F / g)``;
 * the rotation is corrected for the viewing direction: the network sees the face as a camera
   on the ray through the crop centre would, so ``R_f = R_ray @ R_c`` where ``R_ray`` is the
-  smallest rotation taking the optical axis ``+z`` to that ray.
+  smallest rotation taking the optical axis ``+z`` to that ray;
+* ``t_f = A_f - R_f a``.
+
+Why the anchor, not the head origin: the crop camera is long (12.6 degrees, the face about 1 m
+away), the frame camera short (60 degrees), so a face that fills a frame sits about 25 cm from
+it. There a point 9 cm nearer than the head origin is imaged 1.5 times larger than the origin's
+scale, against 1.1 times in the crop camera: keeping the origin's scale (the old rule) drew such
+a face about 1.4 times too large, and a tracker that takes its next crop from those landmarks ran
+away (the crop grew every frame until the track was lost; measured on the 480-512 px expression
+clips). Keeping the scale at the face itself leaves only the depth relief of the two cameras:
+points behind the anchor (the jaw line) are drawn a little smaller, points before it (the nose)
+a little larger, a few per cent for a face filling a 60-degree frame (``tests/test_edge_reconstruct.py``).
 
 The face keeps its metric size (identity and expression are not touched), so landmarks
 projected with the frame camera agree with the crop prediction mapped to the image to within
@@ -67,6 +81,25 @@ def camera_intrinsics(camera: PinholeCamera) -> tuple[float, float, float, float
     return float(camera.fx[0]), float(camera.fy[0]), float(camera.cx[0]), float(camera.cy[0])
 
 
+def face_anchor(face_model: MorphableModel) -> tuple[float, float, float]:
+    """The point of the face whose image scale the crop -> frame conversion keeps (module docstring).
+
+    Returns:
+        ``(x, y, z)`` metres in the face model's frame: the centroid of the mean face's 68 landmarks
+        (``landmark_index`` rows of ``mean_shape``).
+    """
+    centroid = face_model.mean_shape[face_model.landmark_index].double().mean(dim=0)
+    x, y, z = (float(v) for v in centroid.cpu())
+    return x, y, z
+
+
+def _check_anchor(anchor: Sequence[float]) -> tuple[float, float, float]:
+    a = tuple(float(v) for v in anchor)
+    if len(a) != 3 or not all(math.isfinite(v) for v in a):
+        raise ValueError(f"anchor must be 3 finite numbers (metres, model frame), got {anchor!r}")
+    return a[0], a[1], a[2]
+
+
 def _rotation_z_to(d: torch.Tensor) -> torch.Tensor:
     """Smallest rotations (N, 3, 3) taking +z to the unit directions ``d`` (N, 3) (Rodrigues)."""
     z = torch.zeros_like(d)
@@ -88,6 +121,8 @@ def crop_pose_to_frame(
     layout: ParamLayout,
     preprocess: PreprocessCfg,
     camera: PinholeCamera,
+    *,
+    anchor: Sequence[float],
 ) -> torch.Tensor:
     """Convert predicted parameters from each crop's camera to the frame camera.
 
@@ -97,6 +132,8 @@ def crop_pose_to_frame(
         layout: the parameter layout of ``flat``.
         preprocess: the crop convention the network was trained with.
         camera: the frame camera (batch 1).
+        anchor: the face point whose projection and image scale are kept, ``(x, y, z)`` metres in
+            the model frame (:func:`face_anchor` of the face model).
 
     Returns:
         (N, P) float32 tensor: the same parameters with rotation and translation in the frame
@@ -108,7 +145,7 @@ def crop_pose_to_frame(
     if x.shape[0] == 0:
         return x.float()
     b = torch.tensor([[bx.x0, bx.y0, bx.size] for bx in boxes], dtype=torch.float64, device=x.device)
-    return crop_pose_to_frame_tensor(x, b, layout, preprocess, camera)
+    return crop_pose_to_frame_tensor(x, b, layout, preprocess, camera, anchor=anchor)
 
 
 def crop_pose_to_frame_cpu(
@@ -118,6 +155,7 @@ def crop_pose_to_frame_cpu(
     preprocess: PreprocessCfg,
     camera: PinholeCamera,
     *,
+    anchor: Sequence[float],
     intrinsics: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
     """:func:`crop_pose_to_frame` on the CPU for a few faces: (N, P) float32 array, computed in float64.
@@ -137,14 +175,18 @@ def crop_pose_to_frame_cpu(
     sl = layout.slices()
     r0, t0 = sl["rotation"].start, sl["translation"].start
     F, _, cx, cy = camera_intrinsics(camera) if intrinsics is None else intrinsics
+    a = _check_anchor(anchor)
     for i, (bx, (pitch, yaw, roll), (tx, ty, tz)) in enumerate(
             zip(boxes, x[:, r0:r0 + 3].tolist(), x[:, t0:t0 + 3].tolist())):
         u, v = bx.x0 + 0.5 * bx.size - cx, bx.y0 + 0.5 * bx.size - cy  # crop centre from the principal point
         g = preprocess.focal_ratio * bx.size
-        out[i, t0:t0 + 3] = (tx + tz * u / g, ty + tz * v / g, tz * F / g)
+        R_c = rot_s.euler_to_matrix(pitch, yaw, roll)
+        ax, ay, az = (sum(R_c[r][k] * a[k] for k in range(3)) + t for r, t in enumerate((tx, ty, tz)))  # A_c
         norm = math.sqrt(u * u + v * v + F * F)  # the ray (u / F, v / F, 1), normalised
-        R_ray = rot_s.rotation_z_to(u / norm, v / norm, F / norm)
-        out[i, r0:r0 + 3] = rot_s.matrix_to_euler(rot_s.matmul(R_ray, rot_s.euler_to_matrix(pitch, yaw, roll)))
+        R_f = rot_s.matmul(rot_s.rotation_z_to(u / norm, v / norm, F / norm), R_c)
+        A_f = (ax + az * u / g, ay + az * v / g, az * F / g)
+        out[i, t0:t0 + 3] = [A_f[r] - sum(R_f[r][k] * a[k] for k in range(3)) for r in range(3)]
+        out[i, r0:r0 + 3] = rot_s.matrix_to_euler(R_f)
     return out.astype(np.float32)
 
 
@@ -154,6 +196,8 @@ def crop_pose_to_frame_tensor(
     layout: ParamLayout,
     preprocess: PreprocessCfg,
     camera: PinholeCamera,
+    *,
+    anchor: Sequence[float],
 ) -> torch.Tensor:
     """:func:`crop_pose_to_frame` for a box table already in a tensor, on any device, no host sync.
 
@@ -167,6 +211,7 @@ def crop_pose_to_frame_tensor(
         preprocess: the crop convention the network was trained with.
         camera: the frame camera (batch 1). Its intrinsics are read as Python numbers: keep it
             on the CPU (a CUDA camera would cost a host synchronisation per read).
+        anchor: see :func:`crop_pose_to_frame`.
 
     Returns:
         (N, P) float32 tensor on ``flat``'s device, computed in float64.
@@ -180,6 +225,7 @@ def crop_pose_to_frame_tensor(
         raise ValueError(f"boxes must be an (N={n}, 3) float64 tensor [x0, y0, size], got {got}")
     if boxes.device != flat.device:
         raise ValueError(f"boxes are on {boxes.device}, flat on {flat.device}")
+    a_model = torch.tensor(_check_anchor(anchor), dtype=torch.float64, device=flat.device)
     x = flat.double()
     if n == 0:
         return x.float()
@@ -189,10 +235,12 @@ def crop_pose_to_frame_tensor(
     F = float(camera.fx[0])
     cx, cy = float(camera.cx[0]), float(camera.cy[0])
     g = preprocess.focal_ratio * b[:, 2]  # crop focal in image pixels: f_c * size / S with f_c = ratio * S
-    t = p.translation
-    t_f = torch.stack([t[:, 0] + t[:, 2] * (b[:, 0] - cx) / g, t[:, 1] + t[:, 2] * (b[:, 1] - cy) / g, t[:, 2] * F / g], -1)
+    R_c = euler_to_matrix(p.rotation)
+    A = R_c @ a_model + p.translation  # (N, 3) the anchor in the crop camera
+    A_f = torch.stack([A[:, 0] + A[:, 2] * (b[:, 0] - cx) / g, A[:, 1] + A[:, 2] * (b[:, 1] - cy) / g, A[:, 2] * F / g], -1)
     ray = torch.stack([(b[:, 0] - cx) / F, (b[:, 1] - cy) / F, torch.ones_like(g)], -1)
-    R_f = _rotation_z_to(ray / ray.norm(dim=-1, keepdim=True)) @ euler_to_matrix(p.rotation)
+    R_f = _rotation_z_to(ray / ray.norm(dim=-1, keepdim=True)) @ R_c
+    t_f = A_f - R_f @ a_model
     return p.replace(rotation=matrix_to_euler(R_f), translation=t_f).to_flat().float()
 
 

@@ -9,7 +9,7 @@ import torch
 from mlanet.edge.crops import crop_faces
 from mlanet.geometry import rotations as rt
 from mlanet.edge.filters import FilterCfg, OneEuroFilter, RunningMean, TrackFilter
-from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame, frame_camera
+from mlanet.edge.reconstruct import FaceDecoder, crop_pose_to_frame, face_anchor, frame_camera
 from mlanet.edge.timing import STAGES, StageStats, timed
 from mlanet.params import FaceParams
 from mlanet.preprocess import CropBox, PreprocessCfg, box_from_points, crop_image, image_to_tensor
@@ -31,25 +31,31 @@ def _crop_landmarks_in_image(model, flat, box, pre):
     return box.crop_to_image(crop_px, pre.input_size)
 
 
-@pytest.mark.parametrize("centre,size", [((320.0, 180.0), 150.0), ((90.0, 70.0), 120.0), ((560.0, 300.0), 60.0)])
-def test_frame_landmarks_agree_with_crop_prediction(synthetic_model, centre, size):
-    pre = PreprocessCfg(input_size=64)
-    layout = synthetic_model.layout
-    rng = np.random.default_rng(0)
+def _posed_face(layout, pre, seed=0):
+    rng = np.random.default_rng(seed)
     flat = FaceParams.neutral(layout, depth_m=pre.prior_depth_m).to_flat()[0].numpy()
     s = layout.slices()
     flat[s["rotation"]] = rng.uniform(-0.3, 0.3, 3)
     flat[s["translation"]] = [0.01, -0.02, 1.1]
     flat[s["expression"]] = rng.uniform(0, 1, layout.expression)
+    return flat
+
+
+@pytest.mark.parametrize("centre,size", [((320.0, 180.0), 150.0), ((90.0, 70.0), 120.0), ((560.0, 300.0), 60.0)])
+def test_frame_landmarks_agree_with_crop_prediction(synthetic_model, centre, size):
+    pre = PreprocessCfg(input_size=64)
+    layout = synthetic_model.layout
+    s = layout.slices()
+    flat = _posed_face(layout, pre)
     box = CropBox(centre[0] - size / 2, centre[1] - size / 2, size)
     cam = frame_camera(640, 360, 60.0)
-    frame_flat = crop_pose_to_frame(flat[None], [box], layout, pre, cam)
+    frame_flat = crop_pose_to_frame(flat[None], [box], layout, pre, cam, anchor=face_anchor(synthetic_model))
     decoder = FaceDecoder(synthetic_model)
     dec = decoder(frame_flat, cam)
     np.testing.assert_allclose(decoder.landmarks2d(frame_flat, cam), dec.landmarks2d, atol=1e-3)  # landmark-only path
     ref = _crop_landmarks_in_image(synthetic_model, flat, box, pre)
     err = np.abs(dec.landmarks2d[0] - ref).max()
-    # The head origin projects exactly; the rest differs by the perspective of the two cameras: an off-axis
+    # The face anchor projects exactly; the rest differs by the perspective of the two cameras: an off-axis
     # face is stretched radially in the frame (~1/cos of the ray angle), which a crop camera cannot show.
     # Without the ray rotation the off-axis error is ~13 % of the box (measured), with it ~3 %.
     tol = 0.005 if centre == (320.0, 180.0) else 0.04
@@ -59,7 +65,38 @@ def test_frame_landmarks_agree_with_crop_prediction(synthetic_model, centre, siz
         np.testing.assert_allclose(frame_flat[0, s[g]].numpy(), flat[s[g]], atol=1e-6)
 
 
-def test_centred_box_keeps_rotation_and_scales_depth(synthetic_model):
+@pytest.mark.parametrize("frame,centre,size", [((640, 360), (320.0, 180.0), 330.0), ((480, 480), (240.0, 250.0), 350.0)])
+def test_a_face_that_fills_the_frame_keeps_its_size(synthetic_model, frame, centre, size):
+    """A face close to a wide frame camera: the head origin's scale (anchor at the origin) draws it
+    8-15 % too large (the tracker, which takes its next crop from these landmarks, then ran away);
+    keeping the scale at the face anchor draws it at the crop prediction's size."""
+    pre = PreprocessCfg(input_size=64)
+    layout = synthetic_model.layout
+    flat = _posed_face(layout, pre)
+    box = CropBox(centre[0] - size / 2, centre[1] - size / 2, size)
+    cam = frame_camera(*frame, 60.0)
+    ref = _crop_landmarks_in_image(synthetic_model, flat, box, pre)
+    decoder = FaceDecoder(synthetic_model)
+
+    def span_ratio(anchor):
+        lm = decoder(crop_pose_to_frame(flat[None], [box], layout, pre, cam, anchor=anchor), cam).landmarks2d[0]
+        return np.ptp(lm, axis=0).max() / np.ptp(ref, axis=0).max(), np.abs(lm - ref).max() / size
+
+    ratio, err = span_ratio(face_anchor(synthetic_model))
+    assert abs(ratio - 1.0) < 0.02 and err < 0.03, (ratio, err)
+    old_ratio, old_err = span_ratio((0.0, 0.0, 0.0))
+    assert old_ratio > 1.05 and old_err > err  # the rule this replaced
+
+
+def test_face_anchor_is_the_mean_landmark_centroid(synthetic_model):
+    a = face_anchor(synthetic_model)
+    ref = synthetic_model.mean_shape[synthetic_model.landmark_index].double().mean(0).numpy()
+    np.testing.assert_allclose(a, ref, atol=1e-12)
+    assert a[2] < 0  # in front of the head origin (the face looks along -z)
+
+
+@pytest.mark.parametrize("anchor", [(0.0, 0.0, 0.0), (0.01, 0.02, -0.09)])
+def test_centred_box_keeps_rotation_and_scales_the_anchor_depth(synthetic_model, anchor):
     pre = PreprocessCfg(input_size=64)
     layout = synthetic_model.layout
     flat = FaceParams.neutral(layout, depth_m=1.0).to_flat().numpy()
@@ -67,18 +104,26 @@ def test_centred_box_keeps_rotation_and_scales_depth(synthetic_model):
     cam = frame_camera(640, 360, 60.0)
     size = 200.0
     box = CropBox(320 - size / 2, 180 - size / 2, size)
-    out = crop_pose_to_frame(flat, [box], layout, pre, cam)[0].numpy()
+    out = crop_pose_to_frame(flat, [box], layout, pre, cam, anchor=anchor)[0].numpy()
     s = layout.slices()
     np.testing.assert_allclose(out[s["rotation"]], [0.1, -0.2, 0.05], atol=1e-6)
     g = pre.focal_ratio * size
-    np.testing.assert_allclose(out[s["translation"]], [0, 0, float(cam.fx[0]) / g], atol=1e-6)
+    R = rt.euler_to_matrix(torch.tensor([[0.1, -0.2, 0.05]], dtype=torch.float64))[0].numpy()
+    a = np.asarray(anchor)
+    A_c = R @ a + flat[0, s["translation"]]  # the anchor in the crop camera
+    A_f = R @ a + out[s["translation"]]  # and in the frame camera (a centred box: no ray rotation)
+    np.testing.assert_allclose(A_f, [A_c[0], A_c[1], A_c[2] * float(cam.fx[0]) / g], atol=1e-6)
+    with pytest.raises(ValueError, match="anchor must be 3 finite numbers"):
+        crop_pose_to_frame(flat, [box], layout, pre, cam, anchor=(0.0, float("nan"), 0.0))
 
 
 def test_crop_pose_to_frame_shape_errors(synthetic_model):
     pre, layout = PreprocessCfg(input_size=64), synthetic_model.layout
     with pytest.raises(ValueError, match="flat must be"):
-        crop_pose_to_frame(np.zeros((2, layout.total)), [CropBox(0, 0, 10)], layout, pre, frame_camera(64, 64))
-    assert crop_pose_to_frame(np.zeros((0, layout.total)), [], layout, pre, frame_camera(64, 64)).shape == (0, layout.total)
+        crop_pose_to_frame(np.zeros((2, layout.total)), [CropBox(0, 0, 10)], layout, pre, frame_camera(64, 64),
+                           anchor=(0, 0, 0))
+    assert crop_pose_to_frame(np.zeros((0, layout.total)), [], layout, pre, frame_camera(64, 64),
+                              anchor=(0, 0, 0)).shape == (0, layout.total)
 
 
 def test_crop_faces_equals_full_frame_crop():
@@ -256,8 +301,9 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         flat[:, s["expression"]] = rng.uniform(0, 1, (4, layout.expression))
         boxes = [CropBox(10, 20, 200), CropBox(900, 500, 90), CropBox(-40, 300, 400), CropBox(600, 0, 30)]
         cam = frame_camera(1280, 720, 70.0)
-        ref = crop_pose_to_frame(flat, boxes, layout, pre, cam).numpy()
-        got = crop_pose_to_frame_cpu(flat, boxes, layout, pre, cam)
+        anchor = face_anchor(synthetic_model)
+        ref = crop_pose_to_frame(flat, boxes, layout, pre, cam, anchor=anchor).numpy()
+        got = crop_pose_to_frame_cpu(flat, boxes, layout, pre, cam, anchor=anchor)
         assert got.dtype == np.float32 and got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-6)
         decoder = FaceDecoder(synthetic_model)
@@ -281,9 +327,9 @@ def test_numpy_pose_and_landmark_paths_match_the_torch_ones(synthetic_model, thr
         np.testing.assert_allclose(decoder.mesh_rows(flat, other)[0], full.vertices[:, other], atol=2e-6)
         with pytest.raises(ValueError, match="parameters must be"):
             decoder.mesh_rows(flat[:, :5], rows)
-        assert crop_pose_to_frame_cpu(flat[:0], [], layout, pre, cam).shape == (0, layout.total)
+        assert crop_pose_to_frame_cpu(flat[:0], [], layout, pre, cam, anchor=anchor).shape == (0, layout.total)
         with pytest.raises(ValueError, match="flat must be"):
-            crop_pose_to_frame_cpu(flat, boxes[:2], layout, pre, cam)
+            crop_pose_to_frame_cpu(flat, boxes[:2], layout, pre, cam, anchor=anchor)
     finally:
         torch.set_num_threads(old)
 
