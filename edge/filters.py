@@ -99,7 +99,11 @@ class FilterCfg:
     """Settings of :class:`TrackFilter` (frequencies in Hz, ``beta`` per unit of the signal).
 
     Defaults were chosen for 25-30 fps video: rotation (6D, ~radians) and expression weights
-    (0..1) follow fast motion; translation in metres needs a larger ``beta``.
+    (0..1) follow fast motion; translation in metres needs a larger ``beta``. The expression
+    settings (1 Hz at rest, ``beta`` 10: smoothed when still, little lag in a blink or a spoken
+    syllable) come from ``benchmarks/expression_filter_sweep.py`` on the trained-on driving clips
+    (the least rough setting within 0.02 of the best filtered correlation with MediaPipe's lip gap and
+    eye aperture; record ``benchmarks/results/accuracy/expression_filter_sweep.json``; before: 2 Hz, 1).
     """
 
     enabled: bool = True
@@ -107,8 +111,8 @@ class FilterCfg:
     rotation_beta: float = 0.5
     translation_min_cutoff: float = 1.0
     translation_beta: float = 20.0
-    expression_min_cutoff: float = 2.0
-    expression_beta: float = 1.0
+    expression_min_cutoff: float = 1.0
+    expression_beta: float = 10.0
     lighting_min_cutoff: float = 0.3
     identity_window: int = 300
 
