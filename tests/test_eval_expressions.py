@@ -182,6 +182,17 @@ def test_expression_summary_of_a_perfect_and_a_reversed_tracker() -> None:
     assert s["distributions"]["jawOpen"]["max"] == pytest.approx(expr[:, 7].max())
     assert s["distributions"]["eyeBlink"]["mean"] == pytest.approx(expr[:, 20:22].mean())
     assert s["unfiltered"] == s["correlations"]  # no unfiltered series given: the same
+    # the diagnostic: jawOpen leads the lip gap's list, the two blinks the closure's (the rest is noise)
+    top_gap = s["shapes_following"]["lip_gap"]
+    assert top_gap[0]["shape"] == NAMES[7] and top_gap[0]["r"] == pytest.approx(1.0) and len(top_gap) == 5
+    assert [d["r"] for d in top_gap] == sorted((d["r"] for d in top_gap), reverse=True)
+    assert {d["shape"] for d in s["shapes_following"]["eye_closure"][:2]} == {NAMES[20], NAMES[21]}
+    # a mouth opened by another shape: jawOpen misses, the diagnostic names the shape that follows
+    other = expr.copy()
+    other[:, 7], other[:, 40] = expr[:, 40], expr[:, 7]
+    o = expression_summary(other, refs, NAMES)
+    assert o["correlations"]["jaw_open_vs_lip_gap"]["pass"] is False
+    assert o["shapes_following"]["lip_gap"][0]["shape"] == NAMES[40]
     # eyes swapped (a mirrored blink) and a jaw that closes when the mouth opens
     rev = expr.copy()
     rev[:, 7] = 0.8 - expr[:, 7]
@@ -216,6 +227,8 @@ def test_expression_summary_of_a_constant_network_and_of_too_few_frames() -> Non
     none = expression_summary(np.zeros((0, 55)), np.zeros((0, 468, 2)), NAMES)
     assert none["frames_used"] == 0 and none["distributions"]["jawOpen"]["n"] == 0
     assert none["out_of_range"]["filtered"]["fraction"] is None and none["targets"]["out_of_range_zero"] is None
+    assert s["shapes_following"]["lip_gap"] == [] and few["shapes_following"]["lip_gap"] == []  # constant; too few
+    assert none["shapes_following"] == {"lip_gap": [], "eye_closure": []}
     json.dumps([s, few, none], allow_nan=False)
 
 

@@ -33,7 +33,10 @@ MediaPipe reference), pooled over tracks:
 * ``out_of_range``: the fraction of expression weights outside [0, 1] over all shapes and every
   face the pipeline fitted (filtered, as written by ``mlanet-video``, and unfiltered; target 0);
 * a warning where the reference hardly varies (:data:`MIN_REFERENCE_RANGE`: a clip whose mouth
-  never opens does not test ``jawOpen``, its r is mostly noise).
+  never opens does not test ``jawOpen``, its r is mostly noise);
+* ``shapes_following``: a diagnostic, the :data:`TOP_SHAPES` expression shapes (filtered) whose weights
+  correlate best with the lip gap and with the eye closure. When jawOpen misses its target but
+  ``mouthLowerDown_*`` follows the lip gap, the face's mouth is opened by the wrong shapes, not left shut.
 
 A correlation is ``None`` with a ``reason`` when it is undefined: fewer than :data:`MIN_FRAMES`
 frames, or a series that is constant over them. JSON records never hold NaN.
@@ -89,6 +92,9 @@ CONSTANT_TOLERANCE = 1e-6
 #: the correlation is then mostly the reference's own noise (heuristic; MediaPipe's lip gap of a closed,
 #: talking-free mouth varies by ~0.005, a blink moves the eye aperture by ~0.2).
 MIN_REFERENCE_RANGE: dict[str, float] = {"lip_gap": 0.02, "eye_aperture": 0.05}
+
+#: Shapes listed per reference in the ``shapes_following`` diagnostic.
+TOP_SHAPES = 5
 
 #: Pixels of the reference's square window image (the face spans ~180 px of it, about MediaPipe's
 #: 192 px landmark input, so the eyelids are not blurred by downsampling).
@@ -241,6 +247,22 @@ def _correlations(expr: np.ndarray, idx: Mapping[str, int], gap: np.ndarray, ape
     }
 
 
+def shapes_following(expr: np.ndarray, reference: np.ndarray, names: Sequence[str],
+                     top: int = TOP_SHAPES) -> list[dict[str, Any]]:
+    """The ``top`` shapes whose weights (N, K) correlate best (Pearson r, highest first) with ``reference`` (N,).
+
+    Shapes whose weights are constant over the frames are left out; fewer than :data:`MIN_FRAMES` frames
+    or a constant reference give an empty list.
+    """
+    ref = np.asarray(reference, np.float64)
+    rows: list[tuple[float, str]] = []
+    for k, name in enumerate(names):
+        r, _ = pearson(expr[:, k], ref)
+        if r is not None:
+            rows.append((float(r), str(name)))
+    return [{"shape": name, "r": r} for r, name in sorted(rows, key=lambda t: -t[0])[:top]]
+
+
 def expression_summary(
     expressions: np.ndarray,
     references: np.ndarray,
@@ -266,7 +288,8 @@ def expression_summary(
         ``jaw_open_vs_lip_gap``, ``eye_blink_vs_eye_closure`` (``r``, ``n``, ``reason``, ``target``,
         ``pass``), ``eye_blink_per_eye``), ``distributions`` (``jawOpen``, ``eyeBlink``,
         ``eyeBlink_L``, ``eyeBlink_R``, ``lip_gap``, ``eye_aperture``), ``out_of_range``
-        (``filtered``, ``unfiltered``), ``targets`` (name -> pass, None when undefined) and ``warnings``.
+        (``filtered``, ``unfiltered``), ``targets`` (name -> pass, None when undefined), ``shapes_following``
+        (``lip_gap`` and ``eye_closure``: :func:`shapes_following`) and ``warnings``.
     """
     K = len(names)
     expr = np.asarray(expressions, np.float64).reshape(-1, K)
@@ -310,6 +333,8 @@ def expression_summary(
         "distributions": dists,
         "out_of_range": rng,
         "targets": targets,
+        "shapes_following": {"lip_gap": shapes_following(expr, gap, names),
+                             "eye_closure": shapes_following(expr, -apertures.mean(axis=1), names)},
         "warnings": warnings,
     }
 
@@ -558,6 +583,10 @@ def print_table(clips: Sequence[Mapping[str, Any]], out: TextIO | None = None) -
         print(f"    unfiltered: jawOpen r {_fmt_r(un['jaw_open_vs_lip_gap'])}, eyeBlink r "
               f"{_fmt_r(un['eye_blink_vs_eye_closure'])}; skipped: "
               + (", ".join(f"{k} {v}" for k, v in c["skipped"].items() if v) or "none"), file=out)
+        following = c.get("shapes_following", {}).get("lip_gap", [])[:3]
+        if following:
+            print("    shapes that follow the lip gap best: " + ", ".join(f"{d['shape']} {d['r']:+.2f}" for d in following),
+                  file=out)
         for w in c["warnings"]:
             print(f"    warning: {w}", file=out)
 
