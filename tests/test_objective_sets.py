@@ -226,6 +226,34 @@ def test_fit_expression_term(model):
     with pytest.raises(ValueError, match="no expression"):
         Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": ("noSuchShape",)}))
 
+
+def test_fit_expression_others_term_covers_the_shapes_not_named(model):
+    names = model.expression_names
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (names[0],),
+                                           "fit_expression_others": 2.0}))
+    assert sorted(obj.fit_expression_others_index.tolist()) == list(range(1, len(names)))
+    flat = _pred(model)
+    batch = _exact_batch(model, flat)
+    assert "fit_expression_others" not in obj(batch, flat).terms  # no fits in the batch
+    fit = FaceParams.from_flat(flat.clone(), model.layout)
+    batch["fit_ok"] = torch.ones(3, dtype=torch.bool)
+    named_off = fit.expression.clone()
+    named_off[:, 0] += 0.4  # only the named shape differs: the others term is zero
+    batch["fit_params"] = fit.replace(expression=named_off).to_flat()
+    t = obj(batch, flat).terms
+    assert t["fit_expression"].item() == pytest.approx(0.4, rel=1e-4) and t["fit_expression_others"].item() < 1e-6
+    others_off = fit.expression.clone()
+    others_off[:, 1:] += 0.1  # every other shape off by 0.1: mean 0.1, weight 2
+    batch["fit_params"] = fit.replace(expression=others_off).to_flat()
+    t = obj(batch, flat).terms
+    assert t["fit_expression"].item() < 1e-6 and t["fit_expression_others"].item() == pytest.approx(0.2, rel=1e-4)
+    # mirrored samples compare with the fit's permuted weights, as the named term does
+    batch["fit_params"] = fit.replace(expression=fit.expression[:, obj.expression_perm]).to_flat()
+    batch["flipped"] = torch.ones(3, dtype=torch.bool)
+    assert obj(batch, flat).terms["fit_expression_others"].item() < 1e-6
+    off = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (names[0],)}))
+    assert "fit_expression_others" not in off(batch, flat).terms  # weight 0 (the default): no term
+
 def test_collate_fills_absent_optional_keys():
     s = {"image": torch.zeros(3, 8, 8), "landmarks": torch.zeros(68, 2), "landmarks_valid": torch.ones(68, dtype=torch.bool),
          "params": torch.zeros(4), "has_params": torch.tensor(True), "mp468": torch.zeros(468, 2),

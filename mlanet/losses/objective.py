@@ -72,6 +72,11 @@ class LossCfg:
     #: ``fit_ok``): the jaw moves few vertices, so the vertex term above hardly teaches jawOpen
     fit_expression: float = 0.0
     fit_expression_names: tuple[str, ...] = ("jawOpen",)
+    #: the same L1 over every *other* expression shape (term ``fit_expression_others``): without it the
+    #: shapes the landmarks leave ambiguous drift to whatever fits them (stage 5g on 300-W: the network's
+    #: mouthLowerDown / mouthUpperUp / cheekRaiser correlate r 0.2-0.3 with the fits', jawOpen 0.82), and a
+    #: held-out talking face opened its mouth with mouthUpperUp / mouthLowerDown rather than jawOpen
+    fit_expression_others: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.photometric_every, bool) or not isinstance(self.photometric_every, int) \
@@ -129,6 +134,10 @@ class Objective:
         self.fit_expression_index = torch.tensor(
             [face_model.expression_names.index(n) for n in cfg.fit_expression_names if n in face_model.expression_names],
             dtype=torch.long)
+        chosen = set(self.fit_expression_index.tolist())
+        #: (K_other,) the expression shapes the ``fit_expression_others`` term compares
+        self.fit_expression_others_index = torch.tensor(
+            [i for i in range(len(face_model.expression_names)) if i not in chosen], dtype=torch.long)
 
     def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor, step: int | None = None) -> LossOutput:
         """Loss of one batch; ``step`` (the optimisation step) selects the photometric steps
@@ -175,6 +184,12 @@ class Objective:
             out["fit_expression"] = cfg.fit_expression * terms.fit_expression_loss(
                 pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm,
                 self.fit_expression_index, fm.layout)
+        if cfg.fit_expression_others and len(self.fit_expression_others_index) and "fit_ok" in batch \
+                and bool(batch["fit_ok"].any()):
+            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
+            out["fit_expression_others"] = cfg.fit_expression_others * terms.fit_expression_loss(
+                pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm,
+                self.fit_expression_others_index, fm.layout)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
