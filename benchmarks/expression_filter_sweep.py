@@ -21,7 +21,7 @@ the record, never for the choice. The landmark-jitter
 requirement (filtered jitter on near-static frames at or below MediaPipe's) is checked afterwards with
 ``mlanet eval jitter``. Run::
 
-    python -m benchmarks.expression_filter_sweep --tune ../shared/data/video/expressions/driving_d*.mp4 \\
+    python -m mlanet.benchmarks.expression_filter_sweep --tune ../shared/data/video/expressions/driving_d*.mp4 \\
         --held-out ../shared/data/video/expressions/source_s*.mp4 ../shared/data/video/obama_720p.mp4 \\
         --max-frames 150 --json benchmarks/results/accuracy/expression_filter_sweep.json
 """
@@ -141,7 +141,7 @@ def choose(rows: Sequence[dict[str, Any]], tolerance: float = 0.02) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.expression_filter_sweep", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mlanet.benchmarks.expression_filter_sweep", description=__doc__.split("\n")[0])
     p.add_argument("--tune", nargs="+", required=True, help="clips the setting is chosen on")
     p.add_argument("--held-out", nargs="*", default=[], help="clips scored for the record only")
     p.add_argument("--max-frames", type=int, default=150)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.expression_filter_sweep import choose, score, sweep
+from mlanet.benchmarks.expression_filter_sweep import choose, score, sweep
 
 
 def _clip(seed: int = 0, n: int = 150, fps: float = 25.0) -> dict[str, np.ndarray]:
