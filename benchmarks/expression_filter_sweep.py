@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,7 +51,7 @@ def _series(path: Path, backend: Any, face_model: Any, reference: Any, max_frame
     from mlanet.edge.tracking import TrackerCfg
 
     idx = target_indices(face_model.expression_names, face_model.arkit_names, source=face_model.model_id)
-    cfg = PipelineCfg(fov_deg=DEFAULT_FOV_DEG, tracker=replace(TrackerCfg()), filter=FilterCfg(enabled=False),
+    cfg = PipelineCfg(fov_deg=DEFAULT_FOV_DEG, tracker=TrackerCfg(), filter=FilterCfg(enabled=False),
                       render_mode=None, overlays=(), meshes=False)
     source = open_clip(path)
     pipeline = FacePipeline(backend, face_model, cfg, detector=open_detector("full_range", False))
@@ -79,14 +78,8 @@ def _filter(values: np.ndarray, t: np.ndarray, min_cutoff: float | None, beta: f
     return np.array([f(np.array([v]), float(ti))[0] for v, ti in zip(values, t)])
 
 
-def _r(x: np.ndarray, y: np.ndarray) -> float | None:
-    if len(x) < 10 or np.std(x) == 0 or np.std(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def score(series: dict[str, np.ndarray], min_cutoff: float | None, beta: float) -> dict[str, Any]:
-    from mlanet.edge.evaluation.expressions import MIN_REFERENCE_RANGE
+    from mlanet.edge.evaluation.expressions import MIN_REFERENCE_RANGE, pearson
 
     out: dict[str, Any] = {}
     rough = []
@@ -94,7 +87,7 @@ def score(series: dict[str, np.ndarray], min_cutoff: float | None, beta: float) 
         w = _filter(series[shape], series["t"], min_cutoff, beta)
         ref = series[ref_name]
         varies = float(np.percentile(ref, 95) - np.percentile(ref, 5)) >= MIN_REFERENCE_RANGE[range_key]
-        out[f"r_{shape}"] = _r(w, ref) if varies else None
+        out[f"r_{shape}"] = pearson(w, ref)[0] if varies else None
         rough.append(float(np.median(np.abs(np.diff(w, n=2)))) if len(w) > 2 else None)
     out["roughness"] = {"jaw": rough[0], "blink": rough[1]}
     return out

@@ -129,7 +129,8 @@ class DeviceFaceStage:
         if normalize_device(model_device) != self.device:  # FaceDecoder moves its model: move a copy
             face_model = copy.deepcopy(face_model)
         self.decoder = FaceDecoder(face_model, device=str(self.device))
-        self.anchor = face_anchor(face_model)
+        #: the crop -> frame face anchor on the device, made once (not a host-to-device copy per frame)
+        self.anchor = torch.tensor(face_anchor(face_model), dtype=torch.float64, device=self.device)
         self._streams = {name: ops.new_stream(name) for name in ("upload", "compute")}
         self._slots = [_FrameSlot() for _ in range(FRAME_SLOTS)]
         self._next_slot = 0

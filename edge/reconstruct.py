@@ -197,7 +197,7 @@ def crop_pose_to_frame_tensor(
     preprocess: PreprocessCfg,
     camera: PinholeCamera,
     *,
-    anchor: Sequence[float],
+    anchor: Sequence[float] | torch.Tensor,
 ) -> torch.Tensor:
     """:func:`crop_pose_to_frame` for a box table already in a tensor, on any device, no host sync.
 
@@ -211,7 +211,8 @@ def crop_pose_to_frame_tensor(
         preprocess: the crop convention the network was trained with.
         camera: the frame camera (batch 1). Its intrinsics are read as Python numbers: keep it
             on the CPU (a CUDA camera would cost a host synchronisation per read).
-        anchor: see :func:`crop_pose_to_frame`.
+        anchor: see :func:`crop_pose_to_frame`; or a (3,) tensor already on ``flat``'s device (the per-frame
+            device path keeps one, so no host-to-device copy is queued per frame).
 
     Returns:
         (N, P) float32 tensor on ``flat``'s device, computed in float64.
@@ -225,7 +226,12 @@ def crop_pose_to_frame_tensor(
         raise ValueError(f"boxes must be an (N={n}, 3) float64 tensor [x0, y0, size], got {got}")
     if boxes.device != flat.device:
         raise ValueError(f"boxes are on {boxes.device}, flat on {flat.device}")
-    a_model = torch.tensor(_check_anchor(anchor), dtype=torch.float64, device=flat.device)
+    if isinstance(anchor, torch.Tensor):
+        if tuple(anchor.shape) != (3,) or anchor.device != flat.device:
+            raise ValueError(f"an anchor tensor must be (3,) on {flat.device}, got {tuple(anchor.shape)} on {anchor.device}")
+        a_model = anchor.double()
+    else:
+        a_model = torch.tensor(_check_anchor(anchor), dtype=torch.float64, device=flat.device)
     x = flat.double()
     if n == 0:
         return x.float()

@@ -350,3 +350,20 @@ def test_track_filter_rotation_has_no_wrap_around(synthetic_model):
         assert np.abs(R_in - R_out).max() < 0.05, (i, out[s["rotation"]])
     with pytest.raises(ValueError, match="flat must be"):
         tf(base[:-1], 2.0)
+
+
+def test_an_anchor_tensor_on_the_device_equals_the_anchor_numbers(synthetic_model):
+    """The device path keeps its anchor as a (3,) tensor (no host-to-device copy per frame): same result."""
+    from mlanet.edge.reconstruct import crop_pose_to_frame_tensor
+
+    pre = PreprocessCfg(input_size=64)
+    layout = synthetic_model.layout
+    flat = torch.as_tensor(_posed_face(layout, pre))[None].float()
+    boxes = torch.tensor([[40.0, 30.0, 300.0]], dtype=torch.float64)
+    cam = frame_camera(480, 480, 60.0)
+    a = face_anchor(synthetic_model)
+    ref = crop_pose_to_frame_tensor(flat, boxes, layout, pre, cam, anchor=a)
+    got = crop_pose_to_frame_tensor(flat, boxes, layout, pre, cam, anchor=torch.tensor(a, dtype=torch.float64))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"anchor tensor must be \(3,\)"):
+        crop_pose_to_frame_tensor(flat, boxes, layout, pre, cam, anchor=torch.zeros(2, dtype=torch.float64))

@@ -175,21 +175,18 @@ class Objective:
             valid = batch["has_mp468"][:, None].expand(-1, batch["mp468"].shape[1])
             mp_px = camera.project(fm.landmark_points(verts, "mediapipe468"))
             out["mediapipe"] = cfg.mediapipe * terms.landmark_loss(mp_px, batch["mp468"], valid, S)
-        if cfg.fit_shape and "fit_ok" in batch and bool(batch["fit_ok"].any()):
-            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
-            out["fit_shape"] = cfg.fit_shape * terms.fit_shape_loss(
-                fm, pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm)
-        if cfg.fit_expression and len(self.fit_expression_index) and "fit_ok" in batch and bool(batch["fit_ok"].any()):
-            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
-            out["fit_expression"] = cfg.fit_expression * terms.fit_expression_loss(
-                pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm,
-                self.fit_expression_index, fm.layout)
-        if cfg.fit_expression_others and len(self.fit_expression_others_index) and "fit_ok" in batch \
-                and bool(batch["fit_ok"].any()):
-            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"]))
-            out["fit_expression_others"] = cfg.fit_expression_others * terms.fit_expression_loss(
-                pred, batch["fit_params"], batch["fit_ok"].bool(), flipped.bool(), self.expression_perm,
-                self.fit_expression_others_index, fm.layout)
+        if "fit_ok" in batch and bool(batch["fit_ok"].any()):  # pseudo-3DMM fit supervision
+            fit_ok = batch["fit_ok"].bool()
+            flipped = batch.get("flipped", torch.zeros_like(batch["fit_ok"])).bool()
+            if cfg.fit_shape:
+                out["fit_shape"] = cfg.fit_shape * terms.fit_shape_loss(
+                    fm, pred, batch["fit_params"], fit_ok, flipped, self.expression_perm)
+            for term, weight, index in (("fit_expression", cfg.fit_expression, self.fit_expression_index),
+                                        ("fit_expression_others", cfg.fit_expression_others,
+                                         self.fit_expression_others_index)):
+                if weight and len(index):
+                    out[term] = weight * terms.fit_expression_loss(
+                        pred, batch["fit_params"], fit_ok, flipped, self.expression_perm, index, fm.layout)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)

@@ -130,7 +130,6 @@ def build_sources(cfg: TrainCfg, face_model: MorphableModel) -> tuple[list[Any],
         store = StoreDataset(path, aug, seed=cfg.run.seed, n_params=face_model.layout.total,
                              input_size=pre.input_size, sources=only)
         if store.store.preprocess.roi_scale != pre.roi_scale:  # the store rescales to any input size
-
             raise AssetError(f"store {path}: crops at roi_scale {store.store.preprocess.roi_scale}, "
                              f"the run uses {pre.roi_scale}; rebuild the store for this preprocessing")
         if k == 0 and d.store_dir and d.store_yaw_balance > 0:  # the main store only
@@ -199,7 +198,6 @@ def trainable_parameters(model: torch.nn.Module, train_only: tuple[str, ...]) ->
     """The parameters the optimiser updates: all of them, or with ``train_only`` (``optim.train_only``) those whose
     names start with one of its prefixes; the others get ``requires_grad=False`` (their values stay, and no gradient
     is computed through layers that only they feed). Raises ConfigError naming a prefix that matches nothing."""
-
     if not train_only:
         return list(model.parameters())
     named = list(model.named_parameters())
