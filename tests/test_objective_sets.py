@@ -254,6 +254,45 @@ def test_fit_expression_others_term_covers_the_shapes_not_named(model):
     off = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (names[0],)}))
     assert "fit_expression_others" not in off(batch, flat).terms  # weight 0 (the default): no term
 
+def test_fit_expression_cross_entropy_is_zero_at_the_fit_and_keeps_its_gradient_near_zero(model):
+    """The cross-entropy form: 0 where the weights equal the fit's, the Bernoulli KL divergence elsewhere, and a
+    gradient on the sigmoid's logit of p - t where the L1 form's is p (1 - p)."""
+    names = model.expression_names
+    flat = _pred(model)
+    fit = FaceParams.from_flat(flat.clone(), model.layout)
+    ok, no_flip = torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)
+    idx, perm = torch.tensor([0]), torch.arange(len(names))
+    logit = torch.full((3, 1), -3.0, requires_grad=True)  # p = 0.047: the head's starting point
+    expr = torch.cat([torch.sigmoid(logit), fit.expression[:, 1:]], 1)
+    pred = fit.replace(expression=expr)
+    target = fit.expression.clone()
+    target[:, 0] = torch.sigmoid(torch.tensor(-3.0))
+    same = fit.replace(expression=target).to_flat()
+    assert terms.fit_expression_loss(pred, same, ok, no_flip, perm, idx, model.layout, form="cross_entropy").item() \
+        == pytest.approx(0.0, abs=1e-6)
+    target[:, 0] = 0.6  # the fit says open, the network says shut
+    open_fit = fit.replace(expression=target).to_flat()
+    p = float(torch.sigmoid(torch.tensor(-3.0)))
+    kl = 0.6 * np.log(0.6 / p) + 0.4 * np.log(0.4 / (1 - p))
+    ce = terms.fit_expression_loss(pred, open_fit, ok, no_flip, perm, idx, model.layout, form="cross_entropy")
+    assert ce.item() == pytest.approx(kl, rel=1e-4)
+    (g_ce,) = torch.autograd.grad(ce, logit, retain_graph=True)
+    l1 = terms.fit_expression_loss(pred, open_fit, ok, no_flip, perm, idx, model.layout, form="l1")
+    (g_l1,) = torch.autograd.grad(l1, logit)
+    assert g_ce[0, 0].item() == pytest.approx((p - 0.6) / 3, rel=1e-3)  # mean over 3 samples
+    assert g_l1[0, 0].item() == pytest.approx(-p * (1 - p) / 3, rel=1e-3)
+    assert abs(g_ce[0, 0].item()) > 10 * abs(g_l1[0, 0].item())
+    with pytest.raises(ValueError, match="form must be one of"):
+        terms.fit_expression_loss(pred, open_fit, ok, no_flip, perm, idx, model.layout, form="l2")
+    with pytest.raises(ValueError, match="fit_expression_form"):
+        LossCfg(fit_expression_form="l2")
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (names[0],),
+                                           "fit_expression_form": "cross_entropy"}))
+    batch = _exact_batch(model, flat)
+    batch["fit_params"], batch["fit_ok"] = fit.to_flat(), ok
+    assert obj(batch, flat).terms["fit_expression"].item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_collate_fills_absent_optional_keys():
     s = {"image": torch.zeros(3, 8, 8), "landmarks": torch.zeros(68, 2), "landmarks_valid": torch.ones(68, dtype=torch.bool),
          "params": torch.zeros(4), "has_params": torch.tensor(True), "mp468": torch.zeros(468, 2),

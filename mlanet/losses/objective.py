@@ -77,8 +77,14 @@ class LossCfg:
     #: mouthLowerDown / mouthUpperUp / cheekRaiser correlate r 0.2-0.3 with the fits', jawOpen 0.82), and a
     #: held-out talking face opened its mouth with mouthUpperUp / mouthLowerDown rather than jawOpen
     fit_expression_others: float = 0.0
+    #: the form of both fit-expression terms (:data:`mlanet.losses.terms.FIT_EXPRESSION_FORMS`): ``l1`` or
+    #: ``cross_entropy`` (the Bernoulli KL divergence, whose gradient on the sigmoid's logit does not vanish near 0)
+    fit_expression_form: str = "l1"
 
     def __post_init__(self) -> None:
+        if self.fit_expression_form not in terms.FIT_EXPRESSION_FORMS:
+            raise ValueError(f"fit_expression_form must be one of {terms.FIT_EXPRESSION_FORMS}, "
+                             f"got {self.fit_expression_form!r}")
         if isinstance(self.photometric_every, bool) or not isinstance(self.photometric_every, int) \
                 or self.photometric_every < 1:
             raise ValueError(f"photometric_every must be an integer >= 1, got {self.photometric_every!r}")
@@ -186,7 +192,8 @@ class Objective:
                                          self.fit_expression_others_index)):
                 if weight and len(index):
                     out[term] = weight * terms.fit_expression_loss(
-                        pred, batch["fit_params"], fit_ok, flipped, self.expression_perm, index, fm.layout)
+                        pred, batch["fit_params"], fit_ok, flipped, self.expression_perm, index, fm.layout,
+                        form=cfg.fit_expression_form)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
