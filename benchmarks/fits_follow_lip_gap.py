@@ -39,18 +39,18 @@ def clip_and_frame(key: str) -> tuple[str, int]:
 def clip_summary(expression: np.ndarray, gap: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """r of jawOpen and the shapes following the gap best. expression (N, K) weights, gap (N,).
 
-    r is None where undefined (too few frames, a constant series: :func:`~mlanet.edge.evaluation.expressions.pearson`).
+    r is None where undefined (too few frames, a constant series: :func:`~mlanet.edge.evaluation.expressions.pearson`);
+    the ranking is ``mlanet eval expressions``' own (:func:`~mlanet.edge.evaluation.expressions.shapes_following`).
     """
-    from mlanet.edge.evaluation.expressions import pearson
+    from mlanet.edge.evaluation.expressions import pearson, shapes_following
 
-    rs = {n: pearson(expression[:, k], gap)[0] for k, n in enumerate(names)}
-    ranked = sorted(((r, n) for n, r in rs.items() if r is not None), reverse=True)[:TOP_SHAPES]
+    jaw = pearson(expression[:, list(names).index("jawOpen")], gap)[0] if "jawOpen" in names else None
     q = np.percentile(gap, [5, 95]) if len(gap) else [float("nan")] * 2
     return {
         "frames": int(len(gap)),
-        "jaw_open_vs_lip_gap": rs.get("jawOpen"),
+        "jaw_open_vs_lip_gap": jaw,
         "lip_gap_p5_p95": [float(q[0]), float(q[1])],
-        "shapes_following": [{"shape": n, "r": r} for r, n in ranked],
+        "shapes_following": shapes_following(expression, gap, names, top=TOP_SHAPES),
     }
 
 
@@ -65,7 +65,7 @@ def measure(labels: Path, fits: Path, face_model: Any, max_frames: int, source: 
     lab = LabelCache(labels).load(source)
     fit = FitCache(fits).load(source, model_keys=fit_model_keys(face_model))
     exp = ParamLayout.for_face_model(face_model).slices()["expression"]
-    per_clip: dict[str, list[tuple[int, np.ndarray, float]]] = {}
+    per_clip: dict[str, list[tuple[int, int, int]]] = {}  # clip -> (frame, label row, fit row)
     for i in range(len(lab)):
         if int(lab["mp_status"][i]) != 1:
             continue
@@ -74,12 +74,12 @@ def measure(labels: Path, fits: Path, face_model: Any, max_frames: int, source: 
             continue
         clip, frame = clip_and_frame(lab["key"][i])
         if frame < max_frames:
-            gap = float(lip_gap(np.asarray(lab["mp468"][i], np.float64)[None, :, :2])[0])
-            per_clip.setdefault(clip, []).append((frame, np.asarray(fit["params"][row][exp], np.float64), gap))
+            per_clip.setdefault(clip, []).append((frame, i, row))
     out = {}
     for clip, rows in sorted(per_clip.items()):
-        rows.sort(key=lambda r: r[0])
-        out[clip] = clip_summary(np.stack([r[1] for r in rows]), np.array([r[2] for r in rows]),
+        _, lab_rows, fit_rows = map(list, zip(*sorted(rows)))
+        gap = lip_gap(np.asarray(lab["mp468"][lab_rows], np.float64)[..., :2])
+        out[clip] = clip_summary(np.asarray(fit["params"][fit_rows][:, exp], np.float64), gap,
                                  face_model.expression_names)
     return out
 
