@@ -293,6 +293,46 @@ def test_fit_expression_cross_entropy_is_zero_at_the_fit_and_keeps_its_gradient_
     assert obj(batch, flat).terms["fit_expression"].item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_mirror_expression_term_is_zero_for_a_mirror_consistent_network(model):
+    """The mirror term: 0 when the flipped image's weights are the input's mirrored (eyeBlink_L <-> _R), the mean
+    absolute difference otherwise; the flipped image's weights are a target (no gradient); required input."""
+    names = model.expression_names
+    perm = terms.expression_flip_permutation(names)
+    assert perm[0].item() == 1 and perm[1].item() == 0
+    flat = _pred(model)
+    pred = FaceParams.from_flat(flat.clone().requires_grad_(True), model.layout)
+    consistent = pred.replace(expression=pred.expression.detach()[:, perm])  # what the flipped face should give
+    assert terms.mirror_expression_loss(pred, consistent, perm).item() == pytest.approx(0.0, abs=1e-7)
+    same = pred.replace(expression=pred.expression.detach())  # eyeBlink_L stays on the left: inconsistent
+    expected = 2 * (pred.expression[:, 0] - pred.expression[:, 1]).abs().sum() / (3 * len(names))
+    mirrored_flat = same.to_flat().detach().requires_grad_(True)
+    loss = terms.mirror_expression_loss(pred, FaceParams.from_flat(mirrored_flat, model.layout), perm)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    loss.backward()
+    assert mirrored_flat.grad is None or not mirrored_flat.grad.any()  # a target
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "mirror_expression": 2.0}))
+    assert obj.needs_mirror and not Objective(model, PRE, LossCfg(**OFF)).needs_mirror
+    batch = _exact_batch(model, flat)
+    mirror = FaceParams.from_flat(flat, model.layout)
+    mirror = mirror.replace(expression=mirror.expression[:, perm]).to_flat()
+    assert obj(batch, flat, mirror_flat=mirror).terms["mirror_expression"].item() == pytest.approx(0.0, abs=1e-7)
+    assert obj(batch, flat, mirror_flat=flat).terms["mirror_expression"].item() == pytest.approx(
+        2.0 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="mirror_flat"):
+        obj(batch, flat)
+
+
+def test_mirror_expression_refuses_pca_expressions(synthetic_data):
+    from mlanet.errors import ConfigError
+    from mlanet.morphable.data import FaceModelData
+
+    data = with_set_definitions(synthetic_data)
+    pca = FaceModelData(**{**data.__dict__, "header": {**data.header, "expression_kind": "pca"}})
+    with pytest.raises(ConfigError, match="mirror_expression"):
+        Objective(MorphableModel(pca), PRE, LossCfg(**{**OFF, "mirror_expression": 1.0}))
+    Objective(MorphableModel(pca), PRE, LossCfg(**OFF))  # without the term it is fine
+
+
 def test_collate_fills_absent_optional_keys():
     s = {"image": torch.zeros(3, 8, 8), "landmarks": torch.zeros(68, 2), "landmarks_valid": torch.ones(68, dtype=torch.bool),
          "params": torch.zeros(4), "has_params": torch.tensor(True), "mp468": torch.zeros(468, 2),
@@ -348,7 +388,11 @@ def test_training_on_a_store_with_labels_and_fits(tmp_path, synthetic_data):
             "--set", "preprocess.input_size=64", "--set", "preprocess.roi_scale=1.4142135623730951",
             "--set", f"data.store_dir={store_dir}", "--set", "data.synthetic=0.2", "--set", "optim.steps=2",
             "--set", "optim.batch_size=8", "--set", "optim.warmup_steps=1", "--set", "data.val_synthetic=4",
-            "--set", "run.val_every=2", "--set", "run.ckpt_every=2", "--set", "run.log_every=1"]
+            "--set", "run.val_every=2", "--set", "run.ckpt_every=2", "--set", "run.log_every=1",
+            "--set", "loss.mirror_expression=1.0"]
     assert cli_main(argv) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 1 and summary["stopped_by"] == "finished"
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    mirror = [r["loss/mirror_expression"] for r in logged if "loss/mirror_expression" in r]
+    assert len(mirror) == 2 and all(np.isfinite(mirror))  # the loop ran the flipped pass on both steps

@@ -474,6 +474,14 @@ def open_clip(path: str | Path) -> FrameSource:
     return source
 
 
+def mirrored_frames(frames: Iterable[Frame]) -> Iterable[Frame]:
+    """The frames flipped left-right (``image[:, ::-1]``, contiguous); their YUV planes are dropped."""
+    from dataclasses import replace
+
+    for frame in frames:
+        yield replace(frame, image=np.ascontiguousarray(frame.image[:, ::-1]), yuv420=None)
+
+
 def evaluate_clip(
     path: str | Path,
     backend: InferenceBackend,
@@ -485,8 +493,13 @@ def evaluate_clip(
     every: int = 1,
     max_frames: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Expression tracking of one clip: a fresh pipeline, one pass, :func:`clip_record`.
+
+    ``mirror``: flip every frame left-right before the pipeline and the reference see it (``mirrored``
+    in the record). A face opens its jaw as far in a mirror, so jawOpen's correlation with the lip gap
+    should not change; a network whose weights depend on which way the face turns shows it here.
 
     Args:
         path: a video file or a folder of frames.
@@ -529,7 +542,8 @@ def evaluate_clip(
             if progress is not None:
                 progress(done[0], total or done[0])
 
-        samples, info = collect_samples(source, pipeline, reference, every=every, max_frames=max_frames,
+        frames: Iterable[Frame] = mirrored_frames(source) if mirror else source
+        samples, info = collect_samples(frames, pipeline, reference, every=every, max_frames=max_frames,
                                         on_frame=on_frame)
         size, fps = source.size, source.fps
     finally:
@@ -547,6 +561,7 @@ def evaluate_clip(
         "height": int(size[1]) if size else None,
         "fps": float(fps) if fps else None,
         "every": int(every),
+        "mirrored": bool(mirror),
         "elapsed_s": time.perf_counter() - t0,
         **clip_record(samples, info, names, arkit),
     }
@@ -575,7 +590,8 @@ def print_table(clips: Sequence[Mapping[str, Any]], out: TextIO | None = None) -
     for c in clips:
         corr, dist = c["correlations"], c["distributions"]
         frac = c["out_of_range"]["filtered"]["fraction"]
-        print(f"  {Path(c['video']).name[:28]:<28} {c['frames']:>6} {c['frames_used']:>5} | "
+        name = Path(c["video"]).name + (" (mirrored)" if c.get("mirrored") else "")
+        print(f"  {name[:28]:<28} {c['frames']:>6} {c['frames_used']:>5} | "
               f"{_fmt_r(corr['jaw_open_vs_lip_gap']):>10} | {_fmt_r(corr['eye_blink_vs_eye_closure']):>10} | "
               f"{_fmt_dist(dist['jawOpen']):>23} | {_fmt_dist(dist['eyeBlink']):>24} | "
               f"{'n/a' if frac is None else f'{100 * frac:.2f}%':>13}", file=out)
@@ -641,7 +657,7 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
         for video in args.video:
             clips.append(evaluate_clip(video, backend, face_model, cfg, detector=open_detector(args.detector, verbose),
                                        reference=reference, every=args.every, max_frames=args.max_frames,
-                                       progress=_progress))
+                                       progress=_progress, mirror=args.mirror))
     finally:
         if reference is not None:
             reference.close()
@@ -658,7 +674,7 @@ def _run(args: argparse.Namespace, verbose: bool) -> tuple[list[dict[str, Any]],
         "reference": {**reference.describe(), "landmarks": {"inner_lip": MP468_INNER_LIP, "face_height": MP468_FACE_HEIGHT,
                                                             "eyes": MP468_EYES}},
         "pipeline": {**pipeline_description(cfg), "detector": args.detector, "device": args.device, "every": args.every,
-                     "max_frames": args.max_frames},
+                     "max_frames": args.max_frames, "mirrored": bool(args.mirror)},
         "model": {k: v for k, v in meta.to_dict().items() if k in ("model_name", "backend", "untrained", "preprocess")},
         "weights": {"source": str(source), "sha256": file_sha256(source) if source.is_file() else None,
                     "untrained": bool(meta.runtime.get("untrained", False))},
@@ -699,6 +715,9 @@ def add_expressions_parser(sub: Any) -> None:
                    help="MediaPipe detector model of the tracker (default full_range)")
     g.add_argument("--fov", type=float_in(*FOV_RANGE_DEG, unit=" degrees"), default=None, metavar="DEG",
                    help="horizontal field of view of the frame camera (default: mlanet-video's default)")
+    g.add_argument("--mirror", action="store_true",
+                   help="flip every frame left-right before the pipeline and MediaPipe see it: a consistency check (a "
+                   "face opens its jaw as far in a mirror, so the correlations should not change)")
     e.add_argument("--reference-mesh", choices=("unrefined", "refined"), default="unrefined",
                    help="MediaPipe mesh that measures the lip gap and eye aperture: the plain face mesh (default, the "
                    "measure of the recorded results) or the attention mesh (refine_landmarks=True), whose lids meet on "

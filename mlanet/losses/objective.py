@@ -80,6 +80,12 @@ class LossCfg:
     #: the form of both fit-expression terms (:data:`mlanet.losses.terms.FIT_EXPRESSION_FORMS`): ``l1`` or
     #: ``cross_entropy`` (the Bernoulli KL divergence, whose gradient on the sigmoid's logit does not vanish near 0)
     fit_expression_form: str = "l1"
+    #: mirror consistency of the expression weights (term ``mirror_expression``, every sample, no labels): L1 of
+    #: the weights for the input to the mirror-permuted weights the network gives the left-right flipped input
+    #: (a second, gradient-free forward pass in the training loop). Stage 5g's jawOpen on the held-out Obama clip
+    #: followed the lip gap at r 0.63 and at 0.88 on the same clip mirrored: the weights depend on which way the
+    #: face is turned. Blendshape expressions only (a mirror permutes them; PCA coefficients it does not)
+    mirror_expression: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fit_expression_form not in terms.FIT_EXPRESSION_FORMS:
@@ -127,6 +133,11 @@ class Objective:
                 continue
             self.sets[name] = (definition, w)
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
+        if cfg.mirror_expression and str(face_model.header.get("expression_kind", "blendshapes")) != "blendshapes":
+            from mlanet.errors import ConfigError
+
+            raise ConfigError(f"loss.mirror_expression: face model {face_model.model_id} has PCA expression "
+                              "coefficients, which a mirror does not permute; set it to 0")
         missing = [n for n in cfg.fit_expression_names if n not in face_model.expression_names]
         if cfg.fit_expression and missing:
             import difflib
@@ -145,9 +156,16 @@ class Objective:
         self.fit_expression_others_index = torch.tensor(
             [i for i in range(len(face_model.expression_names)) if i not in chosen], dtype=torch.long)
 
-    def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor, step: int | None = None) -> LossOutput:
+    @property
+    def needs_mirror(self) -> bool:
+        """Whether :meth:`__call__` needs ``mirror_flat``, the network's output for the flipped images."""
+        return bool(self.cfg.mirror_expression)
+
+    def __call__(self, batch: dict[str, torch.Tensor], pred_flat: torch.Tensor, step: int | None = None,
+                 mirror_flat: torch.Tensor | None = None) -> LossOutput:
         """Loss of one batch; ``step`` (the optimisation step) selects the photometric steps
-        (``cfg.photometric_every``); ``None`` runs every term."""
+        (``cfg.photometric_every``); ``None`` runs every term. ``mirror_flat`` (B, P): the network's output for
+        ``batch["image"].flip(-1)`` (required when :attr:`needs_mirror`; treated as a target)."""
         fm, cfg, S = self.face_model, self.cfg, self.preprocess.input_size
         every = cfg.photometric_every
         if step is None:
@@ -194,6 +212,12 @@ class Objective:
                     out[term] = weight * terms.fit_expression_loss(
                         pred, batch["fit_params"], fit_ok, flipped, self.expression_perm, index, fm.layout,
                         form=cfg.fit_expression_form)
+        if cfg.mirror_expression:
+            if mirror_flat is None:
+                raise ValueError("Objective: loss.mirror_expression needs mirror_flat, the output for the flipped images")
+            mirrored = FaceParams.from_flat(mirror_flat.detach().float(), fm.layout)
+            out["mirror_expression"] = cfg.mirror_expression * terms.mirror_expression_loss(
+                pred, mirrored, self.expression_perm)
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)

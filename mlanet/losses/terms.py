@@ -110,6 +110,20 @@ def fit_expression_loss(pred: FaceParams, fit_flat: torch.Tensor, fit_ok: torch.
     return (torch.xlogy(t, t) - t * torch.log(p) + torch.xlogy(1 - t, 1 - t) - (1 - t) * torch.log1p(-p)).mean()
 
 
+def mirror_expression_loss(pred: FaceParams, mirrored: FaceParams, expression_perm: torch.Tensor) -> torch.Tensor:
+    """Mean |e(x) - P e(flip x)| over samples and expression shapes: mirror consistency, self-supervised.
+
+    ``pred``: the network's parameters for the input crops x (B, ...); ``mirrored``: its parameters for the
+    same crops flipped left-right about the crop centre (``image.flip(-1)``), a target (detached here).
+    ``expression_perm`` (K,) maps a mirrored face's expression k to the original's (:func:`expression_flip_permutation`),
+    so ``P e(flip x)`` is what e(x) must be if the network treats a face and its mirror image alike (a face's jaw
+    opens as far in the mirror). The weights are in [0, 1] (the sigmoid head), the loss likewise.
+    Only meaningful for blendshape expressions, whose mirror is a permutation (not PCA coefficients).
+    """
+    target = mirrored.expression.detach()[:, expression_perm.to(mirrored.expression.device)]
+    return (pred.expression - target.to(pred.expression.dtype)).abs().mean()
+
+
 def vertex_loss(
     face_model: MorphableModel, pred: FaceParams, target: FaceParams, has_params: torch.Tensor,
     vertex_subset: torch.Tensor | None = None,

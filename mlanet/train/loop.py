@@ -584,7 +584,11 @@ def _train(cfg: TrainCfg, resume: bool) -> dict[str, Any]:
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
                 pred = ddp_model(batch["image"])
-            out = objective(batch, pred.float(), step=current)
+            mirror = None
+            if objective.needs_mirror:  # the same crops mirrored, a target only (unfrozen BatchNorm also counts them)
+                with torch.no_grad(), autocast:
+                    mirror = model(batch["image"].flip(-1)).float()
+            out = objective(batch, pred.float(), step=current, mirror_flat=mirror)
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
