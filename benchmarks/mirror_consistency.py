@@ -10,11 +10,19 @@ reports, per store, the mean over crops of
   percentile, and the shapes that disagree most;
 * ``|pitch(x) - pitch(flip x)|``, ``|yaw(x) + yaw(flip x)|``, ``|roll(x) + roll(flip x)|`` in degrees.
 
-What the ``loss.mirror_expression`` term trains towards 0; ``mlanet eval expressions --mirror`` measures the same on
-video::
+What the ``loss.mirror_expression`` term trains towards 0::
 
     python -m mlanet.benchmarks.mirror_consistency --weights CKPT --store DIR [--store DIR ...] \\
         [--face-model FILE] [--n 400] [--json OUT]
+
+On video, ``mlanet eval expressions CLIP ... --json PLAIN`` and the same with ``--mirror --json MIRRORED``, then::
+
+    python -m mlanet.benchmarks.mirror_consistency --records PLAIN MIRRORED [--json OUT]
+
+compares the two runs frame by frame (:func:`compare_records`): the network's jawOpen and mean eyeBlink on each
+frame and on its mirror image (mean |difference|, r), and the same for MediaPipe's lip gap and eye aperture, which
+are not exactly mirror-symmetric either, so a changed r in ``--mirror`` runs is split into the network's part and
+the reference's.
 
 Blendshape face models only (a mirror does not permute PCA expression coefficients).
 """
@@ -59,6 +67,52 @@ def disagreement(expression: np.ndarray, expression_mirror: np.ndarray, rotation
     return out
 
 
+def _series(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    r = records
+    return {
+        "jawOpen": np.array([x["jawOpen"] for x in r], float),
+        "eyeBlink": np.array([(x["eyeBlink_L"] + x["eyeBlink_R"]) / 2 for x in r], float),
+        "lip_gap": np.array([np.nan if x["lip_gap"] is None else x["lip_gap"] for x in r], float),
+        "eye_aperture": np.array([np.nan if x["eye_aperture_L"] is None or x["eye_aperture_R"] is None
+                                  else (x["eye_aperture_L"] + x["eye_aperture_R"]) / 2 for x in r], float),
+    }
+
+
+def compare_records(plain: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
+    """Per clip of two ``mlanet eval expressions`` results (the second with ``--mirror``): for the network's
+    ``jawOpen`` and mean ``eyeBlink`` and the reference's ``lip_gap`` and ``eye_aperture``, over the frames both
+    runs fitted with one face (matched by frame index), ``mean_abs`` |plain - mirrored| and ``r`` between them;
+    ``cross``: r of the mirrored run's jawOpen with the plain run's lip gap (and eyeBlink with minus the
+    aperture), the target correlations with the network mirrored and the reference not.
+
+    Raises ValueError when the first result is mirrored or the second is not, or they share no clip.
+    """
+    from mlanet.edge.evaluation.expressions import pearson
+
+    a = {c["video"]: c for c in plain["clips"]}
+    b = {c["video"]: c for c in mirrored["clips"]}
+    if any(c.get("mirrored") for c in a.values()) or not all(c.get("mirrored") for c in b.values()):
+        raise ValueError("--records: give a plain run first and a --mirror run second")
+    out: dict[str, Any] = {}
+    for video in [v for v in a if v in b]:
+        ra = {x["frame"]: x for x in a[video]["records"]}
+        rb = {x["frame"]: x for x in b[video]["records"]}
+        frames = sorted(set(ra) & set(rb))
+        sa, sb = _series([ra[f] for f in frames]), _series([rb[f] for f in frames])
+        clip: dict[str, Any] = {"frames": len(frames)}
+        for k in sa:
+            ok = np.isfinite(sa[k]) & np.isfinite(sb[k])
+            clip[k] = {"mean_abs": float(np.abs(sa[k][ok] - sb[k][ok]).mean()) if ok.any() else None,
+                       "r": pearson(sa[k][ok], sb[k][ok])[0]}
+        ok = np.isfinite(sa["lip_gap"]) & np.isfinite(sa["eye_aperture"])
+        clip["cross"] = {"jaw_open_mirrored_vs_lip_gap": pearson(sb["jawOpen"][ok], sa["lip_gap"][ok])[0],
+                         "eye_blink_mirrored_vs_eye_closure": pearson(sb["eyeBlink"][ok], -sa["eye_aperture"][ok])[0]}
+        out[Path(video).name] = clip
+    if not out:
+        raise ValueError("--records: the two results share no clip")
+    return out
+
+
 def measure(network: Any, face_model: Any, store: Path, n: int, seed: int = 0, batch: int = 64) -> dict[str, Any]:
     """:func:`disagreement` of ``network`` on ``n`` crops of ``store`` (drawn with ``seed``, no augmentation)."""
     import torch
@@ -88,12 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m mlanet.benchmarks.mirror_consistency",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", required=True, type=Path, help="checkpoint (.safetensors) to measure")
-    ap.add_argument("--store", required=True, type=Path, action="append", help="training store folder (repeatable)")
+    ap.add_argument("--weights", type=Path, help="checkpoint (.safetensors) to measure on store crops")
+    ap.add_argument("--store", type=Path, action="append", default=[], help="training store folder (repeatable)")
+    ap.add_argument("--records", type=Path, nargs=2, metavar=("PLAIN", "MIRRORED"),
+                    help="instead: compare two `mlanet eval expressions` results, the second made with --mirror")
     ap.add_argument("--face-model", type=Path, default=None, help="face-model file (default: the asset home's)")
     ap.add_argument("--n", type=int, default=400, help="crops per store (default 400)")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
+    if args.records:
+        return _main_records(args)
+    if args.weights is None or not args.store:
+        print("error: give --weights and --store (crops), or --records PLAIN MIRRORED (video)", file=sys.stderr)
+        return 2
     for name, path in [("weights", args.weights), ("face-model", args.face_model)] + [("store", s) for s in args.store]:
         if path is not None and not path.exists():
             print(f"error: --{name} {path}: not found", file=sys.stderr)
@@ -127,6 +188,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json_atomic(args.json, {"benchmark": "mirror consistency", "weights": str(args.weights),
                                       "n_per_store": args.n, "environment": environment(), "stores": result},
                           allow_nan=False)
+    return 0
+
+
+def _main_records(args: argparse.Namespace) -> int:
+    import json
+
+    results = []
+    for path in args.records:
+        try:
+            results.append(json.loads(path.read_text()))
+            if not isinstance(results[-1], dict) or "clips" not in results[-1]:
+                raise ValueError("not an `mlanet eval expressions` result")
+        except (OSError, ValueError) as exc:
+            print(f"error: --records {path}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        result = compare_records(*results)
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def fmt(x: float | None, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    for clip, c in result.items():
+        print(f"{clip:20s} {c['frames']:4d} frames  plain vs mirrored: "
+              + "  ".join(f"{k} |d| {fmt(c[k]['mean_abs'], '.3f')} r {fmt(c[k]['r'], '+.2f')}"
+                          for k in ("jawOpen", "eyeBlink", "lip_gap", "eye_aperture"))
+              + f"  | mirrored net vs plain reference: jaw {fmt(c['cross']['jaw_open_mirrored_vs_lip_gap'], '+.2f')}"
+              f" blink {fmt(c['cross']['eye_blink_mirrored_vs_eye_closure'], '+.2f')}")
+    if args.json:
+        from mlanet.fileutil import write_json_atomic
+
+        write_json_atomic(args.json, {"benchmark": "mirror consistency (video)", "plain": str(args.records[0]),
+                                      "mirrored": str(args.records[1]), "clips": result}, allow_nan=False)
     return 0
 
 

@@ -72,3 +72,49 @@ def test_measure_runs_a_network_on_store_crops_and_their_mirrors(tmp_path: Path,
     s = measure(network, face_model, store, n=5)
     assert s["crops"] == 5 and len(s["worst_shapes"]) == min(6, face_model.n_expression)
     assert 0.0 <= s["expression_mean_abs"] <= 1.0 and all(np.isfinite(v) for v in s["pose_deg"].values())
+
+
+def _record(video: str, mirrored: bool | None, jaw: np.ndarray, gap: np.ndarray, frames: list[int]) -> dict:
+    recs = [{"frame": f, "track": 0, "jawOpen": float(j), "eyeBlink_L": 0.1, "eyeBlink_R": 0.1 + 0.01 * f,
+             "lip_gap": float(g), "eye_aperture_L": 0.3, "eye_aperture_R": 0.3 - 0.005 * f}
+            for f, j, g in zip(frames, jaw, gap)]
+    clip = {"video": video, "records": recs}
+    if mirrored is not None:
+        clip["mirrored"] = mirrored
+    return {"clips": [clip]}
+
+
+def test_compare_records_splits_the_network_from_the_reference(tmp_path: Path, capsys) -> None:
+    import json
+
+    from mlanet.benchmarks.mirror_consistency import compare_records
+
+    rng = np.random.default_rng(1)
+    gap = rng.uniform(0.02, 0.12, 30)
+    plain = _record("clips/a.mp4", None, 3 * gap, gap, list(range(30)))  # a record from before the flag
+    # mirrored: the reference is the same, the network's jaw is off by 0.05 on every other frame; one frame missing
+    jaw_m = 3 * gap + np.where(np.arange(30) % 2 == 0, 0.05, 0.0)
+    mirrored = _record("clips/a.mp4", True, np.delete(jaw_m, 7), np.delete(gap, 7), [f for f in range(30) if f != 7])
+    c = compare_records(plain, mirrored)["a.mp4"]
+    assert c["frames"] == 29
+    assert c["lip_gap"]["mean_abs"] == pytest.approx(0.0) and c["lip_gap"]["r"] == pytest.approx(1.0)
+    assert c["jawOpen"]["mean_abs"] == pytest.approx(0.05 * 15 / 29) and c["jawOpen"]["r"] < 1.0
+    assert c["eyeBlink"]["mean_abs"] == pytest.approx(0.0, abs=1e-12)
+    assert c["cross"]["jaw_open_mirrored_vs_lip_gap"] < 1.0 and c["cross"]["eye_blink_mirrored_vs_eye_closure"] > 0.99
+    with pytest.raises(ValueError, match="plain run first"):
+        compare_records(mirrored, plain)
+    with pytest.raises(ValueError, match="share no clip"):
+        compare_records(plain, _record("clips/b.mp4", True, gap, gap, list(range(30))))
+    # the CLI: bad files exit 2 with one line; good ones print and write JSON
+    p, m, bad = tmp_path / "p.json", tmp_path / "m.json", tmp_path / "bad.json"
+    p.write_text(json.dumps(plain))
+    m.write_text(json.dumps(mirrored))
+    bad.write_text("[1, 2]")
+    assert main(["--records", str(p), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err
+    assert main(["--records", str(m), str(p)]) == 2 and "plain run first" in capsys.readouterr().err
+    assert main(["--records", str(p), str(m), "--json", str(tmp_path / "out.json")]) == 0
+    assert "a.mp4" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["clips"]["a.mp4"]["frames"] == 29
+    assert main([]) == 2 and "--records" in capsys.readouterr().err
