@@ -6,7 +6,7 @@ augmentation), runs the network on each crop x and on ``x.flip(-1)`` (left-right
 reports, per store, the mean over crops of
 
 * ``|e(x) - P e(flip x)|`` per expression shape (P: the mirror permutation of
-  :func:`mlanet.losses.terms.expression_flip_permutation`), its mean over shapes, ``jawOpen``'s mean and 90th
+  :func:`mlanet.morphable.mirror.expression_mirror_permutation`), its mean over shapes, ``jawOpen``'s mean and 90th
   percentile, and the shapes that disagree most;
 * ``|pitch(x) - pitch(flip x)|``, ``|yaw(x) + yaw(flip x)|``, ``|roll(x) + roll(flip x)|`` in degrees.
 
@@ -118,7 +118,7 @@ def measure(network: Any, face_model: Any, store: Path, n: int, seed: int = 0, b
     import torch
 
     from mlanet.data.store_dataset import StoreDataset
-    from mlanet.losses.terms import expression_flip_permutation
+    from mlanet.morphable.mirror import expression_mirror_permutation
     from mlanet.params import FaceParams
 
     ds = StoreDataset(store, augment=None, input_size=int(network.preprocess.input_size))  # images in [0, 1]
@@ -132,7 +132,7 @@ def measure(network: Any, face_model: Any, store: Path, n: int, seed: int = 0, b
             b = FaceParams.from_flat(network(images.flip(-1)).float(), face_model.layout)
             for key, value in (("e", a.expression), ("em", b.expression), ("r", a.rotation), ("rm", b.rotation)):
                 outs[key].append(value.numpy())
-    perm = expression_flip_permutation(face_model.expression_names).numpy()
+    perm = expression_mirror_permutation(face_model.expression_names)
     return disagreement(*(np.concatenate(outs[k]) for k in ("e", "em", "r", "rm")), perm=perm,
                         names=list(face_model.expression_names))
 
@@ -163,12 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --n {args.n}: must be at least 1", file=sys.stderr)
         return 2
     from mlanet.eval.predict import load_network
+    from mlanet.morphable.mirror import mirrors_expressions
     from mlanet.morphable.model import MorphableModel
     from mlanet.run_environment import environment
 
     try:
         face_model = MorphableModel.load(args.face_model)
-        if str(face_model.header.get("expression_kind", "blendshapes")) != "blendshapes":
+        if not mirrors_expressions(face_model):
             raise MLANetError(f"face model {face_model.model_id}: PCA expressions; a mirror does not permute them")
         network = load_network(face_model, args.weights)
         result = {str(s): measure(network, face_model, s, args.n) for s in args.store}

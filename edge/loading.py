@@ -38,10 +38,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "one-time export cached in the asset home (2-3x faster than PyTorch), or PyTorch when "
                    "onnxruntime is not installed; torch; onnxruntime. Threads follow one plan for the process "
                    "(MLANET_THREADS=N limits the cores)")
+    g.add_argument("--mirror-average", action="store_true",
+                   help="average each face's expression weights with those of its left-right mirror image (one "
+                   "batch of twice the faces: the network's time per face doubles); the weights then do not depend "
+                   "on which way the face is turned. Identity, pose, albedo and light stay the single pass's")
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(backend, face_model)`` from the parsed model arguments.
+    """``(backend, face_model)`` from the parsed model arguments; with ``args.mirror_average`` the backend
+    is wrapped in :class:`~mlanet.edge.mirror_average.MirrorAveragedBackend`.
+
+    Raises:
+        MLANetError: no weights given and none shipped; unreadable or mismatched artifacts
+            (messages name the file and say what to do); mirror averaging with a PCA-expression face model.
+    """
+    backend, face_model = _open_model(args)
+    if getattr(args, "mirror_average", False):
+        from mlanet.edge.mirror_average import MirrorAveragedBackend
+
+        try:
+            backend = MirrorAveragedBackend(backend, face_model)
+        except MLANetError:
+            backend.close()
+            raise
+    return backend, face_model
+
+
+def _open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(backend, face_model)`` from the parsed model arguments, single pass.
 
     Raises:
         MLANetError: no weights given and none shipped; unreadable or mismatched artifacts

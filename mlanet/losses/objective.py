@@ -18,6 +18,7 @@ import torch
 
 from mlanet.eval.face_measures import IBUG68_EYELID_ROWS
 from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.morphable.mirror import mirrors_expressions
 from mlanet.morphable.model import MorphableModel
 from mlanet.params import FaceParams
 from mlanet.preprocess import PreprocessCfg
@@ -133,7 +134,7 @@ class Objective:
                 continue
             self.sets[name] = (definition, w)
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
-        if cfg.mirror_expression and str(face_model.header.get("expression_kind", "blendshapes")) != "blendshapes":
+        if cfg.mirror_expression and not mirrors_expressions(face_model):
             from mlanet.errors import ConfigError
 
             raise ConfigError(f"loss.mirror_expression: face model {face_model.model_id} has PCA expression "

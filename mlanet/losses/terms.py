@@ -34,19 +34,11 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
 
 
 def expression_flip_permutation(names: list[str]) -> torch.Tensor:
-    """(K,) long: expression ``k`` of a mirrored face is expression ``perm[k]`` of the original.
+    """(K,) long: expression ``k`` of a mirrored face is expression ``perm[k]`` of the original
+    (:func:`mlanet.morphable.mirror.expression_mirror_permutation` as a tensor)."""
+    from mlanet.morphable.mirror import expression_mirror_permutation
 
-    Pairs names that differ only in a ``_L``/``_R`` (or ``Left``/``Right``) suffix; every other
-    expression (symmetric shapes such as ``jawOpen``) maps to itself.
-    """
-    index = {n: i for i, n in enumerate(names)}
-    perm = list(range(len(names)))
-    for i, n in enumerate(names):
-        for a, b in (("_L", "_R"), ("_R", "_L"), ("Left", "Right"), ("Right", "Left")):
-            if n.endswith(a) and n[: -len(a)] + b in index:
-                perm[i] = index[n[: -len(a)] + b]
-                break
-    return torch.as_tensor(perm, dtype=torch.long)
+    return torch.as_tensor(expression_mirror_permutation(names), dtype=torch.long)
 
 
 def fit_shape_loss(face_model: MorphableModel, pred: FaceParams, fit_flat: torch.Tensor, fit_ok: torch.Tensor,
