@@ -322,7 +322,13 @@ def test_teacher_timed_in_the_same_run_with_ratios(tmp_path):
     assert t["info"]["graph_optimization_level"] == m["info"]["graph_optimization_level"]
     [ratio] = r["vs_teacher"]
     assert ratio["model"] == "mlanet_mobile_lite" and ratio["backend"] == "onnxruntime-cpu" and ratio["batch"] == 1
-    assert ratio["ratio"] == pytest.approx(m["batches"][0]["median_ms"] / t["batches"][0]["median_ms"], rel=1e-2)
+    assert ratio["ratio_blockwise"] == pytest.approx(m["batches"][0]["median_ms"] / t["batches"][0]["median_ms"],
+                                                     rel=1e-2)
+    # the headline ratio comes from interleaved rounds of the two, in the same run
+    [inter] = m["interleaved_vs_teacher"]
+    assert ratio["ratio_method"] == "interleaved" and ratio["interleaved"] == inter and ratio["ratio"] == inter["ratio"]
+    assert inter["batch"] == 1 and inter["rounds"] == ml.INTERLEAVED_ROUNDS and inter["calls_per_round"] >= 3
+    assert inter["ratio_min"] <= inter["ratio"] <= inter["ratio_max"] and inter["model_median_ms"] > 0
 
 
 def test_models_run_at_their_own_input_size_by_default():
@@ -336,6 +342,32 @@ def _fake_face_model():
     from mlanet.morphable.synthetic import make_synthetic_face_model
 
     return MorphableModel(make_synthetic_face_model())
+
+
+def test_interleaved_ratio_alternates_the_runners_and_takes_the_median_of_round_ratios():
+    class Fake(ml._Runner):
+        def __init__(self, log, name, times):
+            self.log, self.name, self.times, self.batch = log, name, iter(times), None
+
+        def prepare(self, batch):
+            self.batch = batch
+
+        def timed_call(self):
+            self.log.append(self.name)
+            return next(self.times)
+
+    log: list[str] = []
+    rounds, calls = 5, 3
+    # the model takes 2 ms and the teacher 1 ms, except in round 2, where a hiccup makes the model 10 ms
+    model_times = [2.0] * 2 + [2.0] * 3 + [2.0] * 3 + [10.0] * 3 + [2.0] * 6
+    teacher_times = [1.0] * (2 + rounds * calls)
+    model, teacher = Fake(log, "m", model_times), Fake(log, "t", teacher_times)
+    r = ml.interleaved_ratio(model, teacher, 4, est_ms=(ml.INTERLEAVED_ROUND_S * 1e3, 0.0), rounds=rounds)
+    assert model.batch == teacher.batch == 4 and r["calls_per_round"] == calls  # a slow round: the fewest calls
+    body = "".join(log[4:])  # after 2 warm-up calls each
+    assert body == "ttt" "mmm" "mmm" "ttt" "ttt" "mmm" "mmm" "ttt" "ttt" "mmm"  # who goes first alternates
+    assert r["ratio"] == 2.0 and r["ratio_min"] == 2.0 and r["ratio_max"] == 10.0 and r["rounds"] == rounds
+    assert r["model_median_ms"] == 2.0 and r["teacher_median_ms"] == 1.0
 
 
 def test_teacher_ratios_pair_backend_and_batch():
