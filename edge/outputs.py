@@ -233,7 +233,7 @@ class VideoRunOutputs:
         done = min(kept, default=0)
         self.ctx.rows.keep_before(done)
         self.ctx.start_frame = self.ctx.frames_done = done
-        self.first_track_id = int(max(self.ctx.rows.cols["track_id"], default=-1)) + 1
+        self.first_track_id = self.ctx.rows.max_track_id() + 1
         self.run_info["resumed_at_frame"] = done
         log.info("resume: %d frames done, track ids continue at %d", done, self.first_track_id)
         return done

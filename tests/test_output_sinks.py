@@ -167,3 +167,83 @@ def test_params_checkpoints_write_only_the_new_rows_and_resume_reads_them(synthe
         fi = z["frame_index"].tolist()
         assert int(z["frames_done"]) == 80 and sorted(set(fi)) == list(range(80)) and len(fi) == len(set(fi))
     assert not (out / PARTS_DIR).exists() and not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_rows_a_checkpoint_wrote_leave_memory_and_every_output_still_has_them(synthetic_model, tmp_path):
+    """ParamRows.spill: after each checkpoint only the rows since it stay in memory; the end (params.npz,
+    tracks.json, GLB) reads the others back from the parts, identical to what was fitted; a resumed run
+    spills the rows it continues from to params.npz."""
+    folder = _clip_folder(tmp_path / "clip", 60)
+    out = tmp_path / "run"
+    seen: dict = {}
+    outputs = _run(synthetic_model, folder, out, resume=False, max_frames=58, finish=None, seen=seen)  # hard kill
+    rows = outputs.ctx.rows
+    assert rows.n_spilled == rows.n_before(50) > 0 and rows.n_in_memory == len(rows) - rows.n_before(50)
+    assert rows.max_track_id() == max(t for _, t in seen)
+    a = rows.arrays(58)
+    assert sorted(set(a["frame_index"].tolist())) == list(range(58)) and len(a["frame_index"]) == len(seen)
+    assert a["params"].dtype == np.float32 and a["frame_index"].dtype == np.int64 and a["source_name"].dtype.kind == "U"
+    with pytest.raises(RuntimeError, match="already in"):
+        rows.keep_before(40)  # frames a part holds cannot be dropped
+    with pytest.raises(ValueError, match="not held in memory"):
+        rows.spill(len(rows) + 1, out / "x.npz")
+    # a complete run: params.npz and the GLBs hold every frame, the parts are gone
+    out2 = tmp_path / "run2"
+    seen2: dict = {}
+    outputs = _run(synthetic_model, folder, out2, resume=False, max_frames=None, finish="complete", seen=seen2, glb=True)
+    with np.load(out2 / "params.npz", allow_pickle=False) as z:
+        fi, tid = z["frame_index"].tolist(), z["track_id"].tolist()
+    assert sorted(set(fi)) == list(range(60)) and set(zip(fi, tid)) == set(seen2)
+    tracks = json.loads((out2 / "tracks.json").read_text())["tracks"]
+    assert sum(t["frames"] for t in tracks) == len(seen2) and all((out2 / t["glb"]).exists() for t in tracks)
+    # after the end the spilled rows are read from params.npz (the parts are gone)
+    assert not (out2 / ".params.parts").exists()
+    assert sorted(set(outputs.ctx.rows.arrays(60)["frame_index"].tolist())) == list(range(60))
+    # resume after a hard kill: the rows it continues from are spilled to params.npz at once
+    out3 = tmp_path / "run3"
+    _run(synthetic_model, folder, out3, resume=False, max_frames=30, finish=None)
+    outputs = _run(synthetic_model, folder, out3, resume=True, max_frames=None, finish="complete")
+    assert outputs.start_frame == 25
+    with np.load(out3 / "params.npz", allow_pickle=False) as z:
+        assert sorted(set(z["frame_index"].tolist())) == list(range(60))
+
+
+def test_param_rows_read_back_from_their_files_are_the_rows_added(tmp_path):
+    from mlanet.edge.sinks import ParamRows
+    from mlanet.edge.types import FaceFit, Frame, FrameResult
+    from mlanet.edge.writers.tables import write_npz_atomic
+    from mlanet.params import ParamLayout
+    from mlanet.preprocess import CropBox
+
+    layout = ParamLayout(identity=4, expression=3, albedo=2)
+    rng = np.random.default_rng(0)
+    rows = ParamRows(layout)
+    for i in range(9):  # 1 or 2 faces per frame; names of different lengths (a photo folder)
+        frame = Frame(np.zeros((4, 4, 3), np.uint8), i, i * 40_000_000, "clip.mp4", name="x" * (i + 1))
+        faces = [FaceFit(t, CropBox(1.0 * i, 2.0, 30.0 + t), rng.normal(size=layout.total).astype(np.float32),
+                         rng.normal(size=layout.total).astype(np.float32), None,
+                         rng.normal(size=(68, 2)).astype(np.float32)) for t in range(1 + i % 2)]
+        rows.add(FrameResult(frame, faces), i * 0.04)
+    expected = rows.arrays(9)
+    for stop_frame, name in ((3, "a.npz"), (7, "b.npz")):  # spill as the params checkpoints do
+        n = rows.n_before(stop_frame)
+        path = write_npz_atomic(tmp_path / name, rows.row_arrays(rows.n_spilled, n), compress=False)
+        rows.spill(n, path)
+    assert rows.n_in_memory == len(rows) - rows.n_before(7) and rows.n_spilled == rows.n_before(7)
+    got = rows.arrays(9)
+    assert set(got) == set(expected)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
+        assert got[k].dtype == expected[k].dtype or k == "source_name"
+    for start, stop in ((0, 2), (2, 9), (len(rows) - 3, len(rows))):  # slices across the files and memory
+        part = rows.row_arrays(start, stop)
+        np.testing.assert_array_equal(part["params"], expected["params"][start:stop])
+        assert part["source_name"].tolist() == expected["source_name"][start:stop].tolist()
+    assert rows.n_before(5) == int((expected["frame_index"] < 5).sum()) and rows.max_track_id() == 1
+    rows.keep_before(8)  # frames in memory can still be dropped
+    assert rows.arrays(8)["frame_index"].max() == 7
+    write_npz_atomic(tmp_path / "all.npz", rows.arrays(8), compress=False)
+    rows.replace_files(tmp_path / "all.npz")
+    (tmp_path / "a.npz").unlink()
+    (tmp_path / "b.npz").unlink()
+    np.testing.assert_array_equal(rows.arrays(8)["landmarks2d"], expected["landmarks2d"][:rows.n_before(8)])

@@ -21,6 +21,7 @@ atomic writes and their own resume. :func:`register_sink` adds a format (see
 from __future__ import annotations
 
 import bisect
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
@@ -48,14 +49,33 @@ PARAMS_ARRAYS = ("frame_index", "time_s", "track_id", "params", "raw_params", "b
 
 
 class ParamRows:
-    """One row per face per frame, kept for the whole run (params.npz, tracks.json, GLBs and
-    resume read it). Columns are :data:`PARAMS_ARRAYS`; :meth:`arrays` gives them as arrays."""
+    """One row per face per frame of the whole run (params.npz, tracks.json, GLBs and resume read it).
+    Columns are :data:`PARAMS_ARRAYS`; :meth:`arrays` gives them as arrays.
+
+    Rows a checkpoint has written to a file (the params sink's parts) are *spilled* (:meth:`spill`):
+    only their frame indices and track ids stay in memory (16 bytes a row), and :meth:`arrays` reads
+    them back from their files. Held in memory a row takes about 2.8 kB (P = 198: ~300 MB per
+    face-hour at 30 fps, measured with tracemalloc); spilled, a run's memory no longer grows with its
+    length. Only the end, which writes the GLBs and params.npz from all rows, holds them at once.
+    """
 
     def __init__(self, layout: ParamLayout) -> None:
         self.layout = layout
-        self.cols: dict[str, list[Any]] = {k: [] for k in PARAMS_ARRAYS}
+        self.cols: dict[str, list[Any]] = {k: [] for k in PARAMS_ARRAYS}  # the rows held in memory
+        self._spilled: list[tuple[Path, int]] = []  # (file, rows) of the spilled rows, in row order
+        self._spilled_frames = array("q")  # frame index and track id of every spilled row
+        self._spilled_tracks = array("q")
 
     def __len__(self) -> int:
+        return len(self._spilled_frames) + len(self.cols["frame_index"])
+
+    @property
+    def n_spilled(self) -> int:
+        """Rows whose data live in files (the first ``n_spilled`` rows)."""
+        return len(self._spilled_frames)
+
+    @property
+    def n_in_memory(self) -> int:
         return len(self.cols["frame_index"])
 
     def add(self, result: FrameResult, time_s: float) -> None:
@@ -74,13 +94,45 @@ class ParamRows:
 
     def n_before(self, frame: int) -> int:
         """Rows of frames ``< frame`` (rows are in frame order: frames arrive in input order)."""
-        return bisect.bisect_left(self.cols["frame_index"], frame)
+        n = bisect.bisect_left(self._spilled_frames, frame)
+        if n < self.n_spilled:
+            return n
+        return n + bisect.bisect_left(self.cols["frame_index"], frame)
 
     def keep_before(self, frame: int) -> None:
-        """Drop the rows of frames ``>= frame`` (a frame in flight when the run stopped, or past a resume point)."""
+        """Drop the rows of frames ``>= frame`` (a frame in flight when the run stopped, or past a resume point).
+
+        Raises:
+            RuntimeError: spilled rows would be dropped (they are written for frames before a checkpoint).
+        """
+        if self._spilled_frames and self._spilled_frames[-1] >= frame:
+            raise RuntimeError(f"ParamRows: rows of frames >= {frame} are already in {self._spilled[-1][0]}")
         if self.n_before(frame) != len(self):
             idx = self.cols["frame_index"]
             self.cols = {k: [v for f, v in zip(idx, vals) if f < frame] for k, vals in self.cols.items()}
+
+    def max_track_id(self, default: int = -1) -> int:
+        """The largest track id of any row (``default`` without rows)."""
+        return int(max(max(self._spilled_tracks, default=default), max(self.cols["track_id"], default=default)))
+
+    def spill(self, stop: int, path: Path) -> None:
+        """Rows ``n_spilled:stop`` (held in memory) are in ``path`` (a file with their :data:`PARAMS_ARRAYS` arrays,
+        those rows only, in order): keep only their frame indices and track ids; :meth:`arrays` reads the rest back."""
+        m = stop - self.n_spilled
+        if m < 0 or m > self.n_in_memory:
+            raise ValueError(f"ParamRows.spill: rows {self.n_spilled}:{stop} are not held in memory")
+        if m == 0:
+            return
+        self._spilled_frames.extend(int(v) for v in self.cols["frame_index"][:m])
+        self._spilled_tracks.extend(int(v) for v in self.cols["track_id"][:m])
+        self.cols = {k: v[m:] for k, v in self.cols.items()}
+        self._spilled.append((Path(path), m))
+
+    def replace_files(self, path: Path) -> None:
+        """Every spilled row is now read from ``path`` (one file of all of them, e.g. params.npz written from
+        :meth:`arrays`), so the files they came from may be removed."""
+        if self._spilled:
+            self._spilled = [(Path(path), self.n_spilled)]
 
     def tracks(self, frames_done: int) -> dict[int, dict[str, Any]]:
         """Per track id (ascending), over the rows of frames ``< frames_done``: ``track_id``,
@@ -109,7 +161,8 @@ class ParamRows:
         """The rows of frames ``< frames_done`` as params.npz arrays (N rows; ``params``/``raw_params``
         (N, P) float32, ``boxes`` (N, 3) float32 x0, y0, size in pixels, ``landmarks2d`` (N, 68, 2)
         float32 pixels, ``time_s`` (N,) float64 seconds, ``frame_index``/``track_id`` (N,) int64,
-        ``source_name`` (N,) unicode) plus ``frames_done`` () int64. Drops later rows (Ctrl-C)."""
+        ``source_name`` (N,) unicode) plus ``frames_done`` () int64. Drops later rows (Ctrl-C).
+        Spilled rows are read back from their files."""
         self.keep_before(frames_done)
         out = self.row_arrays(0, len(self))
         out["frames_done"] = np.array(frames_done, np.int64)
@@ -117,19 +170,40 @@ class ParamRows:
 
     def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` as the :data:`PARAMS_ARRAYS` arrays of :meth:`arrays` (no ``frames_done``);
-        costs what the slice holds, not the whole run (the params checkpoint's parts)."""
+        costs what the slice holds, not the whole run (the params checkpoint's parts), unless it reaches
+        into the spilled rows, which are read from their files."""
         P = self.layout.total
         empty = {"frame_index": (0,), "time_s": (0,), "track_id": (0,), "params": (0, P), "raw_params": (0, P),
                  "boxes": (0, 3), "landmarks2d": (0, 68, 2)}
+        k0 = self.n_spilled
         out = {}
         for k in empty:
-            vals = self.cols[k][start:stop]
+            vals = self.cols[k][max(start - k0, 0):max(stop - k0, 0)]
             out[k] = np.stack(vals) if vals else np.zeros(empty[k], np.float32)
-        out["source_name"] = np.array([str(v) for v in self.cols["source_name"][start:stop]], dtype=str)  # (N,) unicode
+        out["source_name"] = np.array([str(v) for v in self.cols["source_name"][max(start - k0, 0):max(stop - k0, 0)]],
+                                      dtype=str)  # (N,) unicode
+        if start < k0:
+            spilled = self._read_spilled(start, min(stop, k0))
+            out = {k: np.concatenate([spilled[k], out[k]]) if len(out[k]) else spilled[k] for k in out}
         out["frame_index"] = out["frame_index"].astype(np.int64)
         out["track_id"] = out["track_id"].astype(np.int64)
         out["time_s"] = out["time_s"].astype(np.float64)
         return out
+
+    def _read_spilled(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Spilled rows ``start:stop`` from their files."""
+        chunks: dict[str, list[np.ndarray]] = {k: [] for k in PARAMS_ARRAYS}
+        first = 0
+        for path, n in self._spilled:
+            lo, hi = max(start, first), min(stop, first + n)
+            if lo < hi:
+                with np.load(path, allow_pickle=False) as z:
+                    if len(z["frame_index"]) < n:
+                        raise RuntimeError(f"{path}: holds {len(z['frame_index'])} rows, {n} were spilled to it")
+                    for k in PARAMS_ARRAYS:
+                        chunks[k].append(z[k][lo - first:hi - first])
+            first += n
+        return {k: np.concatenate(v) for k, v in chunks.items()}
 
     def extend(self, arrays: Mapping[str, np.ndarray], missing_source_name: str) -> None:
         """Append rows read back from params.npz or a checkpoint part (the :data:`PARAMS_ARRAYS` arrays,

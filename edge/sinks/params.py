@@ -4,8 +4,9 @@ Written atomically at the end from the run's rows (``ctx.rows``). During the run
 writes only the rows since the previous one, as a *part* ``.params.parts/part_NNNNNN.npz`` (its
 rows, ``first_frame`` and ``frames_done``; each part atomic), so a checkpoint costs the same after
 an hour as after a second (rewriting the whole file every checkpoint cost 0.12 ms per frame already
-done: 32 ms at frame 275 of the multi-face clip, seconds after minutes of video). The end writes
-params.npz and removes the parts.
+done: 32 ms at frame 275 of the multi-face clip, seconds after minutes of video), and the rows it
+wrote leave memory (:meth:`~.base.ParamRows.spill`): the other sinks read them back from the parts
+at the end. The end writes params.npz and removes the parts.
 
 On ``--resume`` the rows are params.npz's (if any) followed by the parts that continue it
 (``first_frame`` equal to the frames held so far; a hard kill leaves the parts of the killed run);
@@ -66,6 +67,7 @@ class ParamsNpzSink(SinkBase):
     def begin(self, resume_from: int | None) -> None:
         if resume_from:  # one file for the frames the run continues from (ctx.rows holds exactly those)
             self._save()
+            self.ctx.rows.spill(len(self.ctx.rows), self.path)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._rows_saved, self._frames_saved = len(self.ctx.rows), resume_from or 0
 
@@ -77,12 +79,14 @@ class ParamsNpzSink(SinkBase):
         n = ctx.rows.n_before(ctx.frames_done)
         part = {**ctx.rows.row_arrays(self._rows_saved, n), "first_frame": np.array(self._frames_saved, np.int64),
                 "frames_done": np.array(ctx.frames_done, np.int64)}
-        write_npz_atomic(self.parts_dir / f"part_{self._next_part:06d}.npz", part, compress=False)
+        path = write_npz_atomic(self.parts_dir / f"part_{self._next_part:06d}.npz", part, compress=False)
+        ctx.rows.spill(n, path)  # the part holds them now: memory keeps only their frame and track ids
         self._next_part += 1
         self._rows_saved, self._frames_saved = n, ctx.frames_done
 
     def finish(self, status: str) -> None:
         self._save()
+        self.ctx.rows.replace_files(self.path)  # params.npz holds every row: the parts can go
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def _save(self) -> None:
