@@ -57,7 +57,11 @@ class MirrorAveragedBackend:
         return result
 
     def warmup(self) -> None:
+        """The inner backend's warm-up, then one call of a blank crop: the batch of two this wrapper runs per face
+        (CUDA-graph capture, allocator) is ready before the first frame."""
         self.inner.warmup()
+        size = self.metadata.preprocess.input_size
+        self(np.zeros((1, 3, size, size), np.float32))
 
     def close(self) -> None:
         self.inner.close()

@@ -82,9 +82,11 @@ def test_expressions_are_averaged_with_the_mirror_and_the_rest_is_the_plain_pass
     assert backend.metadata.runtime["mirror_average"] is True and "mirror_average" not in inner.metadata.runtime
     t = backend(torch.from_numpy(images))  # torch input stays torch until the inner backend
     np.testing.assert_allclose(t, out, rtol=1e-6, atol=1e-7)
+    inner.calls.clear()
     backend.warmup()
+    assert inner.warmed and inner.calls == [(2, 3, S, S)]  # the batch of two it runs per face, warmed too
     backend.close()
-    assert inner.warmed and inner.closed
+    assert inner.closed
 
 
 def test_pca_expressions_are_refused(synthetic_data) -> None:
