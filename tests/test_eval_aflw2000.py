@@ -358,6 +358,12 @@ def test_cli_list_and_untrained_end_to_end(tmp_path: Path, synthetic_data, capsy
     assert res["n"] == 2 and [r["name"] for r in res["images"]] == ["image00001", "image00002"]
     assert res["data"]["selection"]["list"]["path"] == str(lst) and res["weights"]["untrained"] is True
     assert f"--list {lst} (2 names, sha256" in printed.out
+    assert res["model"]["mirror_average"] is False
+    rc = main(["eval", "aflw2000", "--data", str(tmp_path / "f"), "--json", str(out), "--untrained", "mlanet_mobile",
+               "--face-model", str(fm), "--list", str(lst), "--mirror-average"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and res["model"]["mirror_average"] is True
 
 
 @pytest.mark.assets

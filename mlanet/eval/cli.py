@@ -79,6 +79,10 @@ def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any
     check_network_choice(weights, args.untrained)
     face_model = MorphableModel.load(args.face_model)
     model = load_network(face_model, weights, args.model, untrained=args.untrained, seed=0)
+    if getattr(args, "mirror_average", False):
+        from mlanet.eval.predict import MirrorAveragedNetwork
+
+        model = MirrorAveragedNetwork(model, face_model)
     if weights is None:  # --untrained
         weights_desc: dict[str, Any] = {"untrained": True, "model": args.untrained, "seed": 0}
     else:
@@ -88,7 +92,8 @@ def _load_predictor(args: argparse.Namespace, weights: Path | None) -> tuple[Any
                                          warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     predictor = make_landmark_predictor(model, face_model, definition=definition)
     model_desc = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", args.model)}
-    model_desc = {**model_desc, "landmark_definition": definition}
+    model_desc = {**model_desc, "landmark_definition": definition,
+                  "mirror_average": bool(getattr(args, "mirror_average", False))}
     return predictor, model.preprocess, face_model, model_desc, weights_desc
 
 
@@ -254,6 +259,9 @@ def _add_2d_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--ced", default=None, metavar="PNG", help="CED plot (default: <json stem>_ced.png next to the JSON)")
     a.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     a.add_argument("--face-model", default=None, metavar="FILE", help="face-model file (default: the one in the asset home)")
+    a.add_argument("--mirror-average", action="store_true",
+                   help="score the network as the runtime's --mirror-average runs it: expression and pose averaged "
+                   "with those of the crop's left-right mirror image (two passes per face)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:

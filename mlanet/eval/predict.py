@@ -73,6 +73,40 @@ def load_network(face_model: MorphableModel, weights: str | Path | None = None, 
     return create_model(model, checkpoint=weights, face_model=face_model).eval()
 
 
+class MirrorAveragedNetwork(nn.Module):
+    """A network scored as the runtime's ``--mirror-average`` runs it (:mod:`mlanet.edge.mirror_average`): one
+    forward pass of the crops and their left-right mirror images, expression and pose averaged
+    (:func:`mlanet.morphable.mirror.mirror_average`). Keeps the wrapped network's ``preprocess``, ``layout``,
+    ``name`` and ``describe()``."""
+
+    def __init__(self, network: nn.Module, face_model: MorphableModel) -> None:
+        from mlanet.errors import MLANetError
+        from mlanet.morphable.mirror import expression_mirror_permutation, mirrors_expressions
+
+        super().__init__()
+        if not mirrors_expressions(face_model):
+            raise MLANetError(f"mirror averaging: face model {face_model.model_id} has PCA expression coefficients, "
+                              "which a mirror does not permute")
+        self.network = network
+        self.preprocess = getattr(network, "preprocess", None)
+        self.layout = getattr(network, "layout", None)
+        self.name = getattr(network, "name", type(network).__name__)
+        self.register_buffer("expression_perm",
+                             torch.as_tensor(expression_mirror_permutation(face_model.expression_names)),
+                             persistent=False)
+
+    def describe(self) -> dict[str, Any]:
+        inner = self.network.describe() if hasattr(self.network, "describe") else {"name": self.name}
+        return {**inner, "mirror_average": True}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from mlanet.morphable.mirror import mirror_average
+
+        n = images.shape[0]
+        out = self.network(torch.cat([images, images.flip(-1)], 0))
+        return mirror_average(out[:n], out[n:], self.layout, self.expression_perm)
+
+
 def resolve_eval_definition(face_model: MorphableModel, requested: str | None, preferred: str,
                             warn: Callable[[str], None] | None = None) -> str:
     """The landmark definition a benchmark scores: ``requested`` (``None``/``"auto"``: ``preferred``).
