@@ -39,9 +39,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "onnxruntime is not installed; torch; onnxruntime. Threads follow one plan for the process "
                    "(MLANET_THREADS=N limits the cores)")
     g.add_argument("--mirror-average", action="store_true",
-                   help="average each face's expression weights with those of its left-right mirror image (one "
-                   "batch of twice the faces: the network's time per face doubles); the weights then do not depend "
-                   "on which way the face is turned. Identity, pose, albedo and light stay the single pass's")
+                   help="average each face's expression weights and pose with those of its left-right mirror image "
+                   "(one batch of twice the faces: the network's time per face doubles); they then do not depend on "
+                   "which way the face is turned. Identity, albedo and light stay the single pass's")
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
