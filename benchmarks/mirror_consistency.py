@@ -163,14 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --n {args.n}: must be at least 1", file=sys.stderr)
         return 2
     from mlanet.eval.predict import load_network
-    from mlanet.morphable.mirror import mirrors_expressions
+    from mlanet.morphable.mirror import require_mirrorable
     from mlanet.morphable.model import MorphableModel
     from mlanet.run_environment import environment
 
     try:
         face_model = MorphableModel.load(args.face_model)
-        if not mirrors_expressions(face_model):
-            raise MLANetError(f"face model {face_model.model_id}: PCA expressions; a mirror does not permute them")
+        require_mirrorable(face_model, "mirror consistency")
         network = load_network(face_model, args.weights)
         result = {str(s): measure(network, face_model, s, args.n) for s in args.store}
     except (MLANetError, OSError, ValueError, KeyError) as exc:

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlanet.errors import MLANetError
-from mlanet.morphable.mirror import expression_mirror_permutation, mirror_average, mirrors_expressions
+from mlanet.morphable.mirror import expression_mirror_permutation, mirror_average, require_mirrorable
 
 
 class MirrorAveragedBackend:
@@ -31,9 +30,7 @@ class MirrorAveragedBackend:
     pose with its mirror image's (see the module docstring). ``metadata.runtime["mirror_average"]`` is True."""
 
     def __init__(self, inner: Any, face_model: Any) -> None:
-        if not mirrors_expressions(face_model):
-            raise MLANetError(f"mirror averaging: face model {face_model.model_id} has PCA expression coefficients, "
-                              "which a mirror does not permute")
+        require_mirrorable(face_model)
         self.inner = inner
         self.metadata = inner.metadata.with_runtime(mirror_average=True)
         self.perm = expression_mirror_permutation(face_model.expression_names)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mlanet.geometry.rotations import euler_to_matrix
+from mlanet.morphable.mirror import expression_mirror_permutation, mirror_average, require_mirrorable
 from mlanet.morphable.model import MorphableModel
 from mlanet.params import FaceParams, ParamLayout, require_finite_params
 from mlanet.preprocess import CropBox, PreprocessCfg
@@ -80,13 +81,8 @@ class MirrorAveragedNetwork(nn.Module):
     ``name`` and ``describe()``."""
 
     def __init__(self, network: nn.Module, face_model: MorphableModel) -> None:
-        from mlanet.errors import MLANetError
-        from mlanet.morphable.mirror import expression_mirror_permutation, mirrors_expressions
-
         super().__init__()
-        if not mirrors_expressions(face_model):
-            raise MLANetError(f"mirror averaging: face model {face_model.model_id} has PCA expression coefficients, "
-                              "which a mirror does not permute")
+        require_mirrorable(face_model)
         self.network = network
         self.preprocess = getattr(network, "preprocess", None)
         self.layout = getattr(network, "layout", None)
@@ -100,8 +96,6 @@ class MirrorAveragedNetwork(nn.Module):
         return {**inner, "mirror_average": True}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from mlanet.morphable.mirror import mirror_average
-
         n = images.shape[0]
         out = self.network(torch.cat([images, images.flip(-1)], 0))
         return mirror_average(out[:n], out[n:], self.layout, self.expression_perm)

@@ -49,6 +49,15 @@ def mirrors_expressions(face_model: Any) -> bool:
     return str(face_model.header.get("expression_kind", "blendshapes")) == "blendshapes"
 
 
+def require_mirrorable(face_model: Any, what: str = "mirror averaging") -> None:
+    """Raise :class:`~mlanet.errors.MLANetError` naming ``what`` when ``face_model``'s expressions are PCA coefficients."""
+    if not mirrors_expressions(face_model):
+        from mlanet.errors import MLANetError
+
+        raise MLANetError(f"{what}: face model {face_model.model_id} has PCA expression coefficients, "
+                          "which a mirror does not permute")
+
+
 def mirror_average(plain: Any, mirrored: Any, layout: Any, expression_perm: Any) -> Any:
     """Parameters ``(B, P)`` for crops from the network's ``plain`` output for them and its ``mirrored`` output for
     the same crops flipped left-right (numpy arrays or torch tensors, the same kind; not modified).
