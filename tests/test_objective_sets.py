@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlanet.errors import ConfigError
 from mlanet.losses import terms
 from mlanet.losses.objective import LossCfg, Objective
 from mlanet.morphable.landmarks import definitions as sl
@@ -253,6 +254,37 @@ def test_fit_expression_others_term_covers_the_shapes_not_named(model):
     assert obj(batch, flat).terms["fit_expression_others"].item() < 1e-6
     off = Objective(model, PRE, LossCfg(**{**OFF, "fit_expression": 1.0, "fit_expression_names": (names[0],)}))
     assert "fit_expression_others" not in off(batch, flat).terms  # weight 0 (the default): no term
+
+def test_expression_prior_is_the_weighted_mean_of_the_named_shapes_and_pushes_them_down(model):
+    names = model.expression_names
+    obj = Objective(model, PRE, LossCfg(**{**OFF, "expression_prior": 0.5, "expression_prior_names": (names[1], names[3])}))
+    assert obj.expression_prior_index.tolist() == [1, 3]
+    flat = _pred(model)
+    batch = _exact_batch(model, flat)
+    pred = FaceParams.from_flat(flat.clone(), model.layout)
+    weights = torch.full_like(pred.expression, 0.9)  # the shapes not named do not count
+    weights[:, 1], weights[:, 3] = 0.2, torch.tensor([0.0, 0.2, 0.4])  # named: mean over batch and shapes 0.2
+    flat = pred.replace(expression=weights).to_flat().requires_grad_(True)
+    term = obj(batch, flat).terms["expression_prior"]
+    assert term.item() == pytest.approx(0.5 * 0.2, rel=1e-5)
+    (grad,) = torch.autograd.grad(term, flat)
+    expression_grad = FaceParams.from_flat(grad, model.layout).expression
+    assert bool((expression_grad[:, [1, 3]] > 0).all())  # descent lowers the named shapes ...
+    others = [i for i in range(len(names)) if i not in (1, 3)]
+    assert float(expression_grad[:, others].abs().max()) == 0.0  # ... and leaves the rest alone
+    assert float(grad.abs().sum()) == pytest.approx(float(expression_grad.abs().sum()))
+    off = Objective(model, PRE, LossCfg(**OFF))
+    assert "expression_prior" not in off(batch, flat).terms  # weight 0 (the default): no term
+
+
+def test_expression_prior_refuses_unknown_or_missing_names(model):
+    with pytest.raises(ConfigError, match=r"loss.expression_prior_names: the face model has no expression \['mouthOpn'\]"):
+        Objective(model, PRE, LossCfg(**{**OFF, "expression_prior": 0.5, "expression_prior_names": ("mouthOpn",)}))
+    with pytest.raises(ConfigError, match="expression_prior_names is empty"):
+        Objective(model, PRE, LossCfg(**{**OFF, "expression_prior": 0.5}))
+    # names are checked only when the term is on
+    Objective(model, PRE, LossCfg(**{**OFF, "expression_prior_names": ("mouthOpn",)}))
+
 
 def test_fit_expression_cross_entropy_is_zero_at_the_fit_and_keeps_its_gradient_near_zero(model):
     """The cross-entropy form: 0 where the weights equal the fit's, the Bernoulli KL divergence elsewhere, and a

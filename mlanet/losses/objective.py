@@ -12,6 +12,7 @@ is not computed (the photometric term is the only one that needs the renderer).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +88,13 @@ class LossCfg:
     #: followed the lip gap at r 0.63 and at 0.88 on the same clip mirrored: the weights depend on which way the
     #: face is turned. Blendshape expressions only (a mirror permutes them; PCA coefficients it does not)
     mirror_expression: float = 0.0
+    #: a prior against chosen expression shapes (term ``expression_prior``, every sample, no labels): the weight
+    #: times the mean of those shapes' weights over the batch. The landmarks open the lips as well with
+    #: mouthUpperUp / mouthLowerDown as with jawOpen; stage 5g opens a held-out half-open mouth (source_s29) with
+    #: mouthUpperUp 0.47 and jawOpen 0.07. A prior on the lip-only shapes leaves the jaw to open the mouth.
+    #: Blendshape expressions only (weights in [0, 1]; a PCA coefficient has no name to put a prior on)
+    expression_prior: float = 0.0
+    expression_prior_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.fit_expression_form not in terms.FIT_EXPRESSION_FORMS:
@@ -106,6 +114,25 @@ class LossOutput:
     landmarks_px: torch.Tensor  # (B, 68, 2) predicted landmarks in crop pixels
     render: torch.Tensor | None = None  # (B, S, S, 3) when the photometric term ran
     render_mask: torch.Tensor | None = None  # (B, S, S)
+
+
+def _require_expression_names(face_model: MorphableModel, names: Sequence[str], key: str) -> list[int]:
+    """Indices of ``names`` among the face model's expression shapes.
+
+    Raises:
+        ConfigError: a name the face model lacks (the message names ``key`` and suggests near names).
+    """
+    missing = [n for n in names if n not in face_model.expression_names]
+    if missing:
+        import difflib
+
+        from mlanet.errors import ConfigError
+
+        near = {n: difflib.get_close_matches(n, face_model.expression_names, n=2, cutoff=0.5) for n in missing}
+        hint = "; ".join(f"{n}: did you mean {' or '.join(c)}?" for n, c in near.items() if c)
+        raise ConfigError(f"{key}: the face model has no expression {missing}"
+                          + (f" ({hint})" if hint else f" (it has {', '.join(face_model.expression_names)})"))
+    return [face_model.expression_names.index(n) for n in names]
 
 
 class Objective:
@@ -139,16 +166,16 @@ class Objective:
 
             raise ConfigError(f"loss.mirror_expression: face model {face_model.model_id} has PCA expression "
                               "coefficients, which a mirror does not permute; set it to 0")
-        missing = [n for n in cfg.fit_expression_names if n not in face_model.expression_names]
-        if cfg.fit_expression and missing:
-            import difflib
-
+        if cfg.fit_expression:
+            _require_expression_names(face_model, cfg.fit_expression_names, "loss.fit_expression_names")
+        #: (K_prior,) the expression shapes the ``expression_prior`` term holds down
+        self.expression_prior_index = torch.tensor(
+            _require_expression_names(face_model, cfg.expression_prior_names, "loss.expression_prior_names")
+            if cfg.expression_prior else [], dtype=torch.long)
+        if cfg.expression_prior and not len(self.expression_prior_index):
             from mlanet.errors import ConfigError
 
-            near = {n: difflib.get_close_matches(n, face_model.expression_names, n=2, cutoff=0.5) for n in missing}
-            hint = "; ".join(f"{n}: did you mean {' or '.join(c)}?" for n, c in near.items() if c)
-            raise ConfigError(f"loss.fit_expression_names: the face model has no expression {missing}"
-                              + (f" ({hint})" if hint else f" (it has {', '.join(face_model.expression_names)})"))
+            raise ConfigError("loss.expression_prior is set but loss.expression_prior_names is empty: name the shapes")
         self.fit_expression_index = torch.tensor(
             [face_model.expression_names.index(n) for n in cfg.fit_expression_names if n in face_model.expression_names],
             dtype=torch.long)
@@ -219,6 +246,8 @@ class Objective:
             mirrored = FaceParams.from_flat(mirror_flat.detach().float(), fm.layout)
             out["mirror_expression"] = cfg.mirror_expression * terms.mirror_expression_loss(
                 pred, mirrored, self.expression_perm)
+        if cfg.expression_prior:
+            out["expression_prior"] = cfg.expression_prior * pred.expression[:, self.expression_prior_index].mean()
         has_params = batch["has_params"].bool()
         if bool(has_params.any()) and (cfg.vertices or cfg.vertex_colour or cfg.landmarks3d):
             target = FaceParams.from_flat(torch.nan_to_num(batch["params"]).float(), fm.layout)
