@@ -354,7 +354,7 @@ def test_mirror_expression_term_is_zero_for_a_mirror_consistent_network(model):
         obj(batch, flat)
 
 
-def test_mirror_expression_refuses_pca_expressions(synthetic_data):
+def test_mirror_expression_and_expression_prior_refuse_pca_expressions(synthetic_data):
     from mlanet.errors import ConfigError
     from mlanet.morphable.data import FaceModelData
 
@@ -362,7 +362,10 @@ def test_mirror_expression_refuses_pca_expressions(synthetic_data):
     pca = FaceModelData(**{**data.__dict__, "header": {**data.header, "expression_kind": "pca"}})
     with pytest.raises(ConfigError, match="mirror_expression"):
         Objective(MorphableModel(pca), PRE, LossCfg(**{**OFF, "mirror_expression": 1.0}))
-    Objective(MorphableModel(pca), PRE, LossCfg(**OFF))  # without the term it is fine
+    names = (pca.expression_names[0],)
+    with pytest.raises(ConfigError, match="expression_prior: .* PCA expression coefficients"):
+        Objective(MorphableModel(pca), PRE, LossCfg(**{**OFF, "expression_prior": 0.5, "expression_prior_names": names}))
+    Objective(MorphableModel(pca), PRE, LossCfg(**OFF))  # without the terms it is fine
 
 
 def test_collate_fills_absent_optional_keys():

@@ -91,8 +91,9 @@ class LossCfg:
     #: a prior against chosen expression shapes (term ``expression_prior``, every sample, no labels): the weight
     #: times the mean of those shapes' weights over the batch. The landmarks open the lips as well with
     #: mouthUpperUp / mouthLowerDown as with jawOpen; stage 5g opens a held-out half-open mouth (source_s29) with
-    #: mouthUpperUp 0.47 and jawOpen 0.07. A prior on the lip-only shapes leaves the jaw to open the mouth.
-    #: Blendshape expressions only (weights in [0, 1]; a PCA coefficient has no name to put a prior on)
+    #: mouthUpperUp 0.47 and jawOpen 0.07. Stage 5m put 0.3 on the lip-only shapes: they fell to a tenth, and the
+    #: lip gap went to cheekRaiser / mouthSmile, not to the jaw (benchmarks/results/training/abandoned/
+    #: mobile_lite_s5m_jaw_prior/). Blendshape expressions only (weights in [0, 1]; PCA coefficients are signed)
     expression_prior: float = 0.0
     expression_prior_names: tuple[str, ...] = ()
 
@@ -172,6 +173,11 @@ class Objective:
         self.expression_prior_index = torch.tensor(
             _require_expression_names(face_model, cfg.expression_prior_names, "loss.expression_prior_names")
             if cfg.expression_prior else [], dtype=torch.long)
+        if cfg.expression_prior and not mirrors_expressions(face_model):  # i.e. PCA coefficients, not blendshapes
+            from mlanet.errors import ConfigError
+
+            raise ConfigError(f"loss.expression_prior: face model {face_model.model_id} has PCA expression "
+                              "coefficients, signed, whose mean is no measure of a shape's use; set it to 0")
         if cfg.expression_prior and not len(self.expression_prior_index):
             from mlanet.errors import ConfigError
 
