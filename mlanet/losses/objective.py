@@ -162,26 +162,20 @@ class Objective:
                 continue
             self.sets[name] = (definition, w)
         self.expression_perm = terms.expression_flip_permutation(face_model.expression_names)
-        if cfg.mirror_expression and not mirrors_expressions(face_model):
-            from mlanet.errors import ConfigError
+        from mlanet.errors import ConfigError
 
-            raise ConfigError(f"loss.mirror_expression: face model {face_model.model_id} has PCA expression "
-                              "coefficients, which a mirror does not permute; set it to 0")
+        for key in ("mirror_expression", "expression_prior"):  # terms on blendshape weights (mirror map, [0, 1])
+            if getattr(cfg, key) and not mirrors_expressions(face_model):
+                raise ConfigError(f"loss.{key}: face model {face_model.model_id} has PCA expression coefficients, "
+                                  "not the blendshape weights this term needs; set it to 0")
         if cfg.fit_expression:
             _require_expression_names(face_model, cfg.fit_expression_names, "loss.fit_expression_names")
+        if cfg.expression_prior and not cfg.expression_prior_names:
+            raise ConfigError("loss.expression_prior is set but loss.expression_prior_names is empty: name the shapes")
         #: (K_prior,) the expression shapes the ``expression_prior`` term holds down
         self.expression_prior_index = torch.tensor(
             _require_expression_names(face_model, cfg.expression_prior_names, "loss.expression_prior_names")
             if cfg.expression_prior else [], dtype=torch.long)
-        if cfg.expression_prior and not mirrors_expressions(face_model):  # i.e. PCA coefficients, not blendshapes
-            from mlanet.errors import ConfigError
-
-            raise ConfigError(f"loss.expression_prior: face model {face_model.model_id} has PCA expression "
-                              "coefficients, signed, whose mean is no measure of a shape's use; set it to 0")
-        if cfg.expression_prior and not len(self.expression_prior_index):
-            from mlanet.errors import ConfigError
-
-            raise ConfigError("loss.expression_prior is set but loss.expression_prior_names is empty: name the shapes")
         self.fit_expression_index = torch.tensor(
             [face_model.expression_names.index(n) for n in cfg.fit_expression_names if n in face_model.expression_names],
             dtype=torch.long)
